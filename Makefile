@@ -1,0 +1,61 @@
+# Two commands do all the set-up: `make build` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+# CPU torch by default; override for CUDA, e.g. make build TORCH=torch==2.13.0+cu126 TORCH_PIP_ARGS="--extra-index-url URL"
+TORCH ?= torch==2.13.0
+TORCH_PIP_ARGS ?=
+ARGS ?=
+
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+
+.PHONY: build test install chromium check render serve bench-compute bench-site bench-browser golden clean
+
+build: $(STAMP)
+	$(VENV)/bin/sae-atlas build $(ARGS)
+
+test: $(STAMP) chromium
+	$(PY) -m pytest $(ARGS)
+
+install: $(STAMP)
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet "$(TORCH)" $(TORCH_PIP_ARGS)
+	$(PIP) install --quiet -e ".[compute,test]"
+	touch $@
+
+# Headless Chromium for the browser tests, from the system packages (Playwright drives it).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; }
+
+check: $(STAMP)
+	$(VENV)/bin/sae-atlas check $(ARGS)
+
+render: $(STAMP)
+	$(VENV)/bin/sae-atlas render $(ARGS)
+
+serve: $(STAMP)
+	$(VENV)/bin/sae-atlas serve $(ARGS)
+
+bench-compute: $(STAMP)
+	$(PY) bench/compute_vs_saedashboard.py $(ARGS)
+
+bench-site: $(STAMP)
+	$(PY) bench/synthetic_release.py $(ARGS)
+
+bench-browser: $(STAMP) chromium
+	$(PY) bench/browser_speed.py $(ARGS)
+
+# Regenerate the committed expected output of the golden-site test.
+golden: $(STAMP)
+	$(PY) -m tests.golden --update
+
+clean:
+	rm -rf build

@@ -1,0 +1,88 @@
+"""Command line: argument parsing only. Every command calls one function of `generator.pipeline`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from generator.errors import AtlasError, InputError
+
+DEFAULT_CONTENT = Path("content")
+DEFAULT_OUT = Path("build/site")
+DEFAULT_CACHE = Path("build/cache")
+
+
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected I/N, e.g. 0/4") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected 0 <= I < N")
+    return i, n
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sae-atlas", description="Static site generator for SAE releases.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--content", type=Path, default=DEFAULT_CONTENT, help="content dir with releases/*.yaml")
+        sp.add_argument("--quiet", action="store_true", help="no progress bars (CI logs)")
+
+    def compute_opts(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+        sp.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+        sp.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+        sp.add_argument("--batch-size", type=int, default=None, help="prompts per forward batch")
+        sp.add_argument("--release", action="append", default=None, help="only this release (repeatable)")
+        sp.add_argument("--shard", type=_shard, default=None, help="compute SAE slice I of N (for schedulers)")
+
+    def render_opts(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--out", type=Path, default=DEFAULT_OUT)
+        sp.add_argument("--theme", type=Path, default=None, help="dir overriding themes/default file by file")
+
+    sp = sub.add_parser("build", help="compute then render")
+    common(sp), compute_opts(sp), render_opts(sp)
+    sp = sub.add_parser("check", help="validate manifests only")
+    common(sp)
+    sp = sub.add_parser("compute", help="fill the cache")
+    common(sp), compute_opts(sp)
+    sp = sub.add_parser("render", help="render the site from the cache (no torch needed)")
+    common(sp), render_opts(sp)
+    sp.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    sp.add_argument("--release", action="append", default=None)
+    sp = sub.add_parser("serve", help="preview the site with live reload")
+    common(sp), render_opts(sp)
+    sp.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    sp.add_argument("--port", type=int, default=8000)
+    sp = sub.add_parser("dump", help="print one feature's computed record as JSON")
+    common(sp)
+    sp.add_argument("feature", help="MODEL@LAYER-SET:INDEX")
+    sp.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from generator import pipeline
+
+    try:
+        return getattr(pipeline, f"cmd_{args.command}")(args) or 0
+    except InputError as e:
+        for problem in e.problems:
+            print(problem, file=sys.stderr)
+        n = len(e.problems)
+        print(f"sae-atlas: {n} problem{'s' if n != 1 else ''} found; nothing was written", file=sys.stderr)
+        return e.exit_code
+    except AtlasError as e:
+        print(f"sae-atlas: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("sae-atlas: interrupted; the previous site and finished cache entries are intact", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""The build, top to bottom: manifest -> sources -> compute -> cache -> render -> site.
+
+Each `cmd_*` is one CLI command. Stages import lazily so that `render` never imports torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from generator.manifest import Release, load_content
+
+
+def load_releases(content: Path, only: list[str] | None = None) -> list[Release]:
+    """Parse and validate every manifest (all problems at once), then check them against their files."""
+    from generator.sources.validate import validate_sources
+
+    releases = load_content(content)
+    if only:
+        known = {r.id for r in releases}
+        missing = [r for r in only if r not in known]
+        if missing:
+            from generator.errors import AtlasError
+
+            raise AtlasError(f"unknown release {', '.join(missing)}; known: {', '.join(sorted(known))}")
+        releases = [r for r in releases if r.id in only]
+    validate_sources(releases)
+    return releases
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    releases = load_releases(args.content)
+    n_saes = sum(len(s.saes) for r in releases for s in r.sets)
+    print(f"ok: {len(releases)} release(s), {n_saes} SAE(s)", file=sys.stderr)
+    return 0
+
+
+def cmd_compute(args: argparse.Namespace) -> int:
+    from generator.compute import ComputeOptions, compute_releases
+
+    releases = load_releases(args.content, args.release)
+    options = ComputeOptions(
+        device=args.device, dtype=args.dtype, batch_size=args.batch_size, shard=args.shard, quiet=args.quiet
+    )
+    compute_releases(releases, args.cache, options)
+    return 0
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from generator.render import render_site
+
+    releases = load_releases(args.content, getattr(args, "release", None))
+    render_site(releases, cache=args.cache, out=args.out, theme=args.theme, quiet=args.quiet)
+    return 0
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    cmd_compute(args)
+    if args.shard is not None:
+        print("sae-atlas: --shard computes a slice only; run `sae-atlas render` once all shards are done", file=sys.stderr)
+        return 0
+    return cmd_render(args)
+
+
+def cmd_dump(args: argparse.Namespace) -> int:
+    import orjson
+
+    from generator.cache import dump_feature
+
+    releases = load_content(args.content)
+    record = dump_feature(releases, args.cache, args.feature)
+    sys.stdout.buffer.write(orjson.dumps(record, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY) + b"\n")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from generator.render.serve import serve
+
+    serve(args)
+    return 0

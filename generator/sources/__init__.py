@@ -1,0 +1,1 @@
+"""Loading what a manifest names: models, SAEs, corpora, explanations."""
