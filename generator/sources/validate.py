@@ -1,10 +1,418 @@
-"""Checks of releases against the files they name, before any model is loaded (no torch)."""
+"""Checks of releases against the files they name, before any model is loaded (no torch).
+
+Every problem is reported at the manifest position of the entry that names the file, with the file
+(and its line, for corpora and explanations) in the message, all of them in one InputError.
+"""
 
 from __future__ import annotations
 
-from generator.manifest import Release
+import difflib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from generator.errors import InputError, Problem
+from generator.manifest import Mark, Release, SaeSpec, SetSpec
+from generator.sources.configs import (
+    MODEL_CONFIG,
+    MODEL_WEIGHTS,
+    SAE_CONFIG,
+    SAE_WEIGHTS,
+    TOKENIZER_FILE,
+    ConfigError,
+    hook_width,
+    model_config_problems,
+    pretrained_saes_directory,
+    read_model_config,
+    read_sae_config,
+    safetensors_header,
+    sae_hook_name,
+    transformer_lens_names_known,
+    transformer_lens_official_name,
+    valid_hooks,
+)
+
+# At most this many bad lines are listed per corpus or explanations file; the rest are counted.
+MAX_LINE_PROBLEMS = 5
+_TOKENIZE_BATCH = 256
 
 
 def validate_sources(releases: list[Release]) -> None:
-    """Raise InputError with every problem found. (Placeholder: filled in with the full checks.)"""
-    return None
+    """Raise InputError with every problem found in the files the releases name."""
+    problems: list[Problem] = []
+    for release in releases:
+        problems.extend(_ReleaseCheck(release).run())
+    if problems:
+        raise InputError(list(dict.fromkeys(problems)))
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _suggest(word: str, choices: list[str] | set[str]) -> str:
+    close = difflib.get_close_matches(word, sorted(choices), n=1, cutoff=0.6)
+    return f"did you mean '{close[0]}'?" if close else ""
+
+
+class _ReleaseCheck:
+    def __init__(self, release: Release):
+        self.release = release
+        self.problems: list[Problem] = []
+        self.config: dict[str, Any] | None = None  # the model's normalised config, when knowable
+        self.tokenizer_file: Path | None = None
+        self.d_sae: dict[str, int] = {}  # SAE id -> d_sae, where known
+
+    def at(self, mark: Mark, message: str) -> None:
+        self.problems.append(Problem(mark.file, mark.line, mark.col, message))
+
+    def run(self) -> list[Problem]:
+        self.check_model()
+        self.check_corpus()
+        for spec in self.release.sets:
+            hook_reported = False
+            for sae in spec.saes:
+                hook_reported = self.check_sae(spec, sae, hook_reported)
+        if self.release.explanations is not None:
+            self.check_explanations(self.release.explanations)
+        return self.problems
+
+    # -- model
+
+    def check_model(self) -> None:
+        model = self.release.model
+        if model.path is not None:
+            self.check_local_model(model.path, model.mark_of("path"))
+        elif model.transformer_lens:
+            mark = model.mark_of("transformer_lens")
+            known = transformer_lens_names_known()
+            if known is not None and transformer_lens_official_name(model.transformer_lens) is None:
+                hint = _suggest(model.transformer_lens, known) or "see TransformerLens's list of supported models"
+                self.at(mark, f"model.transformer_lens '{model.transformer_lens}' is not a TransformerLens model; {hint}")
+                return
+            self.config = read_model_config(model)
+
+    def check_local_model(self, directory: Path, mark: Mark) -> None:
+        if not (directory / MODEL_CONFIG).is_file():
+            self.at(mark, f"model directory has no {MODEL_CONFIG}; expected the HookedTransformerConfig fields as JSON")
+        else:
+            try:
+                config = read_model_config(self.release.model)
+            except ConfigError as e:
+                self.at(mark, f"model {e}; expected the HookedTransformerConfig fields as a JSON object")
+                config = None
+            if config is not None:
+                issues = model_config_problems(config)
+                for issue in issues:
+                    self.at(mark, f"model {MODEL_CONFIG}: {issue}")
+                if not issues:
+                    self.config = config
+        weights = directory / MODEL_WEIGHTS
+        if not weights.is_file():
+            self.at(mark, f"model directory has no {MODEL_WEIGHTS}; expected the HookedTransformer state dict in safetensors format")
+        else:
+            try:
+                safetensors_header(weights)
+            except ConfigError as e:
+                self.at(mark, f"model weights: {e}; expected a complete safetensors file")
+        if (directory / TOKENIZER_FILE).is_file():
+            self.tokenizer_file = directory / TOKENIZER_FILE
+        elif not (directory / "tokenizer_config.json").is_file():
+            self.at(mark, f"model directory has no tokenizer ({TOKENIZER_FILE}); expected a tokenizer saved with save_pretrained")
+
+    # -- corpus
+
+    def check_corpus(self) -> None:
+        corpus = self.release.corpus
+        if corpus.path is None:
+            return  # a hub dataset: nothing local to check
+        config = self.config or {}
+        n_ctx = config.get("n_ctx")
+        if _is_int(n_ctx) and corpus.context > n_ctx:
+            self.at(corpus.mark_of("context"), f"corpus.context is {corpus.context} but model '{self.release.model.id}' has n_ctx {n_ctx}; expected at most {n_ctx}")
+        reader = _CorpusReader(corpus.path)
+        if corpus.path.suffix == ".jsonl":
+            self.check_jsonl_corpus(reader)
+        else:
+            self.check_text_corpus(reader, reader.text_documents())
+
+    def tokenizer(self) -> Any:
+        if self.tokenizer_file is None:
+            return None
+        try:
+            from tokenizers import Tokenizer
+        except ImportError:
+            return None
+        try:
+            return Tokenizer.from_file(str(self.tokenizer_file))
+        except Exception as e:  # the tokenizers library raises plain Exceptions for bad files
+            self.at(self.release.model.mark_of("path"), f"model {TOKENIZER_FILE} cannot be read ({e}); expected a tokenizer saved with save_pretrained")
+            self.tokenizer_file = None
+            return None
+
+    def tokens_needed(self) -> tuple[int, str]:
+        corpus = self.release.corpus
+        bos = (self.config or {}).get("default_prepend_bos", True) is not False
+        per_prompt = corpus.context - 1 if bos else corpus.context
+        how = f"{corpus.prompts} prompts x {per_prompt} tokens" + (" after BOS" if bos else "")
+        return corpus.prompts * per_prompt, how
+
+    def check_text_corpus(self, reader: _CorpusReader, documents: Iterator[str]) -> None:
+        """Documents are joined with one separator token between them and cut into prompts."""
+        corpus = self.release.corpus
+        tokenizer = self.tokenizer()
+        need, how = self.tokens_needed()
+        total = n_docs = 0
+        batch: list[str] = []
+
+        def count(batch: list[str]) -> int:
+            return sum(len(e.ids) for e in tokenizer.encode_batch(batch, add_special_tokens=False))
+
+        counted_all = True
+        for doc in documents:
+            n_docs += 1
+            if tokenizer is None or total > need:
+                counted_all = False
+                continue  # keep reading: encoding problems later in the file still matter
+            batch.append(doc)
+            if len(batch) >= _TOKENIZE_BATCH:
+                total += count(batch) + len(batch)
+                batch = []
+        if tokenizer is not None and batch:
+            total += count(batch) + len(batch)
+        if reader.problems:
+            for message in reader.problems:
+                self.at(corpus.mark_of("path"), message)
+            return
+        if n_docs == 0:
+            kind = 'lines with "text"' if reader.path.suffix == ".jsonl" else "documents separated by blank lines"
+            self.at(corpus.mark_of("path"), f"corpus {reader.path.name} is empty; expected {kind}")
+            return
+        if counted_all:
+            total -= 1  # no separator after the last document
+        if tokenizer is not None and total < need:
+            self.at(
+                corpus.mark_of("prompts"),
+                f"corpus {reader.path.name} has {total} tokens; expected at least {need} ({how}): "
+                "lower corpus.prompts or corpus.context, or add text",
+            )
+
+    def check_jsonl_corpus(self, reader: _CorpusReader) -> None:
+        corpus = self.release.corpus
+        rows = list(reader.json_lines())
+        kinds = [("tokens" if "tokens" in obj else "text", n, obj) for n, obj in rows if isinstance(obj, dict)]
+        mode = kinds[0][0] if kinds else None
+        texts: list[str] = []
+        prompts = 0
+        d_vocab = (self.config or {}).get("d_vocab")
+        for lineno, obj in rows:
+            if not isinstance(obj, dict):
+                reader.line_problem(lineno, f"holds a JSON {type(obj).__name__}; expected an object with \"text\" or \"tokens\"")
+            elif mode == "tokens":
+                tokens = obj.get("tokens")
+                if "tokens" not in obj:
+                    reader.line_problem(lineno, 'has no "tokens" while earlier lines do; expected every line pre-tokenized or none')
+                elif not isinstance(tokens, list) or not all(_is_int(t) for t in tokens):
+                    reader.line_problem(lineno, '"tokens" is not a list of whole numbers; expected token ids')
+                elif any(t < 0 or (_is_int(d_vocab) and t >= d_vocab) for t in tokens):
+                    bad = next(t for t in tokens if t < 0 or t >= d_vocab)
+                    reader.line_problem(lineno, f'has the token id {bad}; expected ids from 0 to {d_vocab - 1} (the model\'s d_vocab is {d_vocab})')
+                elif len(tokens) < corpus.context:
+                    reader.line_problem(lineno, f"has {len(tokens)} tokens; expected at least corpus.context = {corpus.context}")
+                else:
+                    prompts += 1
+            else:
+                text = obj.get("text")
+                if "text" not in obj:
+                    reader.line_problem(lineno, 'has no "text"; expected {"text": "..."} or {"tokens": [...]} on every line')
+                elif not isinstance(text, str):
+                    reader.line_problem(lineno, '"text" is not a string; expected {"text": "..."}')
+                elif text.strip():
+                    texts.append(text)
+        if mode == "tokens":
+            for message in reader.problems:
+                self.at(corpus.mark_of("path"), message)
+            if not rows:
+                self.at(corpus.mark_of("path"), f"corpus {reader.path.name} is empty; expected one JSON object per line")
+            elif not reader.problems and prompts < corpus.prompts:
+                self.at(
+                    corpus.mark_of("prompts"),
+                    f"corpus {reader.path.name} has {prompts} pre-tokenized prompts; expected at least corpus.prompts = {corpus.prompts}",
+                )
+            return
+        self.check_text_corpus(reader, iter(texts))
+
+    # -- SAEs
+
+    def check_sae(self, spec: SetSpec, sae: SaeSpec, hook_reported: bool) -> bool:
+        """Checks one SAE; returns whether the set's hook has been reported (reported once per set)."""
+        model_id = self.release.model.id
+        config = self.config
+        hook_ok = True
+        if config is not None:
+            n_layers = config["n_layers"]
+            if sae.layer >= n_layers:
+                self.at(sae.mark_of("layer"), f"layer {sae.layer} is outside model '{model_id}', which has {n_layers} layers; expected 0 to {n_layers - 1}")
+                hook_ok = False
+            else:
+                hooks = valid_hooks(config)
+                if sae.hook not in hooks:
+                    hook_ok = False
+                    if not hook_reported:
+                        hint = _suggest(sae.hook, hooks) or "expected a TransformerLens hook name such as blocks.{layer}.hook_resid_pre"
+                        self.at(spec.mark_of("hook"), f"hook '{sae.hook}' does not exist in model '{model_id}'; {hint}")
+                        hook_reported = True
+        if sae.path is not None:
+            self.check_local_sae(spec, sae, hook_ok)
+        elif sae.sae_lens is not None:
+            self.check_pretrained_sae(sae)
+        return hook_reported
+
+    def check_local_sae(self, spec: SetSpec, sae: SaeSpec, hook_ok: bool) -> None:
+        assert sae.path is not None
+        mark = sae.mark_of("path")
+        cfg: dict[str, Any] | None = None
+        if not (sae.path / SAE_CONFIG).is_file():
+            self.at(mark, f"SAE directory has no {SAE_CONFIG}; expected a directory written by SAELens save_model")
+        else:
+            try:
+                cfg = read_sae_config(sae)
+            except ConfigError as e:
+                self.at(mark, f"SAE {e}; expected the {SAE_CONFIG} SAELens save_model writes")
+        d_in = d_sae = None
+        if cfg is not None:
+            d_in, d_sae = cfg.get("d_in"), cfg.get("d_sae")
+            for key, value in (("d_in", d_in), ("d_sae", d_sae)):
+                if not _is_int(value) or value < 1:
+                    self.at(mark, f"SAE {SAE_CONFIG} has {key} = {value!r}; expected a whole number >= 1")
+            if not (_is_int(d_in) and _is_int(d_sae)):
+                d_in = d_sae = None
+            else:
+                self.d_sae[sae.id] = d_sae
+            cfg_hook = sae_hook_name(cfg)
+            if cfg_hook is not None and cfg_hook != sae.hook:
+                self.at(
+                    mark,
+                    f"SAE {SAE_CONFIG} says it reads '{cfg_hook}' but set '{spec.id}' puts it on '{sae.hook}'; "
+                    "expected the same hook (check the layer and the set's hook)",
+                )
+            elif d_in is not None and hook_ok and self.config is not None:
+                width = hook_width(self.config, sae.hook)
+                if width is not None and width != d_in:
+                    self.at(mark, f"SAE d_in is {d_in} but hook '{sae.hook}' of model '{self.release.model.id}' has width {width}; expected d_in = {width}")
+        weights = sae.path / SAE_WEIGHTS
+        if not weights.is_file():
+            self.at(mark, f"SAE directory has no {SAE_WEIGHTS}; expected a directory written by SAELens save_model")
+            return
+        try:
+            tensors = safetensors_header(weights)
+        except ConfigError as e:
+            self.at(mark, f"SAE weights: {e}; expected a complete safetensors file")
+            return
+        w_enc = tensors.get("W_enc")
+        if w_enc is not None and d_in is not None and list(w_enc["shape"]) != [d_in, d_sae]:
+            self.at(mark, f"SAE W_enc has shape {w_enc['shape']} but {SAE_CONFIG} says d_in={d_in}, d_sae={d_sae}; expected [{d_in}, {d_sae}]")
+
+    def check_pretrained_sae(self, sae: SaeSpec) -> None:
+        assert sae.sae_lens is not None
+        directory = pretrained_saes_directory()
+        if not directory:
+            return  # SAELens not installed here: checked when it loads
+        ref = sae.sae_lens
+        entry = directory.get(ref.release)
+        if entry is None:
+            hint = _suggest(ref.release, list(directory)) or "expected a release from SAELens's pretrained_saes.yaml"
+            self.at(sae.mark_of("sae_lens.release"), f"'{ref.release}' is not a SAELens release; {hint}")
+            return
+        ids = [str(x.get("id")) for x in entry.get("saes") or ()]
+        if ref.id not in ids:
+            hint = _suggest(ref.id, ids) or f"expected one of the {len(ids)} ids of release '{ref.release}'"
+            self.at(sae.mark_of("sae_lens.id"), f"'{ref.id}' is not an SAE of SAELens release '{ref.release}'; {hint}")
+            return
+        model = self.release.model
+        if model.transformer_lens and entry.get("model"):
+            ours = transformer_lens_official_name(model.transformer_lens) or model.transformer_lens
+            theirs = transformer_lens_official_name(str(entry["model"])) or str(entry["model"])
+            if ours != theirs:
+                self.at(
+                    sae.mark_of("sae_lens.release"),
+                    f"SAELens release '{ref.release}' is for model '{entry['model']}' but this release uses '{model.transformer_lens}'; expected SAEs of the release's model",
+                )
+
+    # -- explanations
+
+    def check_explanations(self, path: Path) -> None:
+        mark = self.release.mark_of("explanations")
+        reader = _CorpusReader(path)
+        sae_ids = {sae.id for sae in self.release.saes()}
+        n = 0
+        for lineno, obj in reader.json_lines():
+            n += 1
+            if not isinstance(obj, dict):
+                reader.line_problem(lineno, 'is not a JSON object; expected {"sae", "index", "text", "author", "score"}')
+                continue
+            sae, index, text = obj.get("sae"), obj.get("index"), obj.get("text")
+            if sae not in sae_ids:
+                hint = _suggest(str(sae), sae_ids) if isinstance(sae, str) else ""
+                reader.line_problem(lineno, f"names the SAE {sae!r}, which is not in this release; {hint or 'expected one of ' + ', '.join(sorted(sae_ids))}")
+            elif not _is_int(index) or index < 0:
+                reader.line_problem(lineno, f'has "index" {index!r}; expected a feature index >= 0')
+            elif sae in self.d_sae and index >= self.d_sae[sae]:
+                reader.line_problem(lineno, f'has "index" {index} but {sae} has {self.d_sae[sae]} features; expected an index below {self.d_sae[sae]}')
+            elif not isinstance(text, str) or not text.strip():
+                reader.line_problem(lineno, 'has no "text"; expected the explanation as a string')
+        for message in reader.problems:
+            self.at(mark, message)
+
+
+class _CorpusReader:
+    """Reads a UTF-8 text or JSON-lines file line by line, collecting line-numbered problems."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.problems: list[str] = []
+        self._line_problems = 0
+
+    def line_problem(self, lineno: int, message: str, col: int = 1) -> None:
+        self._line_problems += 1
+        if self._line_problems <= MAX_LINE_PROBLEMS:
+            self.problems.append(f"{self.path.name}:{lineno}:{col} {message}")
+        elif self._line_problems == MAX_LINE_PROBLEMS + 1:
+            self.problems.append(f"{self.path.name}: more bad lines follow (only the first {MAX_LINE_PROBLEMS} are listed); expected every line valid")
+
+    def lines(self) -> Iterator[tuple[int, str]]:
+        try:
+            with self.path.open("rb") as f:
+                for lineno, raw in enumerate(f, 1):
+                    try:
+                        yield lineno, raw.decode("utf-8")
+                    except UnicodeDecodeError as e:
+                        self.problems.append(
+                            f"{self.path.name}:{lineno}:{e.start + 1} is not UTF-8 (byte 0x{raw[e.start]:02x}); expected UTF-8 text"
+                        )
+                        return
+        except OSError as e:
+            self.problems.append(f"cannot read {self.path.name} ({e.strerror}); expected a readable file")
+
+    def text_documents(self) -> Iterator[str]:
+        """Documents of a .txt corpus: runs of non-blank lines."""
+        doc: list[str] = []
+        for _, line in self.lines():
+            if line.strip():
+                doc.append(line)
+            elif doc:
+                yield "".join(doc).strip("\n")
+                doc = []
+        if doc:
+            yield "".join(doc).strip("\n")
+
+    def json_lines(self) -> Iterator[tuple[int, Any]]:
+        """(line number, parsed value) of every non-blank line that is valid JSON."""
+        for lineno, line in self.lines():
+            if not line.strip():
+                continue
+            try:
+                yield lineno, json.loads(line)
+            except json.JSONDecodeError as e:
+                self.line_problem(lineno, f"is not valid JSON ({e.msg}); expected one JSON object per line", e.colno)
