@@ -277,7 +277,7 @@ class _Reader:
         value = self.text(node, name, expected)
         if value is None:
             return None
-        if not SLUG.match(value):
+        if not SLUG.fullmatch(value):
             self.problem(node, f"{name} '{_short(value)}' is not a valid id; expected {expected}")
             return None
         if value in RESERVED_IDS:
@@ -623,7 +623,7 @@ def _parse(path: Path) -> _Parsed:
         if model is not None:
             parsed.model_id = (model.id, model.mark_of("id"))
             parsed.model_source = (model.transformer_lens, model.path)
-        elif isinstance(model_items.get("id"), ScalarNode) and SLUG.match(model_items["id"].value or ""):
+        elif isinstance(model_items.get("id"), ScalarNode) and SLUG.fullmatch(model_items["id"].value or ""):
             parsed.model_id = (model_items["id"].value, r.mark(model_items["id"]))
     model_id = parsed.model_id[0] if parsed.model_id else None
     if release_id is not None and release_id == model_id:
@@ -640,7 +640,7 @@ def _parse(path: Path) -> _Parsed:
         for i, entry in enumerate(entries or ()):
             spec = _read_set(r, entry, f"sets[{i}]", model_id)
             id_node = _key_value(entry, "id")
-            if id_node is not None and isinstance(id_node, ScalarNode) and SLUG.match(id_node.value or ""):
+            if id_node is not None and isinstance(id_node, ScalarNode) and SLUG.fullmatch(id_node.value or ""):
                 set_id, set_mark = id_node.value, r.mark(id_node)
                 if set_id in seen:
                     r.problem(set_mark, f"duplicate set id '{set_id}' (first at line {seen[set_id].line}); expected each set id once per model")

@@ -291,7 +291,7 @@ class _ReleaseCheck:
             else:
                 self.d_sae[sae.id] = d_sae
             cfg_hook = sae_hook_name(cfg)
-            if cfg_hook is not None and cfg_hook != sae.hook:
+            if cfg_hook is not None and cfg_hook != sae.hook and hook_ok:
                 self.at(
                     mark,
                     f"SAE {SAE_CONFIG} says it reads '{cfg_hook}' but set '{spec.id}' puts it on '{sae.hook}'; "
