@@ -8,6 +8,7 @@ keeps going after a problem so that one run reports all of them.
 from __future__ import annotations
 
 import difflib
+import re
 import string
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
@@ -173,6 +174,8 @@ COMPUTE_MINIMUM = {
 # Top-level names the site itself uses; a release or model with one of these ids would overwrite them.
 RESERVED_IDS = frozenset({"static", "corpus", "index.html", "search-index.js"})
 
+_HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
 _INT = "tag:yaml.org,2002:int"
 _NULL = "tag:yaml.org,2002:null"
 _BOOL = "tag:yaml.org,2002:bool"
@@ -321,7 +324,8 @@ class _Reader:
         """Which of two alternative keys is present; reports both/neither."""
         has_a, has_b = a in items, b in items
         if has_a and has_b:
-            self.problem(items[b][0], f"{name} has both '{a}' and '{b}'; expected exactly one of them")
+            later = max(items[a][0], items[b][0], key=lambda n: n.start_mark.index)
+            self.problem(later, f"{name} has both '{a}' and '{b}'; expected exactly one of them")
             return None
         if not has_a and not has_b:
             self.problem(node, f"{name} has neither '{a}' nor '{b}'; expected exactly one of them, e.g. {example}")
@@ -424,7 +428,7 @@ def _read_corpus_path(r: _Reader, node: Node) -> Path | None:
     if value is None:
         return None
     if not value.endswith(CORPUS_SUFFIXES):
-        hint = f"; for a hub dataset write `dataset: {value}`" if "/" in value and not (r.base / value).exists() else ""
+        hint = f"; for a hub dataset write `dataset: {value}`" if _HUB_NAME.fullmatch(value) else ""
         r.problem(node, f"corpus.path '{_short(value, 80)}' is not a .txt or .jsonl file; expected {expected}{hint}")
         return None
     return r.path(node, "corpus.path", "file", expected)
@@ -714,7 +718,7 @@ def _cross_file_problems(results: list[_Parsed]) -> list[Problem]:
     for p in results:
         if p.model_id:
             mid, mark = p.model_id
-            if mid in releases:
+            if mid in releases and releases[mid].file != mark.file:  # the same file is reported by _parse
                 at(mark, f"model id '{mid}' is also a release id at {releases[mid]}; expected model and release ids to differ")
             if mid not in models:
                 models[mid] = (mark, p.model_source)
