@@ -18,7 +18,9 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from generator.manifest import Release, SaeSpec
+from generator.errors import AtlasError
+from generator.ids import parse_feature_id
+from generator.manifest import Release, SaeSpec, SetSpec
 
 CACHE_FORMAT = 1
 KEY_LENGTH = 24
@@ -75,11 +77,14 @@ def corpus_key(release: Release) -> str:
     return _key("corpus", CACHE_FORMAT, source, c.prompts, c.context, model_identity(release))
 
 
-def sae_key(release: Release, sae: SaeSpec) -> str:
+def sae_identity(sae: SaeSpec) -> str:
     if sae.path is not None:
-        weights = "path:" + _memo_digest(sae.path)
-    else:
-        weights = f"sae_lens:{sae.sae_lens.release}/{sae.sae_lens.id}"  # type: ignore[union-attr]
+        return "path:" + _memo_digest(sae.path)
+    return f"sae_lens:{sae.sae_lens.release}/{sae.sae_lens.id}"  # type: ignore[union-attr]
+
+
+def sae_key(release: Release, sae: SaeSpec) -> str:
+    weights = sae_identity(sae)
     return _key(
         "sae",
         CACHE_FORMAT,
@@ -88,6 +93,16 @@ def sae_key(release: Release, sae: SaeSpec) -> str:
         corpus_key(release),
         sae.hook,
         dataclasses.asdict(release.compute),
+    )
+
+
+def set_key(release: Release, set_spec: SetSpec) -> str:
+    """Key of a Set's cross-layer neighbours: the model and every SAE's weights, in manifest order."""
+    return _key(
+        "set",
+        CACHE_FORMAT,
+        model_identity(release),
+        [(s.id, sae_identity(s)) for s in set_spec.saes],
     )
 
 
@@ -123,8 +138,14 @@ def write_entry(
         files[name] = hashlib.sha256(data).hexdigest()
     write_json_atomic(tmp / "meta.json", {**meta, "format": CACHE_FORMAT, "files": files})
     if final_dir.exists():
-        shutil.rmtree(final_dir)
-    os.replace(tmp, final_dir)
+        shutil.rmtree(final_dir, ignore_errors=True)
+    try:
+        os.replace(tmp, final_dir)
+    except OSError:
+        # Another process (a parallel shard) wrote the same entry first: keep theirs.
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (final_dir / "meta.json").exists():
+            raise
 
 
 @dataclass
@@ -179,6 +200,9 @@ class CacheStore:
     def corpus_dir(self, key: str) -> Path:
         return self.root / "corpus" / key
 
+    def set_dir(self, key: str) -> Path:
+        return self.root / "set" / key
+
     def _read_or_drop(self, path: Path) -> Entry | None:
         try:
             return read_entry(path)
@@ -190,9 +214,106 @@ class CacheStore:
     def sae_entry(self, key: str) -> Entry | None:
         return self._read_or_drop(self.sae_dir(key))
 
+    def set_entry(self, key: str) -> Entry | None:
+        """Cross-layer neighbours of a Set: meta["sae_ids"], arrays index_<a> / cosine_<a>."""
+        return self._read_or_drop(self.set_dir(key))
+
     def corpus(self, key: str) -> Entry | None:
         """Corpus entry: arrays["tokens"] int32 [prompts, context]; vocab via `vocab(key)`."""
         return self._read_or_drop(self.corpus_dir(key))
 
     def vocab(self, key: str) -> list[str]:
         return orjson.loads((self.corpus_dir(key) / "vocab.json").read_bytes())
+
+
+# -- reading one feature ----------------------------------------------------------------------------
+
+
+def _clip_window(entry: Entry, tokens: np.ndarray, vocab: list[str], prompt: int, position: int, value: float, window: np.ndarray) -> dict:
+    """One example as in `sae-atlas dump`: the stored window clipped to its prompt."""
+    before = int(entry.meta["settings"]["context_before"])
+    context = tokens.shape[1]
+    start = max(0, position - before)
+    stop = min(context, position - before + len(window))
+    ids = [int(t) for t in tokens[prompt, start:stop]]
+    return {
+        "prompt": prompt,
+        "position": position,
+        "activation": float(value),
+        "tokens": ids,
+        "token_strings": [vocab[t] if 0 <= t < len(vocab) else "" for t in ids],
+        "activations": [float(a) for a in window[start - (position - before) : stop - (position - before)]],
+    }
+
+
+def feature_record(entry: Entry, tokens: np.ndarray, vocab: list[str], index: int) -> dict:
+    """The computed record of feature `index` of an SAE entry (the `sae-atlas dump` format)."""
+    m = entry.meta
+    d_sae = int(m["d_sae"])
+    if not 0 <= index < d_sae:
+        raise AtlasError(f"feature index {index} out of range for {m['sae_id']}; expected 0 <= index < {d_sae}")
+    a = entry.arrays
+    mx = float(a["max_activation"][index])
+
+    def examples(value: np.ndarray, prompt: np.ndarray, position: np.ndarray, window: np.ndarray) -> list[dict]:
+        return [
+            _clip_window(entry, tokens, vocab, int(prompt[j]), int(position[j]), float(value[j]), np.asarray(window[j], np.float32))
+            for j in range(len(prompt))
+            if prompt[j] >= 0
+        ]
+
+    intervals = int(m["settings"]["intervals"])
+    interval_examples = [
+        {
+            "lo": mx * i / intervals,
+            "hi": mx * (i + 1) / intervals,
+            "examples": examples(a["interval_value"][index, i], a["interval_prompt"][index, i], a["interval_position"][index, i], a["interval_window"][index, i]),
+        }
+        for i in range(intervals)
+    ]
+    counts = [int(c) for c in a["histogram"][index]]
+    bins = len(counts)
+
+    def logits(token: np.ndarray, value: np.ndarray) -> list[dict]:
+        return [
+            {"token": int(t), "token_string": vocab[int(t)] if 0 <= t < len(vocab) else "", "value": float(v)}
+            for t, v in zip(token, value)
+            if t >= 0
+        ]
+
+    return {
+        "sae": m["sae_id"],
+        "index": index,
+        "max_activation": mx,
+        "density": float(a["density"][index]),
+        "top_examples": examples(a["top_value"][index], a["top_prompt"][index], a["top_position"][index], a["top_window"][index]),
+        "interval_examples": interval_examples,
+        "histogram": {"edges": [mx * i / bins for i in range(bins + 1)], "counts": counts},
+        "positive_logits": logits(a["pos_logit_token"][index], a["pos_logit_value"][index]),
+        "negative_logits": logits(a["neg_logit_token"][index], a["neg_logit_value"][index]),
+        "neighbours": [
+            {"index": int(i), "cosine": float(c)}
+            for i, c in zip(a["neighbour_index"][index], a["neighbour_cosine"][index])
+            if i >= 0
+        ],
+        "umap": {"x": float(a["umap"][index, 0]), "y": float(a["umap"][index, 1]), "cluster": int(a["cluster"][index])},
+    }
+
+
+def dump_feature(releases: list[Release], cache_root: Path, feature: str) -> dict:
+    """`MODEL@LAYER-SET:INDEX` -> its computed record; AtlasError if unknown or not computed."""
+    try:
+        sae_id, index = parse_feature_id(feature)
+    except ValueError as e:
+        raise AtlasError(str(e)) from None
+    for release in releases:
+        for spec in release.saes():
+            if spec.sae_id == sae_id:
+                store = CacheStore(cache_root)
+                entry = store.sae_entry(sae_key(release, spec))
+                corpus = store.corpus(corpus_key(release))
+                if entry is None or corpus is None:
+                    raise AtlasError(f"{sae_id} is not computed in {cache_root}; run `sae-atlas compute` first")
+                return feature_record(entry, np.asarray(corpus["tokens"]), store.vocab(corpus_key(release)), index)
+    known = sorted(spec.id for r in releases for spec in r.saes())
+    raise AtlasError(f"unknown SAE {sae_id}; known: {', '.join(known) or 'none'}")

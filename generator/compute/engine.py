@@ -1,0 +1,369 @@
+"""compute_releases: per model, two passes over the corpus in batches, each batch feeding every
+pending SAE of that model; then the weights-only parts; one cache entry per SAE.
+
+    plan (sorted SAE jobs, shard slice, skip cached) -> per (model, corpus) group:
+      corpus tokens -> load model + SAEs -> pass 1 -> pass 2 -> CE loss -> weights -> write entries
+    -> cross-layer neighbours per Set
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from generator.cache import (
+    CacheStore,
+    CorruptEntry,
+    corpus_key,
+    model_identity,
+    read_entry,
+    sae_key,
+    set_key,
+    write_entry,
+)
+from generator.compute.options import ComputeOptions, default_batch_size
+from generator.compute.stats import FeatureStats
+from generator.compute.weights import (
+    cluster_ids,
+    cosine_neighbours,
+    density_histogram,
+    hook_layer,
+    logit_effects,
+    map_method,
+    output_map,
+    umap_coords,
+)
+from generator.errors import AtlasError, InputError, Problem
+from generator.manifest import Release, SaeSpec, SetSpec
+from generator.sources.corpus import Corpus, load_corpus
+from generator.sources.model import load_model, load_tokenizer, resolve_device
+from generator.sources.sae import architecture, load_sae
+
+DENSE_THRESHOLD = 0.1  # a feature firing on more than this fraction of tokens counts as dense
+CROSS_NEIGHBOURS = 3
+
+
+@dataclass
+class SaeJob:
+    release: Release
+    spec: SaeSpec
+    key: str
+
+    @property
+    def id(self) -> str:
+        return self.spec.id
+
+
+@dataclass
+class ComputeReport:
+    computed: list[str] = field(default_factory=list)  # SAE ids computed in this run
+    cached: list[str] = field(default_factory=list)  # SAE ids whose entry already existed
+    sets: list[str] = field(default_factory=list)  # set entries written
+    tokens_per_second: float = 0.0
+
+
+def plan_jobs(releases: list[Release]) -> list[SaeJob]:
+    """Every SAE of every release, once, sorted by id (the order --shard slices)."""
+    jobs: dict[str, SaeJob] = {}
+    for release in releases:
+        for spec in release.saes():
+            jobs.setdefault(spec.id, SaeJob(release, spec, sae_key(release, spec)))
+    return [jobs[k] for k in sorted(jobs)]
+
+
+def shard_slice(jobs: list[SaeJob], shard: tuple[int, int] | None) -> list[SaeJob]:
+    if shard is None:
+        return jobs
+    i, n = shard
+    return jobs[i::n]
+
+
+def compute_releases(releases: list[Release], cache_root: Path, options: ComputeOptions | None = None) -> ComputeReport:
+    options = options or ComputeOptions()
+    store = CacheStore(Path(cache_root))
+    report = ComputeReport()
+    all_jobs = plan_jobs(releases)
+    jobs = shard_slice(all_jobs, options.shard)
+
+    groups: dict[tuple[str, str], list[SaeJob]] = {}
+    for job in jobs:
+        groups.setdefault((model_identity(job.release), corpus_key(job.release)), []).append(job)
+
+    device: str | None = None
+    for group in groups.values():
+        release = group[0].release
+        corpus = load_corpus(release, store.root, lambda: load_tokenizer(release.model))
+        pending = []
+        for job in group:
+            if store.sae_entry(job.key) is not None:
+                report.cached.append(job.id)
+            else:
+                pending.append(job)
+        if not pending:
+            continue  # every SAE of this model is cached: the model is not loaded
+        device = device or resolve_device(options.device)
+        _compute_group(pending, corpus, store, options, device, report)
+
+    owned = {job.id for job in jobs}
+    for release in releases:
+        for set_spec in release.sets:
+            if len(set_spec.saes) > 1 and min(s.id for s in set_spec.saes) in owned:
+                if _compute_set(release, set_spec, store, options, device or "cpu"):
+                    report.sets.append(f"{set_spec.saes[0].model_id}/{set_spec.id}")
+    return report
+
+
+# -- one model ------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Running:
+    job: SaeJob
+    sae: object
+    stats: FeatureStats
+    hook: str
+
+
+def _compute_group(jobs: list[SaeJob], corpus: Corpus, store: CacheStore, options: ComputeOptions, device: str, report: ComputeReport) -> None:
+    release = jobs[0].release
+    batch_size = options.batch_size or default_batch_size(device, corpus.context)
+    oom = getattr(torch, "OutOfMemoryError", getattr(torch.cuda, "OutOfMemoryError", MemoryError))
+    try:
+        with torch.inference_mode():
+            model = load_model(release.model, device, options.dtype)
+            _check_hooks(model, jobs)
+            running = [_start(job, model, corpus, store, device) for job in jobs]
+            started = time.perf_counter()
+            done_tokens = _run_pass(1, model, running, corpus, store, options, batch_size)
+            done_tokens += _run_pass(2, model, running, corpus, store, options, batch_size)
+            elapsed = time.perf_counter() - started
+            if elapsed > 0 and done_tokens:
+                report.tokens_per_second = done_tokens / elapsed
+            clean = _ce_clean(model, corpus, release.compute.ce_prompts, batch_size, device)
+            for r in running:
+                _finish(r, model, corpus, store, clean, batch_size, device, options)
+                report.computed.append(r.job.id)
+    except oom as e:
+        raise AtlasError(f"out of memory on {device} at --batch-size {batch_size} ({e}); rerun with a smaller --batch-size") from e
+
+
+def _check_hooks(model, jobs: list[SaeJob]) -> None:
+    problems = []
+    for job in jobs:
+        if job.spec.hook not in model.hook_dict:
+            m = job.spec.mark
+            problems.append(Problem(m.file, m.line, m.col, f"hook {job.spec.hook!r} is not a hook of model {job.release.model.id!r}; expected e.g. blocks.0.hook_resid_post"))
+    if problems:
+        raise InputError(problems)
+
+
+def _start(job: SaeJob, model, corpus: Corpus, store: CacheStore, device: str) -> _Running:
+    sae = load_sae(job.spec, device, "float32")
+    d_in, d_sae = int(sae.cfg.d_in), int(sae.cfg.d_sae)
+    stats = FeatureStats(d_sae, d_in, corpus.context, job.release.compute, device)
+    partial = store.partial_dir(job.key)
+    try:
+        entry = read_entry(partial)
+        if entry is not None:
+            stats.load_state(entry.arrays, int(entry.meta["pass"]), int(entry.meta["prompts_done"]))
+    except (CorruptEntry, ValueError, KeyError) as e:
+        print(f"sae-atlas: discarding unusable checkpoint {partial}: {e}", file=sys.stderr)
+    return _Running(job, sae, stats, job.spec.hook)
+
+
+def _save_checkpoint(r: _Running, store: CacheStore) -> None:
+    meta = {"sae_id": r.job.id, "pass": r.stats.pass_no, "prompts_done": r.stats.prompts_done}
+    write_entry(store.partial_dir(r.job.key), meta, r.stats.state_arrays())
+
+
+def _sae_input(act: torch.Tensor) -> torch.Tensor:
+    return act.float()
+
+
+def _run_pass(pass_no: int, model, running: list[_Running], corpus: Corpus, store: CacheStore, options: ComputeOptions, batch_size: int) -> int:
+    active = [r for r in running if r.stats.pass_no == pass_no]
+    if not active:
+        return 0
+    n_prompts, context = corpus.n_prompts, corpus.context
+    start = min(r.stats.prompts_done for r in active)
+    hooks = sorted({r.hook for r in active})
+    layers = [hook_layer(h) for h in hooks]
+    stop_at_layer = None if any(l is None for l in layers) else max(layers) + 1  # type: ignore[type-var]
+    tokens_all = corpus.tokens
+    bar = tqdm(
+        total=(n_prompts - start) * context,
+        desc=f"{running[0].job.release.model.id} pass {pass_no}/2",
+        unit="tok",
+        unit_scale=True,
+        disable=options.quiet,
+        file=sys.stderr,
+    )
+    batches = 0
+    with bar:
+        for p0 in range(start, n_prompts, batch_size):
+            tokens = torch.from_numpy(np.ascontiguousarray(tokens_all[p0 : p0 + batch_size])).long().to(running[0].stats.device)
+            captured = _forward_capture(model, tokens, hooks, stop_at_layer)
+            nb = tokens.shape[0]
+            for r in active:
+                skip = r.stats.prompts_done - p0
+                if skip >= nb:
+                    continue
+                skip = max(skip, 0)
+                x = _sae_input(captured[r.hook][skip:])
+                acts = r.sae.encode(x).float()
+                if pass_no == 1:
+                    x_hat = r.sae.decode(acts).float()
+                    r.stats.update_pass1(acts, x.reshape(acts.shape[0], context, -1), x_hat.reshape(acts.shape[0], context, -1), p0 + skip)
+                else:
+                    r.stats.update_pass2(acts, p0 + skip)
+                r.stats.prompts_done = p0 + nb
+            bar.update(nb * context)
+            batches += 1
+            if options.checkpoint_every and batches % options.checkpoint_every == 0 and p0 + nb < n_prompts:
+                for r in active:
+                    _save_checkpoint(r, store)
+            if options.on_batch is not None:
+                options.on_batch(pass_no, p0)
+    for r in active:
+        r.stats.pass_no, r.stats.prompts_done = pass_no + 1, 0
+        _save_checkpoint(r, store)
+    return (n_prompts - start) * context
+
+
+def _forward_capture(model, tokens: torch.Tensor, hooks: list[str], stop_at_layer: int | None) -> dict[str, torch.Tensor]:
+    captured: dict[str, torch.Tensor] = {}
+
+    def save(act, hook):
+        captured[hook.name] = act
+
+    model.run_with_hooks(tokens, fwd_hooks=[(h, save) for h in hooks], stop_at_layer=stop_at_layer, return_type=None)
+    return captured
+
+
+# -- CE loss --------------------------------------------------------------------------------------
+
+
+def _ce_tokens(corpus: Corpus, ce_prompts: int, device: str) -> torch.Tensor | None:
+    n = min(ce_prompts, corpus.n_prompts)
+    if n <= 0 or corpus.context < 2:
+        return None
+    return torch.from_numpy(np.ascontiguousarray(corpus.tokens[:n])).long().to(device)
+
+
+def _ce_loss(model, tokens: torch.Tensor, batch_size: int, fwd_hooks: list) -> float:
+    """Mean next-token loss; per-prompt float64 sums added in prompt order (batch-size independent)."""
+    sums = []
+    for lo in range(0, tokens.shape[0], batch_size):
+        loss = model.run_with_hooks(tokens[lo : lo + batch_size], return_type="loss", loss_per_token=True, fwd_hooks=fwd_hooks)
+        sums.extend(loss.double().sum(1).cpu().tolist())
+    return float(np.sum(np.asarray(sums, np.float64)) / (tokens.shape[0] * (tokens.shape[1] - 1)))
+
+
+def _ce_clean(model, corpus: Corpus, ce_prompts: int, batch_size: int, device: str) -> float | None:
+    tokens = _ce_tokens(corpus, ce_prompts, device)
+    return None if tokens is None else _ce_loss(model, tokens, batch_size, [])
+
+
+def _ce_spliced(r: _Running, model, corpus: Corpus, batch_size: int, device: str) -> float | None:
+    tokens = _ce_tokens(corpus, r.job.release.compute.ce_prompts, device)
+    if tokens is None:
+        return None
+    sae = r.sae
+
+    def splice(act, hook):
+        return sae.decode(sae.encode(act.float())).to(act.dtype).reshape(act.shape)
+
+    return _ce_loss(model, tokens, batch_size, [(r.hook, splice)])
+
+
+# -- finishing an SAE -----------------------------------------------------------------------------
+
+
+def _finish(r: _Running, model, corpus: Corpus, store: CacheStore, ce_clean: float | None, batch_size: int, device: str, options: ComputeOptions) -> None:
+    job, s, sae = r.job, r.job.release.compute, r.sae
+    arrays = r.stats.feature_arrays()
+    n_tokens = int(r.stats.n_tokens)
+    w_dec = sae.W_dec.detach().float()
+
+    out_map = output_map(model, r.hook)
+    if out_map is not None and out_map.shape[0] != w_dec.shape[1]:
+        out_map = None
+    pos_t, pos_v, neg_t, neg_v = logit_effects(w_dec, out_map, model.W_U.detach(), s.logits)
+    nb_index, nb_cos = cosine_neighbours(w_dec, w_dec, s.neighbours, exclude_self=True)
+    method = map_method(w_dec.shape[0], options.pca_map)
+    coords = umap_coords(w_dec.cpu(), s.umap_neighbours, s.seed, method)
+    arrays.update(
+        pos_logit_token=pos_t, pos_logit_value=pos_v, neg_logit_token=neg_t, neg_logit_value=neg_v,
+        neighbour_index=nb_index, neighbour_cosine=nb_cos,
+        umap=coords, cluster=cluster_ids(coords, s.seed),
+    )
+
+    ce_spliced = _ce_spliced(r, model, corpus, batch_size, device) if ce_clean is not None else None
+    stats = r.stats.reconstruction_stats()
+    density = arrays["density"]
+    stats.update(
+        dead=int((arrays["nonzero_count"] == 0).sum()),
+        dense=int((density > DENSE_THRESHOLD).sum()),
+        dense_threshold=DENSE_THRESHOLD,
+        ce_loss_clean=ce_clean,
+        ce_loss_spliced=ce_spliced,
+        ce_loss_delta=None if ce_clean is None or ce_spliced is None else ce_spliced - ce_clean,
+    )
+    meta = {
+        "sae_id": job.id,
+        "release": job.release.id,
+        "model": job.spec.model_id,
+        "set": job.spec.set_id,
+        "layer": job.spec.layer,
+        "hook": r.hook,
+        "architecture": architecture(sae),
+        "d_in": int(sae.cfg.d_in),
+        "d_sae": int(sae.cfg.d_sae),
+        "dtype": "float32",
+        "n_tokens": n_tokens,
+        "n_prompts": corpus.n_prompts,
+        "context": corpus.context,
+        "corpus_key": corpus.key,
+        "settings": dataclasses.asdict(s),
+        "stats": stats,
+        "density_histogram": density_histogram(density, n_tokens),
+        "map": method,
+    }
+    write_entry(store.sae_dir(job.key), meta, arrays)
+    import shutil
+
+    shutil.rmtree(store.partial_dir(job.key), ignore_errors=True)
+
+
+# -- cross-layer neighbours of a Set --------------------------------------------------------------
+
+
+def _compute_set(release: Release, set_spec: SetSpec, store: CacheStore, options: ComputeOptions, device: str) -> bool:
+    """set/<set_key>/: for each SAE a of the Set (in manifest order), `index_a` i32[F_a, n, 3] and
+    `cosine_a` f32[F_a, n, 3]: the 3 most similar decoder directions in each SAE b of the Set
+    (slot b == a holds index -1, cosine 0). Returns True if written."""
+    key = set_key(release, set_spec)
+    if store.set_entry(key) is not None:
+        return False
+    saes = list(set_spec.saes)
+    with torch.inference_mode():
+        decoders = [load_sae(spec, "cpu", "float32").W_dec.detach().float() for spec in saes]
+    n = len(saes)
+    arrays = {}
+    for a, w_a in enumerate(decoders):
+        index = np.full((w_a.shape[0], n, CROSS_NEIGHBOURS), -1, np.int32)
+        cosine = np.zeros((w_a.shape[0], n, CROSS_NEIGHBOURS), np.float32)
+        for b, w_b in enumerate(decoders):
+            if a != b and w_a.shape[1] == w_b.shape[1]:
+                index[:, b], cosine[:, b] = cosine_neighbours(w_a, w_b, CROSS_NEIGHBOURS, exclude_self=False)
+        arrays[f"index_{a}"], arrays[f"cosine_{a}"] = index, cosine
+    meta = {"release": release.id, "model": release.model.id, "set": set_spec.id, "sae_ids": [s.id for s in saes]}
+    write_entry(store.set_dir(key), meta, arrays)
+    return True

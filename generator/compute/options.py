@@ -1,0 +1,27 @@
+"""Options of a compute run (device, dtype, batch size, shard) chosen on the command line."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+# Tokens per forward batch by device; the batch size in prompts is this // context.
+TOKENS_PER_BATCH = {"cuda": 8192, "mps": 4096, "cpu": 1024}
+
+
+@dataclass
+class ComputeOptions:
+    device: str = "auto"  # auto | cpu | cuda | mps (auto: cuda > mps > cpu)
+    dtype: str = "float32"  # model dtype; SAEs and statistics stay float32
+    batch_size: int | None = None  # prompts per batch; None: TOKENS_PER_BATCH[device] // context
+    shard: tuple[int, int] | None = None  # (I, N): compute slice I of N of all SAEs sorted by id
+    quiet: bool = False
+    checkpoint_every: int = 20  # batches between checkpoints of the running state
+    # PCA instead of UMAP for the feature map (recorded in meta "map"): UMAP's JIT warm-up costs
+    # tens of seconds per process, too slow for tests and quick previews.
+    pca_map: bool = False
+    on_batch: Callable[[int, int], None] | None = None  # called with (pass, first prompt) after each batch
+
+
+def default_batch_size(device: str, context: int) -> int:
+    return max(1, TOKENS_PER_BATCH.get(device, 1024) // max(1, context))

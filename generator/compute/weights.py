@@ -1,0 +1,169 @@
+"""Weights-only feature data: logit effects, decoder-cosine neighbours, UMAP map and clusters,
+cross-layer neighbours. Deterministic for a given seed; chunked over features to bound memory."""
+
+from __future__ import annotations
+
+import re
+import warnings
+
+import numpy as np
+import torch
+
+_BLOCK_HOOK = re.compile(r"^blocks\.(\d+)\.(.+)$")
+# Hooks whose activations live in the residual stream basis (output map = identity).
+_RESIDUAL_HOOKS = {"hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_mlp_out", "hook_attn_out"}
+CHUNK = 1024
+
+
+def hook_layer(hook: str) -> int | None:
+    m = _BLOCK_HOOK.match(hook)
+    return int(m.group(1)) if m else None
+
+
+def output_map(model, hook: str) -> torch.Tensor | None:
+    """M [d_in, d_model] mapping the hook's activations into the residual stream, or None when the
+    hook has no linear path to it (e.g. queries)."""
+    d_model = model.cfg.d_model
+    if hook in ("hook_embed", "hook_pos_embed", "ln_final.hook_normalized"):
+        return torch.eye(d_model)
+    m = _BLOCK_HOOK.match(hook)
+    if not m:
+        return None
+    layer, name = int(m.group(1)), m.group(2)
+    block = model.blocks[layer]
+    if name in _RESIDUAL_HOOKS:
+        return torch.eye(d_model)
+    if name == "mlp.hook_post":
+        return block.mlp.W_out.detach().float().cpu()
+    if name == "attn.hook_z":
+        w_o = block.attn.W_O.detach().float().cpu()  # [n_heads, d_head, d_model]
+        return w_o.reshape(-1, d_model)
+    return None
+
+
+def logit_effects(w_dec: torch.Tensor, out_map: torch.Tensor | None, w_u: torch.Tensor, n: int):
+    """Top n positive and negative logits of W_dec @ M @ W_U per feature:
+    (pos_token i32[F,n], pos_value f32[F,n], neg_token i32[F,n], neg_value f32[F,n])."""
+    f = w_dec.shape[0]
+    n = min(n, w_u.shape[1])
+    pos_t = np.full((f, n), -1, np.int32)
+    neg_t = np.full((f, n), -1, np.int32)
+    pos_v = np.zeros((f, n), np.float32)
+    neg_v = np.zeros((f, n), np.float32)
+    if out_map is None:
+        return pos_t, pos_v, neg_t, neg_v
+    directions = w_dec.float() @ out_map.to(w_dec.device)
+    w_u = w_u.float().to(w_dec.device)
+    for lo in range(0, f, CHUNK):
+        logits = directions[lo : lo + CHUNK] @ w_u
+        v, t = logits.topk(n, dim=1)
+        pos_t[lo : lo + CHUNK], pos_v[lo : lo + CHUNK] = t.cpu().numpy(), v.cpu().numpy()
+        v, t = (-logits).topk(n, dim=1)
+        neg_t[lo : lo + CHUNK], neg_v[lo : lo + CHUNK] = t.cpu().numpy(), (-v).cpu().numpy()
+    return pos_t, pos_v, neg_t, neg_v
+
+
+def unit_rows(w: torch.Tensor) -> torch.Tensor:
+    w = w.float()
+    return w / w.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+def cosine_neighbours(a: torch.Tensor, b: torch.Tensor, n: int, exclude_self: bool):
+    """For each row of a, the n rows of b with the highest cosine: (index i32[Fa,n], cosine f32[Fa,n]).
+    Slots beyond the available rows hold index -1, cosine 0."""
+    a, b = unit_rows(a), unit_rows(b)
+    fa, fb = a.shape[0], b.shape[0]
+    index = np.full((fa, n), -1, np.int32)
+    cosine = np.zeros((fa, n), np.float32)
+    k = min(n, fb - 1 if exclude_self else fb)
+    if k <= 0:
+        return index, cosine
+    for lo in range(0, fa, CHUNK):
+        sims = a[lo : lo + CHUNK] @ b.T
+        if exclude_self:
+            rows = torch.arange(sims.shape[0], device=sims.device)
+            sims[rows, rows + lo] = -float("inf")
+        v, i = sims.topk(k, dim=1)
+        index[lo : lo + CHUNK, :k] = i.cpu().numpy()
+        cosine[lo : lo + CHUNK, :k] = v.cpu().numpy()
+    return index, cosine
+
+
+UMAP_MIN_FEATURES = 16
+
+
+def map_method(n_features: int, pca_map: bool = False) -> str:
+    """"umap", or "pca" below UMAP_MIN_FEATURES features (UMAP's spectral init is ill-posed) or on request."""
+    return "pca" if pca_map or n_features < UMAP_MIN_FEATURES else "umap"
+
+
+def umap_coords(w_dec: torch.Tensor, n_neighbours: int, seed: int, method: str = "umap") -> np.ndarray:
+    """2-D map of the decoder directions: UMAP (cosine metric), or their first two principal
+    components when method == "pca"."""
+    x = unit_rows(w_dec).cpu().numpy().astype(np.float32)
+    f = x.shape[0]
+    if method == "pca":
+        return _pca2(x)
+    import umap
+
+    reducer = umap.UMAP(
+        n_components=2,
+        n_neighbors=max(2, min(n_neighbours, f - 1)),
+        metric="cosine",
+        random_state=seed,
+        n_jobs=1,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return reducer.fit_transform(x).astype(np.float32)
+
+
+def _pca2(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64) - x.mean(0)
+    out = np.zeros((x.shape[0], 2), np.float32)
+    if x.shape[0] < 2:
+        return out
+    _, _, vt = np.linalg.svd(x, full_matrices=False)
+    comps = vt[:2]
+    comps *= np.sign(comps[np.arange(len(comps)), np.abs(comps).argmax(1)])[:, None]  # fixed signs
+    proj = x @ comps.T
+    out[:, : proj.shape[1]] = proj
+    return out
+
+
+def cluster_ids(coords: np.ndarray, seed: int, max_clusters: int = 20, iterations: int = 50) -> np.ndarray:
+    """k-means (k-means++ init with a seeded generator) on the 2-D map; clusters numbered by
+    descending size, then by centroid. k grows with sqrt(F/4), capped at max_clusters."""
+    f = coords.shape[0]
+    k = int(max(1, min(max_clusters, round(np.sqrt(f / 4)))))
+    if f == 0:
+        return np.zeros(0, np.int32)
+    x = coords.astype(np.float64)
+    rng = np.random.default_rng(seed)
+    centres = [x[rng.integers(f)]]
+    for _ in range(1, k):
+        d2 = np.min(((x[:, None, :] - np.asarray(centres)[None]) ** 2).sum(-1), axis=1)
+        total = d2.sum()
+        centres.append(x[rng.choice(f, p=d2 / total)] if total > 0 else x[rng.integers(f)])
+    c = np.asarray(centres)
+    labels = np.zeros(f, np.int64)
+    for _ in range(iterations):
+        labels = ((x[:, None, :] - c[None]) ** 2).sum(-1).argmin(1)
+        new = np.array([x[labels == j].mean(0) if np.any(labels == j) else c[j] for j in range(k)])
+        if np.allclose(new, c):
+            break
+        c = new
+    sizes = np.bincount(labels, minlength=k)
+    order = sorted(range(k), key=lambda j: (-sizes[j], c[j][0], c[j][1]))
+    remap = np.empty(k, np.int32)
+    remap[order] = np.arange(k, dtype=np.int32)
+    return remap[labels].astype(np.int32)
+
+
+def density_histogram(density: np.ndarray, n_tokens: int, bins: int = 40) -> dict:
+    """Histogram of log10 density over the features that fire; edges span [log10(1/n_tokens), 0]."""
+    lo = float(np.floor(np.log10(1.0 / max(n_tokens, 1)))) if n_tokens > 1 else -1.0
+    edges = np.linspace(lo, 0.0, bins + 1)
+    live = density[density > 0].astype(np.float64)
+    counts, _ = np.histogram(np.log10(live), bins=edges)
+    return {"edges": [round(float(e), 6) for e in edges], "counts": [int(c) for c in counts], "dead": int((density <= 0).sum())}
