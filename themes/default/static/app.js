@@ -258,7 +258,8 @@
           a.tabIndex = -1;
           if (r.kind) a.appendChild(el('span', 'badge badge-' + r.kind.replace(/[^a-z]/gi, ''), r.kind));
           a.appendChild(el('span', 'search-title', r.title));
-          if (r.id && r.id !== r.title) a.appendChild(el('span', 'search-id', r.id));
+          var shownId = r.kind && r.id.indexOf(r.kind + ':') === 0 ? r.id.slice(r.kind.length + 1) : r.id;
+          if (shownId && shownId !== r.title) a.appendChild(el('span', 'search-id', shownId));
           li.appendChild(a);
           li.addEventListener('mousemove', function () { if (active !== n) setActive(n); });
           list.appendChild(li);
@@ -456,6 +457,7 @@
       if (e.key === 'ArrowLeft' || e.key === 'k') { e.preventDefault(); self.step(-1); }
       else if (e.key === 'ArrowRight' || e.key === 'j') { e.preventDefault(); self.step(1); }
     });
+    window.AtlasData.page = this;  // for debugging and the browser tests
     this.fromHash(true);
     window.__atlasReadyMs = performance.now() - t0;
     body.setAttribute('data-ready', 'true');
@@ -715,8 +717,8 @@
 
     if (exSection) {
       var prompts = [];
-      (rec.top || []).forEach(function (e) { prompts.push(e[0]); });
-      (rec.intervals || []).forEach(function (iv) { (iv.ex || []).forEach(function (e) { prompts.push(e[0]); }); });
+      (rec.top || []).forEach(function (e) { if (e) prompts.push(e[0]); });
+      (rec.intervals || []).forEach(function (iv) { (iv.ex || []).forEach(function (e) { if (e) prompts.push(e[0]); }); });
       this.promptRows(prompts).then(function (rowOf) {
         if (gen !== self.generation) return;
         self.rowOf = rowOf;
@@ -786,7 +788,7 @@
     var holder = $('.fv-examples .examples', this.fv.body);
     if (holder) {
       var f1 = document.createDocumentFragment();
-      (rec.top || []).forEach(function (ex) { f1.appendChild(this.exampleRow(ex, rowOf(ex[0]), rec.max)); }, this);
+      (rec.top || []).forEach(function (ex) { if (ex) f1.appendChild(this.exampleRow(ex, rowOf(ex[0]), rec.max)); }, this);
       if (!(rec.top || []).length) f1.appendChild(el('p', 'muted', 'No stored examples.'));
       holder.textContent = '';
       holder.appendChild(f1);
@@ -796,7 +798,7 @@
       var f2 = document.createDocumentFragment();
       f2.appendChild(el('h3', null, 'Interval samples'));
       (rec.intervals || []).slice().reverse().forEach(function (group) {
-        var exs = group.ex || [];
+        var exs = (group.ex || []).filter(Boolean);
         var g = el('details', 'interval');
         g.open = true;
         var sum = el('summary');
@@ -817,7 +819,6 @@
   SaePage.prototype.exampleRow = function (ex, tokens, max) {
     var S = this.S;
     var prompt = ex[0], pos = ex[1], act = ex[2], ws = ex[3], offs = ex[4] || [], vals = ex[5] || [];
-    var W = (S.context_before || 0) + 1 + (S.context_after || 0);
     var row = el('div', 'ex');
     var actEl = el('span', 'ex-act', fmt(act));
     actEl.title = 'max activation in this example';
@@ -833,8 +834,9 @@
     var values = Object.create(null);
     for (var j = 0; j < offs.length; j++) values[ws + offs[j]] = vals[j];
     var len = tokens.length, lo, hi;
-    var wsLo = Math.max(0, ws), wsHi = Math.min(len - 1, ws + W - 1);
-    if (this.ctxMode === 'all') { lo = wsLo; hi = wsHi; }
+    // The stored window runs from context_before tokens before the max to context_after after it.
+    var storedLo = Math.max(0, pos - (S.context_before || 0)), storedHi = Math.min(len - 1, pos + (S.context_after || 0));
+    if (this.ctxMode === 'all') { lo = storedLo; hi = storedHi; }
     else { var k = parseInt(this.ctxMode, 10); lo = Math.max(0, pos - k); hi = Math.min(len - 1, pos + k); }
     if (lo > 0) text.appendChild(el('span', 'ellipsis', '…'));
     var denom = max > 0 ? max : (act || 1);
@@ -843,7 +845,7 @@
       var span = el('span', 'tok');
       this.fillToken(span, s);
       var v = values[t];
-      var stored = t >= ws && t < ws + W;
+      var stored = t >= storedLo && t <= storedHi;
       if (!stored) {
         span.classList.add('tok-unknown');
         span.title = JSON.stringify(s) + ' · activation not stored';
