@@ -308,8 +308,13 @@ class _Reader:
         value = self.text(node, name, f"a path relative to the manifest, to {expected}")
         if value is None:
             return None
-        resolved = (self.base / value).resolve()
-        if not resolved.exists():
+        try:
+            resolved = (self.base / value).resolve()
+            exists = resolved.exists()
+        except (OSError, ValueError) as e:  # NUL bytes, names too long for the file system
+            self.problem(node, f"{name} {_short(value, 80)!r} is not a usable path ({e}); expected {expected}")
+            return None
+        if not exists:
             self.problem(node, f"{name} '{_short(value, 80)}' does not exist (paths are relative to the manifest); expected {expected}")
             return None
         if kind == "file" and not resolved.is_file():

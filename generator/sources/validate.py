@@ -216,8 +216,12 @@ class _ReleaseCheck:
                 elif not isinstance(tokens, list) or not all(_is_int(t) for t in tokens):
                     reader.line_problem(lineno, '"tokens" is not a list of whole numbers; expected token ids')
                 elif any(t < 0 or (_is_int(d_vocab) and t >= d_vocab) for t in tokens):
-                    bad = next(t for t in tokens if t < 0 or t >= d_vocab)
-                    reader.line_problem(lineno, f'has the token id {bad}; expected ids from 0 to {d_vocab - 1} (the model\'s d_vocab is {d_vocab})')
+                    bad = next(t for t in tokens if t < 0 or (_is_int(d_vocab) and t >= d_vocab))
+                    if _is_int(d_vocab):
+                        expected = f"ids from 0 to {d_vocab - 1} (the model's d_vocab is {d_vocab})"
+                    else:
+                        expected = "ids >= 0"
+                    reader.line_problem(lineno, f"has the token id {bad}; expected {expected}")
                 elif len(tokens) < corpus.context:
                     reader.line_problem(lineno, f"has {len(tokens)} tokens; expected at least corpus.context = {corpus.context}")
                 else:
@@ -332,9 +336,9 @@ class _ReleaseCheck:
             return
         model = self.release.model
         if model.transformer_lens and entry.get("model"):
-            ours = transformer_lens_official_name(model.transformer_lens) or model.transformer_lens
+            ours = transformer_lens_official_name(model.transformer_lens)
             theirs = transformer_lens_official_name(str(entry["model"])) or str(entry["model"])
-            if ours != theirs:
+            if ours is not None and ours != theirs:
                 self.at(
                     sae.mark_of("sae_lens.release"),
                     f"SAELens release '{ref.release}' is for model '{entry['model']}' but this release uses '{model.transformer_lens}'; expected SAEs of the release's model",
