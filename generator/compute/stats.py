@@ -178,7 +178,10 @@ class FeatureStats:
     def load_state(self, arrays: dict[str, np.ndarray], pass_no: int, prompts_done: int) -> None:
         for name in self.STATE:
             ref = getattr(self, name)
-            value = torch.from_numpy(np.array(arrays[name])).to(self.device)
+            value = torch.from_numpy(np.array(arrays[name]))
+            if value.numel() == ref.numel():
+                value = value.reshape(ref.shape)  # memory-mapped 0-d arrays load as shape (1,)
+            value = value.to(self.device)
             if value.shape != ref.shape or value.dtype != ref.dtype:
                 raise ValueError(f"checkpoint array {name} has shape {tuple(value.shape)}, expected {tuple(ref.shape)}")
             setattr(self, name, value)

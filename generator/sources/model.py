@@ -79,7 +79,7 @@ def load_model(spec: ModelSpec, device: str = "cpu", dtype: str = "float32"):
     from safetensors.torch import load_file
 
     cfg = HookedTransformerConfig(**read_local_config(spec.path), device=device, dtype=torch_dtype(dtype))
-    model = HookedTransformer(cfg, move_to_device=False)
+    model = HookedTransformer(cfg)  # parameters created with cfg.dtype on cfg.device
     state = load_file(str(Path(spec.path) / "model.safetensors"))
     missing, unexpected = model.load_state_dict(state, strict=False)
     # TransformerLens registers some buffers (masks, rotary tables) that need not be in the file.
@@ -88,6 +88,4 @@ def load_model(spec: ModelSpec, device: str = "cpu", dtype: str = "float32"):
         raise InputError(
             [problem_at(Path(spec.path) / "model.safetensors", f"state dict does not match config.json (missing {missing[:3]}, unexpected {unexpected[:3]}); expected HookedTransformer.state_dict()")]
         )
-    model.to(torch_dtype(dtype))
-    model.to(device)
     return model.eval()

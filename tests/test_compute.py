@@ -1,0 +1,366 @@
+"""The compute engine against brute force: the whole corpus through the model and each SAE at once."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from generator.cache import CacheStore, corpus_key, dump_feature, sae_key, set_key
+from generator.compute import ComputeOptions, compute_releases
+from generator.compute.stats import LOW, histogram_bin, interval_index, priority
+from generator.compute.weights import output_map
+from generator.errors import AtlasError
+from generator.manifest import load_content
+from generator.sources.model import load_model
+from generator.sources.sae import load_sae
+from tests.fixtures import FIXTURE_COMPUTE, build_fixture_content
+
+ROOT = Path(__file__).resolve().parents[1]
+N_PROMPTS, CONTEXT, D_SAE = 12, 8, 32
+SETS = (
+    ("res-st", "blocks.{layer}.hook_resid_post", "standard", (0, 1)),
+    ("res-tk", "blocks.{layer}.hook_resid_post", "topk", (1,)),
+    ("mlp-jr", "blocks.{layer}.hook_mlp_out", "jumprelu", (0,)),
+    ("att-st", "blocks.{layer}.attn.hook_z", "standard", (1,)),
+)
+
+
+def _options(**kw) -> ComputeOptions:
+    return ComputeOptions(device="cpu", quiet=True, pca_map=True, **kw)
+
+
+def _entries(cache: Path, release) -> dict:
+    store = CacheStore(cache)
+    return {s.id: store.sae_entry(sae_key(release, s)) for s in release.saes()}
+
+
+def _assert_same_entries(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for sae_id in a:
+        assert a[sae_id].meta == b[sae_id].meta, sae_id
+        for name in a[sae_id].arrays:
+            np.testing.assert_array_equal(a[sae_id][name], b[sae_id][name], err_msg=f"{sae_id} {name}")
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = tmp_path_factory.mktemp("compute")
+    content = build_fixture_content(root, n_prompts=N_PROMPTS, context=CONTEXT, d_sae=D_SAE, corpus="tokens", sets=SETS)
+    releases = load_content(content)
+    cache = root / "cache"
+    report = compute_releases(releases, cache, _options(batch_size=3))
+    return root, content, releases, cache, report
+
+
+@pytest.fixture(scope="module")
+def brute(built):
+    """Per SAE id: (acts f32 [P, T, F], x, sae, hook) over the whole corpus in one forward."""
+    _, _, releases, cache, _ = built
+    release = releases[0]
+    tokens = torch.from_numpy(np.asarray(CacheStore(cache).corpus(corpus_key(release))["tokens"])).long()
+    model = load_model(release.model, "cpu", "float32")
+    out = {}
+    with torch.inference_mode():
+        _, acts_cache = model.run_with_cache(tokens)
+        for spec in release.saes():
+            sae = load_sae(spec, "cpu", "float32")
+            x = acts_cache[spec.hook].float()
+            out[spec.id] = (sae.encode(x).float(), x, sae, spec.hook)
+    return model, tokens, out
+
+
+def test_every_sae_is_computed_with_its_set_entry(built):
+    _, _, releases, cache, report = built
+    assert sorted(report.computed) == sorted(s.id for s in releases[0].saes())
+    store = CacheStore(cache)
+    res = next(s for s in releases[0].sets if s.id == "res-st")
+    entry = store.set_entry(set_key(releases[0], res))
+    assert entry.meta["sae_ids"] == [s.id for s in res.saes]
+    assert entry["index_0"].shape == (D_SAE, 2, 3)
+    assert (entry["index_0"][:, 0] == -1).all() and (entry["index_0"][:, 1] >= 0).all()
+    assert not list((cache / "sae").glob("*.partial"))
+
+
+def test_max_density_and_reconstruction_stats_match_brute_force(built, brute):
+    _, _, releases, cache, _ = built
+    _, _, acts_by_id = brute
+    for sae_id, entry in _entries(cache, releases[0]).items():
+        acts, x, sae, _ = acts_by_id[sae_id]
+        flat = acts.reshape(-1, acts.shape[-1])
+        np.testing.assert_array_equal(entry["max_activation"], flat.max(0).values.clamp_min(0).numpy())
+        np.testing.assert_array_equal(entry["nonzero_count"], (flat > 0).sum(0).numpy())
+        assert entry["density"].dtype == np.float32
+        stats = entry.meta["stats"]
+        n = flat.shape[0]
+        xf = x.reshape(n, -1).double()
+        x_hat = sae.decode(acts).reshape(n, -1).double()
+        sse = (xf - x_hat).square().sum().item()
+        sst = (xf - xf.mean(0)).square().sum().item()
+        assert stats["l0"] == pytest.approx((flat > 0).sum().item() / n)
+        assert stats["mse"] == pytest.approx(sse / xf.numel(), rel=1e-5)
+        assert stats["explained_variance"] == pytest.approx(1 - sse / sst, rel=1e-5, abs=1e-6)
+        assert stats["dead"] == int(((flat > 0).sum(0) == 0).sum())
+        assert entry.meta["n_tokens"] == N_PROMPTS * CONTEXT
+        hist = entry.meta["density_histogram"]
+        assert sum(hist["counts"]) + hist["dead"] == D_SAE
+
+
+def test_top_examples_follow_the_documented_order_with_windows(built, brute):
+    _, _, releases, cache, _ = built
+    _, _, acts_by_id = brute
+    s = releases[0].compute
+    k, before, after = s.top_k, s.context_before, s.context_after
+    ties_seen = 0
+    for sae_id, entry in _entries(cache, releases[0]).items():
+        acts = acts_by_id[sae_id][0].numpy()
+        p_count, t_count, f_count = acts.shape
+        for f in range(f_count):
+            a = acts[:, :, f].reshape(-1)
+            order = sorted((i for i in range(a.size) if a[i] > 0), key=lambda i: (-a[i], i))[:k]
+            n = len(order)
+            np.testing.assert_array_equal(entry["top_value"][f, :n], a[order])
+            np.testing.assert_array_equal(entry["top_prompt"][f, :n], [i // t_count for i in order])
+            np.testing.assert_array_equal(entry["top_position"][f, :n], [i % t_count for i in order])
+            assert (entry["top_prompt"][f, n:] == -1).all() and (entry["top_value"][f, n:] == 0).all()
+            ties_seen += len(order) - len(set(a[order].tolist()))
+            for j, i in enumerate(order):
+                p, t = divmod(i, t_count)
+                padded = np.concatenate([np.zeros(before), acts[p, :, f], np.zeros(after)])
+                expected = padded[t : t + before + 1 + after].astype(np.float16)
+                np.testing.assert_array_equal(entry["top_window"][f, j], expected)
+    assert ties_seen > 0  # the fixture corpus repeats prompts, so exact ties occur
+
+
+def test_histogram_and_interval_samples_match_brute_force(built, brute):
+    _, _, releases, cache, _ = built
+    _, _, acts_by_id = brute
+    s = releases[0].compute
+    for sae_id, entry in _entries(cache, releases[0]).items():
+        acts = acts_by_id[sae_id][0]
+        p_count, t_count, f_count = acts.shape
+        flat = acts.reshape(-1, f_count)
+        mx = torch.from_numpy(np.array(entry["max_activation"]))
+        firing = flat > 0
+        bins = histogram_bin(flat, mx, s.histogram_bins)
+        for f in range(f_count):
+            expected = torch.bincount(bins[firing[:, f], f], minlength=s.histogram_bins).numpy()
+            np.testing.assert_array_equal(entry["histogram"][f], expected)
+        assert entry["histogram"].sum() == int(firing.sum())
+
+        g = torch.arange(flat.shape[0], dtype=torch.int64)
+        prio = priority(g, f_count, s.seed)
+        interval = interval_index(flat, mx, s.intervals)
+        for f in range(f_count):
+            for i in range(s.intervals):
+                members = torch.nonzero(firing[:, f] & (interval[:, f] == i)).flatten().tolist()
+                chosen = sorted(members, key=lambda t: (-int(prio[t, f]), t))[: s.per_interval]
+                n = len(chosen)
+                np.testing.assert_array_equal(entry["interval_prompt"][f, i, :n], [t // t_count for t in chosen])
+                np.testing.assert_array_equal(entry["interval_position"][f, i, :n], [t % t_count for t in chosen])
+                values = entry["interval_value"][f, i, :n]
+                np.testing.assert_array_equal(values, flat[chosen, f].numpy())
+                lo, hi = float(mx[f]) * i / s.intervals, float(mx[f]) * (i + 1) / s.intervals
+                assert all(lo - 1e-6 < v <= hi + 1e-6 for v in values)
+                assert (entry["interval_prompt"][f, i, n:] == -1).all()
+
+
+def test_logits_neighbours_and_map_match_explicit_products(built, brute):
+    _, _, releases, cache, _ = built
+    model, _, acts_by_id = brute
+    s = releases[0].compute
+    for sae_id, entry in _entries(cache, releases[0]).items():
+        _, _, sae, hook = acts_by_id[sae_id]
+        w_dec = sae.W_dec.detach().float()
+        m = output_map(model, hook)
+        if hook.endswith("hook_z"):
+            torch.testing.assert_close(m, model.blocks[1].attn.W_O.detach().reshape(-1, model.cfg.d_model))
+        logits = w_dec @ m @ model.W_U.detach()
+        v, t = logits.topk(s.logits, dim=1)
+        np.testing.assert_array_equal(entry["pos_logit_token"], t.numpy())
+        np.testing.assert_allclose(entry["pos_logit_value"], v.numpy(), rtol=1e-5, atol=1e-6)
+        v, t = (-logits).topk(s.logits, dim=1)
+        np.testing.assert_array_equal(entry["neg_logit_token"], t.numpy())
+        np.testing.assert_allclose(entry["neg_logit_value"], -v.numpy(), rtol=1e-5, atol=1e-6)
+
+        unit = w_dec / w_dec.norm(dim=1, keepdim=True)
+        cos = unit @ unit.T
+        cos.fill_diagonal_(-2)
+        v, i = cos.topk(s.neighbours, dim=1)
+        np.testing.assert_array_equal(entry["neighbour_index"], i.numpy())
+        np.testing.assert_allclose(entry["neighbour_cosine"], v.numpy(), atol=1e-6)
+        assert entry["umap"].shape == (D_SAE, 2) and np.isfinite(entry["umap"]).all()
+        assert entry["cluster"].shape == (D_SAE,) and entry["cluster"].min() == 0
+        stats = entry.meta["stats"]
+        assert stats["ce_loss_delta"] == pytest.approx(stats["ce_loss_spliced"] - stats["ce_loss_clean"])
+
+
+def test_results_do_not_depend_on_batch_size(built, tmp_path):
+    _, _, releases, cache, _ = built
+    base = _entries(cache, releases[0])
+    for batch_size in (1, 7):
+        compute_releases(releases, tmp_path / str(batch_size), _options(batch_size=batch_size))
+        _assert_same_entries(base, _entries(tmp_path / str(batch_size), releases[0]))
+
+
+def test_one_forward_for_several_saes_equals_running_each_alone(built, tmp_path):
+    _, content, releases, cache, _ = built
+    manifest = yaml.safe_load((content / "releases" / "tiny-demo.yaml").read_text())
+    base = _entries(cache, releases[0])
+    for s in manifest["sets"]:
+        single = dict(manifest, sets=[dict(s, saes=s["saes"][:1])], explanations=None)
+        single.pop("explanations")
+        (content / "releases" / "tiny-demo.yaml").write_text(yaml.safe_dump(single))
+        try:
+            alone = load_content(content)
+        finally:
+            (content / "releases" / "tiny-demo.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+        out = tmp_path / s["id"]
+        report = compute_releases(alone, out, _options(batch_size=5))
+        assert len(report.computed) == 1
+        got = _entries(out, alone[0])
+        _assert_same_entries({k: base[k] for k in got}, got)
+
+
+def test_exact_ties_prefer_the_earlier_prompt(tmp_path):
+    content = build_fixture_content(tmp_path, n_prompts=6, context=8, d_sae=16, corpus="tokens", sets=SETS[:1], explanations=False)
+    row = [5, 9, 3, 17, 40, 2, 8, 11]
+    (content / "corpus" / "tokens.jsonl").write_text("".join(json.dumps({"tokens": row}) + "\n" for _ in range(6)))
+    releases = load_content(content)
+    compute_releases(releases, tmp_path / "cache", _options(batch_size=4))
+    for entry in _entries(tmp_path / "cache", releases[0]).values():
+        for f in np.flatnonzero(entry["max_activation"] > 0):
+            best = entry["top_position"][f, 0]
+            top = entry["top_value"][f]
+            # every prompt is the same: the best token of prompt 0, 1, 2 ... in prompt order
+            assert list(entry["top_prompt"][f, :6]) == [0, 1, 2, 3, 4, 5]
+            assert (entry["top_position"][f, :6] == best).all() and (top[:6] == top[0]).all()
+
+
+class _Interrupt(Exception):
+    pass
+
+
+@pytest.mark.parametrize("stop_in_pass", [1, 2])
+def test_resume_after_interruption_gives_identical_entries(built, tmp_path, stop_in_pass, capsys):
+    _, _, releases, cache, _ = built
+
+    def interrupt(pass_no, first_prompt):
+        if pass_no == stop_in_pass and first_prompt >= 6:
+            raise _Interrupt
+
+    with pytest.raises(_Interrupt):
+        compute_releases(releases, tmp_path, _options(batch_size=3, checkpoint_every=1, on_batch=interrupt))
+    partials = list((tmp_path / "sae").glob("*.partial"))
+    assert len(partials) == len(releases[0].saes())
+    assert not [p for p in (tmp_path / "sae").iterdir() if not p.name.endswith(".partial")]
+    for p in partials:
+        meta = json.loads((p / "meta.json").read_text())
+        assert (meta["pass"], meta["prompts_done"]) == (stop_in_pass, 9)  # checkpoint after the batch at 6
+    capsys.readouterr()
+    first = []
+    compute_releases(releases, tmp_path, _options(batch_size=3, on_batch=lambda p, q: first.append((p, q))))
+    assert first[0] == (stop_in_pass, 9)  # resumed where the checkpoint left off
+    assert "discarding" not in capsys.readouterr().err
+    _assert_same_entries(_entries(cache, releases[0]), _entries(tmp_path, releases[0]))
+    for key_dir in (tmp_path / "sae").iterdir():
+        base = cache / "sae" / key_dir.name
+        for f in key_dir.iterdir():
+            assert f.read_bytes() == (base / f.name).read_bytes(), f
+
+
+def test_corrupt_entry_is_detected_and_recomputed(built, tmp_path, capsys):
+    _, _, releases, cache, _ = built
+    shutil.copytree(cache, tmp_path / "cache")
+    release = releases[0]
+    spec = release.saes()[0]
+    array = tmp_path / "cache" / "sae" / sae_key(release, spec) / "top_value.npy"
+    data = bytearray(array.read_bytes())
+    data[-1] ^= 0xFF
+    array.write_bytes(bytes(data))
+    report = compute_releases(releases, tmp_path / "cache", _options(batch_size=4))
+    assert report.computed == [spec.id]
+    assert "corrupt cache entry" in capsys.readouterr().err
+    _assert_same_entries(_entries(cache, release), _entries(tmp_path / "cache", release))
+
+
+def test_cached_models_are_not_loaded_and_shards_are_disjoint(built, monkeypatch, tmp_path):
+    _, _, releases, cache, _ = built
+    import generator.compute.engine as engine
+
+    def no_load(*a, **k):
+        raise AssertionError("model loaded although every SAE is cached")
+
+    monkeypatch.setattr(engine, "load_model", no_load)
+    report = compute_releases(releases, cache, _options())
+    assert report.computed == [] and len(report.cached) == len(releases[0].saes())
+    monkeypatch.undo()
+
+    seen = []
+    for i in range(3):
+        seen.append(compute_releases(releases, tmp_path, _options(shard=(i, 3))).computed)
+    flat = [s for part in seen for s in part]
+    assert sorted(flat) == sorted(s.id for s in releases[0].saes()) and len(set(flat)) == len(flat)
+    assert seen[0] == sorted(s.id for s in releases[0].saes())[0::3]
+
+
+def test_changing_one_sae_recomputes_only_that_one(built, tmp_path):
+    root, content, releases, cache, _ = built
+    copy = tmp_path / "content"
+    shutil.copytree(content, copy)
+    shutil.copytree(cache, tmp_path / "cache")
+    from tests.fixtures import make_sae_dir
+
+    make_sae_dir(copy / "saes" / "mlp-jr" / "0", 16, D_SAE, "jumprelu", "blocks.0.hook_mlp_out", seed=99)
+    changed = load_content(copy)
+    report = compute_releases(changed, tmp_path / "cache", _options(batch_size=4))
+    assert report.computed == ["tiny-2l@0-mlp-jr"]
+
+
+def test_dump_prints_the_feature_record(built):
+    _, content, releases, cache, _ = built
+    sae_id = "tiny-2l@1-res-st"
+    entry = _entries(cache, releases[0])[sae_id]
+    f = int(np.argmax(entry["nonzero_count"]))
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    out = subprocess.run(
+        [sys.executable, "-m", "generator", "dump", f"{sae_id}:{f}", "--content", str(content), "--cache", str(cache)],
+        capture_output=True, text=True, env=env, cwd=ROOT, check=True,
+    )
+    record = json.loads(out.stdout)
+    assert list(record) == ["sae", "index", "max_activation", "density", "top_examples", "interval_examples",
+                            "histogram", "positive_logits", "negative_logits", "neighbours", "umap"]
+    assert record["sae"] == sae_id and record["index"] == f
+    assert record["max_activation"] == pytest.approx(float(entry["max_activation"][f]))
+    tokens = np.asarray(CacheStore(cache).corpus(corpus_key(releases[0]))["tokens"])
+    s = FIXTURE_COMPUTE
+    for ex in record["top_examples"]:
+        p, t = ex["prompt"], ex["position"]
+        start = max(0, t - s["context_before"])
+        assert ex["tokens"] == tokens[p, start : t + s["context_after"] + 1].tolist()
+        assert len(ex["activations"]) == len(ex["tokens"]) == len(ex["token_strings"])
+        assert ex["activations"][t - start] == pytest.approx(ex["activation"], rel=1e-3)
+    assert record["top_examples"][0]["activation"] == record["max_activation"]
+    assert sum(record["histogram"]["counts"]) == int(entry["nonzero_count"][f])
+    assert len(record["neighbours"]) == s["neighbours"]
+    assert all(ex["activation"] > 0 for iv in record["interval_examples"] for ex in iv["examples"])
+
+    bad = subprocess.run(
+        [sys.executable, "-m", "generator", "dump", "tiny-2l@1-nope:0", "--content", str(content), "--cache", str(cache)],
+        capture_output=True, text=True, env=env, cwd=ROOT,
+    )
+    assert bad.returncode == 1 and "unknown SAE tiny-2l@1-nope" in bad.stderr
+
+
+def test_dump_of_an_uncomputed_sae_says_so(built, tmp_path):
+    _, _, releases, _, _ = built
+    with pytest.raises(AtlasError, match="not computed"):
+        dump_feature(releases, tmp_path, "tiny-2l@1-res-st:0")
