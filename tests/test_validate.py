@@ -40,17 +40,21 @@ CONFIG = {
     "d_vocab": len(WORDS) + 2,
     "act_fn": "gelu",
     "normalization_type": "LN",
-    "default_prepend_bos": True,
 }
 
 
-def write_tokenizer(path: Path) -> None:
+def write_tokenizer(directory: Path, bos: bool = True) -> None:
+    """tokenizer.json + tokenizer_config.json as save_pretrained writes them (BOS = EOS = <|endoftext|>)."""
     from tokenizers import Tokenizer, models, pre_tokenizers
 
     vocab = {w: i for i, w in enumerate(["<|endoftext|>", "[UNK]", *WORDS])}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.save(str(path))
+    tok.save(str(directory / "tokenizer.json"))
+    special = {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "unk_token": "[UNK]"}
+    if not bos:
+        del special["bos_token"]
+    (directory / "tokenizer_config.json").write_text(json.dumps(special))
 
 
 def write_model(directory: Path, config: dict | None = None) -> None:
@@ -58,7 +62,7 @@ def write_model(directory: Path, config: dict | None = None) -> None:
     cfg = dict(CONFIG, **(config or {}))
     (directory / "config.json").write_text(json.dumps(cfg))
     save_file({"embed.W_E": np.zeros((cfg["d_vocab"], cfg["d_model"]), np.float32)}, str(directory / "model.safetensors"))
-    write_tokenizer(directory / "tokenizer.json")
+    write_tokenizer(directory)
 
 
 def write_sae(directory: Path, d_in: int, hook: str, d_sae: int = 8, architecture: str = "standard") -> None:
@@ -173,8 +177,12 @@ def test_corpus_of_exactly_the_needed_tokens_passes(tmp_path):
 
 
 def test_without_bos_every_prompt_needs_context_tokens(tmp_path):
-    content = make_content(tmp_path, prompts=3, context=7, model_config={"default_prepend_bos": False})
+    content = make_content(tmp_path, prompts=3, context=7)
+    write_tokenizer(content / "models/tiny", bos=False)
     assert check(content)[1] == []
+    content = make_content(tmp_path, prompts=3, context=8)
+    write_tokenizer(content / "models/tiny", bos=False)
+    assert [p.message.split(":")[0] for p in check(content)[1]] == ["corpus stories.txt has 21 tokens; expected at least 24 (3 prompts x 8 tokens)"]
 
 
 # --- model, layers, hooks ----------------------------------------------------------------------
@@ -298,8 +306,8 @@ def test_model_config_missing_fields(tmp_path):
 
 def test_model_directory_without_config_or_tokenizer(tmp_path):
     content = make_content(tmp_path)
-    (content / "models/tiny/config.json").unlink()
-    (content / "models/tiny/tokenizer.json").unlink()
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        (content / "models/tiny" / name).unlink()
     release, problems = check(content)
     mark = release.model.mark_of("path")
     assert problems == [
@@ -527,3 +535,31 @@ def test_transformer_lens_names_resolve_aliases_without_importing_it():
     assert transformer_lens_official_name("nope-model") is None
     assert read_model_config(ModelSpec("g", transformer_lens="gpt2-small"))["n_layers"] == 12
     assert read_model_config(ModelSpec("x", transformer_lens="meta-llama/Llama-2-7b-hf")) is None
+
+
+def test_token_count_agrees_with_the_corpus_loader(real_release, tmp_path):
+    """The most prompts the loader can cut from the corpus pass; one more is reported as too short."""
+    import dataclasses
+    import shutil
+
+    from generator.sources.corpus import tokenize_corpus
+    from generator.sources.model import load_tokenizer
+
+    [release] = load_content(real_release)
+    tokenizer = load_tokenizer(release.model)
+    probe = dataclasses.replace(release, corpus=dataclasses.replace(release.corpus, prompts=100_000))
+    available = len(tokenize_corpus(probe, tokenizer))
+    assert 0 < available < 100_000
+    content = tmp_path / "content"
+    shutil.copytree(real_release, content)
+    manifest = content / "releases" / release.source.name
+    text = manifest.read_text()
+    for prompts, ok in ((available, True), (available + 1, False)):
+        manifest.write_text(text.replace(f"prompts: {release.corpus.prompts}", f"prompts: {prompts}"))
+        try:
+            validate_sources(load_content(content))
+            passed = True
+        except InputError as e:
+            assert [p.message.split(" has ")[0] for p in e.problems] == ["corpus stories.txt"]
+            passed = False
+        assert passed is ok, prompts

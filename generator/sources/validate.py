@@ -151,9 +151,25 @@ class _ReleaseCheck:
             self.tokenizer_file = None
             return None
 
-    def tokens_needed(self) -> tuple[int, str]:
+    def special_tokens(self) -> tuple[bool, bool]:
+        """(has BOS, has a document separator) as the corpus loader sees the tokenizer: each prompt
+        starts with BOS when there is one; documents are joined with EOS, else BOS."""
+        assert self.tokenizer_file is not None
+        found: dict[str, bool] = {}
+        for name in ("tokenizer_config.json", "special_tokens_map.json"):
+            try:
+                data = json.loads((self.tokenizer_file.parent / name).read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            if isinstance(data, dict):
+                for token in ("bos_token", "eos_token"):
+                    if token in data and token not in found:
+                        found[token] = bool(data[token])
+        bos, eos = found.get("bos_token", False), found.get("eos_token", False)
+        return bos, bos or eos
+
+    def tokens_needed(self, bos: bool) -> tuple[int, str]:
         corpus = self.release.corpus
-        bos = (self.config or {}).get("default_prepend_bos", True) is not False
         per_prompt = corpus.context - 1 if bos else corpus.context
         how = f"{corpus.prompts} prompts x {per_prompt} tokens" + (" after BOS" if bos else "")
         return corpus.prompts * per_prompt, how
@@ -162,25 +178,27 @@ class _ReleaseCheck:
         """Documents are joined with one separator token between them and cut into prompts."""
         corpus = self.release.corpus
         tokenizer = self.tokenizer()
-        need, how = self.tokens_needed()
+        bos, separator = self.special_tokens() if tokenizer is not None else (True, True)
+        need, how = self.tokens_needed(bos)
         total = n_docs = 0
         batch: list[str] = []
 
         def count(batch: list[str]) -> int:
-            return sum(len(e.ids) for e in tokenizer.encode_batch(batch, add_special_tokens=False))
+            encoded = tokenizer.encode_batch(batch, add_special_tokens=False)
+            return sum(len(e.ids) for e in encoded) + (len(batch) if separator else 0)
 
         counted_all = True
         for doc in documents:
-            n_docs += 1
+            n_docs += 1 if doc.strip() else 0
             if tokenizer is None or total > need:
                 counted_all = False
                 continue  # keep reading: encoding problems later in the file still matter
             batch.append(doc)
             if len(batch) >= _TOKENIZE_BATCH:
-                total += count(batch) + len(batch)
+                total += count(batch)
                 batch = []
         if tokenizer is not None and batch:
-            total += count(batch) + len(batch)
+            total += count(batch)
         if reader.problems:
             for message in reader.problems:
                 self.at(corpus.mark_of("path"), message)
@@ -189,7 +207,7 @@ class _ReleaseCheck:
             kind = 'lines with "text"' if reader.path.suffix == ".jsonl" else "documents separated by blank lines"
             self.at(corpus.mark_of("path"), f"corpus {reader.path.name} is empty; expected {kind}")
             return
-        if counted_all:
+        if counted_all and separator:
             total -= 1  # no separator after the last document
         if tokenizer is not None and total < need:
             self.at(
@@ -215,8 +233,8 @@ class _ReleaseCheck:
                     reader.line_problem(lineno, 'has no "tokens" while earlier lines do; expected every line pre-tokenized or none')
                 elif not isinstance(tokens, list) or not all(_is_int(t) for t in tokens):
                     reader.line_problem(lineno, '"tokens" is not a list of whole numbers; expected token ids')
-                elif any(t < 0 or (_is_int(d_vocab) and t >= d_vocab) for t in tokens):
-                    bad = next(t for t in tokens if t < 0 or (_is_int(d_vocab) and t >= d_vocab))
+                elif any(t < 0 or (_is_int(d_vocab) and t >= d_vocab) for t in tokens[: corpus.context]):
+                    bad = next(t for t in tokens[: corpus.context] if t < 0 or (_is_int(d_vocab) and t >= d_vocab))
                     if _is_int(d_vocab):
                         expected = f"ids from 0 to {d_vocab - 1} (the model's d_vocab is {d_vocab})"
                     else:
@@ -232,7 +250,7 @@ class _ReleaseCheck:
                     reader.line_problem(lineno, 'has no "text"; expected {"text": "..."} or {"tokens": [...]} on every line')
                 elif not isinstance(text, str):
                     reader.line_problem(lineno, '"text" is not a string; expected {"text": "..."}')
-                elif text.strip():
+                else:
                     texts.append(text)
         if mode == "tokens":
             for message in reader.problems:
