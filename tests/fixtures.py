@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from pathlib import Path
 
 import yaml
@@ -171,7 +172,7 @@ def make_corpus(path: Path, kind: str = "txt", text: str | None = None, tokens: 
     if kind == "txt":
         path.write_text(text or fixture_text(), encoding="utf-8")
     elif kind == "jsonl":
-        docs = (text or fixture_text()).strip().split("\n\n")
+        docs = [d.strip("\n") for d in re.split(r"\n\s*\n", text or fixture_text()) if d.strip()]
         path.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs), encoding="utf-8")
     elif kind == "tokens":
         assert tokens is not None
