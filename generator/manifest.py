@@ -359,8 +359,8 @@ def _parse_yaml(path: Path, reader: _Reader) -> Node | None:
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        what = " ".join(x for x in (e.context, e.problem) if x)
-        reader.problem(Mark(reader.file, line, col), f"invalid YAML: {what}; expected a YAML mapping like the one in DESIGN.md")
+        what = ": ".join(x for x in (e.context, e.problem) if x)
+        reader.problem(Mark(reader.file, line, col), f"invalid YAML ({what}); expected valid YAML syntax")
         return None
     except yaml.YAMLError as e:
         reader.problem(Mark(reader.file, 1, 1), f"invalid YAML: {e}; expected a YAML mapping")
@@ -601,7 +601,7 @@ def _parse(path: Path) -> _Parsed:
     root = _parse_yaml(path, r)
     if root is None:
         return _Parsed(None, r.problems)
-    example = "release: my-saes (see the Manifest section of DESIGN.md)"
+    example = "release: my-saes (see the manifest format in the README)"
     items = r.mapping(root, "the manifest", TOP_KEYS, ("release", "model", "corpus", "sets"), example)
     if items is None:
         return _Parsed(None, r.problems)

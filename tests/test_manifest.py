@@ -165,7 +165,7 @@ def test_fixed_hook_is_allowed_for_a_single_sae(tmp_path):
 def test_yaml_syntax_error_reports_the_parser_position(tmp_path):
     path = write(tmp_path, edit("  prompts: 64", "  prompts: [64"))
     assert only_problem(path) == at(
-        path, 12, 10, "invalid YAML: while parsing a flow sequence expected ',' or ']', but got ':'; expected a YAML mapping like the one in DESIGN.md"
+        path, 12, 10, "invalid YAML (while parsing a flow sequence: expected ',' or ']', but got ':'); expected valid YAML syntax"
     )
 
 
@@ -173,7 +173,7 @@ def test_bad_indentation_is_a_yaml_error(tmp_path):
     path = write(tmp_path, edit("  id: tiny\n", "  id: tiny\n   oops: 1\n"))
     problem = only_problem(path)
     assert (problem.line, problem.col) == (8, 8)
-    assert problem.message.startswith("invalid YAML: mapping values are not allowed here")
+    assert problem.message == "invalid YAML (mapping values are not allowed here); expected valid YAML syntax"
 
 
 def test_unknown_key_suggests_the_closest_one(tmp_path):
@@ -225,7 +225,7 @@ def test_negative_layer(tmp_path):
 
 def test_missing_required_fields_are_all_reported(tmp_path):
     path = write(tmp_path, "title: only a title\n")
-    example = "expected release: my-saes (see the Manifest section of DESIGN.md)"
+    example = "expected release: my-saes (see the manifest format in the README)"
     assert problems_of(path) == [at(path, 1, 1, f"the manifest is missing '{k}'; {example}") for k in ("corpus", "model", "release", "sets")]
 
 
@@ -413,7 +413,7 @@ def test_empty_manifest(tmp_path):
 def test_manifest_that_is_a_list(tmp_path):
     path = write(tmp_path, "- a\n- b\n")
     assert only_problem(path) == at(
-        path, 1, 1, "the manifest is a list; expected a mapping, e.g. release: my-saes (see the Manifest section of DESIGN.md)"
+        path, 1, 1, "the manifest is a list; expected a mapping, e.g. release: my-saes (see the manifest format in the README)"
     )
 
 
