@@ -259,7 +259,7 @@
           if (r.kind) a.appendChild(el('span', 'badge badge-' + r.kind.replace(/[^a-z]/gi, ''), r.kind));
           a.appendChild(el('span', 'search-title', r.title));
           var shownId = r.kind && r.id.indexOf(r.kind + ':') === 0 ? r.id.slice(r.kind.length + 1) : r.id;
-          if (shownId && shownId !== r.title) a.appendChild(el('span', 'search-id', shownId));
+          if (shownId && r.title.indexOf(shownId) < 0) a.appendChild(el('span', 'search-id', shownId));
           li.appendChild(a);
           li.addEventListener('mousemove', function () { if (active !== n) setActive(n); });
           list.appendChild(li);
@@ -460,6 +460,7 @@
     window.AtlasData.page = this;  // for debugging and the browser tests
     this.fromHash(true);
     window.__atlasReadyMs = performance.now() - t0;
+    window.__atlasReadyAt = performance.now();
     body.setAttribute('data-ready', 'true');
   };
 
