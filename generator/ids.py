@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-SLUG = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
-_SAE_ID = re.compile(r"^(?P<model>[a-z0-9][a-z0-9_.-]*)@(?P<layer>\d+)-(?P<set>[a-z0-9][a-z0-9_.-]*)$")
-_FEATURE_ID = re.compile(r"^(?P<sae>[^:]+):(?P<index>\d+)$")
+SLUG = re.compile(r"^[a-z0-9][a-z0-9_.-]*\Z")
+_SAE_ID = re.compile(r"^(?P<model>[a-z0-9][a-z0-9_.-]*)@(?P<layer>\d+)-(?P<set>[a-z0-9][a-z0-9_.-]*)")
+_FEATURE_ID = re.compile(r"^(?P<sae>[^:]+):(?P<index>\d+)")
 
 
 @dataclass(frozen=True, order=True)
@@ -26,14 +26,14 @@ class SaeId:
 
 
 def parse_sae_id(text: str) -> SaeId:
-    m = _SAE_ID.match(text)
+    m = _SAE_ID.fullmatch(text)
     if not m:
         raise ValueError(f"not an SAE id: {text!r}; expected MODEL@LAYER-SET, e.g. gpt2-small@9-res-jb")
     return SaeId(m["model"], int(m["layer"]), m["set"])
 
 
 def parse_feature_id(text: str) -> tuple[SaeId, int]:
-    m = _FEATURE_ID.match(text)
+    m = _FEATURE_ID.fullmatch(text)
     if not m:
         raise ValueError(f"not a feature id: {text!r}; expected MODEL@LAYER-SET:INDEX, e.g. gpt2-small@9-res-jb:123")
     return parse_sae_id(m["sae"]), int(m["index"])

@@ -69,15 +69,10 @@ def test_slug_rejects_other_ids(slug):
     assert not SLUG.match(slug)
 
 
-_TRAILING_NEWLINE = pytest.mark.xfail(strict=True, reason="`$` in the id patterns also matches before a final newline")
-
-
-@_TRAILING_NEWLINE
 def test_slug_rejects_a_trailing_newline():
     assert not SLUG.match("a\n")
 
 
-@_TRAILING_NEWLINE
 def test_sae_id_with_a_trailing_newline_is_rejected():
     with pytest.raises(ValueError):
         parse_sae_id("m@1-s\n")
