@@ -560,15 +560,31 @@
       self.renderFeature(rec, gen);
       window.__atlasLastFeatureMs = performance.now() - t0;
       if (scroll && window.innerWidth < 1100) $('#feature-view').scrollIntoView({ block: 'start' });
-      // Warm the next shard so stepping forward stays instant.
-      var nextShard = Math.floor((i + 1) / self.shardSize);
-      if (i + 1 < self.n && nextShard !== Math.floor(i / self.shardSize)) load(self.shardUrl(nextShard)).catch(function () {});
+      // Warm the neighbours' records and texts so stepping with ← → stays instant.
+      setTimeout(function () {
+        if (gen !== self.generation) return;
+        self.prefetch(i + 1);
+        self.prefetch(i - 1);
+      }, 60);
     }, function (err) {
       if (gen !== self.generation) return;
       fv.body.textContent = '';
       fv.body.appendChild(el('p', 'notice notice-error', err.message));
     });
   };
+
+  SaePage.prototype.prefetch = function (i) {
+    if (i < 0 || i >= this.n || !(this.S.max[i] > 0)) return;
+    var self = this;
+    this.record(i).then(function (rec) { return self.promptRows(examplePrompts(rec)); }).catch(function () {});
+  };
+
+  function examplePrompts(rec) {
+    var prompts = [];
+    (rec.top || []).forEach(function (e) { if (e) prompts.push(e[0]); });
+    (rec.intervals || []).forEach(function (iv) { (iv.ex || []).forEach(function (e) { if (e) prompts.push(e[0]); }); });
+    return prompts;
+  }
 
   function section(title, cls) {
     var s = el('section', 'fv-section' + (cls ? ' ' + cls : ''));
@@ -717,10 +733,7 @@
     this.rec = rec;
 
     if (exSection) {
-      var prompts = [];
-      (rec.top || []).forEach(function (e) { if (e) prompts.push(e[0]); });
-      (rec.intervals || []).forEach(function (iv) { (iv.ex || []).forEach(function (e) { if (e) prompts.push(e[0]); }); });
-      this.promptRows(prompts).then(function (rowOf) {
+      this.promptRows(examplePrompts(rec)).then(function (rowOf) {
         if (gen !== self.generation) return;
         self.rowOf = rowOf;
         self.renderExamples();
@@ -1306,10 +1319,11 @@
     var a = el('a', 'frow');
     a.setAttribute('role', 'row');
     a.tabIndex = -1;
-    a.appendChild(el('span', 'col-idx'));
-    a.appendChild(el('span', 'col-label'));
-    a.appendChild(el('span', 'col-num'));
-    a.appendChild(el('span', 'col-num'));
+    ['col-idx', 'col-label', 'col-num', 'col-num'].forEach(function (cls) {
+      var cell = el('span', cls);
+      cell.setAttribute('role', 'cell');
+      a.appendChild(cell);
+    });
     this.body.appendChild(a);
     return a;
   };
