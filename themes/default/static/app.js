@@ -309,11 +309,11 @@
         var target = document.getElementById(btn.getAttribute('data-copy-target'));
         if (!target) return;
         var text = target.textContent;
+        if (!btn.hasAttribute('data-label')) btn.setAttribute('data-label', btn.textContent);
         var done = function (ok) {
-          var label = btn.textContent;
           btn.textContent = ok ? 'Copied' : 'Press Ctrl+C';
           btn.classList.toggle('is-done', ok);
-          setTimeout(function () { btn.textContent = label === 'Copied' || label === 'Press Ctrl+C' ? 'Copy' : label; btn.classList.remove('is-done'); }, 1400);
+          setTimeout(function () { btn.textContent = btn.getAttribute('data-label'); btn.classList.remove('is-done'); }, 1400);
         };
         var fallback = function () {
           var range = document.createRange();
