@@ -1,0 +1,255 @@
+"""HTML pages: one Jinja2 Environment (templates parsed once), user theme first, default second.
+
+Each page gets `title`, `root`, `page_kind`, `crumbs` and its own objects (see docs/ARCHITECTURE.md,
+Templates). Links are page-relative and built with `generator.ids`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jinja2
+
+from generator import ids
+from generator.render.sitemodel import ReleaseModel, SaeModel, SetModel, SiteModel
+from generator.render.write import SiteWriter
+
+DEFAULT_THEME = Path(__file__).resolve().parents[2] / "themes" / "default"
+
+
+def theme_dirs(theme: Path | None) -> list[Path]:
+    """Theme directories, highest priority first."""
+    dirs = [Path(theme)] if theme is not None else []
+    return dirs + [DEFAULT_THEME]
+
+
+def make_environment(theme: Path | None) -> jinja2.Environment:
+    loaders = [jinja2.FileSystemLoader(str(d / "templates")) for d in theme_dirs(theme) if (d / "templates").is_dir()]
+    env = jinja2.Environment(
+        loader=jinja2.ChoiceLoader(loaders),
+        autoescape=True,
+        undefined=jinja2.ChainableUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["thousands"] = lambda n: f"{int(n):,}" if isinstance(n, (int, float)) else "—"
+    env.filters["sig"] = _sig
+    env.filters["pct"] = lambda v: f"{v:.1f}%" if isinstance(v, (int, float)) else "—"
+    return env
+
+
+def _sig(value: object, digits: int = 4) -> str:
+    return f"{value:.{digits}g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "—"
+
+
+def static_files(theme: Path | None) -> dict[str, Path]:
+    """site path under static/ -> source file; a user theme file replaces the default one of the same name."""
+    files: dict[str, Path] = {}
+    for d in reversed(theme_dirs(theme)):
+        static = d / "static"
+        if static.is_dir():
+            for path in sorted(static.rglob("*")):
+                if path.is_file():
+                    files["static/" + path.relative_to(static).as_posix()] = path
+    return dict(sorted(files.items()))
+
+
+def _root(page: str) -> str:
+    return ids.relative(page, "")
+
+
+def _crumbs(page: str, trail: list[tuple[str, str]]) -> list[dict]:
+    return [{"title": "Home", "href": ids.relative(page, ids.home_path())}] + [
+        {"title": title, "href": ids.relative(page, path)} for title, path in trail
+    ]
+
+
+def _sae_row(page: str, sae: SaeModel) -> dict:
+    st = sae.stats
+    return {
+        "id": sae.id,
+        "href": ids.relative(page, sae.page),
+        "layer": sae.spec.layer,
+        "hook": sae.spec.hook,
+        "architecture": sae.meta.get("architecture"),
+        "d_sae": sae.d_sae,
+        "l0": st.get("l0"),
+        "dead_pct": st.get("dead_pct"),
+        "explained_variance": st.get("explained_variance"),
+    }
+
+
+def _set_entry(page: str, s: SetModel) -> dict:
+    return {
+        "id": s.id,
+        "title": s.spec.title,
+        "model": s.model_id,
+        "href": ids.relative(page, s.page),
+        "saes": [_sae_row(page, sae) for sae in s.saes],
+        "n_saes": len(s.saes),
+        "n_features": sum(sae.d_sae for sae in s.saes),
+    }
+
+
+def _release_entry(page: str, r: ReleaseModel) -> dict:
+    return {
+        "id": r.id,
+        "title": r.release.title,
+        "href": ids.relative(page, r.page),
+        "model": r.release.model.id,
+        "authors": list(r.release.authors),
+        "n_sets": len(r.sets),
+        "n_saes": len(r.saes),
+        "n_features": r.n_features,
+    }
+
+
+def home_context(site: SiteModel) -> dict:
+    page = ids.home_path()
+    return {
+        "title": "SAE releases",
+        "root": _root(page),
+        "page_kind": "home",
+        "crumbs": _crumbs(page, []),
+        "releases": [_release_entry(page, r) for r in site.releases],
+        "models": [
+            {
+                "id": m.id,
+                "releases": [_release_entry(page, r) for r in m.releases],
+                "sets": [_set_entry(page, s) for s in m.sets],
+                "n_sets": len(m.sets),
+                "n_saes": len(m.saes),
+                "n_features": m.n_features,
+            }
+            for m in site.models
+        ],
+    }
+
+
+def release_context(r: ReleaseModel) -> dict:
+    page = r.page
+    return {
+        "title": r.release.title,
+        "root": _root(page),
+        "page_kind": "release",
+        "crumbs": _crumbs(page, [(r.release.title, page)]),
+        "release": {
+            **_release_entry(page, r),
+            "description_html": r.description_html,
+            "links": [{"title": link.title, "href": link.href} for link in r.links],
+        },
+        "sets": [_set_entry(page, s) for s in r.sets],
+    }
+
+
+def set_context(r: ReleaseModel, s: SetModel) -> dict:
+    page = s.page
+    return {
+        "title": f"{s.model_id} · {s.spec.title}",
+        "root": _root(page),
+        "page_kind": "set",
+        "crumbs": _crumbs(page, [(r.release.title, r.page), (f"{s.model_id}/{s.id}", page)]),
+        "set": {**_set_entry(page, s), "hook": s.spec.hook_template, "description_html": s.description_html},
+        "release": _release_entry(page, r),
+        "saes": [_sae_row(page, sae) for sae in s.saes],
+        "charts": s.charts,
+    }
+
+
+def sae_context(r: ReleaseModel, s: SetModel, sae: SaeModel) -> dict:
+    page = sae.page
+    meta = sae.meta
+    data_href = "data/summary.js"
+    links = [
+        {"title": f"Release: {r.release.title}", "href": ids.relative(page, r.page)},
+        {"title": f"Set: {s.model_id}/{s.id}", "href": ids.relative(page, s.page)},
+    ] + [{"title": link.title, "href": link.href} for link in r.links]
+    return {
+        "title": sae.id,
+        "root": _root(page),
+        "page_kind": "sae",
+        "crumbs": _crumbs(page, [(r.release.title, r.page), (f"{s.model_id}/{s.id}", s.page), (sae.id, page)]),
+        "sae": {
+            "id": sae.id,
+            "model": sae.spec.model_id,
+            "release": r.id,
+            "set": s.id,
+            "set_title": s.spec.title,
+            "hook": sae.spec.hook,
+            "layer": sae.spec.layer,
+            "architecture": meta.get("architecture"),
+            "d_in": meta.get("d_in"),
+            "d_sae": sae.d_sae,
+            "dtype": meta.get("dtype"),
+            "n_tokens": meta.get("n_tokens"),
+            "corpus": sae.corpus_label,
+        },
+        "stats": sae.stats,
+        "density_histogram": meta.get("density_histogram"),
+        "snippet": sae.snippet,
+        "links": links,
+        "set_saes": [{"id": o.id, "href": ids.relative(page, o.page), "label": f"L{o.spec.layer}"} for o in s.saes],
+        "data_href": data_href,
+        "summary_src": data_href,
+    }
+
+
+def render_pages(site: SiteModel, env: jinja2.Environment, writer: SiteWriter) -> None:
+    templates = {name: env.get_template(f"{name}.html") for name in ("index", "release", "set", "sae")}
+    writer.write(ids.home_path(), templates["index"].render(home_context(site)))
+    for r in site.releases:
+        writer.write(r.page, templates["release"].render(release_context(r)))
+        for s in r.sets:
+            writer.write(s.page, templates["set"].render(set_context(r, s)))
+            for sae in s.saes:
+                writer.write(sae.page, templates["sae"].render(sae_context(r, s, sae)))
+
+
+def search_documents(site: SiteModel) -> dict:
+    """The global search index: releases, models, sets and SAEs with site-root-relative hrefs."""
+    docs = []
+    for r in site.releases:
+        docs.append(
+            {
+                "id": f"release:{r.id}",
+                "kind": "release",
+                "title": r.release.title,
+                "text": " ".join([r.id, r.release.model.id, *r.release.authors]),
+                "href": r.page,
+            }
+        )
+        for s in r.sets:
+            docs.append(
+                {
+                    "id": f"set:{s.model_id}/{s.id}",
+                    "kind": "set",
+                    "title": f"{s.model_id}/{s.id} · {s.spec.title}",
+                    "text": " ".join([s.id, s.model_id, r.id, s.spec.hook_template]),
+                    "href": s.page,
+                }
+            )
+            for sae in s.saes:
+                docs.append(
+                    {
+                        "id": f"sae:{sae.id}",
+                        "kind": "sae",
+                        "title": sae.id,
+                        "text": " ".join(
+                            str(x) for x in (sae.spec.hook, s.spec.title, r.id, sae.meta.get("architecture") or "", sae.d_sae)
+                        ),
+                        "href": sae.page,
+                    }
+                )
+    for m in site.models:
+        first_set = m.sets[0].page if m.sets else ids.home_path()
+        docs.append(
+            {
+                "id": f"model:{m.id}",
+                "kind": "model",
+                "title": m.id,
+                "text": " ".join(r.id for r in m.releases),
+                "href": first_set,
+            }
+        )
+    return {"docs": docs}

@@ -1,0 +1,351 @@
+"""Data files of the site: classic scripts calling `AtlasData.*` with JSON made by orjson.
+
+Per SAE: `data/summary.js` (columns) and `data/f/NNNN.js` (feature records, `shard_size` each).
+Per corpus: `corpus/<key>/NNNN.js` (token strings, `prompts_per_shard` prompts each).
+Records are built from the cache arrays a chunk of features at a time with vectorised numpy
+(no Python work per token), so no SAE is ever held as one string in memory.
+"""
+
+from __future__ import annotations
+
+import functools
+import gc
+import math
+import operator
+import posixpath
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+from generator.render.markup import clean_text
+from generator.render.write import SiteWriter
+
+SIGNIFICANT_DIGITS = 4
+# Sizing (see docs/BENCHMARKS.md): a feature shard of ~16 records is ~40 KB and a prompt shard of
+# 2 x 128 tokens ~2 KB, so opening a feature (its shard + up to 45 prompt shards) stays < 200 KB.
+FEATURE_SHARD_TARGET_BYTES = 48_000
+PROMPT_SHARD_TARGET_BYTES = 2_000
+BYTES_PER_TOKEN_STRING = 7  # quotes, comma, ~4 characters
+PEAK_TOKENS = 5  # distinct peak tokens kept per feature in the summary (token lookup)
+LABEL_TOKENS = 3  # positive-logit tokens joined into a feature's label
+CHUNK_FEATURES = 1024  # features converted per numpy pass
+
+_ESCAPES = (
+    (b"<", b"\\u003c"),
+    (b">", b"\\u003e"),
+    (b"&", b"\\u0026"),
+    ("\u2028".encode(), b"\\u2028"),
+    ("\u2029".encode(), b"\\u2029"),
+)
+
+
+def escape_json(data: bytes) -> bytes:
+    """JSON safe to embed in a script or HTML: `<`, `>`, `&`, U+2028, U+2029 as \\u escapes.
+    These bytes only ever occur inside JSON strings, where the escape means the same text."""
+    for raw, escaped in _ESCAPES:
+        if raw in data:
+            data = data.replace(raw, escaped)
+    return data
+
+
+def to_json(obj: object) -> bytes:
+    return escape_json(orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY))
+
+
+def js_call(function: str, *json_args: bytes) -> bytes:
+    return b"AtlasData." + function.encode() + b"(" + b",".join(json_args) + b");\n"
+
+
+def round_sig(values: np.ndarray, digits: int = SIGNIFICANT_DIGITS) -> np.ndarray:
+    """float64 copy of `values` rounded to `digits` significant digits, computed so that each
+    result is the float nearest its short decimal (so JSON prints `1.235`, not `1.2350000143`)."""
+    x = np.asarray(values, dtype=np.float64)
+    out = np.zeros_like(x)
+    finite = np.isfinite(x) & (x != 0)
+    if not finite.any():
+        return np.where(np.isfinite(x), out, np.nan) if x.size else out
+    v = x[finite]
+    exponent = (digits - 1) - np.floor(np.log10(np.abs(v)))
+    scale = 10.0 ** np.abs(exponent)
+    up = exponent >= 0
+    out[finite] = np.where(up, np.round(v * scale) / scale, np.round(v / scale) * scale)
+    out[~np.isfinite(x)] = np.nan
+    return out
+
+
+def choose_prompts_per_shard(context: int) -> int:
+    return max(1, PROMPT_SHARD_TARGET_BYTES // max(1, context * BYTES_PER_TOKEN_STRING))
+
+
+def choose_shard_size(examples_per_feature: int, logits: int, neighbours: int) -> int:
+    """Largest power of two whose shard of typical records stays under the target size."""
+    estimate = 400 + 45 * examples_per_feature + 16 * 2 * logits + 16 * neighbours
+    size = 1
+    while size * 2 * estimate <= FEATURE_SHARD_TARGET_BYTES and size < 1024:
+        size *= 2
+    return size
+
+
+def shard_name(shard: int) -> str:
+    return f"{shard:04d}.js"
+
+
+@functools.lru_cache(maxsize=4)
+def load_vocab(corpus_dir: str) -> tuple[str, ...]:
+    """Display strings of every token id, cleaned of lone surrogates and NUL."""
+    raw = Path(corpus_dir, "vocab.json").read_bytes()
+    try:
+        vocab = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        import json  # the stdlib parser accepts lone surrogate escapes that orjson rejects
+
+        vocab = json.loads(raw)
+    return tuple(clean_text(str(s)) for s in vocab)
+
+
+def _open_array(directory: str, name: str) -> np.ndarray | None:
+    path = Path(directory, f"{name}.npy")
+    return np.load(path, mmap_mode="r", allow_pickle=False) if path.exists() else None
+
+
+@dataclass(frozen=True)
+class CrossNeighbours:
+    """Cross-layer neighbours of one SAE: column t of `index`/`cosine` holds, for each feature, its
+    closest decoder direction in SAE `targets[t]` (index -1 = none)."""
+
+    targets: tuple[tuple[str, str], ...]  # (sae id, page href relative to this SAE's page)
+    index: np.ndarray  # i32[F, T]
+    cosine: np.ndarray  # f32[F, T]
+
+
+@dataclass(frozen=True)
+class SaeDataJob:
+    """Everything one worker needs to write one SAE's data files (picklable)."""
+
+    sae_id: str
+    entry_dir: str
+    corpus_dir: str
+    data_dir: str  # site-relative, e.g. "gpt2-small/9-res-jb/data"
+    corpus_href: str  # from the SAE page, e.g. "../../corpus/<key>/"
+    shard_size: int
+    prompts_per_shard: int
+    context_before: int
+    context_after: int
+    layers: tuple[tuple[str, str], ...]  # (sae id, href) of every SAE of the Set
+    explanations: dict[int, list[dict]] = field(default_factory=dict)  # index -> [{html, author, score, text}]
+    cross: CrossNeighbours | None = None
+
+
+def _examples(values, prompts, positions, windows, context_before: int) -> list:
+    """Compact examples for flat rows: [prompt, position, activation, window_start, offsets, values]
+    with the non-zero window activations other than the peak (the token at `position` has
+    `activation`); None for unused slots (prompt -1)."""
+    windows = np.asarray(windows)
+    prompts = np.asarray(prompts, dtype=np.int64)
+    positions = np.asarray(positions, dtype=np.int64)
+    first = positions - context_before  # token index of window slot 0
+    start = np.maximum(first, 0)
+    nonzero = windows != 0
+    if context_before < nonzero.shape[1]:
+        nonzero[:, context_before] = False  # the peak: already given as `activation`
+    rows, slots = np.nonzero(nonzero)
+    offsets = (slots + (first - start)[rows]).tolist()
+    window_values = round_sig(windows[rows, slots]).tolist()
+    ends = np.cumsum(np.bincount(rows, minlength=len(prompts)))
+    begins = (ends - np.bincount(rows, minlength=len(prompts))).tolist()
+    return [
+        [p, q, a, s, offsets[b:e], window_values[b:e]] if p >= 0 else None
+        for p, q, a, s, b, e in zip(
+            prompts.tolist(), positions.tolist(), round_sig(values).tolist(), start.tolist(), begins, ends.tolist()
+        )
+    ]
+
+
+def _token_value_pairs(vocab: tuple[str, ...], tokens: np.ndarray, values: np.ndarray) -> list:
+    tokens = np.asarray(tokens).tolist()
+    rounded = round_sig(values).tolist()
+    return [[[vocab[t], v] for t, v in zip(ts, vs) if t >= 0] for ts, vs in zip(tokens, rounded)]
+
+
+def feature_records(job: SaeDataJob, arrays: dict[str, np.ndarray], vocab: tuple[str, ...], lo: int, hi: int) -> list[dict]:
+    """Feature records for features [lo, hi) as plain lists/dicts ready for orjson."""
+    a = {name: arr[lo:hi] for name, arr in arrays.items()}
+    n = hi - lo
+    k = a["top_prompt"].shape[1]
+    n_int, per = a["interval_prompt"].shape[1:3]
+    width = a["top_window"].shape[-1]
+    maxes = np.asarray(a["max_activation"], dtype=np.float64)
+    density = np.asarray(a["density"], dtype=np.float64)
+    with np.errstate(divide="ignore"):
+        log_density = np.where(density > 0, np.log10(np.where(density > 0, density, 1)), np.nan)
+
+    top = _examples(
+        np.asarray(a["top_value"]).reshape(-1), np.asarray(a["top_prompt"]).reshape(-1),
+        np.asarray(a["top_position"]).reshape(-1), np.asarray(a["top_window"]).reshape(-1, width), job.context_before,
+    )
+    inter = _examples(
+        np.asarray(a["interval_value"]).reshape(-1), np.asarray(a["interval_prompt"]).reshape(-1),
+        np.asarray(a["interval_position"]).reshape(-1), np.asarray(a["interval_window"]).reshape(-1, width),
+        job.context_before,
+    )
+    bounds = round_sig(maxes[:, None] * (np.arange(n_int + 1)[None, :] / max(n_int, 1))).tolist()
+    pos = _token_value_pairs(vocab, a["pos_logit_token"], a["pos_logit_value"])
+    neg = _token_value_pairs(vocab, a["neg_logit_token"], a["neg_logit_value"])
+    nb_index = np.asarray(a["neighbour_index"]).tolist()
+    nb_cos = round_sig(a["neighbour_cosine"]).tolist()
+    hist = np.asarray(a["histogram"]).tolist()
+    max_list, density_list, log_list = (round_sig(x).tolist() for x in (maxes, density, log_density))
+    xnb = _cross_records(job.cross, lo, hi) if job.cross is not None else None
+
+    records = []
+    for f in range(n):
+        index = lo + f
+        ex_top = [e for e in top[f * k : (f + 1) * k] if e is not None]
+        intervals = []
+        base = f * n_int * per
+        for i in range(n_int):
+            ex = [e for e in inter[base + i * per : base + (i + 1) * per] if e is not None]
+            if ex:
+                intervals.append({"lo": bounds[f][i], "hi": bounds[f][i + 1], "ex": ex})
+        log_d = log_list[f]
+        records.append(
+            {
+                "i": index,
+                "max": max_list[f],
+                "density": density_list[f],
+                "log_density": None if math.isnan(log_d) else log_d,
+                "hist": hist[f],
+                "pos": pos[f],
+                "neg": neg[f],
+                "nb": [[j, c] for j, c in zip(nb_index[f], nb_cos[f]) if j >= 0],
+                "xnb": xnb[f] if xnb is not None else [],
+                "top": ex_top,
+                "intervals": intervals,
+                "expl": [
+                    {"html": e["html"], "author": e["author"], "score": e["score"]}
+                    for e in job.explanations.get(index, ())
+                ],
+            }
+        )
+    return records
+
+
+def _cross_records(cross: CrossNeighbours, lo: int, hi: int) -> list:
+    index = np.asarray(cross.index[lo:hi]).tolist()
+    cosine = round_sig(cross.cosine[lo:hi]).tolist()
+    targets = cross.targets
+    return [
+        [[sae, href, j, c] for (sae, href), j, c in zip(targets, js, cs) if j >= 0]
+        for js, cs in zip(index, cosine)
+    ]
+
+
+def summary_object(job: SaeDataJob, arrays: dict[str, np.ndarray], vocab: tuple[str, ...], tokens: np.ndarray) -> dict:
+    d_sae = int(arrays["max_activation"].shape[0])
+    umap = np.asarray(arrays["umap"], dtype=np.float64)
+    span = umap.max(axis=0) - umap.min(axis=0) if d_sae else np.ones(2)
+    span[~(span > 0)] = 1.0
+    xy = (umap - (umap.min(axis=0) if d_sae else 0)) / span
+    labels = [
+        " ".join(vocab[t] for t in row[:LABEL_TOKENS] if t >= 0)
+        for row in np.asarray(arrays["pos_logit_token"]).tolist()
+    ]
+    prompts = np.asarray(arrays["top_prompt"])
+    positions = np.asarray(arrays["top_position"])
+    valid = prompts >= 0
+    peak_ids = np.where(valid, tokens[np.where(valid, prompts, 0), np.where(valid, positions, 0)], -1).tolist()
+    peak_tokens = [[vocab[t] for t in dict.fromkeys(row) if t >= 0][:PEAK_TOKENS] for row in peak_ids]
+    expl = [None] * d_sae
+    for index, entries in job.explanations.items():
+        if 0 <= index < d_sae and entries:
+            expl[index] = entries[0]["text"]
+    return {
+        "sae": job.sae_id,
+        "d_sae": d_sae,
+        "shard_size": job.shard_size,
+        "corpus": job.corpus_href,
+        "prompts_per_shard": job.prompts_per_shard,
+        "context_before": job.context_before,
+        "context_after": job.context_after,
+        "max": round_sig(arrays["max_activation"]),
+        "density": round_sig(arrays["density"]),
+        "x": round_sig(xy[:, 0]),
+        "y": round_sig(xy[:, 1]),
+        "cluster": np.ascontiguousarray(arrays["cluster"], dtype=np.int32),
+        "label": labels,
+        "expl": expl,
+        "peak_tokens": peak_tokens,
+        "layers": [{"sae": sae, "href": href} for sae, href in job.layers],
+    }
+
+
+SAE_ARRAYS = (
+    "max_activation", "density", "top_value", "top_prompt", "top_position", "top_window",
+    "interval_value", "interval_prompt", "interval_position", "interval_window", "histogram",
+    "pos_logit_token", "pos_logit_value", "neg_logit_token", "neg_logit_value",
+    "neighbour_index", "neighbour_cosine", "umap", "cluster",
+)
+
+
+def write_sae_data(job: SaeDataJob, site_root: str) -> tuple[int, int]:
+    """Write summary.js and every feature shard of one SAE; returns (files, bytes)."""
+    # Records are millions of small acyclic lists: the cyclic GC would rescan them over and over.
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _write_sae_data(job, site_root)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _write_sae_data(job: SaeDataJob, site_root: str) -> tuple[int, int]:
+    writer = SiteWriter(Path(site_root))
+    arrays = {}
+    for name in SAE_ARRAYS:
+        arr = _open_array(job.entry_dir, name)
+        if arr is None:
+            raise FileNotFoundError(f"{job.sae_id}: cache entry lacks {name}.npy")
+        arrays[name] = arr
+    vocab = load_vocab(job.corpus_dir)
+    tokens = np.load(Path(job.corpus_dir, "tokens.npy"), mmap_mode="r", allow_pickle=False)
+    d_sae = int(arrays["max_activation"].shape[0])
+
+    summary = summary_object(job, arrays, vocab, tokens)
+    writer.write(posixpath.join(job.data_dir, "summary.js"), js_call("summary", to_json(summary)))
+    del summary
+
+    size = job.shard_size
+    chunk = max(size, CHUNK_FEATURES // size * size)
+    for lo in range(0, d_sae, chunk):
+        hi = min(d_sae, lo + chunk)
+        records = feature_records(job, arrays, vocab, lo, hi)
+        for start in range(lo, hi, size):
+            shard = start // size
+            body = to_json(records[start - lo : start - lo + size])
+            writer.write(posixpath.join(job.data_dir, "f", shard_name(shard)), js_call("features", str(shard).encode(), body))
+    return writer.files, writer.bytes
+
+
+def write_corpus(corpus_dir: str, site_dir: str, prompts_per_shard: int, site_root: str) -> tuple[int, int]:
+    """Token strings of every prompt, `prompts_per_shard` prompts per file."""
+    writer = SiteWriter(Path(site_root))
+    vocab = load_vocab(corpus_dir)
+    encoded = [to_json(s) for s in vocab]
+    tokens = np.load(Path(corpus_dir, "tokens.npy"), mmap_mode="r", allow_pickle=False)
+    n_prompts = tokens.shape[0]
+    lookup = operator.itemgetter
+    for shard, lo in enumerate(range(0, n_prompts, prompts_per_shard)):
+        rows = np.asarray(tokens[lo : lo + prompts_per_shard]).tolist()
+        body = b"[" + b",".join(b"[" + b",".join(_pick(lookup, row, encoded)) + b"]" for row in rows) + b"]"
+        writer.write(posixpath.join(site_dir, shard_name(shard)), js_call("prompts", str(shard).encode(), body))
+    return writer.files, writer.bytes
+
+
+def _pick(lookup, row: list[int], encoded: list[bytes]) -> tuple[bytes, ...]:
+    if not row:
+        return ()
+    picked = lookup(*row)(encoded)
+    return picked if isinstance(picked, tuple) else (picked,)

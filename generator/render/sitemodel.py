@@ -1,0 +1,388 @@
+"""The finished site model: releases + cache -> plain dataclasses, before anything is written.
+
+Building it checks that every SAE and corpus has a cache entry (one error naming all that are
+missing), reads each entry's meta.json, and prepares everything pages and shards need.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from markupsafe import Markup
+
+from generator import ids
+from generator.cache import CacheStore, corpus_key, sae_key, set_key
+from generator.sources.explanations import load_explanations
+from generator.errors import AtlasError
+from generator.ids import SaeId
+from generator.manifest import Release, SaeSpec, SetSpec
+from generator.render import shards
+from generator.render.markup import clean_text, plain_text, render_markdown, safe_href
+
+STAT_KEYS = ("l0", "dead", "dense", "explained_variance", "mse", "ce_loss_clean", "ce_loss_spliced", "ce_loss_delta")
+
+
+@dataclass(frozen=True)
+class Link:
+    title: str
+    href: str
+
+
+@dataclass
+class SaeModel:
+    spec: SaeSpec
+    release_id: str
+    set_title: str
+    cache_key: str
+    entry_dir: Path
+    meta: dict
+    corpus_key: str
+    corpus_label: str
+    stats: dict
+    snippet: str
+    shard_size: int
+    explanations: dict[int, list[dict]] = field(default_factory=dict)
+    cross: shards.CrossNeighbours | None = None
+
+    @property
+    def sae_id(self) -> SaeId:
+        return self.spec.sae_id
+
+    @property
+    def id(self) -> str:
+        return self.spec.id
+
+    @property
+    def page(self) -> str:
+        return ids.sae_path(self.sae_id)
+
+    @property
+    def data_dir(self) -> str:
+        return posixpath.join(posixpath.dirname(self.page), "data")
+
+    @property
+    def d_sae(self) -> int:
+        return int(self.meta.get("d_sae") or 0)
+
+
+@dataclass(frozen=True)
+class ChartPoint:
+    x: float
+    y: float
+    label: str
+    href: str
+
+
+@dataclass(frozen=True)
+class Chart:
+    """A small server-rendered line chart (SVG coordinates precomputed)."""
+
+    title: str
+    unit: str
+    width: int
+    height: int
+    polyline: str
+    points: tuple[ChartPoint, ...]
+    y_min: str
+    y_max: str
+    x_labels: tuple[tuple[float, str], ...]
+
+
+@dataclass
+class SetModel:
+    spec: SetSpec
+    release_id: str
+    model_id: str
+    saes: list[SaeModel]
+    description_html: Markup
+    charts: list[Chart] = field(default_factory=list)
+
+    @property
+    def id(self) -> str:
+        return self.spec.id
+
+    @property
+    def page(self) -> str:
+        return ids.set_path(self.model_id, self.spec.id)
+
+
+@dataclass
+class ReleaseModel:
+    release: Release
+    description_html: Markup
+    links: list[Link]
+    sets: list[SetModel]
+
+    @property
+    def id(self) -> str:
+        return self.release.id
+
+    @property
+    def page(self) -> str:
+        return ids.release_path(self.release.id)
+
+    @property
+    def saes(self) -> list[SaeModel]:
+        return [sae for s in self.sets for sae in s.saes]
+
+    @property
+    def n_features(self) -> int:
+        return sum(sae.d_sae for sae in self.saes)
+
+
+@dataclass
+class ModelModel:
+    id: str
+    releases: list[ReleaseModel]
+
+    @property
+    def sets(self) -> list[SetModel]:
+        return [s for r in self.releases for s in r.sets]
+
+    @property
+    def saes(self) -> list[SaeModel]:
+        return [sae for s in self.sets for sae in s.saes]
+
+    @property
+    def n_features(self) -> int:
+        return sum(sae.d_sae for sae in self.saes)
+
+
+@dataclass
+class CorpusModel:
+    key: str
+    entry_dir: Path
+    prompts: int
+    context: int
+    prompts_per_shard: int
+
+    @property
+    def site_dir(self) -> str:
+        return f"corpus/{self.key}"
+
+
+@dataclass
+class SiteModel:
+    releases: list[ReleaseModel]
+    models: list[ModelModel]
+    corpora: dict[str, CorpusModel]
+
+    @property
+    def saes(self) -> list[SaeModel]:
+        return [sae for r in self.releases for sae in r.saes]
+
+    def job(self, sae: SaeModel) -> shards.SaeDataJob:
+        corpus = self.corpora[sae.corpus_key]
+        settings = sae.meta.get("settings") or {}
+        set_model = next(s for r in self.releases for s in r.sets for x in s.saes if x is sae)
+        return shards.SaeDataJob(
+            sae_id=sae.id,
+            entry_dir=str(sae.entry_dir),
+            corpus_dir=str(corpus.entry_dir),
+            data_dir=sae.data_dir,
+            corpus_href=ids.relative(sae.page, corpus.site_dir + "/"),
+            shard_size=sae.shard_size,
+            prompts_per_shard=corpus.prompts_per_shard,
+            context_before=int(settings.get("context_before", 0)),
+            context_after=int(settings.get("context_after", 0)),
+            layers=tuple((other.id, ids.relative(sae.page, other.page)) for other in set_model.saes),
+            explanations=sae.explanations,
+            cross=sae.cross,
+        )
+
+
+def _explanation_records(entries: list) -> list[dict]:
+    records = []
+    for e in entries:
+        html = str(render_markdown(str(e.text or "")))
+        records.append(
+            {
+                "html": html,
+                "text": plain_text(html),
+                "author": clean_text(e.author) if e.author else None,
+                "score": e.score,
+            }
+        )
+    return records
+
+
+def _snippet(release: Release, spec: SaeSpec) -> str:
+    if spec.sae_lens is not None:
+        call = f'SAE.from_pretrained(release="{spec.sae_lens.release}", sae_id="{spec.sae_lens.id}")'
+    else:
+        local = Path(os.path.relpath(spec.path, release.source.parent)).as_posix() if spec.path else spec.id
+        call = f'SAE.load_from_disk("{local}")'
+    return clean_text(f"from sae_lens import SAE\n\nsae = {call}")
+
+
+def _corpus_label(release: Release) -> str:
+    c = release.corpus
+    name = c.path.name if c.path is not None else str(c.dataset)
+    return clean_text(f"{name} · {c.prompts:,} prompts × {c.context} tokens")
+
+
+def _stats(meta: dict) -> dict:
+    raw = meta.get("stats") or {}
+    stats = {k: raw.get(k) for k in STAT_KEYS}
+    d_sae = meta.get("d_sae") or 0
+    dead = raw.get("dead")
+    stats["dead_pct"] = 100.0 * dead / d_sae if isinstance(dead, (int, float)) and d_sae else None
+    return stats
+
+
+def _cross_neighbours(store: CacheStore, release: Release, set_spec: SetSpec, saes: list[SaeModel]) -> None:
+    """Attach to each SAE its closest decoder direction in the previous and next SAE of the Set
+    (by layer), where the cache has the Set's cross-layer neighbours; otherwise features get `xnb: []`.
+    Only adjacent layers: all layers x 3 would add ~2 KB per feature to the site."""
+    entry = store.set_entry(set_key(release, set_spec))
+    if entry is None:
+        return
+    position = {sae_id: p for p, sae_id in enumerate(entry.meta.get("sae_ids", []))}
+    for n, sae in enumerate(saes):
+        a = position.get(sae.id)
+        if a is None or f"index_{a}" not in entry.arrays:
+            continue
+        adjacent = [saes[m] for m in (n - 1, n + 1) if 0 <= m < len(saes) and saes[m].id in position]
+        if not adjacent:
+            continue
+        columns = [position[other.id] for other in adjacent]
+        index = np.asarray(entry[f"index_{a}"][:, columns, 0])
+        cosine = np.asarray(entry[f"cosine_{a}"][:, columns, 0])
+        targets = tuple((other.id, sibling_link(sae.page, other.page)) for other in adjacent)
+        sae.cross = shards.CrossNeighbours(targets, np.ascontiguousarray(index), np.ascontiguousarray(cosine))
+
+
+def sibling_link(from_page: str, to_page: str) -> str:
+    """Shortest page-relative link between two site paths (shard records repeat it per feature)."""
+    return posixpath.relpath(to_page, posixpath.dirname(from_page) or ".")
+
+
+def build_site_model(releases: list[Release], cache: Path) -> SiteModel:
+    store = CacheStore(Path(cache))
+    missing: list[str] = []
+    corpora: dict[str, CorpusModel] = {}
+    release_models: list[ReleaseModel] = []
+    for release in sorted(releases, key=lambda r: r.id):
+        ckey = corpus_key(release)
+        if ckey not in corpora:
+            entry = store.corpus(ckey)
+            if entry is None or not (store.corpus_dir(ckey) / "vocab.json").exists():
+                missing.append(f"corpus of release {release.id}")
+            else:
+                n_prompts, context = (int(x) for x in entry["tokens"].shape)
+                corpora[ckey] = CorpusModel(ckey, entry.path, n_prompts, context, shards.choose_prompts_per_shard(context))
+        by_sae: dict[str, dict[int, list]] = defaultdict(dict)
+        if release.explanations:
+            for (sae_name, index), entries in load_explanations(release.explanations).items():
+                by_sae[sae_name][index] = entries
+        settings = release.compute
+        shard_size = shards.choose_shard_size(
+            settings.top_k + settings.intervals * settings.per_interval, settings.logits, settings.neighbours
+        )
+        set_models = []
+        for set_spec in release.sets:
+            sae_models = []
+            for spec in sorted(set_spec.saes, key=lambda s: s.layer):
+                key = sae_key(release, spec)
+                entry = store.sae_entry(key)
+                if entry is None:
+                    missing.append(f"SAE {spec.id} (release {release.id})")
+                    continue
+                sae_models.append(
+                    SaeModel(
+                        spec=spec,
+                        release_id=release.id,
+                        set_title=set_spec.title,
+                        cache_key=key,
+                        entry_dir=entry.path,
+                        meta=entry.meta,
+                        corpus_key=ckey,
+                        corpus_label=_corpus_label(release),
+                        stats=_stats(entry.meta),
+                        snippet=_snippet(release, spec),
+                        shard_size=shard_size,
+                        explanations={
+                            index: _explanation_records(entries) for index, entries in sorted(by_sae.get(spec.id, {}).items())
+                        },
+                    )
+                )
+            _cross_neighbours(store, release, set_spec, sae_models)
+            set_model = SetModel(set_spec, release.id, release.model.id, sae_models, render_markdown(set_spec.description))
+            set_model.charts = set_charts(set_model)
+            set_models.append(set_model)
+        links = [Link(clean_text(name), href) for name, url in release.links if (href := safe_href(url)) is not None]
+        release_models.append(ReleaseModel(release, render_markdown(release.description), links, set_models))
+    if missing:
+        raise AtlasError(
+            "no computed statistics in the cache for "
+            + "; ".join(missing)
+            + f" (cache {cache}); run `sae-atlas compute` first"
+        )
+    by_model: dict[str, list[ReleaseModel]] = defaultdict(list)
+    for r in release_models:
+        by_model[r.release.model.id].append(r)
+    models = [ModelModel(model_id, rs) for model_id, rs in sorted(by_model.items())]
+    return SiteModel(release_models, models, dict(sorted(corpora.items())))
+
+
+# --- Set charts -----------------------------------------------------------------------------------
+CHART_W, CHART_H, PAD_L, PAD_R, PAD_T, PAD_B = 260, 120, 40, 10, 10, 22
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.3g}"
+
+
+def _chart(title: str, unit: str, set_model: SetModel, values: list[tuple[SaeModel, float | None]]) -> Chart | None:
+    known = [(sae, v) for sae, v in values if isinstance(v, (int, float)) and np.isfinite(v)]
+    if not known:
+        return None
+    layers = [sae.spec.layer for sae, _ in known]
+    ys = [float(v) for _, v in known]
+    x_lo, x_hi = min(layers), max(layers)
+    y_lo, y_hi = min(0.0, min(ys)), max(ys)
+    if y_hi <= y_lo:
+        y_hi = y_lo + 1.0
+    plot_w, plot_h = CHART_W - PAD_L - PAD_R, CHART_H - PAD_T - PAD_B
+
+    def sx(layer: int) -> float:
+        return round(PAD_L + (plot_w / 2 if x_hi == x_lo else (layer - x_lo) / (x_hi - x_lo) * plot_w), 1)
+
+    def sy(y: float) -> float:
+        return round(PAD_T + plot_h - (y - y_lo) / (y_hi - y_lo) * plot_h, 1)
+
+    points = tuple(
+        ChartPoint(sx(sae.spec.layer), sy(v), f"{sae.id}: {_fmt(v)}{unit}", ids.relative(set_model.page, sae.page))
+        for sae, v in zip((s for s, _ in known), ys)
+    )
+    return Chart(
+        title=title,
+        unit=unit,
+        width=CHART_W,
+        height=CHART_H,
+        polyline=" ".join(f"{p.x},{p.y}" for p in points),
+        points=points,
+        y_min=_fmt(y_lo),
+        y_max=_fmt(y_hi),
+        x_labels=tuple((sx(layer), str(layer)) for layer in sorted(set(layers))),
+    )
+
+
+def set_charts(set_model: SetModel) -> list[Chart]:
+    saes = set_model.saes
+    charts = [
+        _chart("L0", "", set_model, [(s, s.stats.get("l0")) for s in saes]),
+        _chart("Dead features", "%", set_model, [(s, s.stats.get("dead_pct")) for s in saes]),
+        _chart(
+            "Explained variance",
+            "%",
+            set_model,
+            [(s, None if s.stats.get("explained_variance") is None else 100.0 * s.stats["explained_variance"]) for s in saes],
+        ),
+    ]
+    return [c for c in charts if c is not None]

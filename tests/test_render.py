@@ -1,0 +1,342 @@
+"""The render stage: cache -> pages + data shards, escaped, sanitized, deterministic and atomic."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+
+from generator.cache import CacheStore, corpus_key, dump_feature, sae_key
+from generator.errors import AtlasError
+from generator.manifest import ComputeSettings, load_content
+from generator.render import render_site, shards
+from generator.render.markup import render_markdown, safe_href
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+import synthetic_release  # noqa: E402
+
+HOSTILE = "</script><script>alert(1)</script>"
+_BUILT: dict[str, tuple] = {}
+
+
+def data_payload(path: Path) -> tuple[str, list]:
+    """(function name, JSON arguments) of an `AtlasData.name(args);` data file."""
+    text = path.read_bytes()
+    assert text.startswith(b"AtlasData.") and text.endswith(b");\n"), path
+    name = text[len(b"AtlasData.") : text.index(b"(")].decode()
+    return name, orjson.loads(b"[" + text[text.index(b"(") + 1 : -3] + b"]")
+
+
+def computed_site(tmp_path_factory) -> tuple[list, Path, Path]:
+    """(releases, cache, site) of the fixture release, computed for real and rendered once per run."""
+    if "computed" not in _BUILT:
+        from generator.compute import ComputeOptions, compute_releases
+        from tests.fixtures import build_fixture_content
+
+        root = tmp_path_factory.mktemp("computed")
+        releases = load_content(build_fixture_content(root))
+        cache = root / "cache"
+        compute_releases(releases, cache, ComputeOptions(device="cpu", quiet=True, pca_map=True))
+        site = root / "site"
+        render_site(releases, cache=cache, out=site, quiet=True)
+        _BUILT["computed"] = (releases, cache, site)
+    return _BUILT["computed"]
+
+
+@pytest.fixture(scope="module")
+def computed(tmp_path_factory):
+    return computed_site(tmp_path_factory)
+
+
+def _hostile_release(**overrides):
+    settings = ComputeSettings(top_k=4, intervals=2, per_interval=2, histogram_bins=6, logits=3, neighbours=3,
+                               context_before=3, context_after=2)
+    kwargs = dict(
+        n_saes=2, d_sae=40, prompts=24, context=10, vocab_size=300, settings=settings,
+        description=f"Hello *world* {HOSTILE} <img src=x onerror=alert(2)> [bad](javascript:alert(3)) [ok](https://example.org)",
+    )
+    kwargs.update(overrides)
+    release = synthetic_release.synthetic_release(**kwargs)
+    return release, kwargs
+
+
+@pytest.fixture()
+def synthetic(tmp_path):
+    """A small synthetic cache with hostile token strings, title, description and explanations."""
+    import dataclasses
+
+    release, kw = _hostile_release()
+    expl = tmp_path / "explanations.jsonl"
+    sae0 = release.saes()[0].id
+    lines = [
+        {"sae": sae0, "index": 3, "text": f"fires on **dogs** `{HOSTILE}` {HOSTILE}", "author": HOSTILE, "score": 0.5},
+        {"sae": sae0, "index": 3, "text": "<img src=x onerror=alert(1)> [x](javascript:alert(1))", "author": "b", "score": None},
+    ]
+    expl.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    release = dataclasses.replace(release, title=f"Title {HOSTILE}", explanations=expl,
+                                  links=(("paper", "https://example.org/p"), ("evil", "javascript:alert(1)")))
+    cache = tmp_path / "cache"
+    synthetic_release.build_synthetic_cache(cache, release, kw["d_sae"], kw["vocab_size"])
+    return release, cache
+
+
+def _snapshot(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+# --- URL contract and data formats -----------------------------------------------------------------
+
+
+def test_pages_exist_for_every_release_set_and_sae(computed):
+    releases, cache, site = computed
+    assert (site / "index.html").is_file() and (site / "search-index.js").is_file()
+    for release in releases:
+        assert (site / release.id / "index.html").is_file()
+        for s in release.sets:
+            assert (site / release.model.id / s.id / "index.html").is_file()
+            for sae in s.saes:
+                page = site / sae.model_id / f"{sae.layer}-{sae.set_id}"
+                assert (page / "index.html").is_file()
+                assert (page / "data" / "summary.js").is_file()
+                assert (page / "data" / "f" / "0000.js").is_file()
+    for name in ("style.css", "app.js", "theme.js"):
+        assert (site / "static" / name).is_file()
+
+
+def test_shards_parse_and_match_the_cache(computed):
+    releases, cache, site = computed
+    release = releases[0]
+    store = CacheStore(cache)
+    vocab = store.vocab(corpus_key(release))
+    for spec in release.saes():
+        data = site / spec.model_id / f"{spec.layer}-{spec.set_id}" / "data"
+        name, (summary,) = data_payload(data / "summary.js")
+        assert name == "summary" and summary["sae"] == spec.id
+        entry = store.sae_entry(sae_key(release, spec))
+        d_sae = entry.meta["d_sae"]
+        assert summary["d_sae"] == d_sae and len(summary["max"]) == d_sae and len(summary["label"]) == d_sae
+        assert all(0 <= v <= 1 for v in summary["x"] + summary["y"])
+        assert [layer["sae"] for layer in summary["layers"]] == sorted(
+            (s.id for s in release.saes() if s.set_id == spec.set_id), key=lambda i: int(i.split("@")[1].split("-")[0])
+        )
+        seen = []
+        for shard_file in sorted((data / "f").glob("*.js")):
+            name, (shard, records) = data_payload(shard_file)
+            assert name == "features" and shard_file.name == f"{shard:04d}.js"
+            assert all(r["i"] // summary["shard_size"] == shard for r in records)
+            seen += [r["i"] for r in records]
+        assert seen == list(range(d_sae))
+
+        index = int(np.argmax(entry["max_activation"]))
+        _, (_, records) = data_payload(data / "f" / f"{index // summary['shard_size']:04d}.js")
+        record = next(r for r in records if r["i"] == index)
+        dumped = dump_feature(releases, cache, f"{spec.id}:{index}")
+        assert record["max"] == pytest.approx(dumped["max_activation"], rel=1e-3)
+        assert len(record["top"]) == len(dumped["top_examples"])
+        assert record["hist"] == dumped["histogram"]["counts"]
+        assert [p[0] for p in record["pos"]] == [x["token_string"] for x in dumped["positive_logits"]]
+        for ex, d in zip(record["top"], dumped["top_examples"]):
+            prompt, position, activation, start, offsets, values = ex
+            assert (prompt, position) == (d["prompt"], d["position"])
+            assert activation == pytest.approx(d["activation"], rel=1e-3)
+            dense = dict(zip((start + o for o in offsets), values))
+            dense[position] = activation
+            window_start = max(0, d["position"] - entry.meta["settings"]["context_before"])
+            for t, a in enumerate(d["activations"]):
+                assert dense.get(window_start + t, 0) == pytest.approx(a, rel=2e-3, abs=1e-6)
+            # the prompt's token strings come from the corpus shards
+            pps = summary["prompts_per_shard"]
+            corpus_file = (data.parent / summary["corpus"] / f"{prompt // pps:04d}.js").resolve()
+            name, (shard_no, prompts) = data_payload(corpus_file)
+            assert name == "prompts" and shard_no == prompt // pps
+            tokens = prompts[prompt % pps]
+            assert tokens[window_start : window_start + len(d["token_strings"])] == d["token_strings"]
+    assert len(vocab) > 0
+
+
+def test_cross_layer_neighbours_link_adjacent_layers(computed):
+    releases, cache, site = computed
+    data = site / "tiny-2l" / "0-res-st" / "data"
+    _, (_, records) = data_payload(data / "f" / "0000.js")
+    xnb = [x for r in records for x in r["xnb"]]
+    assert xnb, "the fixture's res-st set has layers 0 and 1"
+    for sae_id, href, index, cosine in xnb:
+        assert sae_id == "tiny-2l@1-res-st"
+        assert (data.parent / href).resolve() == (site / "tiny-2l" / "1-res-st" / "index.html").resolve()
+        assert isinstance(index, int) and -1 <= cosine <= 1
+
+
+def test_explanations_are_sanitized_markdown_in_records_and_text_in_summary(computed):
+    releases, cache, site = computed
+    release = releases[0]
+    explained = {}
+    for line in release.explanations.read_text().splitlines():
+        row = json.loads(line)
+        explained.setdefault((row["sae"], row["index"]), row)
+    (sae_id, index), row = sorted(explained.items())[0]
+    sae = next(s for s in release.saes() if s.id == sae_id)
+    data = site / sae.model_id / f"{sae.layer}-{sae.set_id}" / "data"
+    _, (summary,) = data_payload(data / "summary.js")
+    assert summary["expl"][index]
+    _, (_, records) = data_payload(data / "f" / f"{index // summary['shard_size']:04d}.js")
+    record = next(r for r in records if r["i"] == index)
+    assert record["expl"] and "<script" not in record["expl"][0]["html"]
+
+
+# --- escaping and sanitizing -----------------------------------------------------------------------
+
+
+def test_hostile_strings_are_escaped_in_data_and_pages(synthetic, tmp_path):
+    release, cache = synthetic
+    out = tmp_path / "site"
+    render_site([release], cache=cache, out=out, quiet=True)
+    for path in out.rglob("*"):
+        if not path.is_file() or path.parts[len(out.parts)] == "static":
+            continue
+        text = path.read_bytes()
+        assert b"<script>alert" not in text, path
+        assert b"onerror" not in text and b"javascript:" not in text, path
+        if path.suffix == ".js":
+            for raw in (b"<", b">", b"&", "\u2028".encode(), "\u2029".encode()):
+                assert raw not in text, (path, raw)
+            data_payload(path)  # still valid JSON
+    # the strings survive, escaped: token strings in the corpus shards, the author in feature records
+    corpus_text = b"".join(p.read_bytes() for p in (out / "corpus").rglob("*.js"))
+    assert b"\\u003c/script\\u003e\\u003cscript\\u003e" in corpus_text
+    index_html = (out / "index.html").read_text()
+    assert "Title &lt;/script&gt;&lt;script&gt;alert(1)&lt;/script&gt;" in index_html
+    release_html = (out / release.id / "index.html").read_text()
+    assert '<a href="https://example.org" rel="noopener noreferrer">ok</a>' in release_html
+    assert "<em>world</em>" in release_html
+
+
+def test_explanations_from_the_manifest_are_sanitized(synthetic, tmp_path):
+    release, cache = synthetic
+    out = tmp_path / "site"
+    render_site([release], cache=cache, out=out, quiet=True)
+    sae = release.saes()[0]
+    data = out / sae.model_id / f"{sae.layer}-{sae.set_id}" / "data"
+    _, (summary,) = data_payload(data / "summary.js")
+    assert summary["expl"][3] == f"fires on dogs {HOSTILE}"  # plain text; escaped in the file
+    _, (_, records) = data_payload(data / "f" / f"{3 // summary['shard_size']:04d}.js")
+    expl = next(r for r in records if r["i"] == 3)["expl"]
+    assert expl[0]["html"].startswith("<p>fires on <strong>dogs</strong> <code>&lt;/script&gt;&lt;script&gt;")
+    assert expl[0]["author"] == HOSTILE  # text for textContent; escaped in the file
+    for e in expl:
+        assert "<script" not in e["html"] and "onerror" not in e["html"] and "javascript:" not in e["html"]
+
+
+def test_lone_surrogates_and_nul_in_token_strings_become_replacement_characters(synthetic, tmp_path):
+    release, cache = synthetic
+    vocab = shards.load_vocab(str(CacheStore(cache).corpus_dir(corpus_key(release))))
+    assert vocab[6] == "\ufffd" and vocab[7] == "\ufffd"  # "\ud800" and "\x00" in HOSTILE_TOKENS
+    assert all("\x00" not in s and not any(0xD800 <= ord(c) <= 0xDFFF for c in s) for s in vocab)
+
+
+def test_markdown_is_sanitized_with_a_strict_allow_list():
+    html = str(render_markdown(
+        "# T\n\n<script>alert(1)</script><iframe src=x></iframe><img src=x onerror=alert(1)>"
+        "<a href=\"javascript:alert(1)\">j</a> [d](data:text/html,x) [m](mailto:a@b.c) [r](../x.html)"
+        " <span style=\"color:red\" onclick=\"x()\">s</span>"
+    ))
+    for bad in ("<script", "alert(1)</", "<iframe", "<img", "onerror", "javascript:", "data:", "style=", "onclick"):
+        assert bad not in html, bad
+    assert 'href="mailto:a@b.c"' in html and 'href="../x.html"' in html and "<h1>T</h1>" in html
+    assert safe_href("javascript:alert(1)") is None and safe_href("JaVaScRiPt:x") is None
+    assert safe_href("https://a.org/x") == "https://a.org/x" and safe_href("docs/x.html") == "docs/x.html"
+
+
+def test_json_escaping_and_rounding():
+    assert shards.to_json(["</script>&\u2028\u2029"]) == b'["\\u003c/script\\u003e\\u0026\\u2028\\u2029"]'
+    values = np.array([1.23456, -0.000123456, 123456.7, 0.0, np.float16(1.2998046875), 1e-9], dtype=np.float64)
+    assert shards.round_sig(values).tolist() == [1.235, -0.0001235, 123500.0, 0.0, 1.3, 1e-9]
+    assert orjson.dumps(shards.round_sig(np.float32([0.1, 2.675])).tolist()) == b"[0.1,2.675]"
+
+
+# --- determinism, atomicity, errors ----------------------------------------------------------------
+
+
+def test_two_renders_are_byte_identical(synthetic, tmp_path):
+    release, cache = synthetic
+    render_site([release], cache=cache, out=tmp_path / "a", quiet=True)
+    render_site([release], cache=cache, out=tmp_path / "b", quiet=True, workers=2)
+    assert _snapshot(tmp_path / "a") == _snapshot(tmp_path / "b")
+
+
+def test_a_render_failing_midway_leaves_the_previous_site_unchanged(synthetic, tmp_path, monkeypatch):
+    release, cache = synthetic
+    out = tmp_path / "site"
+    render_site([release], cache=cache, out=out, quiet=True)
+    (out / "marker.txt").write_text("previous site")
+    before = _snapshot(out)
+    calls = []
+
+    def failing(job, root):
+        calls.append(job.sae_id)
+        if len(calls) == 2:
+            raise RuntimeError("disk full")
+        return original(job, root)
+
+    original = shards.write_sae_data
+    monkeypatch.setattr(shards, "write_sae_data", failing)
+    with pytest.raises(RuntimeError, match="disk full"):
+        render_site([release], cache=cache, out=out, quiet=True)
+    assert _snapshot(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["cache", "site", "explanations.jsonl"])
+
+
+def test_missing_cache_entry_names_the_sae_and_says_to_compute(synthetic, tmp_path):
+    release, cache = synthetic
+    import shutil
+
+    spec = release.saes()[1]
+    shutil.rmtree(CacheStore(cache).sae_dir(sae_key(release, spec)))
+    with pytest.raises(AtlasError) as e:
+        render_site([release], cache=cache, out=tmp_path / "site", quiet=True)
+    assert spec.id in str(e.value) and "sae-atlas compute" in str(e.value)
+    assert not (tmp_path / "site").exists()
+
+
+def test_render_does_not_import_torch(computed, tmp_path):
+    releases, cache, site = computed
+    content = releases[0].source.parent.parent
+    code = (
+        "import sys\n"
+        "from generator.cli import main\n"
+        f"rc = main(['render', '--quiet', '--content', {str(content)!r}, '--cache', {str(cache)!r}, '--out', {str(tmp_path / 'site')!r}])\n"
+        "assert rc == 0, rc\n"
+        "assert 'torch' not in sys.modules, 'render imported torch'\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 0, result.stderr
+    assert _snapshot(tmp_path / "site") == _snapshot(site)
+
+
+# --- themes ----------------------------------------------------------------------------------------
+
+
+def test_a_user_theme_overrides_one_template_and_one_static_file(synthetic, tmp_path):
+    release, cache = synthetic
+    theme = tmp_path / "theme"
+    (theme / "templates").mkdir(parents=True)
+    (theme / "static").mkdir()
+    (theme / "templates" / "index.html").write_text(
+        '{% extends "base.html" %}{% block content %}<p class="custom-home">{{ releases | length }} custom</p>{% endblock %}'
+    )
+    (theme / "static" / "style.css").write_text("body { color: hotpink; }\n")
+    out = tmp_path / "site"
+    render_site([release], cache=cache, out=out, theme=theme, quiet=True)
+    assert '<p class="custom-home">1 custom</p>' in (out / "index.html").read_text()
+    assert (out / "static" / "style.css").read_text() == "body { color: hotpink; }\n"
+    default_static = ROOT / "themes" / "default" / "static"
+    assert (out / "static" / "app.js").read_bytes() == (default_static / "app.js").read_bytes()
+    # the other templates still come from the default theme
+    assert "Sets and SAEs" in (out / release.id / "index.html").read_text()
