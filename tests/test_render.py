@@ -340,3 +340,42 @@ def test_a_user_theme_overrides_one_template_and_one_static_file(synthetic, tmp_
     assert (out / "static" / "app.js").read_bytes() == (default_static / "app.js").read_bytes()
     # the other templates still come from the default theme
     assert "Sets and SAEs" in (out / release.id / "index.html").read_text()
+
+
+# --- serve -----------------------------------------------------------------------------------------
+
+
+def test_serve_injects_live_reload_and_re_renders_on_theme_change(synthetic, tmp_path):
+    import threading
+    import urllib.request
+
+    from generator.render.serve import LiveState, Watcher, make_server
+
+    release, cache = synthetic
+    out, theme = tmp_path / "site", tmp_path / "theme"
+    (theme / "static").mkdir(parents=True)
+    (theme / "static" / "extra.css").write_text("a {}\n")
+
+    def render():
+        render_site([release], cache=cache, out=out, theme=theme, quiet=True)
+
+    render()
+    live = LiveState()
+    watcher = Watcher([theme], render, live)
+    server = make_server(out, 0, live)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}/"
+    try:
+        page = urllib.request.urlopen(base + "index.html").read()
+        assert b'<script src="/__atlas/live-reload.js"></script>\n</body>' in page
+        assert b"__atlas" not in (out / "index.html").read_bytes()  # only the served copy has it
+        assert urllib.request.urlopen(base + "__atlas/live-reload.js").read().startswith(b"/*")
+        assert urllib.request.urlopen(base + "__atlas/version.js").read() == b"AtlasLive.version(1);\n"
+        assert not watcher.check()
+        (theme / "static" / "extra.css").write_text("a { color: red; }\n")
+        assert watcher.check()
+        assert urllib.request.urlopen(base + "static/extra.css").read() == b"a { color: red; }\n"
+        assert urllib.request.urlopen(base + "__atlas/version.js").read() == b"AtlasLive.version(2);\n"
+    finally:
+        server.shutdown()
+        server.server_close()
