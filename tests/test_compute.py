@@ -157,7 +157,7 @@ def test_histogram_and_interval_samples_match_brute_force(built, brute):
         assert entry["histogram"].sum() == int(firing.sum())
 
         g = torch.arange(flat.shape[0], dtype=torch.int64)
-        prio = priority(g, f_count, s.seed)
+        prio = priority(g[:, None], torch.arange(f_count)[None, :], s.seed)
         interval = interval_index(flat, mx, s.intervals)
         for f in range(f_count):
             for i in range(s.intervals):

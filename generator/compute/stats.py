@@ -11,7 +11,8 @@ Keys: a token's global index is g = prompt * context + position (< 2**32).
   then the earlier token. Positive float32 bit patterns order like the values.
 - interval key = 31-bit hash(g, feature, seed) << 32 | (2**32 - 1 - g): a deterministic
   pseudo-random priority; the S highest per (feature, interval) are the samples.
-Empty slots hold key -1.
+Empty slots hold key -1. Both are kept per group with one sort of the batch's firing entries
+(`segmented_top`), after dropping entries below the group's current k-th key.
 """
 
 from __future__ import annotations
@@ -34,18 +35,16 @@ def _mix32(x: torch.Tensor) -> torch.Tensor:
     return (x >> 16) ^ x
 
 
-def priority(g: torch.Tensor, n_features: int, seed: int) -> torch.Tensor:
-    """31-bit pseudo-random priority per (token, feature): int64 [N, F]."""
+def priority(g: torch.Tensor, feature: torch.Tensor, seed: int) -> torch.Tensor:
+    """31-bit pseudo-random priority of (token g, feature), elementwise with broadcasting (int64)."""
     token_part = _mix32((g ^ (seed * 0x9E3779B1)) & LOW)
-    feature_part = _mix32((torch.arange(n_features, device=g.device, dtype=torch.int64) * 0x27D4EB2D + seed) & LOW)
-    return _mix32(token_part[:, None] ^ feature_part[None, :]) >> 1
+    feature_part = _mix32((feature * 0x27D4EB2D + seed) & LOW)
+    return _mix32(token_part ^ feature_part) >> 1
 
 
 def activation_keys(values: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """int64 [N, F] top-k keys for float32 activations [N, F] at global tokens g [N]; -1 where <= 0."""
-    bits = values.contiguous().view(torch.int32).to(torch.int64)
-    keys = (bits << 32) | (LOW - g)[:, None]
-    return torch.where(values > 0, keys, torch.full_like(keys, -1))
+    """int64 top-k keys of positive float32 activations at global tokens g (same shape)."""
+    return (values.contiguous().view(torch.int32).to(torch.int64) << 32) | (LOW - g)
 
 
 def key_token(keys: torch.Tensor) -> torch.Tensor:
@@ -57,7 +56,8 @@ def key_value(keys: torch.Tensor) -> torch.Tensor:
 
 
 def histogram_bin(values: torch.Tensor, max_activation: torch.Tensor, bins: int) -> torch.Tensor:
-    """Bin of each activation among `bins` equal-width bins over [0, max]: floor(a * (bins / max))."""
+    """Bin of each activation among `bins` equal-width bins over [0, max]: floor(a * (bins / max)).
+    `max_activation` broadcasts against `values` (per feature)."""
     scale = torch.where(max_activation > 0, bins / max_activation, torch.zeros_like(max_activation))
     return (values * scale).floor().to(torch.int64).clamp_(0, bins - 1)
 
@@ -68,32 +68,59 @@ def interval_index(values: torch.Tensor, max_activation: torch.Tensor, intervals
     return ((values * scale).ceil().to(torch.int64) - 1).clamp_(0, intervals - 1)
 
 
-def gather_windows(acts: torch.Tensor, token: torch.Tensor, before: int, after: int) -> torch.Tensor:
-    """Windows of activations around in-batch tokens.
-    acts: [B, T, F]; token: int64 [k, F] in-batch flat token index of each (slot, feature).
-    Returns float32 [k, F, W]; slot j is position - before + j, 0 outside the prompt."""
-    b_count, t_count, n_features = acts.shape
-    w = before + 1 + after
-    b = token // t_count
-    t = token % t_count
-    pos = t[..., None] + torch.arange(-before, after + 1, device=acts.device)  # [k, F, W]
+def gather_windows(acts: torch.Tensor, token: torch.Tensor, feature: torch.Tensor, before: int, after: int) -> torch.Tensor:
+    """Windows of activations: acts [B, T, F]; token (in-batch flat index b * T + t) and feature [M].
+    Returns float32 [M, W]; slot j is position t - before + j, 0 outside the prompt."""
+    t_count, n_features = acts.shape[1], acts.shape[2]
+    b, t = token // t_count, token % t_count
+    pos = t[:, None] + torch.arange(-before, after + 1, device=acts.device)
     valid = (pos >= 0) & (pos < t_count)
-    flat_index = (b[..., None] * t_count + pos.clamp(0, t_count - 1)) * n_features
-    flat_index = flat_index + torch.arange(n_features, device=acts.device)[None, :, None]
-    out = acts.reshape(-1)[flat_index.reshape(-1)].reshape(token.shape + (w,))
+    index = (b[:, None] * t_count + pos.clamp(0, t_count - 1)) * n_features + feature[:, None]
+    out = acts.reshape(-1)[index]
     return torch.where(valid, out, torch.zeros_like(out))
 
 
-def _merge_top(keys: torch.Tensor, windows: torch.Tensor, new_keys: torch.Tensor, new_windows: torch.Tensor):
-    """Keep the len(keys) largest keys of both sets (dim 0) with their windows."""
-    all_keys = torch.cat([keys, new_keys], 0)
-    top, sel = all_keys.topk(keys.shape[0], dim=0)
-    all_windows = torch.cat([windows, new_windows], 0)
-    return top, torch.take_along_dim(all_windows, sel[..., None], dim=0)
+def segmented_top(group: torch.Tensor, keys: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Entries among the k largest keys of their group: (entry indices, rank within group)."""
+    order = torch.argsort(keys, descending=True, stable=True)
+    order = order[torch.argsort(group[order], stable=True)]
+    g = group[order]
+    pos = torch.arange(g.shape[0], device=g.device)
+    first = torch.ones_like(g, dtype=torch.bool)
+    first[1:] = g[1:] != g[:-1]
+    rank = pos - torch.cummax(torch.where(first, pos, torch.zeros_like(pos)), 0).values
+    keep = rank < k
+    return order[keep], rank[keep]
+
+
+def merge_examples(
+    state_keys: torch.Tensor, state_windows: torch.Tensor, group: torch.Tensor, keys: torch.Tensor,
+    acts: torch.Tensor, token: torch.Tensor, feature: torch.Tensor, before: int, after: int,
+) -> None:
+    """Keep, per group g, the k = state_keys.shape[1] largest keys seen so far (in place).
+    state_keys int64 [G, k] (descending, -1 = empty), state_windows f32 [G, k, W];
+    candidates: group, keys, token, feature [M]."""
+    k = state_keys.shape[1]
+    better = keys > state_keys[group, k - 1]  # cannot enter otherwise (keys are unique per group)
+    group, keys, token, feature = group[better], keys[better], token[better], feature[better]
+    if group.numel() == 0:
+        return
+    entry, rank = segmented_top(group, keys, k)
+    rows, row_of = torch.unique(group[entry], sorted=True, return_inverse=True)
+    cand_keys = torch.full((rows.shape[0], k), -1, dtype=torch.int64, device=keys.device)
+    cand_keys[row_of, rank] = keys[entry]
+    cand_windows = torch.zeros((rows.shape[0], k, state_windows.shape[2]), dtype=state_windows.dtype, device=keys.device)
+    cand_windows[row_of, rank] = gather_windows(acts, token[entry], feature[entry], before, after)
+    all_keys = torch.cat([state_keys[rows], cand_keys], 1)
+    top, sel = all_keys.topk(k, dim=1)
+    all_windows = torch.cat([state_windows[rows], cand_windows], 1)
+    state_keys[rows] = top
+    state_windows[rows] = torch.take_along_dim(all_windows, sel[..., None], dim=1)
 
 
 class FeatureStats:
-    """Running state of one SAE over the corpus (feature-minor tensors on the compute device)."""
+    """Running state of one SAE over the corpus (feature-major tensors on the compute device).
+    Activations are handled sparsely: only the (token, feature) pairs with a > 0."""
 
     STATE = (
         "max_activation", "nonzero_count", "top_key", "top_window", "histogram", "interval_key",
@@ -109,11 +136,11 @@ class FeatureStats:
         f32 = dict(dtype=torch.float32, device=device)
         self.max_activation = torch.zeros(f, **f32)
         self.nonzero_count = torch.zeros(f, **i64)
-        self.top_key = torch.full((s.top_k, f), -1, **i64)
-        self.top_window = torch.zeros((s.top_k, f, w), **f32)
+        self.top_key = torch.full((f, s.top_k), -1, **i64)
+        self.top_window = torch.zeros((f, s.top_k, w), **f32)
         self.histogram = torch.zeros(f * s.histogram_bins, **i64)
-        self.interval_key = torch.full((s.intervals, s.per_interval, f), -1, **i64)
-        self.interval_window = torch.zeros((s.intervals, s.per_interval, f, w), **f32)
+        self.interval_key = torch.full((f * s.intervals, s.per_interval), -1, **i64)  # row = f * I + i
+        self.interval_window = torch.zeros((f * s.intervals, s.per_interval, w), **f32)
         self.sum_x = torch.zeros(d_in, **i64)  # fixed point, SCALE_VEC
         self.sum_sq_x = torch.zeros((), **i64)  # fixed point, SCALE_SQ
         self.sum_sq_err = torch.zeros((), **i64)  # fixed point, SCALE_SQ
@@ -122,16 +149,22 @@ class FeatureStats:
         self.pass_no = 1
         self.prompts_done = 0
 
+    @staticmethod
+    def _entries(flat: torch.Tensor, mask: torch.Tensor, t_count: int, first_prompt: int):
+        """Sparse view of a batch: in-batch token, feature, value and global token index where mask."""
+        token, feature = torch.nonzero(mask, as_tuple=True)
+        return token, feature, flat[token, feature], first_prompt * t_count + token
+
     # -- pass 1 ------------------------------------------------------------------------------
     def update_pass1(self, acts: torch.Tensor, x: torch.Tensor, x_hat: torch.Tensor, first_prompt: int) -> None:
-        """acts f32 [B, T, F]; x, x_hat f32 [B, T, d_in] (SAE input and reconstruction)."""
+        """acts f32 [B, T, F]; x, x_hat f32 [B, T, d_in] (SAE input and reconstruction).
+        Batches must come in increasing prompt order (a later token never wins a tie)."""
         s = self.settings
-        b_count, t_count, f = acts.shape
-        flat = acts.reshape(-1, f)
+        t_count = acts.shape[1]
+        flat = acts.reshape(-1, self.n_features)
         n = flat.shape[0]
-        g = first_prompt * t_count + torch.arange(n, device=acts.device, dtype=torch.int64)
-        self.max_activation = torch.maximum(self.max_activation, flat.max(0).values)
         firing = flat > 0
+        self.max_activation = torch.maximum(self.max_activation, flat.max(0).values)
         self.nonzero_count += firing.sum(0)
         self.sum_l0 += firing.sum()
         self.n_tokens += n
@@ -142,34 +175,24 @@ class FeatureStats:
         self.sum_sq_x += (x.square().sum(-1) * SCALE_SQ).round().to(torch.int64).sum()
         self.sum_sq_err += (err * SCALE_SQ).round().to(torch.int64).sum()
 
-        keys = activation_keys(flat, g)
-        cand_keys, cand_token = keys.topk(min(s.top_k, n), dim=0)
-        windows = gather_windows(acts, cand_token, s.context_before, s.context_after)
-        self.top_key, self.top_window = _merge_top(self.top_key, self.top_window, cand_keys, windows)
+        # Only activations above a full top-k's smallest value can enter (ties go to earlier tokens).
+        last = self.top_key[:, -1]
+        threshold = torch.where(last >= 0, key_value(last.clamp_min(0)), torch.zeros_like(self.max_activation))
+        token, feature, value, g = self._entries(flat, flat > threshold, t_count, first_prompt)
+        keys = activation_keys(value, g)
+        merge_examples(self.top_key, self.top_window, feature, keys, acts, token, feature, s.context_before, s.context_after)
 
     # -- pass 2 ------------------------------------------------------------------------------
     def update_pass2(self, acts: torch.Tensor, first_prompt: int) -> None:
         s = self.settings
-        b_count, t_count, f = acts.shape
-        flat = acts.reshape(-1, f)
-        n = flat.shape[0]
-        g = first_prompt * t_count + torch.arange(n, device=acts.device, dtype=torch.int64)
-        firing = flat > 0
-
-        bins = histogram_bin(flat, self.max_activation, s.histogram_bins)
-        flat_bin = torch.arange(f, device=acts.device)[None, :] * s.histogram_bins + bins
-        self.histogram += torch.bincount(flat_bin[firing], minlength=f * s.histogram_bins)
-
-        interval = interval_index(flat, self.max_activation, s.intervals)
-        keys = (priority(g, f, s.seed) << 32) | (LOW - g)[:, None]
-        keys = torch.where(firing, keys, torch.full_like(keys, -1))
-        for i in range(s.intervals):
-            k_i = torch.where(interval == i, keys, torch.full_like(keys, -1))
-            cand_keys, cand_token = k_i.topk(min(s.per_interval, n), dim=0)
-            windows = gather_windows(acts, cand_token, s.context_before, s.context_after)
-            self.interval_key[i], self.interval_window[i] = _merge_top(
-                self.interval_key[i], self.interval_window[i], cand_keys, windows
-            )
+        flat = acts.reshape(-1, self.n_features)
+        token, feature, value, g = self._entries(flat, flat > 0, acts.shape[1], first_prompt)
+        mx = self.max_activation[feature]
+        bins = histogram_bin(value, mx, s.histogram_bins)
+        self.histogram += torch.bincount(feature * s.histogram_bins + bins, minlength=self.n_features * s.histogram_bins)
+        group = feature * s.intervals + interval_index(value, mx, s.intervals)
+        keys = (priority(g, feature, s.seed) << 32) | (LOW - g)
+        merge_examples(self.interval_key, self.interval_window, group, keys, acts, token, feature, s.context_before, s.context_after)
 
     # -- checkpoint ----------------------------------------------------------------------------
     def state_arrays(self) -> dict[str, np.ndarray]:
@@ -190,37 +213,35 @@ class FeatureStats:
     # -- results -------------------------------------------------------------------------------
     def feature_arrays(self) -> dict[str, np.ndarray]:
         """The feature-major arrays of a cache entry (see docs/ARCHITECTURE.md)."""
-        s, t = self.settings, self.context
+        s, t, f = self.settings, self.context, self.n_features
         n_tokens = max(int(self.n_tokens), 1)
 
         def examples(keys: torch.Tensor, windows: torch.Tensor, values: torch.Tensor):
             valid = keys >= 0
             g = key_token(keys)
-            prompt = torch.where(valid, g // t, torch.full_like(g, -1)).to(torch.int32)
-            position = torch.where(valid, g % t, torch.full_like(g, -1)).to(torch.int32)
-            values = torch.where(valid, values, torch.zeros_like(values))
-            windows = torch.where(valid[..., None], windows, torch.zeros_like(windows))
+            minus = torch.full_like(g, -1)
+            prompt = torch.where(valid, g // t, minus).to(torch.int32).cpu().numpy()
+            position = torch.where(valid, g % t, minus).to(torch.int32).cpu().numpy()
+            values = torch.where(valid, values, torch.zeros_like(values)).cpu().numpy().astype(np.float32)
+            windows = torch.where(valid[..., None], windows, torch.zeros_like(windows)).cpu().numpy().astype(np.float16)
             return values, prompt, position, windows
 
-        top_value, top_prompt, top_position, top_window = examples(self.top_key, self.top_window, key_value(self.top_key))
-        iv_value, iv_prompt, iv_position, iv_window = examples(
-            self.interval_key, self.interval_window, self.interval_window[..., s.context_before]
-        )
-        f = self.n_features
-        np_ = lambda x: x.cpu().numpy()  # noqa: E731
+        top = examples(self.top_key, self.top_window, key_value(self.top_key))
+        iv = examples(self.interval_key, self.interval_window, self.interval_window[..., s.context_before])
+        i_s = (f, s.intervals, s.per_interval)
         return {
-            "max_activation": np_(self.max_activation).astype(np.float32),
-            "nonzero_count": np_(self.nonzero_count).astype(np.int64),
-            "density": (np_(self.nonzero_count) / n_tokens).astype(np.float32),
-            "top_value": np_(top_value.T).astype(np.float32),
-            "top_prompt": np_(top_prompt.T),
-            "top_position": np_(top_position.T),
-            "top_window": np_(top_window.permute(1, 0, 2)).astype(np.float16),
-            "interval_value": np_(iv_value.permute(2, 0, 1)).astype(np.float32),
-            "interval_prompt": np_(iv_prompt.permute(2, 0, 1)),
-            "interval_position": np_(iv_position.permute(2, 0, 1)),
-            "interval_window": np_(iv_window.permute(2, 0, 1, 3)).astype(np.float16),
-            "histogram": np_(self.histogram.reshape(f, s.histogram_bins)).astype(np.int64),
+            "max_activation": self.max_activation.cpu().numpy().astype(np.float32),
+            "nonzero_count": self.nonzero_count.cpu().numpy().astype(np.int64),
+            "density": (self.nonzero_count.cpu().numpy() / n_tokens).astype(np.float32),
+            "top_value": top[0],
+            "top_prompt": top[1],
+            "top_position": top[2],
+            "top_window": top[3],
+            "interval_value": iv[0].reshape(i_s),
+            "interval_prompt": iv[1].reshape(i_s),
+            "interval_position": iv[2].reshape(i_s),
+            "interval_window": iv[3].reshape(i_s + (s.window,)),
+            "histogram": self.histogram.reshape(f, s.histogram_bins).cpu().numpy().astype(np.int64),
         }
 
     def reconstruction_stats(self) -> dict[str, float]:
