@@ -364,3 +364,15 @@ def test_dump_of_an_uncomputed_sae_says_so(built, tmp_path):
     _, _, releases, _, _ = built
     with pytest.raises(AtlasError, match="not computed"):
         dump_feature(releases, tmp_path, "tiny-2l@1-res-st:0")
+
+
+def test_out_of_memory_names_the_batch_size_option(built, monkeypatch, tmp_path):
+    _, _, releases, _, _ = built
+    import generator.compute.stats as stats
+
+    def oom(*a, **k):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(stats.FeatureStats, "update_pass1", oom)
+    with pytest.raises(AtlasError, match="--batch-size"):
+        compute_releases(releases, tmp_path, _options(batch_size=4))
