@@ -9,6 +9,7 @@ pending SAE of that model; then the weights-only parts; one cache entry per SAE.
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -104,6 +105,8 @@ def compute_releases(releases: list[Release], cache_root: Path, options: Compute
         for job in group:
             if store.sae_entry(job.key) is not None:
                 report.cached.append(job.id)
+                # A run killed between writing the entry and deleting its checkpoint leaves both.
+                shutil.rmtree(store.partial_dir(job.key), ignore_errors=True)
             else:
                 pending.append(job)
         if not pending:
