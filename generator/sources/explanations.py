@@ -28,7 +28,8 @@ def load_explanations(path: Path) -> dict[tuple[str, int], list[Explanation]]:
     out: dict[tuple[str, int], list[Explanation]] = {}
     problems: list[Problem] = []
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        # Lines end at "\n" only: splitlines() would also break inside strings at U+2028, U+0085...
+        lines = path.read_text(encoding="utf-8").split("\n")
     except (OSError, UnicodeDecodeError) as e:
         raise InputError([problem_at(path, f"cannot read explanations ({e}); expected a UTF-8 jsonl file")]) from e
     for line_no, line in enumerate(lines, 1):
