@@ -258,9 +258,15 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     if not (args.keep and cache.exists()):
         build_synthetic_cache(cache, release, d_sae, vocab_size)
-    t1 = time.perf_counter()
+    t_cache = time.perf_counter()
     from generator.render import render_site
 
+    # Removing a previous 1 GB site is timed apart: on disks mounted with online discard it alone
+    # can take a minute; render_site does the same removal after its swap.
+    t_rm = time.perf_counter()
+    shutil.rmtree(out, ignore_errors=True)
+    removal_s = time.perf_counter() - t_rm
+    t1 = time.perf_counter()
     cpu0 = _cpu_seconds()
     render_site([release], cache=cache, out=out, quiet=True, workers=args.workers)
     t2 = time.perf_counter()
@@ -270,8 +276,9 @@ def main(argv: list[str] | None = None) -> int:
     render_s = t2 - t1
     print(f"synthetic release: {n_saes} SAEs x {d_sae:,} features, {prompts:,} prompts x {context} tokens, "
           f"vocab {vocab_size:,}, {os.cpu_count()} CPU(s)")
-    print(f"cache written in     {t1 - t0:8.1f} s")
+    print(f"cache written in     {t_cache - t0:8.1f} s")
     print(f"render time          {render_s:8.1f} s  ({features / render_s:,.0f} features/s), {cpu:.1f} CPU-s")
+    print(f"old site removed in  {removal_s:8.1f} s  (before the render; not counted above)")
     print(f"total site size      {n['total_bytes'] / 1e6:8.1f} MB in {n['files']:,} files")
     print(f"bytes per feature    {n['total_bytes'] / features:8.0f}")
     print(f"largest file         {n['largest_bytes'] / 1e6:8.2f} MB  ({n['largest_file']})")
