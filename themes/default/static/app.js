@@ -468,13 +468,14 @@
     var m = /^#(\d+)$/.exec(window.location.hash);
     var i = m ? parseInt(m[1], 10) : NaN;
     if (!isNaN(i) && i >= 0 && i < this.n) { this.show(i, !initial); return; }
-    if (window.location.hash && window.location.hash !== '#' && m) {
-      this.status('Feature ' + m[1] + ' does not exist; this SAE has ' + this.n.toLocaleString('en-US') + ' features.');
-    }
     if (this.current < 0) {
       var first = 0;
       for (var k = 0; k < this.n; k++) if (this.S.max[k] > 0) { first = k; break; }
       this.show(first, false);
+    }
+    // After show(), which clears the status line.
+    if (window.location.hash && window.location.hash !== '#' && m) {
+      this.status('Feature ' + m[1] + ' does not exist; this SAE has ' + this.n.toLocaleString('en-US') + ' features.');
     }
   };
 
@@ -847,6 +848,7 @@
     }
     var values = Object.create(null);
     for (var j = 0; j < offs.length; j++) values[ws + offs[j]] = vals[j];
+    if (!(values[pos] > 0)) values[pos] = act;  // the peak is not repeated in the window values
     var len = tokens.length, lo, hi;
     // The stored window runs from context_before tokens before the max to context_after after it.
     var storedLo = Math.max(0, pos - (S.context_before || 0)), storedHi = Math.min(len - 1, pos + (S.context_after || 0));
