@@ -67,3 +67,12 @@ def built_site(tmp_path_factory) -> BuiltSite:
     if build.returncode != 0:
         pytest.fail(f"`sae-atlas build` of the fixture release exited {build.returncode}:\n{build.stderr[-4000:]}")
     return BuiltSite(content, cache, site, build)
+
+
+@pytest.fixture(scope="session")
+def chromium_browser():
+    """One headless Chromium for the whole run (the system package, driven by Playwright)."""
+    from tests.browser import harness
+
+    with harness.chromium() as browser:
+        yield browser

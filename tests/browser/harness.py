@@ -113,8 +113,9 @@ def chromium():
             browser.close()
 
 
-def screenshot(page, name: str) -> Path:
+def screenshot(page, name: str, full_page: bool = False) -> Path:
+    """Save the viewport (or the whole page) as tests/browser/screenshots/NAME.png for a human to review."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     path = SCREENSHOTS / f"{name}.png"
-    page.screenshot(path=str(path), full_page=False)
+    page.screenshot(path=str(path), full_page=full_page, animations="disabled", caret="hide")
     return path

@@ -1,0 +1,311 @@
+"""The built fixture site in headless Chromium, as a visitor uses it: from file:// (a double-clicked
+index.html) and from an HTTP server under a sub-path (/repo/, as GitHub Pages serves a project).
+Every test also asserts that the page logged no error, opened no dialog and requested nothing
+outside the site. Screenshots of every page type, light and dark, go to tests/browser/screenshots/."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from tests.browser import harness
+from tests.fixtures import MODEL_ID, RELEASE_ID
+from tests.test_e2e import data_call
+
+pytestmark = pytest.mark.browser
+
+SET = "res-st"
+SAE = f"{MODEL_ID}@0-{SET}"
+SAE_URL = f"{MODEL_ID}/0-{SET}/index.html"
+OTHER_SAE = f"{MODEL_ID}@1-res-tk"
+OTHER_SAE_URL = f"{MODEL_ID}/1-res-tk/index.html"
+VIEWPORT = {"width": 1280, "height": 860}
+
+
+@pytest.fixture(scope="module")
+def served(built_site):
+    """Base URL of the site served over HTTP under /repo/ (ending in /)."""
+    with harness.serve_site(built_site.site, prefix="/repo/") as base:
+        yield base
+
+
+@pytest.fixture(scope="module", params=["file", "http"])
+def origin(request, built_site):
+    """Base URL of the site root (ending in /) for each way of opening it."""
+    return built_site.site.as_uri() + "/" if request.param == "file" else request.getfixturevalue("served")
+
+
+@pytest.fixture(scope="module")
+def summary(built_site) -> dict:
+    return data_call(built_site.site / SAE_URL.replace("index.html", "data/summary.js"))[1][0]
+
+
+@pytest.fixture
+def open_page(chromium_browser, origin):
+    """open_page(path, base=origin) -> (page, guard): a fresh browser context (light scheme) on `base + path`."""
+    opened = []
+
+    def opener(path: str, base: str = origin):
+        context = chromium_browser.new_context(viewport=VIEWPORT, color_scheme="light")
+        page = context.new_page()
+        guard = harness.Guard(allowed_origin=base)  # the site root itself: nothing above /repo/ either
+        guard.attach(page)
+        opened.append(context)
+        page.goto(base + path)
+        return page, guard
+
+    yield opener
+    for context in opened:
+        context.close()
+
+
+def _ready(page) -> None:
+    page.wait_for_selector("body[data-ready=true]")
+
+
+def _feature_shown(page, index: int) -> None:
+    page.wait_for_function(
+        "i => location.hash === '#' + i && document.querySelector('#fv-title').textContent === 'Feature ' + i"
+        " && document.querySelector('.fv-examples .ex .tok')", arg=index)
+
+
+def _live(summary: dict) -> list[int]:
+    return [i for i, m in enumerate(summary["max"]) if m > 0]
+
+
+# --- navigation -------------------------------------------------------------------------------------
+
+
+def test_click_from_home_to_release_to_set_to_sae_shows_shaded_examples(open_page):
+    page, guard = open_page("index.html")
+    page.click(f"main a[href='{RELEASE_ID}/index.html']")
+    page.wait_for_url(f"**/{RELEASE_ID}/index.html")
+    assert page.text_content("h1") == "Tiny demo SAEs"
+    page.click(f"main table a[href$='{MODEL_ID}/{SET}/index.html']")
+    page.wait_for_url(f"**/{MODEL_ID}/{SET}/index.html")
+    assert SET in page.text_content("h1")
+    page.click(f"main table a[href$='0-{SET}/index.html']")
+    page.wait_for_url(f"**/{SAE_URL}*")
+    _ready(page)
+    assert page.text_content("h1") == SAE
+    page.wait_for_selector(".fv-examples .ex .tok.tok-on")
+    assert page.locator(".fv-examples .ex").count() >= 1
+    # The peak token of each example is shaded like the other firing tokens.
+    peaks = page.locator(".fv-examples .ex .tok-max")
+    assert peaks.count() == page.locator(".fv-examples .ex").count()
+    assert page.locator(".fv-examples .ex .tok-max.tok-on").count() == peaks.count(), "peak tokens are not shaded"
+    guard.assert_clean()
+
+
+def test_breadcrumbs_and_brand_lead_back_up(open_page):
+    page, guard = open_page(SAE_URL)
+    _ready(page)
+    page.click(f".crumbs a[href$='{SET}/index.html']")
+    page.wait_for_url(f"**/{MODEL_ID}/{SET}/index.html")
+    page.click(".brand")
+    page.wait_for_url("**/index.html")
+    assert page.locator(f"main a[href='{RELEASE_ID}/index.html']").count() == 1
+    guard.assert_clean()
+
+
+# --- every page type, light and dark ------------------------------------------------------------------
+
+
+def _pages() -> list[tuple[str, str]]:
+    return [("home", "index.html"), ("release", f"{RELEASE_ID}/index.html"), ("set", f"{MODEL_ID}/{SET}/index.html"),
+            ("sae", SAE_URL), ("feature", f"{SAE_URL}#1")]
+
+
+def _shoot_all(page, origin: str, scheme: str) -> None:
+    for name, path in _pages():
+        page.goto(origin + path)
+        if name in ("sae", "feature"):
+            _ready(page)
+        if name == "sae":
+            page.locator("#map-canvas").scroll_into_view_if_needed()
+            assert _map_has_points(page)
+        if name == "feature":
+            _feature_shown(page, 1)
+            page.wait_for_selector(".fv-intervals .interval")
+            page.evaluate("document.querySelector('#feature-view').scrollIntoView({block: 'start'})")
+        harness.screenshot(page, f"{name}-{scheme}", full_page=name in ("home", "release", "set"))
+
+
+def _map_has_points(page) -> bool:
+    return page.evaluate("""() => {
+        const c = document.querySelector('#map-canvas');
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let n = 0; for (let k = 3; k < d.length; k += 4) if (d[k]) n++;
+        return n > 100;
+    }""")
+
+
+def _theme(page) -> tuple[str | None, str]:
+    """(the data-theme attribute of <html>, the page background colour)."""
+    return tuple(page.evaluate("() => [document.documentElement.getAttribute('data-theme'),"
+                         " getComputedStyle(document.body).backgroundColor]"))
+
+
+def test_every_page_type_renders_light_and_dark_and_the_choice_persists(chromium_browser, served):
+    context = chromium_browser.new_context(viewport=VIEWPORT, color_scheme="light")
+    page = context.new_page()
+    guard = harness.Guard(allowed_origin=served)
+    guard.attach(page)
+    try:
+        _check_and_shoot_both_schemes(page, served)
+    finally:
+        context.close()
+    guard.assert_clean()
+
+
+def _check_and_shoot_both_schemes(page, served: str) -> None:
+    _shoot_all(page, served, "light")
+    attribute, light_background = _theme(page)
+    assert attribute != "dark"
+    page.click(".theme-toggle")
+    attribute, dark_background = _theme(page)
+    assert attribute == "dark" and dark_background != light_background
+    assert page.get_attribute(".theme-toggle", "aria-pressed") == "true"
+    page.reload()
+    _ready(page)
+    assert _theme(page) == ("dark", dark_background), "the dark choice did not survive a reload"
+    _shoot_all(page, served, "dark")
+
+
+def test_dark_mode_toggles_and_persists_across_pages(open_page, origin):
+    page, guard = open_page("index.html")
+    before = _theme(page)
+    page.click(".theme-toggle")
+    assert _theme(page)[0] == "dark" and _theme(page) != before
+    page.goto(origin + SAE_URL)
+    _ready(page)
+    assert _theme(page)[0] == "dark"
+    page.click(".theme-toggle")
+    page.reload()
+    _ready(page)
+    assert _theme(page)[0] != "dark" and _theme(page)[1] == before[1]
+    guard.assert_clean()
+
+
+# --- the SAE page --------------------------------------------------------------------------------------
+
+
+def test_permalink_opens_that_feature_with_its_examples(open_page, built_site, summary):
+    index = _live(summary)[3]
+    page, guard = open_page(f"{SAE_URL}#{index}")
+    _ready(page)
+    _feature_shown(page, index)
+    assert page.text_content("#fv-permalink") == f"{SAE}:{index}"
+    shard = index // summary["shard_size"]
+    record = [r for r in data_call(built_site.site / SAE_URL.replace("index.html", f"data/f/{shard:04d}.js"))[1][1]
+              if r["i"] == index][0]
+    page.wait_for_function("n => document.querySelectorAll('.fv-examples .ex').length === n", arg=len(record["top"]))
+    assert page.locator(".fv-examples .ex .ex-meta").all_text_contents() == [f"prompt {e[0]}" for e in record["top"]]
+    assert page.locator(f".frow.is-current .col-idx").text_content() == str(index)
+    guard.assert_clean()
+
+
+def test_a_permalink_to_a_missing_feature_says_so(open_page, summary):
+    page, guard = open_page(f"{SAE_URL}#{summary['d_sae'] + 5}")
+    _ready(page)
+    assert "does not exist" in page.text_content("#sae-status")
+    guard.assert_clean()
+
+
+def test_prev_next_buttons_and_keys_step_through_features(open_page):
+    page, guard = open_page(f"{SAE_URL}#10")
+    _ready(page)
+    _feature_shown(page, 10)
+    steps = [("click", "#fv-next", 11), ("click", "#fv-prev", 10), ("press", "ArrowRight", 11), ("press", "ArrowLeft", 10),
+             ("press", "j", 11), ("press", "k", 10)]
+    for action, target, expected in steps:
+        if action == "click":
+            page.click(target)
+        else:
+            page.keyboard.press(target)
+        _feature_shown(page, expected)
+    page.goto(page.url.split("#")[0] + "#0")
+    page.wait_for_function("() => document.querySelector('#fv-title').textContent === 'Feature 0'")
+    assert page.is_disabled("#fv-prev")
+    guard.assert_clean()
+
+
+def _isolated_feature(summary: dict) -> int:
+    """The live feature farthest from every other point of the map (an unambiguous hover target)."""
+    xs, ys = summary["x"], summary["y"]
+
+    def clearance(i: int) -> float:
+        return min(math.hypot(xs[i] - xs[j], ys[i] - ys[j]) for j in range(len(xs)) if j != i)
+
+    return max(_live(summary), key=clearance)
+
+
+def test_map_hover_shows_a_tooltip_and_click_opens_the_feature(open_page, summary):
+    target = _isolated_feature(summary)
+    start = next(i for i in _live(summary) if i != target)
+    page, guard = open_page(f"{SAE_URL}#{start}")
+    _ready(page)
+    _feature_shown(page, start)
+    canvas = page.locator("#map-canvas")
+    canvas.scroll_into_view_if_needed()
+    box = canvas.bounding_box()
+    # Where the front end draws the point (its test hook), checked against the summary's x/y below.
+    x, y = page.evaluate("i => { const m = AtlasData.page.map; return [m.sx(i), m.sy(i)]; }", target)
+    fit = min(box["width"], box["height"])
+    assert 0 < x < box["width"] and 0 < y < box["height"]
+    assert abs((x - box["width"] / 2) - (summary["x"][target] - 0.5) * fit * 0.92) < 2
+    page.mouse.move(box["x"] + x, box["y"] + y)
+    tooltip = page.locator("#map-tooltip")
+    tooltip.wait_for(state="visible")
+    assert tooltip.text_content().startswith(f"#{target}")
+    page.mouse.click(box["x"] + x, box["y"] + y)
+    _feature_shown(page, target)
+    guard.assert_clean()
+
+
+def test_global_search_finds_an_sae_by_id_from_any_depth(open_page, origin):
+    for start in ("index.html", SAE_URL):
+        page, guard = open_page(start)
+        page.click("#global-search")
+        page.keyboard.type(OTHER_SAE)
+        first = page.locator("#global-search-results .search-result a").first
+        first.wait_for()
+        assert first.get_attribute("href").endswith(OTHER_SAE_URL)
+        page.keyboard.press("Enter")
+        page.wait_for_url(f"**/{OTHER_SAE_URL}")
+        _ready(page)
+        assert page.text_content("h1") == OTHER_SAE
+        guard.assert_clean()
+
+
+def test_feature_list_filter_finds_a_feature_by_its_explanation(open_page, summary):
+    explained = next(i for i, e in enumerate(summary["expl"]) if e)
+    word = summary["expl"][explained].split()[-1]
+    matches = [i for i in range(summary["d_sae"]) if word.lower() in f"{summary['label'][i]}\n{summary['expl'][i] or ''}".lower()]
+    page, guard = open_page(SAE_URL)
+    _ready(page)
+    page.fill("#list-filter", word)
+    page.wait_for_function("t => document.querySelector('#list-count').textContent.startsWith(t)", arg=f"{len(matches)} of ")
+    rows = page.locator(".frow:not([hidden]) .col-idx")
+    assert rows.all_text_contents() == [str(i) for i in matches]
+    page.click(f".frow:not([hidden])[href='#{explained}']")
+    _feature_shown(page, explained)
+    guard.assert_clean()
+
+
+def test_token_lookup_lists_the_features_peaking_on_a_token(open_page, summary):
+    def norm(s: str) -> str:
+        return s.replace("\u2423", " ").strip().lower()
+
+    token = next(t for tokens in summary["peak_tokens"] for t in tokens if len(norm(t)) >= 3 and norm(t).isalpha())
+    hits = [i for i, tokens in enumerate(summary["peak_tokens"]) if any(norm(t) == norm(token) for t in tokens)]
+    page, guard = open_page(SAE_URL)
+    _ready(page)
+    page.fill("#token-lookup", norm(token))
+    page.wait_for_function("n => document.querySelectorAll('#token-lookup-results a').length === n", arg=len(hits))
+    shown = page.locator("#token-lookup-results a").evaluate_all("as => as.map(a => a.getAttribute('href'))")
+    assert sorted(shown) == sorted(f"#{i}" for i in hits)
+    page.click(f"#token-lookup-results a[href='#{hits[-1]}']")
+    _feature_shown(page, hits[-1])
+    guard.assert_clean()
