@@ -1,0 +1,548 @@
+"""Feature computation: SAE Atlas's engine against SAEDashboard on the same model, SAE and tokens.
+
+    make bench-compute                       # full run (tens of minutes on a 2-core CPU)
+    make bench-compute ARGS=--quick          # smoke run (a minute or two)
+
+Both sides get a random 2-layer TransformerLens model (d_model 128, GPT-2 vocabulary size), a random
+SAELens StandardSAE on blocks.1.hook_resid_pre (d_in 128; d_sae 512 ... 4,096, the smaller SAEs
+being the first features of the largest) and the same pre-tokenized random prompts of 128 tokens.
+SAEDashboard 0.8.0 runs in its own venv (bench/.venv-saedashboard, created on first use) as a
+subprocess driven like Neuronpedia's runner drives it (see _saedashboard_runner.py); ours runs in
+this process. Only feature computation is timed on both sides (not model loading, not writing
+JSON / cache files).
+
+The script checks that both find the same top activations for the first 32 features, prints
+tokens/s and features/s for both, how our time scales with tokens and with features, and ends with
+`speedup_vs_saedashboard=X` for 32,768 tokens x 512 features.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import shutil
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH.parent))  # the project, also when it is not pip-installed
+DASHBOARD_VENV = BENCH / ".venv-saedashboard"
+DASHBOARD_RUNNER = BENCH / "_saedashboard_runner.py"
+DASHBOARD_PINS = ["torch==2.13.0", "pyarrow<19", "sae-dashboard==0.8.0"]
+# Imported by sae-dashboard's dependencies but built against other torch versions; unused here.
+DASHBOARD_REMOVE = ["torchvision", "torchaudio"]
+
+CONTEXT = 128
+D_MODEL = 128
+D_VOCAB = 50257
+HOOK = "blocks.1.hook_resid_pre"
+CHECK_FEATURES = 32
+REL_TOL = 1e-3
+
+
+@dataclass(frozen=True)
+class Plan:
+    base_tokens: int
+    base_features: int
+    token_steps: tuple[int, ...]  # at base_features
+    feature_steps: tuple[int, ...]  # at base_tokens
+    big: tuple[int, int]  # (tokens, features) of the large comparison
+    dashboard_big_features: int  # SAEDashboard runs this many features of the large case
+
+
+FULL = Plan(
+    base_tokens=32_768,
+    base_features=512,
+    token_steps=(32_768, 65_536, 131_072, 262_144),
+    feature_steps=(512, 1_024, 2_048, 4_096),
+    big=(262_144, 4_096),
+    dashboard_big_features=256,
+)
+QUICK = Plan(
+    base_tokens=4_096,
+    base_features=128,
+    token_steps=(4_096, 8_192),
+    feature_steps=(128, 256),
+    big=(8_192, 256),
+    dashboard_big_features=128,
+)
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def tiny_model_config(seed: int = 0) -> dict:
+    """HookedTransformerConfig fields of the benchmark's random 2-layer model."""
+    return {
+        "n_layers": 2,
+        "d_model": D_MODEL,
+        "n_ctx": CONTEXT,
+        "d_head": 32,
+        "n_heads": D_MODEL // 32,
+        "d_mlp": 4 * D_MODEL,
+        "d_vocab": D_VOCAB,
+        "act_fn": "gelu",
+        "normalization_type": "LN",
+        "seed": seed,
+    }
+
+
+def build_inputs(
+    root: Path,
+    n_prompts: int,
+    sae_sizes: list[int],
+    seed: int = 0,
+    cfg: dict | None = None,
+    hook: str = HOOK,
+    context: int = CONTEXT,
+    device: str = "cpu",
+) -> dict:
+    """Under root: a random model in the local model format (config.json, model.safetensors, a
+    word-level tokenizer), random StandardSAE dirs on `hook` (the smaller ones are the first features
+    of the largest), and the same random prompts as tokens.npy and as a pre-tokenized corpus.jsonl."""
+    import warnings
+
+    import torch
+    from safetensors.torch import save_file
+    from sae_lens import StandardSAE, StandardSAEConfig
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+    from transformers import PreTrainedTokenizerFast
+
+    cfg = cfg or tiny_model_config(seed)
+    d_model, d_vocab = cfg["d_model"], cfg["d_vocab"]
+    torch.manual_seed(seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        model = HookedTransformer(HookedTransformerConfig(**cfg, device=device))
+    model.eval()
+    model_dir = root / "model"
+    model_dir.mkdir(parents=True)
+    (model_dir / "config.json").write_text(json.dumps(cfg, indent=1, sort_keys=True))
+    save_file({k: v.contiguous().cpu() for k, v in model.state_dict().items()}, str(model_dir / "model.safetensors"))
+
+    # A word-level tokenizer ("t0", "t1", ...) only gives the site its token strings: prompts are pre-tokenized.
+    tok = Tokenizer(models.WordLevel({f"t{i}": i for i in range(d_vocab)}, unk_token="t0"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="t0").save_pretrained(str(model_dir))
+
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(1, d_vocab, size=(n_prompts, context), dtype=np.int64).astype(np.int32)
+    np.save(root / "tokens.npy", tokens)
+    with open(root / "corpus.jsonl", "w") as f:
+        f.writelines('{"tokens": [' + ", ".join(map(str, row)) + "]}\n" for row in tokens.tolist())
+
+    # Scale the encoder to the hook's activations so that about 7% of tokens fire per feature.
+    with torch.no_grad():
+        sample = torch.from_numpy(tokens[:16].astype(np.int64)).to(device)
+        _, cache = model.run_with_cache(sample, names_filter=hook)
+        acts = cache[hook].reshape(-1, d_model).float().cpu()
+    del model, cache
+    mean = acts.mean(0)
+    rms = (acts - mean).pow(2).sum(-1).mean().sqrt()
+    g = torch.Generator().manual_seed(seed + 1)
+    d_max = max(sae_sizes)
+    w_enc = torch.randn(d_model, d_max, generator=g) / rms
+    b_enc = -1.5 + 0.2 * torch.randn(d_max, generator=g)
+    w_dec = torch.randn(d_max, d_model, generator=g)
+    # Unit-norm decoder rows: SAEDashboard folds the decoder norm into the encoder before encoding.
+    w_dec = w_dec / w_dec.norm(dim=-1, keepdim=True)
+    sae_dirs = {}
+    for n in sae_sizes:
+        sae = StandardSAE(StandardSAEConfig(d_in=d_model, d_sae=n))
+        sae.cfg.metadata.hook_name = hook
+        with torch.no_grad():
+            sae.W_enc.copy_(w_enc[:, :n])
+            sae.b_enc.copy_(b_enc[:n])
+            sae.W_dec.copy_(w_dec[:n])
+            sae.b_dec.copy_(mean)
+        sae_dirs[n] = root / "saes" / str(n)
+        sae_dirs[n].mkdir(parents=True)
+        sae.save_model(str(sae_dirs[n]))
+    return {
+        "root": root, "model": model_dir, "tokens": root / "tokens.npy", "saes": sae_dirs, "config": cfg,
+        "hook": hook, "context": context,
+    }
+
+
+# ----------------------------------------------------------------------------- SAEDashboard
+
+
+def ensure_dashboard_venv() -> Path:
+    py = DASHBOARD_VENV / "bin" / "python"
+    probe = [str(py), "-c", "import sae_dashboard.sae_vis_runner"]
+    if py.exists() and subprocess.run(probe, capture_output=True).returncode == 0:
+        return py
+    print(f"installing SAEDashboard into {DASHBOARD_VENV.relative_to(BENCH.parent)} (once) ...", flush=True)
+    subprocess.run([sys.executable, "-m", "venv", str(DASHBOARD_VENV)], check=True)
+    pip = [str(py), "-m", "pip", "install", "--quiet"]
+    subprocess.run(pip + ["--upgrade", "pip"], check=True)
+    # torch first and pinned, so the resolver keeps the CPU build instead of pulling a newer one.
+    subprocess.run(pip + ["torch==2.13.0"], check=True)
+    subprocess.run(pip + DASHBOARD_PINS, check=True)
+    subprocess.run([str(py), "-m", "pip", "uninstall", "--quiet", "-y", *DASHBOARD_REMOVE], check=True)
+    subprocess.run(probe, check=True)
+    return py
+
+
+def run_dashboard(py: Path, inputs: dict, n_sae: int, n_prompts: int, n_features: int, work: Path, threads: int) -> dict:
+    out = work / f"dashboard-{n_prompts}-{n_sae}-{n_features}.json"
+    cmd = [
+        str(py), str(DASHBOARD_RUNNER),
+        "--model", str(inputs["model"]),
+        "--sae", str(inputs["saes"][n_sae]),
+        "--tokens", str(inputs["tokens"]),
+        "--prompts", str(n_prompts),
+        "--features", str(n_features),
+        "--check", str(CHECK_FEATURES),
+        "--out", str(out),
+    ]
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false", WANDB_MODE="disabled")
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
+        raise SystemExit(f"SAEDashboard runner failed (exit {proc.returncode})")
+    result = json.loads(out.read_text())
+    result["seconds"] = sum(result["batch_seconds"])
+    return result
+
+
+def extrapolate_dashboard(result: dict, all_features: int) -> float:
+    """Seconds for all_features, from a run over the first result['features'] features.
+
+    The first batch runs the forward passes and writes the activation cache; later batches read it,
+    so the remaining batches are costed at the mean of the measured later batches."""
+    batches = result["batch_seconds"]
+    per_batch = result["features_per_batch"]
+    n_batches = -(-all_features // per_batch)
+    later = batches[1:] or batches
+    return batches[0] + (n_batches - 1) * (sum(later) / len(later))
+
+
+# ----------------------------------------------------------------------------- ours
+
+
+# What the engine spends its time on: (module or class, attribute, label). Exclusive time: a stage's
+# time excludes the stages it calls. Functions missing from the engine are skipped.
+def _stage_targets() -> list[tuple[object, str, str]]:
+    import generator.compute.engine as engine
+    from sae_lens import StandardSAE
+
+    targets = [
+        (engine, "load_corpus", "load corpus"),
+        (engine, "load_model", "load model"),
+        (engine, "_start", "load SAE"),
+        (engine, "_forward_capture", "model forward"),
+        (StandardSAE, "encode", "SAE encode/decode"),
+        (StandardSAE, "decode", "SAE encode/decode"),
+        (getattr(engine, "FeatureStats", None), "update_pass1", "stats pass 1 (max, counts, top-k)"),
+        (getattr(engine, "FeatureStats", None), "update_pass2", "stats pass 2 (histogram, intervals)"),
+        (engine, "_run_pass", "pass loop (rest)"),
+        (engine, "_save_checkpoint", "checkpoints"),
+        (engine, "_ce_clean", "CE loss clean"),
+        (engine, "_ce_spliced", "CE loss spliced"),
+        (engine, "logit_effects", "logits"),
+        (engine, "cosine_neighbours", "neighbours"),
+        (engine, "umap_coords", "UMAP"),
+        (engine, "cluster_ids", "clusters"),
+        (engine, "write_entry", "write cache entry"),
+    ]
+    return [(owner, attr, label) for owner, attr, label in targets if owner is not None and callable(getattr(owner, attr, None))]
+
+
+LOADING = ("load corpus", "load model")  # not timed on either side
+PASS_STAGES = ("model forward", "SAE encode/decode", "stats pass 1 (max, counts, top-k)", "stats pass 2 (histogram, intervals)", "pass loop (rest)")
+
+
+@contextmanager
+def stage_timers(sync: bool = False) -> Iterator[dict[str, float]]:
+    """Patches the engine's stages with exclusive timers; sync: wait for the GPU at each boundary."""
+    import torch
+
+    clock = (lambda: (torch.cuda.synchronize(), time.perf_counter())[1]) if sync else time.perf_counter
+    times: dict[str, float] = {}
+    stack: list[float] = []  # time spent in timed callees of each open stage
+
+    def wrap(label: str, fn):
+        def timed(*a, **kw):
+            stack.append(0.0)
+            t0 = clock()
+            try:
+                return fn(*a, **kw)
+            finally:
+                total = clock() - t0
+                inner = stack.pop()
+                times[label] = times.get(label, 0.0) + total - inner
+                if stack:
+                    stack[-1] += total
+
+        return timed
+
+    patched = []  # (owner, attr, own value or None when inherited)
+    for owner, attr, label in _stage_targets():
+        patched.append((owner, attr, vars(owner).get(attr)))
+        setattr(owner, attr, wrap(label, getattr(owner, attr)))
+    try:
+        yield times
+    finally:
+        for owner, attr, own in reversed(patched):
+            if own is None:
+                delattr(owner, attr)
+            else:
+                setattr(owner, attr, own)
+
+
+def write_release(inputs: dict, n_sae: int, n_prompts: int) -> Path:
+    """A one-SAE release manifest over the benchmark inputs, in the content format."""
+    root = inputs["root"]
+    name = f"bench-{n_prompts}-{n_sae}"
+    layer, site = re.fullmatch(r"blocks\.(\d+)\.(.+)", inputs["hook"]).groups()  # type: ignore[union-attr]
+    path = root / "releases" / f"{name}.yaml"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(
+        f"release: {name}\n"
+        f"title: Benchmark {n_prompts} prompts x {n_sae} features\n"
+        f"model: {{id: bench-model, path: ../model}}\n"
+        f"corpus: {{path: ../corpus.jsonl, prompts: {n_prompts}, context: {inputs['context']}}}\n"
+        f"sets:\n"
+        f"  - id: bench\n"
+        f"    title: Benchmark SAEs\n"
+        f"    hook: blocks.{{layer}}.{site}\n"
+        f"    saes:\n"
+        f"      - {{layer: {layer}, path: ../saes/{n_sae}}}\n"
+    )
+    return path
+
+
+def run_ours(inputs: dict, n_sae: int, n_prompts: int, cache: Path, device: str = "cpu") -> dict:
+    """compute_releases on a one-SAE release with a fresh cache; seconds exclude loading the model and
+    the corpus (as on SAEDashboard's side) but include everything else, UMAP and writing the entry."""
+    from generator.cache import CacheStore, sae_key
+    from generator.compute import ComputeOptions, compute_releases
+    from generator.manifest import load_release
+
+    release = load_release(write_release(inputs, n_sae, n_prompts))
+    spec = release.saes()[0]
+    if cache.exists():
+        shutil.rmtree(cache)
+    options = ComputeOptions(device=device, quiet=True)
+    with stage_timers(sync=device == "cuda") as stages, contextlib.redirect_stdout(io.StringIO()):
+        t0 = time.perf_counter()
+        compute_releases([release], cache, options)
+        wall = time.perf_counter() - t0
+    seconds = wall - sum(stages.get(name, 0.0) for name in LOADING)
+    entry = CacheStore(cache).sae_entry(sae_key(release, spec))
+    if entry is None:
+        raise SystemExit(f"SAE Atlas wrote no cache entry for {spec.id}")
+    a = entry.arrays
+    checked = {
+        f: {
+            "max_activation": float(a["max_activation"][f]),
+            "density": float(a["density"][f]),
+            "top_prompt": int(a["top_prompt"][f, 0]),
+            "top_position": int(a["top_position"][f, 0]),
+        }
+        for f in range(min(CHECK_FEATURES, n_sae))
+    }
+    stages["other"] = max(0.0, wall - sum(stages.values()))
+    return {"seconds": seconds, "wall": wall, "stages": stages, "checked": checked}
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def compare_top(ours: dict, theirs: dict) -> list[str]:
+    """Problems where the two disagree on the first CHECK_FEATURES features."""
+    problems = []
+    for key, t in theirs["checked"].items():
+        f = int(key)
+        o = ours["checked"][f]
+        if t["max_activation"] <= 0 and o["max_activation"] <= 0:
+            continue
+        rel = abs(o["max_activation"] - t["max_activation"]) / max(abs(t["max_activation"]), 1e-12)
+        if rel > REL_TOL:
+            problems.append(f"feature {f}: max activation {o['max_activation']:.6g} vs {t['max_activation']:.6g}")
+        if (o["top_prompt"], o["top_position"]) != (t["top_prompt"], t["top_position"]):
+            problems.append(
+                f"feature {f}: top example (prompt, position) {(o['top_prompt'], o['top_position'])}"
+                f" vs {(t['top_prompt'], t['top_position'])}"
+            )
+    return problems
+
+
+def line(label: str, tokens: int, features: int, seconds: float) -> str:
+    return (
+        f"  {label:<13} {tokens:>8,} tok x {features:>5,} feat  {seconds:9.2f} s"
+        f"  {tokens / seconds:>12,.0f} tokens/s  {features / seconds:>9,.1f} features/s"
+    )
+
+
+def best_of(n: int, run) -> dict:
+    return min((run() for _ in range(max(1, n))), key=lambda r: r["seconds"])
+
+
+def stage_line(stages: dict[str, float]) -> str:
+    total = sum(stages.values()) or 1.0
+    parts = sorted(stages.items(), key=lambda kv: -kv[1])
+    return ", ".join(f"{name} {sec:.2f} s ({sec / total:.0%})" for name, sec in parts if sec >= 0.005)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="small smoke run")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads on both sides")
+    ap.add_argument("--repeat", type=int, default=2, help="runs of ours per headline size (best is kept)")
+    ap.add_argument("--json", type=Path, help="also write all measurements here")
+    args = ap.parse_args()
+    plan = QUICK if args.quick else FULL
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    big_tokens, big_features = plan.big
+    sae_sizes = sorted({*plan.feature_steps, plan.base_features, big_features})
+    max_prompts = max(*plan.token_steps, big_tokens) // CONTEXT
+    base_prompts = plan.base_tokens // CONTEXT
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cpus, torch {torch.__version__}, {args.threads} threads,"
+        f" cuda {'available' if torch.cuda.is_available() else 'absent'} (both sides run on the cpu);"
+        f" {time.strftime('%Y-%m-%d')}"
+    )
+    dashboard_py = ensure_dashboard_venv()
+
+    with tempfile.TemporaryDirectory(prefix="bench-compute-") as tmp:
+        work = Path(tmp)
+        inputs = build_inputs(work / "inputs", max_prompts, sae_sizes)
+        cache = work / "cache"
+        print(
+            f"model: random 2-layer TransformerLens, d_model {D_MODEL}, vocab {D_VOCAB:,}; SAE: random StandardSAE on"
+            f" {HOOK}, d_sae {', '.join(map(str, sae_sizes))}; random prompts of {CONTEXT} tokens"
+        )
+
+        print("\nSAEDashboard 0.8.0 (SaeVisRunner with Neuronpedia's layout and batching):", flush=True)
+        theirs_base = run_dashboard(
+            dashboard_py, inputs, plan.base_features, base_prompts, plan.base_features, work, args.threads
+        )
+        print(line("measured", plan.base_tokens, plan.base_features, theirs_base["seconds"]), flush=True)
+        n_sub = min(plan.dashboard_big_features, big_features)
+        theirs_big = run_dashboard(dashboard_py, inputs, big_features, big_tokens // CONTEXT, n_sub, work, args.threads)
+        theirs_big_seconds = extrapolate_dashboard(theirs_big, big_features)
+        n_batches = -(-big_features // theirs_big["features_per_batch"])
+        print(line("measured", big_tokens, n_sub, theirs_big["seconds"]))
+        if n_sub < big_features:
+            print(line("extrapolated", big_tokens, big_features, theirs_big_seconds))
+            print(
+                f"    extrapolated, not measured: SAEDashboard ran the first {n_sub} of {big_features:,} features in"
+                f" batches of {theirs_big['features_per_batch']}"
+                f" ({', '.join(f'{x:.1f}' for x in theirs_big['batch_seconds'])} s); the estimate is the first"
+                f" batch (forward passes, activation cache) + {n_batches - 1} x the mean later batch",
+                flush=True,
+            )
+
+        print("\nSAE Atlas (generator.compute.compute_releases, device cpu, default compute settings):", flush=True)
+        # Warm-up on a small case so that one-time JIT compilation (numba in UMAP) is not charged to a size.
+        run_ours(inputs, min(sae_sizes), 8, cache)
+        ours_base = best_of(args.repeat, lambda: run_ours(inputs, plan.base_features, base_prompts, cache))
+        print(line("measured", plan.base_tokens, plan.base_features, ours_base["seconds"]))
+        print(f"    stages: {stage_line(ours_base['stages'])}", flush=True)
+        ours_big = best_of(args.repeat, lambda: run_ours(inputs, big_features, big_tokens // CONTEXT, cache))
+        print(line("measured", big_tokens, big_features, ours_big["seconds"]))
+        print(f"    stages: {stage_line(ours_big['stages'])}", flush=True)
+        print(
+            f"    (best of {args.repeat}; times exclude loading the model and the corpus, as on SAEDashboard's side,"
+            " and include everything else: both passes, CE loss, logits, neighbours, UMAP, clusters, cache writes)"
+        )
+
+        def scaling_row(label: str, r: dict, first: dict) -> str:
+            st = r["stages"]
+            return (
+                f"  {label:<17} {r['seconds']:8.2f} s  x{r['seconds'] / first['seconds']:5.2f}"
+                f"   passes {sum(st.get(k, 0.0) for k in PASS_STAGES):7.2f} s (model forward {st.get('model forward', 0.0):6.2f} s)"
+                f"   fixed per SAE: CE loss {st.get('CE loss clean', 0.0) + st.get('CE loss spliced', 0.0):5.2f} s,"
+                f" UMAP {st.get('UMAP', 0.0):5.2f} s"
+            )
+
+        print(f"\nscaling of ours with tokens ({plan.base_features:,} features):")
+        token_scaling = []
+        for n_tok in plan.token_steps:
+            if n_tok == plan.base_tokens:
+                r = ours_base
+            elif (n_tok, plan.base_features) == plan.big:
+                r = ours_big
+            else:
+                r = run_ours(inputs, plan.base_features, n_tok // CONTEXT, cache)
+            token_scaling.append({"tokens": n_tok, **r})
+            print(scaling_row(f"{n_tok:,} tokens", r, token_scaling[0]), flush=True)
+        print(f"scaling of ours with features ({plan.base_tokens:,} tokens):")
+        feature_scaling = []
+        for n_feat in plan.feature_steps:
+            r = ours_base if n_feat == plan.base_features else run_ours(inputs, n_feat, base_prompts, cache)
+            feature_scaling.append({"features": n_feat, **r})
+            print(scaling_row(f"{n_feat:,} features", r, feature_scaling[0]), flush=True)
+
+        problems = compare_top(ours_base, theirs_base) + compare_top(ours_big, theirs_big)
+        n_checked = len(theirs_base["checked"]) + len(theirs_big["checked"])
+        if problems:
+            print(f"\nMISMATCH in top activations ({len(problems)} problems):")
+            for p in problems[:20]:
+                print("  " + p)
+        else:
+            print(
+                f"\ntop activations agree on {n_checked} checks (first {CHECK_FEATURES} features, both sizes):"
+                f" max activation within {REL_TOL:g} relative and the same top (prompt, position)"
+            )
+
+        speedup = theirs_base["seconds"] / ours_base["seconds"]
+        speedup_big = theirs_big_seconds / ours_big["seconds"]
+        print(
+            f"ratio at {big_tokens:,} tokens x {big_features:,} features: {speedup_big:.1f}x"
+            + (f" (SAEDashboard time extrapolated from {n_sub} features)" if n_sub < big_features else "")
+        )
+        if args.json:
+            args.json.write_text(
+                json.dumps(
+                    {
+                        "plan": plan.__dict__,
+                        "dashboard_base": theirs_base,
+                        "dashboard_big": theirs_big,
+                        "dashboard_big_extrapolated_seconds": theirs_big_seconds,
+                        "ours_base": ours_base,
+                        "ours_big": ours_big,
+                        "token_scaling": token_scaling,
+                        "feature_scaling": feature_scaling,
+                        "problems": problems,
+                        "speedup": speedup,
+                        "speedup_big": speedup_big,
+                    },
+                    indent=1,
+                    default=str,
+                )
+            )
+        one_forward = ours_base["stages"].get("model forward", 0.0) / 2
+        if one_forward > 0:
+            print(
+                f"ceiling: one forward pass of the model over {plan.base_tokens:,} tokens takes {one_forward:.2f} s here"
+                f" (ours runs two, pass 1 and pass 2; SAEDashboard runs one), so no engine that runs the model can be"
+                f" more than {theirs_base['seconds'] / one_forward:.0f}x faster than SAEDashboard at"
+                f" {plan.base_tokens:,} tokens x {plan.base_features:,} features on this machine"
+            )
+        print(f"speedup_vs_saedashboard={speedup:.1f}")
+        if problems:
+            sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
