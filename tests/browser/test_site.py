@@ -123,6 +123,7 @@ def _shoot_all(page, origin: str, scheme: str) -> None:
         if name in ("sae", "feature"):
             _ready(page)
         if name == "sae":
+            harness.screenshot(page, f"sae-top-{scheme}")
             page.locator("#map-canvas").scroll_into_view_if_needed()
             assert _map_has_points(page)
         if name == "feature":
@@ -130,6 +131,9 @@ def _shoot_all(page, origin: str, scheme: str) -> None:
             page.wait_for_selector(".fv-intervals .interval")
             page.evaluate("document.querySelector('#feature-view').scrollIntoView({block: 'start'})")
         harness.screenshot(page, f"{name}-{scheme}", full_page=name in ("home", "release", "set"))
+        if name == "feature":
+            page.evaluate("document.querySelector('.fv-examples').scrollIntoView({block: 'start'})")
+            harness.screenshot(page, f"feature-examples-{scheme}")
 
 
 def _map_has_points(page) -> bool:
@@ -259,6 +263,7 @@ def test_map_hover_shows_a_tooltip_and_click_opens_the_feature(open_page, summar
     tooltip = page.locator("#map-tooltip")
     tooltip.wait_for(state="visible")
     assert tooltip.text_content().startswith(f"#{target}")
+    harness.screenshot(page, "map-hover")
     page.mouse.click(box["x"] + x, box["y"] + y)
     _feature_shown(page, target)
     guard.assert_clean()
@@ -272,6 +277,8 @@ def test_global_search_finds_an_sae_by_id_from_any_depth(open_page, origin):
         first = page.locator("#global-search-results .search-result a").first
         first.wait_for()
         assert first.get_attribute("href").endswith(OTHER_SAE_URL)
+        if start != "index.html":
+            harness.screenshot(page, "search-results")
         page.keyboard.press("Enter")
         page.wait_for_url(f"**/{OTHER_SAE_URL}")
         _ready(page)
@@ -306,6 +313,8 @@ def test_token_lookup_lists_the_features_peaking_on_a_token(open_page, summary):
     page.wait_for_function("n => document.querySelectorAll('#token-lookup-results a').length === n", arg=len(hits))
     shown = page.locator("#token-lookup-results a").evaluate_all("as => as.map(a => a.getAttribute('href'))")
     assert sorted(shown) == sorted(f"#{i}" for i in hits)
+    page.evaluate("document.querySelector('#token-lookup-results').scrollIntoView({block: 'end'})")
+    harness.screenshot(page, "token-lookup")
     page.click(f"#token-lookup-results a[href='#{hits[-1]}']")
     _feature_shown(page, hits[-1])
     guard.assert_clean()
