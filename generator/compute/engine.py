@@ -211,7 +211,7 @@ def _run_pass(pass_no: int, model, running: list[_Running], corpus: Corpus, stor
     batches = 0
     with bar:
         for p0 in range(start, n_prompts, batch_size):
-            tokens = torch.from_numpy(np.ascontiguousarray(tokens_all[p0 : p0 + batch_size])).long().to(running[0].stats.device)
+            tokens = torch.from_numpy(np.array(tokens_all[p0 : p0 + batch_size])).long().to(running[0].stats.device)
             captured = _forward_capture(model, tokens, hooks, stop_at_layer)
             nb = tokens.shape[0]
             for r in active:
@@ -257,7 +257,7 @@ def _ce_tokens(corpus: Corpus, ce_prompts: int, device: str) -> torch.Tensor | N
     n = min(ce_prompts, corpus.n_prompts)
     if n <= 0 or corpus.context < 2:
         return None
-    return torch.from_numpy(np.ascontiguousarray(corpus.tokens[:n])).long().to(device)
+    return torch.from_numpy(np.array(corpus.tokens[:n])).long().to(device)
 
 
 def _ce_loss(model, tokens: torch.Tensor, batch_size: int, fwd_hooks: list) -> float:
