@@ -115,6 +115,19 @@ def write_json_atomic(path: Path, obj: object) -> None:
     os.replace(tmp, path)
 
 
+def _remove_stale_writes(final_dir: Path) -> None:
+    """Remove temp dirs of this entry left by runs that were killed mid-write."""
+    for entry in final_dir.parent.glob(final_dir.name + ".writing*"):
+        pid = entry.name.rsplit(".writing", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid():
+            try:
+                os.kill(int(pid), 0)
+            except ProcessLookupError:
+                shutil.rmtree(entry, ignore_errors=True)
+            except PermissionError:
+                pass
+
+
 def write_entry(
     final_dir: Path, meta: dict, arrays: dict[str, np.ndarray], extra_files: dict[str, bytes] | None = None
 ) -> None:
@@ -122,6 +135,7 @@ def write_entry(
     rename it into place."""
     final_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = final_dir.with_name(final_dir.name + f".writing{os.getpid()}")
+    _remove_stale_writes(final_dir)
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()

@@ -9,6 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from generator.errors import AtlasError
 from generator.manifest import Release, load_content
 
 
@@ -21,8 +22,6 @@ def load_releases(content: Path, only: list[str] | None = None) -> list[Release]
         known = {r.id for r in releases}
         missing = [r for r in only if r not in known]
         if missing:
-            from generator.errors import AtlasError
-
             raise AtlasError(f"unknown release {', '.join(missing)}; known: {', '.join(sorted(known))}")
         releases = [r for r in releases if r.id in only]
     validate_sources(releases)
@@ -37,13 +36,16 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_compute(args: argparse.Namespace) -> int:
+    releases = load_releases(args.content, args.release)  # before importing torch: bad input fails fast
     from generator.compute import ComputeOptions, compute_releases
 
-    releases = load_releases(args.content, args.release)
     options = ComputeOptions(
         device=args.device, dtype=args.dtype, batch_size=args.batch_size, shard=args.shard, quiet=args.quiet
     )
-    compute_releases(releases, args.cache, options)
+    try:
+        compute_releases(releases, args.cache, options)
+    except OSError as e:
+        raise AtlasError(f"writing the cache failed: {e}; finished entries are kept, rerun to resume") from e
     return 0
 
 
@@ -51,7 +53,10 @@ def cmd_render(args: argparse.Namespace) -> int:
     from generator.render import render_site
 
     releases = load_releases(args.content, getattr(args, "release", None))
-    render_site(releases, cache=args.cache, out=args.out, theme=args.theme, quiet=args.quiet)
+    try:
+        render_site(releases, cache=args.cache, out=args.out, theme=args.theme, quiet=args.quiet)
+    except OSError as e:
+        raise AtlasError(f"writing the site failed: {e}; the previous site in {args.out} is unchanged") from e
     return 0
 
 

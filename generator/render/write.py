@@ -1,14 +1,18 @@
 """Atomic output: the site is rendered into a fresh directory next to `out`, then swapped in.
 
-A failure at any point before the swap leaves the previous site untouched; the swap itself is two
-renames (old away, new in) and restores the old directory if the second rename fails.
+A failure at any point before the swap leaves the previous site untouched. On Linux the swap is one
+atomic exchange (renameat2 RENAME_EXCHANGE); elsewhere it is two renames (old away, new in), and a
+run killed between them is repaired by the next one, which puts the old site back first.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
+import re
 import shutil
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,11 +24,41 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def recover(out: Path) -> None:
+    """Undo what a killed run left beside `out`: restore a site moved away and never replaced,
+    and remove staging directories of runs that are no longer alive."""
+    pattern = re.compile(rf"^\.{re.escape(out.name)}\.(rendering|old)-(\d+)$")
+    leftovers = []
+    for entry in out.parent.iterdir() if out.parent.exists() else ():
+        m = pattern.match(entry.name)
+        if m and not _pid_alive(int(m[2])):
+            leftovers.append((m[1], entry))
+    if not (out.exists() or out.is_symlink()):
+        olds = sorted((e for kind, e in leftovers if kind == "old"), key=lambda e: e.stat().st_mtime)
+        if olds:
+            os.replace(olds[-1], out)
+            print(f"sae-atlas: restored the previous site left by an interrupted run into {out}", file=sys.stderr)
+    for _, entry in leftovers:
+        if entry.exists():
+            _remove(entry)
+
+
 @contextlib.contextmanager
 def atomic_directory(out: Path) -> Iterator[Path]:
     """Yield an empty staging directory; on normal exit it replaces `out`, on error it is removed."""
     out = Path(out).absolute()
     out.parent.mkdir(parents=True, exist_ok=True)
+    recover(out)
     staging = out.with_name(f".{out.name}.rendering-{os.getpid()}")
     old = out.with_name(f".{out.name}.old-{os.getpid()}")
     for leftover in (staging, old):
@@ -38,7 +72,27 @@ def atomic_directory(out: Path) -> Iterator[Path]:
     swap_in(staging, out, old)
 
 
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux renameat2); False where unsupported."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    return renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0
+
+
 def swap_in(staging: Path, out: Path, old: Path) -> None:
+    if out.is_dir() and not out.is_symlink() and _exchange(staging, out):
+        _remove(staging)  # now holds the previous site
+        return
     had_old = out.exists() or out.is_symlink()
     if had_old:
         os.replace(out, old)
