@@ -46,12 +46,68 @@
     return Number((d * 100).toPrecision(3)) + '%';
   }
 
-  /* Makes whitespace in token strings visible while keeping the string itself intact. */
-  function tokenDisplay(s) {
-    if (s === null || s === undefined) return '';
-    s = String(s);
-    if (s === '') return '∅';
-    return s.replace(/\n/g, '↵').replace(/\t/g, '⇥');
+  /* ---------- token text ---------- */
+
+  var FRAG_TITLE = 'partial UTF-8 byte sequence (U+FFFD)';
+  var CTRL_NAMES = { '\r': '\\r', '\v': '\\v', '\f': '\\f', '\b': '\\b', '\u0000': '\\0' };
+  // Newline, tab, U+FFFD and control characters (C0 but newline/tab, DEL, C1); with spaces, also ' '.
+  var SPECIAL_RE = /([\n\t\ufffd\u0000-\u0008\u000b-\u001f\u007f-\u009f])/;
+  var SPECIAL_SP_RE = /([\n\t \ufffd\u0000-\u0008\u000b-\u001f\u007f-\u009f])/;
+
+  function ctrlEscape(c) {
+    if (CTRL_NAMES[c]) return CTRL_NAMES[c];
+    var h = c.charCodeAt(0).toString(16);
+    return '\\x' + (h.length < 2 ? '0' + h : h);
+  }
+
+  /* Appends token text to `parent`, textContent only, with the characters one cannot see made
+     visible: newline ↵, tab ⇥, control characters as escapes (\x17), U+FFFD (what is left of a
+     partial UTF-8 byte sequence) marked. opts.spaces: spaces as opts.spaceChar (default ·);
+     opts.breakLines: a real line break after ↵. Returns true when the text holds U+FFFD. */
+  function appendTokenText(parent, s, opts) {
+    opts = opts || {};
+    s = s === null || s === undefined ? '' : String(s);
+    var re = opts.spaces ? SPECIAL_SP_RE : SPECIAL_RE;
+    if (!re.test(s)) { parent.appendChild(document.createTextNode(s)); return false; }
+    var frag = false;
+    var parts = s.split(re);
+    for (var n = 0; n < parts.length; n++) {
+      var part = parts[n];
+      if (!part) continue;
+      if (n % 2 === 0) { parent.appendChild(document.createTextNode(part)); continue; }
+      if (part === '\n') {
+        var nl = el('span', 'ws ws-nl', '↵');
+        nl.title = 'newline';
+        parent.appendChild(nl);
+        if (opts.breakLines) parent.appendChild(document.createTextNode('\n'));
+      } else if (part === '\t') {
+        var tab = el('span', 'ws', '⇥');
+        tab.title = 'tab';
+        parent.appendChild(tab);
+      } else if (part === ' ') parent.appendChild(el('span', 'ws', opts.spaceChar || '·'));
+      else if (part === '\ufffd') {
+        var f = el('span', 'tok-frag', '\ufffd');
+        f.title = FRAG_TITLE;
+        parent.appendChild(f);
+        frag = true;
+      } else {
+        var c = el('span', 'tok-esc', ctrlEscape(part));
+        c.title = 'control character U+' + pad4(part.charCodeAt(0).toString(16).toUpperCase());
+        parent.appendChild(c);
+      }
+    }
+    return frag;
+  }
+
+  /* A token as a chip (logit tables): empty shows ∅, a token of spaces only shows ␣ per space. */
+  function tokenChip(s) {
+    s = s === null || s === undefined ? '' : String(s);
+    var chip = el('span', 'tok-chip');
+    if (s === '') { chip.appendChild(el('span', 'ws', '∅')); chip.title = 'empty token'; return chip; }
+    var frag = appendTokenText(chip, s, /^ +$/.test(s) ? { spaces: true, spaceChar: '␣' } : null);
+    chip.title = JSON.stringify(s) + (frag ? ' · ' + FRAG_TITLE : '');
+    if (frag) chip.classList.add('is-frag');
+    return chip;
   }
 
   function isTyping(target) {
@@ -334,42 +390,90 @@
 
   /* ---------- charts ---------- */
 
-  /* Bar chart of counts over [lo, hi]; optional marker at value `mark`. Returns an <svg>. */
+  /* Round tick positions: about `target` steps of 1, 2 or 5 times a power of ten covering [lo, hi]. */
+  function niceTicks(lo, hi, target, integer) {
+    if (!(hi > lo)) return [lo];
+    var raw = (hi - lo) / Math.max(1, target), mag = Math.pow(10, Math.floor(Math.log10(raw))), f = raw / mag;
+    var step = (f < 1.5 ? 1 : f < 3 ? 2 : f < 7 ? 5 : 10) * mag;
+    if (integer) step = Math.max(1, Math.round(step));
+    var out = [];
+    for (var v = Math.ceil(lo / step - 1e-9) * step; v <= hi + step * 1e-9; v += step) out.push(Number(v.toPrecision(6)));
+    return out;
+  }
+
+  var SUPERSCRIPT = { '-': '\u207b', '0': '\u2070', '1': '\u00b9', '2': '\u00b2', '3': '\u00b3', '4': '\u2074', '5': '\u2075', '6': '\u2076', '7': '\u2077', '8': '\u2078', '9': '\u2079' };
+  function pow10Label(e) {
+    if (e === 0) return '1';
+    if (e === 1) return '10';
+    return '10' + String(e).split('').map(function (c) { return SUPERSCRIPT[c] || c; }).join('');
+  }
+
+  /* Histogram of counts in equal bins over [lo, hi], with a count axis (y) and a value axis (x).
+     opts: width, height, label (accessible name), xTicks [[value, text]], xTitle, yTitle,
+     binLabel(a, b), mark (a value to draw a line at) and markLabel. Returns an <svg>. */
   function barChart(counts, lo, hi, opts) {
     opts = opts || {};
-    var W = opts.width || 320, H = opts.height || 110, padL = 4, padR = 4, padT = opts.markLabel ? 18 : 8, padB = 18;
-    var n = counts.length;
-    var peak = 0;
-    for (var i = 0; i < n; i++) if (counts[i] > peak) peak = counts[i];
+    var n = counts.length, peak = 0, i;
+    for (i = 0; i < n; i++) if (counts[i] > peak) peak = counts[i];
+    var yTicks = niceTicks(0, Math.max(1, peak), 3, true);
+    var yTop = Math.max(peak, yTicks[yTicks.length - 1]);
+    var labelW = 6 * Math.max.apply(null, yTicks.map(function (v) { return v.toLocaleString('en-US').length; }));
+    var W = opts.width || 320, H = opts.height || 130;
+    var padL = (opts.yTitle ? 14 : 2) + labelW + 6, padR = 10, padT = opts.markLabel ? 18 : 8, padB = opts.xTitle ? 32 : 18;
+    var plotW = W - padL - padR, plotH = H - padT - padB, x0 = padL, yBase = padT + plotH;
     var root = svg('svg', { viewBox: '0 0 ' + W + ' ' + H, class: 'bar-chart', role: 'img', 'aria-label': opts.label || 'Histogram' });
     var title = svg('title');
     title.textContent = opts.label || 'Histogram';
     root.appendChild(title);
-    var plotW = W - padL - padR, plotH = H - padT - padB;
+    var yOf = function (v) { return yBase - (yTop ? v / yTop : 0) * plotH; };
+    var xOf = function (v) { return x0 + plotW * (hi > lo ? (v - lo) / (hi - lo) : 0); };
+    // y axis: gridlines and count labels
+    yTicks.forEach(function (v) {
+      var y = Math.round(yOf(v)) + 0.5;
+      if (v > 0) root.appendChild(svg('line', { x1: x0, x2: W - padR, y1: y, y2: y, class: 'grid' }));
+      var t = svg('text', { x: x0 - 5, y: (y + 3.5).toFixed(1), class: 'tick', 'text-anchor': 'end' });
+      t.textContent = v.toLocaleString('en-US');
+      root.appendChild(t);
+    });
+    if (opts.yTitle) {
+      var yt = svg('text', { x: 0, y: 0, class: 'axis-title', 'text-anchor': 'middle', transform: 'translate(9 ' + (padT + plotH / 2).toFixed(1) + ') rotate(-90)' });
+      yt.textContent = opts.yTitle;
+      root.appendChild(yt);
+    }
     var bw = plotW / Math.max(1, n);
-    root.appendChild(svg('line', { x1: padL, x2: W - padR, y1: padT + plotH + 0.5, y2: padT + plotH + 0.5, class: 'axis' }));
     for (i = 0; i < n; i++) {
       if (!counts[i]) continue;
-      var h = peak ? Math.max(1, (opts.log ? Math.log1p(counts[i]) / Math.log1p(peak) : counts[i] / peak) * plotH) : 0;
-      var r = svg('rect', { x: (padL + i * bw + 0.5).toFixed(2), y: (padT + plotH - h).toFixed(2), width: Math.max(0.5, bw - 1).toFixed(2), height: h.toFixed(2), class: 'bar' });
+      var h = Math.max(1, counts[i] / yTop * plotH);
+      var r = svg('rect', { x: (x0 + i * bw + 0.5).toFixed(2), y: (yBase - h).toFixed(2), width: Math.max(0.5, bw - 1).toFixed(2), height: h.toFixed(2), class: 'bar' });
       var t = svg('title');
       var a = lo + (hi - lo) * i / n, b = lo + (hi - lo) * (i + 1) / n;
       t.textContent = (opts.binLabel ? opts.binLabel(a, b) : fmt(a) + ' – ' + fmt(b)) + ': ' + counts[i].toLocaleString('en-US');
       r.appendChild(t);
       root.appendChild(r);
     }
-    var ticks = opts.ticks || [[lo, fmt(lo), 'start'], [hi, fmt(hi), 'end']];
+    root.appendChild(svg('line', { x1: x0, x2: W - padR, y1: yBase + 0.5, y2: yBase + 0.5, class: 'axis' }));
+    root.appendChild(svg('line', { x1: x0 - 0.5, x2: x0 - 0.5, y1: padT, y2: yBase + 0.5, class: 'axis' }));
+    // x axis: tick marks and labels
+    var ticks = opts.xTicks || niceTicks(lo, hi, 4).map(function (v) { return [v, fmt(v)]; });
     ticks.forEach(function (tk) {
-      var x = padL + plotW * (hi > lo ? (tk[0] - lo) / (hi - lo) : 0);
-      var tx = svg('text', { x: x.toFixed(1), y: H - 4, class: 'tick', 'text-anchor': tk[2] || 'middle' });
+      if (tk[0] < lo - 1e-9 || tk[0] > hi + 1e-9) return;
+      var x = Math.round(xOf(tk[0])) + 0.5;
+      root.appendChild(svg('line', { x1: x, x2: x, y1: yBase + 0.5, y2: yBase + 4, class: 'axis' }));
+      var tx = svg('text', { x: x.toFixed(1), y: yBase + 14, class: 'tick', 'text-anchor': 'middle' });
       tx.textContent = tk[1];
       root.appendChild(tx);
     });
+    if (opts.xTitle) {
+      var xt = svg('text', { x: (x0 + plotW / 2).toFixed(1), y: H - 3, class: 'axis-title', 'text-anchor': 'middle' });
+      xt.textContent = opts.xTitle;
+      root.appendChild(xt);
+    }
     if (typeof opts.mark === 'number' && isFinite(opts.mark)) {
-      var mx = padL + plotW * clamp((opts.mark - lo) / (hi - lo || 1), 0, 1);
-      root.appendChild(svg('line', { x1: mx.toFixed(1), x2: mx.toFixed(1), y1: 2, y2: padT + plotH, class: 'marker' }));
+      var mx = xOf(clamp(opts.mark, lo, hi));
+      root.appendChild(svg('line', { x1: mx.toFixed(1), x2: mx.toFixed(1), y1: 2, y2: yBase, class: 'marker' }));
       if (opts.markLabel) {
-        var ml = svg('text', { x: (mx + (mx > W * 0.6 ? -4 : 4)).toFixed(1), y: 10, class: 'marker-label', 'text-anchor': mx > W * 0.6 ? 'end' : 'start' });
+        var right = mx > x0 + plotW * 0.6;
+        var ml = svg('text', { x: (mx + (right ? -4 : 4)).toFixed(1), y: 10, class: 'marker-label', 'text-anchor': right ? 'end' : 'start' });
         ml.textContent = opts.markLabel;
         root.appendChild(ml);
       }
@@ -419,7 +523,8 @@
     live.sort(function (a, b) { return a - b; });
     this.logDensity = logs;
     this.liveSorted = live;
-    var lo = live.length ? Math.floor(live[0] * 2) / 2 : -6, hi = live.length ? Math.ceil(live[live.length - 1] * 2) / 2 : 0;
+    // Whole decades, so that every decade the densities span gets a labelled tick.
+    var lo = live.length ? Math.floor(live[0] + 1e-9) : -6, hi = live.length ? Math.ceil(live[live.length - 1] - 1e-9) : 0;
     if (hi <= lo) hi = lo + 1;
     var bins = 40, counts = new Array(bins).fill(0);
     for (i = 0; i < live.length; i++) counts[Math.min(bins - 1, Math.floor((live[i] - lo) / (hi - lo) * bins))]++;
@@ -428,12 +533,13 @@
 
   SaePage.prototype.densityChart = function (mark, markLabel, width, height) {
     var h = this.densityHist;
-    var ticks = [];
-    for (var e = Math.ceil(h.lo); e <= Math.floor(h.hi); e++) ticks.push([e, '1e' + e, e === Math.ceil(h.lo) && e - h.lo < 0.3 ? 'start' : e === Math.floor(h.hi) && h.hi - e < 0.3 ? 'end' : 'middle']);
+    var ticks = [], span = h.hi - h.lo, every = span > 12 ? 3 : span > 7 ? 2 : 1;
+    for (var e = h.lo; e <= h.hi; e++) ticks.push([e, (e - h.lo) % every ? '' : pow10Label(e)]);
     return barChart(h.counts, h.lo, h.hi, {
       label: 'Feature density distribution (log10) across this SAE' + (markLabel ? '; ' + markLabel : ''),
-      ticks: ticks, mark: mark, markLabel: markLabel, width: width, height: height || 96,
-      binLabel: function (a, b) { return 'density 10^' + a.toFixed(2) + ' – 10^' + b.toFixed(2) + ' features'; }
+      xTicks: ticks, mark: mark, markLabel: markLabel, width: width, height: height || 140,
+      xTitle: 'density: fraction of tokens active (log scale)', yTitle: 'features',
+      binLabel: function (a, b) { return 'density ' + fmtDensity(Math.pow(10, a)) + ' – ' + fmtDensity(Math.pow(10, b)) + ', features'; }
     });
   };
 
@@ -443,8 +549,8 @@
     var overview = $('#sae-density-chart');
     if (overview && this.liveSorted.length) {
       overview.textContent = '';
-      overview.appendChild(el('p', 'chart-caption', 'Feature density (log scale) across live features'));
-      overview.appendChild(this.densityChart(undefined, undefined, 560, 120));
+      overview.appendChild(el('p', 'chart-caption', 'Feature density across the ' + this.liveSorted.length.toLocaleString('en-US') + ' live features'));
+      overview.appendChild(this.densityChart(undefined, undefined, 560, 170));
     }
     this.map = new FeatureMap(this);
     this.list = new FeatureList(this);
@@ -500,6 +606,20 @@
   SaePage.prototype.label = function (i) {
     var S = this.S;
     return (S.expl && S.expl[i]) || (S.label && S.label[i]) || '';
+  };
+
+  /* Fills a label cell for feature i: its explanation as text, else "dead" for a feature that never
+     fired, else its top tokens with invisible characters made visible. */
+  SaePage.prototype.fillLabel = function (node, i) {
+    var S = this.S, expl = S.expl && S.expl[i], label = S.label && S.label[i];
+    var dead = !(S.max && S.max[i] > 0);
+    node.textContent = '';
+    node.classList.remove('mono', 'is-dead');
+    if (expl) node.textContent = expl;
+    else if (dead) { node.textContent = 'dead'; node.classList.add('is-dead'); }
+    else if (label) { appendTokenText(node, label); node.classList.add('mono'); }
+    node.title = expl && label ? expl + '\n' + label : dead && !expl ? 'dead feature: never fired on the corpus' : '';
+    return node;
   };
 
   SaePage.prototype.shardUrl = function (shard) { return this.dataBase + 'f/' + pad4(shard) + '.js'; };
@@ -636,7 +756,7 @@
     } else if (S.label && S.label[rec.i]) {
       var lab = el('p', 'fv-label');
       lab.appendChild(el('span', 'muted', 'Top tokens: '));
-      lab.appendChild(el('span', 'mono', S.label[rec.i]));
+      appendTokenText(lab.appendChild(el('span', 'mono')), S.label[rec.i]);
       frag.appendChild(lab);
     }
 
@@ -653,14 +773,17 @@
     if (!dead && rec.hist && rec.hist.length) {
       var hs = section('Activation histogram', 'chart');
       var total = rec.hist.reduce(function (a, b) { return a + b; }, 0);
-      hs.appendChild(barChart(rec.hist, 0, rec.max, { label: 'Histogram of non-zero activations, ' + total.toLocaleString('en-US') + ' tokens, 0 to ' + fmt(rec.max) }));
+      hs.appendChild(barChart(rec.hist, 0, rec.max, {
+        label: 'Histogram of non-zero activations, ' + total.toLocaleString('en-US') + ' tokens, 0 to ' + fmt(rec.max),
+        xTitle: 'activation', yTitle: 'tokens'
+      }));
       hs.appendChild(el('p', 'chart-caption', total.toLocaleString('en-US') + ' non-zero activations'));
       charts.appendChild(hs);
     }
     if (!dead && ld !== null && this.liveSorted.length) {
       var ds = section('Density vs. this SAE', 'chart');
       ds.appendChild(this.densityChart(ld, 'this feature ' + fmtDensity(rec.density)));
-      ds.appendChild(el('p', 'chart-caption', 'log10 density of every live feature; the line marks this one'));
+      ds.appendChild(el('p', 'chart-caption', 'density of every live feature; the line marks this one'));
       charts.appendChild(ds);
     }
     if (charts.childNodes.length) frag.appendChild(charts);
@@ -684,7 +807,7 @@
           var a = el('a', 'nb-link');
           a.href = '#' + pair[0];
           a.appendChild(el('span', 'nb-idx', '#' + pair[0]));
-          a.appendChild(el('span', 'nb-label', self.label(pair[0])));
+          a.appendChild(self.fillLabel(el('span', 'nb-label'), pair[0]));
           li.appendChild(a);
           li.appendChild(el('span', 'nb-cos', fmt(pair[1])));
           li.title = 'decoder cosine ' + pair[1];
@@ -755,8 +878,7 @@
     rows.forEach(function (r) {
       var tr = el('tr');
       var tok = el('td', 'tok-cell');
-      tok.appendChild(el('span', 'tok-chip', tokenDisplay(r[0])));
-      tok.title = JSON.stringify(String(r[0]));
+      tok.appendChild(tokenChip(r[0]));
       tr.appendChild(tok);
       tr.appendChild(el('td', 'num ' + kind, (r[1] > 0 ? '+' : '') + fmt(r[1])));
       tb.appendChild(tr);
@@ -859,12 +981,12 @@
     for (var t = lo; t <= hi; t++) {
       var s = String(tokens[t] === undefined || tokens[t] === null ? '' : tokens[t]);
       var span = el('span', 'tok');
-      this.fillToken(span, s);
+      var frag = this.fillToken(span, s) ? ' · ' + FRAG_TITLE : '';
       var v = values[t];
       var stored = t >= storedLo && t <= storedHi;
       if (!stored) {
         span.classList.add('tok-unknown');
-        span.title = JSON.stringify(s) + ' · activation not stored';
+        span.title = JSON.stringify(s) + ' · activation not stored' + frag;
       } else {
         var val = v || 0;
         if (val > 0) {
@@ -873,7 +995,7 @@
           if (a > 0.55) span.classList.add('tok-hi');
           span.style.setProperty('--a', a.toFixed(3));
         }
-        span.title = JSON.stringify(s) + ' · ' + fmt(val);
+        span.title = JSON.stringify(s) + ' · ' + fmt(val) + frag;
       }
       if (t === pos) span.classList.add('tok-max');
       text.appendChild(span);
@@ -882,21 +1004,12 @@
     return row;
   };
 
+  /* Fills a token span; returns true when the token is (part of) a partial UTF-8 byte sequence. */
   SaePage.prototype.fillToken = function (span, s) {
-    var breakLines = this.breakLines, mark = this.markSpaces;
-    if (s === '') { span.textContent = '∅'; span.classList.add('tok-empty'); return; }
-    if (!mark && s.indexOf('\n') < 0 && s.indexOf('\t') < 0) { span.textContent = s; return; }
-    // Split into plain runs and whitespace markers; markers are styled subtly.
-    var re = mark ? /(\n|\t| )/ : /(\n|\t)/;
-    s.split(re).forEach(function (part) {
-      if (!part) return;
-      if (part === '\n') {
-        span.appendChild(el('span', 'ws ws-nl', '↵'));
-        if (breakLines) span.appendChild(document.createTextNode('\n'));
-      } else if (part === '\t') span.appendChild(el('span', 'ws', '⇥'));
-      else if (part === ' ' && mark) span.appendChild(el('span', 'ws', '·'));
-      else span.appendChild(document.createTextNode(part));
-    });
+    if (s === '') { span.textContent = '∅'; span.classList.add('tok-empty'); return false; }
+    var frag = appendTokenText(span, s, { spaces: this.markSpaces, breakLines: this.breakLines });
+    if (frag) span.classList.add('tok-frag-token');
+    return frag;
   };
 
   /* ---------- the UMAP map ---------- */
@@ -1071,8 +1184,8 @@
 
   FeatureMap.prototype.resize = function () {
     var w = Math.max(1, this.wrap.clientWidth), h = Math.max(1, this.wrap.clientHeight);
-    if (w === this.w && h === this.h) return;
     var dpr = window.devicePixelRatio || 1;
+    if (w === this.w && h === this.h && dpr === this.dpr) return;
     if (this.w && this.k) {
       // Keep the centre of the view where it was.
       var cx = (this.w / 2 - this.tx) / this.k, cy = (this.h / 2 - this.ty) / this.k;
@@ -1113,7 +1226,12 @@
   FeatureMap.prototype.sx = function (i) { return this.S.x[i] * this.k + this.tx; };
   FeatureMap.prototype.sy = function (i) { return (1 - this.S.y[i]) * this.k + this.ty; };
 
-  FeatureMap.prototype.radius = function () { return clamp(1.3 * Math.pow(this.k / this.k0, 0.35), 1.3, 6); };
+  /* Point radius in CSS pixels: about a quarter of the spacing the points would have if spread evenly
+     over the fitted view (64 features: 5 px, 1,024: ~2.5 px, 16,384+: ~1 px), growing gently on zoom. */
+  FeatureMap.prototype.radius = function () {
+    var base = clamp(0.26 * this.k0 / Math.sqrt(Math.max(1, this.n)), 1.1, 5);
+    return clamp(base * Math.pow(this.k / this.k0, 0.4), 1.1, 9);
+  };
 
   FeatureMap.prototype.hit = function (mx, my) {
     if (this.disabled) return -1;
@@ -1152,9 +1270,10 @@
       head.appendChild(el('span', 'muted', ' ' + fmtDensity(this.S.density ? this.S.density[i] : null) + ' · max ' + fmt(this.S.max[i])));
       tip.appendChild(head);
       var S = this.S;
+      var live = S.max[i] > 0;
       if (S.expl && S.expl[i]) tip.appendChild(el('div', 'tip-expl', S.expl[i]));
-      if (S.label && S.label[i]) tip.appendChild(el('div', 'tip-label mono', S.label[i]));
-      if (!(S.max[i] > 0)) tip.appendChild(el('div', 'muted', 'dead feature'));
+      if (live && S.label && S.label[i]) appendTokenText(tip.appendChild(el('div', 'tip-label mono')), S.label[i]);
+      if (!live) tip.appendChild(el('div', 'muted', 'dead feature: never fired on the corpus'));
     }
     tip.hidden = false;
     var tw = tip.offsetWidth, th = tip.offsetHeight;
@@ -1176,33 +1295,52 @@
     this.frame = requestAnimationFrame(function () { self.frame = 0; self.draw(); });
   };
 
+  /* In dark mode the palette is mixed a quarter of the way to white so that dark hues (viridis' purples,
+     the blues) stand out from the dark background. */
+  function pointColour(c, dark) {
+    if (!dark) return c;
+    var m = /^#([0-9a-f]{6})$/i.exec(c), rgb;
+    if (m) { var v = parseInt(m[1], 16); rgb = [(v >> 16) & 255, (v >> 8) & 255, v & 255]; }
+    else if ((m = /^rgb\((\d+),(\d+),(\d+)\)$/.exec(c))) rgb = [+m[1], +m[2], +m[3]];
+    else return c;
+    return 'rgb(' + rgb.map(function (x) { return Math.round(x + (255 - x) * 0.25); }).join(',') + ')';
+  }
+
   FeatureMap.prototype.renderPoints = function () {
     var ctx = this.offCtx, dpr = this.dpr, X = this.S.x, Y = this.S.y, k = this.k, tx = this.tx, ty = this.ty;
     ctx.setTransform(1, 0, 0, 1, 0, 0);
     ctx.clearRect(0, 0, this.off.width, this.off.height);
     ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
     var r = this.radius(), d = r * 2, w = this.w, h = this.h;
-    var drawSet = function (idx) {
+    // Circles once they are big enough on the device to look round; tiny points stay squares (fast).
+    var round = r * dpr >= 2.5, outline = r >= 2;
+    var dark = currentScheme() === 'dark';
+    ctx.lineWidth = 2 * Math.max(0.6, Math.min(1, r / 4));  // half of it shows outside the fill
+    ctx.strokeStyle = cssVar('--panel-2', dark ? '#1d232c' : '#f1f3f6');
+    var drawSet = function (idx, alpha) {
       ctx.beginPath();
       for (var j = 0; j < idx.length; j++) {
         var i = idx[j], px = X[i] * k + tx, py = (1 - Y[i]) * k + ty;
         if (px < -d || py < -d || px > w + d || py > h + d) continue;
-        ctx.rect(px - r, py - r, d, d);
+        if (round) { ctx.moveTo(px + r, py); ctx.arc(px, py, r, 0, 2 * Math.PI); }
+        else ctx.rect(px - r, py - r, d, d);
       }
+      // The outline first, the fill over it: overlapping points merge into one outlined blob.
+      if (outline) { ctx.globalAlpha = 1; ctx.stroke(); }
+      ctx.globalAlpha = alpha;
       ctx.fill();
     };
-    ctx.globalAlpha = 0.5;
     ctx.fillStyle = cssVar('--map-dead', '#9aa0a6');
-    drawSet(this.dead);
-    ctx.globalAlpha = 0.85;
+    drawSet(this.dead, 0.6);
     for (var b = 0; b < this.buckets.length; b++) {
-      ctx.fillStyle = this.colours[b];
-      drawSet(this.buckets[b]);
+      ctx.fillStyle = pointColour(this.colours[b], dark);
+      drawSet(this.buckets[b], 0.9);
     }
     ctx.globalAlpha = 1;
   };
 
   FeatureMap.prototype.draw = function () {
+    if ((window.devicePixelRatio || 1) !== this.dpr) { this.resize(); return; }  // moved to a screen with another pixel ratio
     if (this.dirty) { this.renderPoints(); this.dirty = false; }
     var ctx = this.ctx, dpr = this.dpr;
     ctx.setTransform(1, 0, 0, 1, 0, 0);
@@ -1221,10 +1359,10 @@
     };
     var r = this.radius();
     if (this.selected >= 0) {
-      mark(this.selected, r + 6, 2.5, cssVar('--panel', '#fff'));
-      mark(this.selected, r + 6, 1.5, cssVar('--accent', '#2f5fd0'));
+      mark(this.selected, r + 5, 3.5, cssVar('--panel', '#fff'));
+      mark(this.selected, r + 5, 2, cssVar('--accent', '#2f5fd0'));
     }
-    if (this.hover >= 0) mark(this.hover, r + 3, 1.5, ring);
+    if (this.hover >= 0) mark(this.hover, r + 2.5, 1.5, ring);
   };
 
   /* ---------- feature list (virtualised) ---------- */
@@ -1346,10 +1484,8 @@
         row.href = '#' + i;
         var c = row.childNodes;
         c[0].textContent = i;
-        var expl = S.expl && S.expl[i], label = S.label && S.label[i];
-        c[1].textContent = expl || label || (S.max[i] > 0 ? '' : 'dead');
-        c[1].className = 'col-label' + (expl ? '' : ' mono') + (S.max[i] > 0 ? '' : ' muted');
-        c[1].title = expl && label ? expl + '\n' + label : '';
+        this.page.fillLabel(c[1], i);
+        row.classList.toggle('is-dead', !(S.max[i] > 0));
         c[2].textContent = fmtDensity(S.density ? S.density[i] : null);
         c[3].textContent = fmt(S.max[i]);
       }
@@ -1420,7 +1556,7 @@
       var a = el('a', 'lookup-link');
       a.href = '#' + i;
       a.appendChild(el('span', 'nb-idx', '#' + i));
-      a.appendChild(el('span', 'nb-label', self.page.label(i)));
+      a.appendChild(self.page.fillLabel(el('span', 'nb-label'), i));
       a.appendChild(el('span', 'nb-cos', fmt(S.max[i])));
       li.appendChild(a);
       frag.appendChild(li);
