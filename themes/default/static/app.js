@@ -637,10 +637,14 @@
 
   SaePage.prototype.promptRows = function (prompts) {
     var S = this.S, pps = S.prompts_per_shard || 64, base = S.corpus || '';
-    var shards = {};
-    prompts.forEach(function (p) { if (p >= 0) shards[Math.floor(p / pps)] = true; });
+    // Request shards in example order (top examples first): object keys would sort them numerically.
+    var shards = [], seen = {};
+    prompts.forEach(function (p) {
+      var s = Math.floor(p / pps);
+      if (p >= 0 && !seen[s]) { seen[s] = true; shards.push(s); }
+    });
     var byShard = {};
-    return Promise.all(Object.keys(shards).map(function (s) {
+    return Promise.all(shards.map(function (s) {
       return load(base + pad4(s) + '.js').then(function (data) { byShard[s] = (data && data.rows) || []; }, function () { byShard[s] = null; });
     })).then(function () {
       return function (p) {
@@ -681,12 +685,15 @@
       self.renderFeature(rec, gen);
       window.__atlasLastFeatureMs = performance.now() - t0;
       if (scroll && window.innerWidth < 1100) $('#feature-view').scrollIntoView({ block: 'start' });
-      // Warm the neighbours' records and texts so stepping with ← → stays instant.
-      setTimeout(function () {
-        if (gen !== self.generation) return;
-        self.prefetch(i + 1);
-        self.prefetch(i - 1);
-      }, 60);
+      // Warm the neighbours' records and texts so stepping with ← → stays instant, once this
+      // feature's own text has arrived (so the prefetch never competes with it).
+      Promise.resolve(self.examplesLoaded).then(function () {
+        setTimeout(function () {
+          if (gen !== self.generation) return;
+          self.prefetch(i + 1);
+          self.prefetch(i - 1);
+        }, 30);
+      });
     }, function (err) {
       if (gen !== self.generation) return;
       fv.body.textContent = '';
@@ -856,8 +863,9 @@
     this.fv.body.appendChild(frag);
     this.rec = rec;
 
+    this.examplesLoaded = null;
     if (exSection) {
-      this.promptRows(examplePrompts(rec)).then(function (rowOf) {
+      this.examplesLoaded = this.promptRows(examplePrompts(rec)).then(function (rowOf) {
         if (gen !== self.generation) return;
         self.rowOf = rowOf;
         self.renderExamples();
