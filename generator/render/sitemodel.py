@@ -111,8 +111,22 @@ class SetModel:
         return ids.set_path(self.model_id, self.spec.id)
 
 
+class _SetsOfSaes:
+    """Shared by pages that list Sets: their SAEs in order and the feature count."""
+
+    sets: list[SetModel]
+
+    @property
+    def saes(self) -> list[SaeModel]:
+        return [sae for s in self.sets for sae in s.saes]
+
+    @property
+    def n_features(self) -> int:
+        return sum(sae.d_sae for sae in self.saes)
+
+
 @dataclass
-class ReleaseModel:
+class ReleaseModel(_SetsOfSaes):
     release: Release
     description_html: Markup
     links: list[Link]
@@ -126,17 +140,10 @@ class ReleaseModel:
     def page(self) -> str:
         return ids.release_path(self.release.id)
 
-    @property
-    def saes(self) -> list[SaeModel]:
-        return [sae for s in self.sets for sae in s.saes]
-
-    @property
-    def n_features(self) -> int:
-        return sum(sae.d_sae for sae in self.saes)
 
 
 @dataclass
-class ModelModel:
+class ModelModel(_SetsOfSaes):
     id: str
     releases: list[ReleaseModel]
 
@@ -144,13 +151,6 @@ class ModelModel:
     def sets(self) -> list[SetModel]:
         return [s for r in self.releases for s in r.sets]
 
-    @property
-    def saes(self) -> list[SaeModel]:
-        return [sae for s in self.sets for sae in s.saes]
-
-    @property
-    def n_features(self) -> int:
-        return sum(sae.d_sae for sae in self.saes)
 
 
 @dataclass

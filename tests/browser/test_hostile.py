@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from tests.browser.harness import Guard, chromium
-from tests.fixtures import SPECIAL_TOKEN, model_config
+from tests.fixtures import SPECIAL_TOKEN, _json_ok, model_config
 
 pytestmark = pytest.mark.browser
 
@@ -94,14 +94,6 @@ def make_model(directory: Path, text: str) -> None:
     cfg = {k: v for k, v in model.cfg.to_dict().items() if _json_ok(v)}
     (directory / "config.json").write_text(json.dumps(cfg, sort_keys=True, default=str))
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(directory / "model.safetensors"))
-
-
-def _json_ok(v: object) -> bool:
-    try:
-        json.dumps(v)
-        return True
-    except (TypeError, ValueError):
-        return False
 
 
 def make_hostile_content(root: Path) -> Path:
