@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compute_vs_saedashboard import build_inputs, run_ours  # noqa: E402
+from compute_vs_saedashboard import build_inputs, run_ours, warm_umap  # noqa: E402
 
 GOAL_SECONDS = 180.0
 
@@ -43,6 +43,8 @@ def main() -> None:
     ap.add_argument("--tiny", action="store_true", help="shrink everything and run on the CPU (a smoke test)")
     ap.add_argument("--features", type=int, help="SAE width (default 24,576; --tiny: 512)")
     ap.add_argument("--prompts", type=int, help="prompts of n_ctx tokens (default 24,576; --tiny: 256)")
+    ap.add_argument("--density", type=float, default=0.003, help="fraction of tokens each random feature fires on"
+                    " (0.003: L0 about 74, like GPT-2-small residual SAEs)")
     ap.add_argument("--work", type=Path, help="keep the generated inputs and cache here (default: a temp dir)")
     args = ap.parse_args()
 
@@ -75,13 +77,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-gpu-") as tmp:
         work = args.work or Path(tmp)
         t0 = time.perf_counter()
-        inputs = build_inputs(work / "inputs", n_prompts, [n_features], cfg=cfg, hook=hook, context=context, device=device)
+        inputs = build_inputs(
+            work / "inputs", n_prompts, [n_features], cfg=cfg, hook=hook, context=context, device=device, density=args.density
+        )
         print(f"inputs written in {time.perf_counter() - t0:.1f} s (not counted)", flush=True)
-        # UMAP's numba functions compile on first use in a process; timed apart from the job.
-        from generator.compute.weights import umap_coords
-
+        # UMAP's numba functions compile on first use in a process (exact neighbours below 4,096 points,
+        # NN-descent from 4,096 up); timed apart from the job.
         t0 = time.perf_counter()
-        umap_coords(torch.randn(256, 16), 15, 0)
+        warm_umap(256)
+        warm_umap(4096)
         jit_seconds = time.perf_counter() - t0
         if device == "cuda":
             torch.cuda.empty_cache()
