@@ -1,6 +1,6 @@
 """Feature computation: SAE Atlas's engine against SAEDashboard on the same model, SAE and tokens.
 
-    make bench-compute                       # full run (tens of minutes on a 2-core CPU)
+    make bench-compute                       # full run (about 6 minutes on an idle 2-core CPU)
     make bench-compute ARGS=--quick          # smoke run (a minute or two)
 
 Both sides get a random 2-layer TransformerLens model (d_model 128, GPT-2 vocabulary size), a random
