@@ -169,6 +169,11 @@ def test_a_render_failing_midway_leaves_the_previous_site_byte_for_byte(content,
     monkeypatch.setattr(target, name, fail_after(0 if module == "pages" else 1, getattr(target, name), exc))
     if isinstance(exc, KeyboardInterrupt):
         assert build(content, reference[0], out, command="render") == 130
+    elif isinstance(exc, OSError):
+        assert build(content, reference[0], out, command="render") == 1
+        err = capsys.readouterr().err
+        assert "writing the site failed" in err and "No space left on device" in err and "unchanged" in err
+        assert "Traceback" not in err
     else:
         with pytest.raises(type(exc)):
             build(content, reference[0], out, command="render")
@@ -179,7 +184,14 @@ def test_a_render_failing_midway_leaves_the_previous_site_byte_for_byte(content,
 def test_a_killed_render_leaves_the_previous_site_byte_for_byte(content, reference, tmp_path):
     out = tmp_path / "site"
     before = previous_site(reference[1], out)
-    argv = cli("render", "--content", str(content), "--cache", str(reference[0]), "--out", str(out), "--quiet")
+    args = ["render", "--content", str(content), "--cache", str(reference[0]), "--out", str(out), "--quiet"]
+    # Each written file takes a few ms longer, so that the kills land mid-render on any machine.
+    slow_render = (
+        "import sys, time; from generator.render import write; original = write.SiteWriter.write\n"
+        "def slow(self, *a): time.sleep(0.01); return original(self, *a)\n"
+        "write.SiteWriter.write = slow; from generator.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
+    argv = [sys.executable, "-c", slow_render, *args]
 
     def staged_files(at_least: int):
         def ready(_elapsed: float) -> bool:
@@ -194,7 +206,7 @@ def test_a_killed_render_leaves_the_previous_site_byte_for_byte(content, referen
             break  # it finished first: the new site replaced the previous one
         assert tree_digest(out) == before, f"kill {n} changed the previous site"
     # The next render replaces the whole previous site with the new one.
-    assert subprocess.run(argv, cwd=ROOT, capture_output=True).returncode == 0
+    assert subprocess.run(cli(*args), cwd=ROOT, capture_output=True).returncode == 0
     assert_same_tree(out, reference[1])
 
 
