@@ -197,8 +197,7 @@ def _run_pass(pass_no: int, model, running: list[_Running], corpus: Corpus, stor
     n_prompts, context = corpus.n_prompts, corpus.context
     start = min(r.stats.prompts_done for r in active)
     hooks = sorted({r.hook for r in active})
-    layers = [hook_layer(h) for h in hooks]
-    stop_at_layer = None if any(l is None for l in layers) else max(layers) + 1  # type: ignore[type-var]
+    stop_at_layer = _stop_layer(hooks)
     tokens_all = corpus.tokens
     bar = tqdm(
         total=(n_prompts - start) * context,
@@ -240,13 +239,31 @@ def _run_pass(pass_no: int, model, running: list[_Running], corpus: Corpus, stor
     return (n_prompts - start) * context
 
 
+def _stop_layer(hooks: list[str]) -> int | None:
+    """The first block the capturing forward need not run (None: run the whole model). A
+    `blocks.L.hook_resid_pre` needs only blocks < L; any other hook of block L needs block L."""
+    needs = []
+    for h in hooks:
+        layer = hook_layer(h)
+        if layer is None:
+            return None
+        needs.append(layer if h == f"blocks.{layer}.hook_resid_pre" else layer + 1)
+    return max(needs) if needs else None
+
+
 def _forward_capture(model, tokens: torch.Tensor, hooks: list[str], stop_at_layer: int | None) -> dict[str, torch.Tensor]:
+    """Activations at `hooks`. With stop_at_layer = L the forward returns the residual stream entering
+    block L, which is `blocks.L.hook_resid_pre` (that hook does not fire: block L does not run)."""
     captured: dict[str, torch.Tensor] = {}
+    boundary = None if stop_at_layer is None else f"blocks.{stop_at_layer}.hook_resid_pre"
 
     def save(act, hook):
         captured[hook.name] = act
 
-    model.run_with_hooks(tokens, fwd_hooks=[(h, save) for h in hooks], stop_at_layer=stop_at_layer, return_type=None)
+    fired = [h for h in hooks if h != boundary]
+    out = model.run_with_hooks(tokens, fwd_hooks=[(h, save) for h in fired], stop_at_layer=stop_at_layer, return_type=None)
+    if boundary is not None and boundary in hooks:
+        captured[boundary] = out
     return captured
 
 
