@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 # Tokens per forward batch by device; the batch size in prompts is this // context.
-TOKENS_PER_BATCH = {"cuda": 8192, "mps": 4096, "cpu": 1024}
+TOKENS_PER_BATCH = {"cuda": 8192, "mps": 4096, "cpu": 4096}
 
 
 @dataclass
@@ -24,4 +24,4 @@ class ComputeOptions:
 
 
 def default_batch_size(device: str, context: int) -> int:
-    return max(1, TOKENS_PER_BATCH.get(device, 1024) // max(1, context))
+    return max(1, TOKENS_PER_BATCH.get(device, 4096) // max(1, context))
