@@ -854,7 +854,7 @@
       frag.appendChild(exSection);
       if (rec.intervals && rec.intervals.length) {
         ivSection = section('Interval samples', 'fv-intervals');
-        ivSection.appendChild(el('p', 'muted loading', 'Loading text…'));
+        ivSection.appendChild(el('p', 'muted pending', 'Loading text…'));
         frag.appendChild(ivSection);
       }
     }
@@ -863,11 +863,22 @@
     this.fv.body.appendChild(frag);
     this.rec = rec;
 
+    // Text arrives in two steps: the top examples' prompts first (what a reader looks at), then the
+    // interval samples' (below the fold), so a jump to a feature shows its examples after ~20 files.
     this.examplesLoaded = null;
+    this.rowOf = null;
+    this.intervalsReady = false;
     if (exSection) {
-      this.examplesLoaded = this.promptRows(examplePrompts(rec)).then(function (rowOf) {
-        if (gen !== self.generation) return;
+      var topPrompts = examplePrompts({ top: rec.top });
+      this.examplesLoaded = this.promptRows(topPrompts).then(function (rowOf) {
+        if (gen !== self.generation) return null;
         self.rowOf = rowOf;
+        self.renderExamples();
+        return self.promptRows(examplePrompts(rec));
+      }).then(function (rowOf) {
+        if (!rowOf || gen !== self.generation) return;
+        self.rowOf = rowOf;
+        self.intervalsReady = true;
         self.renderExamples();
       });
     }
@@ -939,7 +950,7 @@
       holder.appendChild(f1);
     }
     var iv = $('.fv-intervals', this.fv.body);
-    if (iv) {
+    if (iv && this.intervalsReady) {
       var f2 = document.createDocumentFragment();
       f2.appendChild(el('h3', null, 'Interval samples'));
       (rec.intervals || []).slice().reverse().forEach(function (group) {
