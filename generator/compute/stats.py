@@ -163,10 +163,10 @@ class FeatureStats:
         t_count = acts.shape[1]
         flat = acts.reshape(-1, self.n_features)
         n = flat.shape[0]
-        firing = flat > 0
-        self.max_activation = torch.maximum(self.max_activation, flat.max(0).values)
-        self.nonzero_count += firing.sum(0)
-        self.sum_l0 += firing.sum()
+        counts = (flat > 0).sum(0)
+        self.max_activation = torch.maximum(self.max_activation, flat.amax(0))
+        self.nonzero_count += counts
+        self.sum_l0 += counts.sum()
         self.n_tokens += n
 
         x = x.reshape(n, -1).double()
