@@ -31,7 +31,7 @@ class InputError(AtlasError):
     exit_code = 2
 
     def __init__(self, problems: list[Problem]):
-        self.problems = sorted(problems)
+        self.problems = sorted(set(problems))
         super().__init__("\n".join(str(p) for p in self.problems))
 
 

@@ -768,6 +768,9 @@ def load_content(content_dir: Path) -> list[Release]:
     for p in results:
         problems.extend(p.problems)
     problems.extend(_cross_file_problems(results))
+    releases = sorted((p.release for p in results if p.release is not None), key=lambda r: r.id)
     if problems:
-        raise InputError(problems)
-    return sorted((p.release for p in results if p.release is not None), key=lambda r: r.id)
+        error = InputError(problems)
+        error.valid_releases = releases  # so the caller can still check their files in this run
+        raise error
+    return releases

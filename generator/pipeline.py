@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from generator.errors import AtlasError
+from generator.errors import AtlasError, InputError
 from generator.manifest import Release, load_content
 
 
@@ -17,7 +17,15 @@ def load_releases(content: Path, only: list[str] | None = None) -> list[Release]
     """Parse and validate every manifest (all problems at once), then check them against their files."""
     from generator.sources.validate import validate_sources
 
-    releases = load_content(content)
+    try:
+        releases = load_content(content)
+    except InputError as e:
+        # Report the file problems of the manifests that did parse in the same run.
+        try:
+            validate_sources(getattr(e, "valid_releases", []))
+        except InputError as more:
+            raise InputError(e.problems + more.problems) from None
+        raise
     if only:
         known = {r.id for r in releases}
         missing = [r for r in only if r not in known]

@@ -563,3 +563,21 @@ def test_token_count_agrees_with_the_corpus_loader(real_release, tmp_path):
             assert [p.message.split(" has ")[0] for p in e.problems] == ["corpus stories.txt"]
             passed = False
         assert passed is ok, prompts
+
+
+def test_file_problems_of_good_manifests_are_reported_with_another_manifests_mistakes(real_release, tmp_path):
+    import shutil
+
+    from generator.errors import InputError
+    from generator.pipeline import load_releases
+
+    content = tmp_path / "content"
+    shutil.copytree(real_release, content)
+    weights = next(content.glob("saes/*/*/sae_weights.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:-10])  # a file problem in the good manifest
+    (content / "releases" / "other.yaml").write_text("release: other\nbogus: 1\n")  # a broken manifest
+    with pytest.raises(InputError) as caught:
+        load_releases(content)
+    text = "\n".join(str(p) for p in caught.value.problems)
+    assert "other.yaml:2:1: unknown key 'bogus'" in text
+    assert "tiny-demo.yaml" in text and "truncated" in text.lower()
