@@ -215,7 +215,9 @@ def _snippet(release: Release, spec: SaeSpec) -> str:
     if spec.sae_lens is not None:
         call = f'SAE.from_pretrained(release="{spec.sae_lens.release}", sae_id="{spec.sae_lens.id}")'
     else:
-        local = Path(os.path.relpath(spec.path, release.source.parent)).as_posix() if spec.path else spec.id
+        # Relative to the directory holding the content dir (the repository root, where one runs commands).
+        root = release.source.parent.parent.parent
+        local = Path(os.path.relpath(spec.path, root)).as_posix() if spec.path else spec.id
         call = f'SAE.load_from_disk("{local}")'
     return clean_text(f"from sae_lens import SAE\n\nsae = {call}")
 
