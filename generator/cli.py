@@ -36,6 +36,7 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
         sp.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
         sp.add_argument("--batch-size", type=int, default=None, help="prompts per forward batch")
+        sp.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's own; 1 is faster on a busy machine)")
         sp.add_argument("--release", action="append", default=None, help="only this release (repeatable)")
         sp.add_argument("--shard", type=_shard, default=None, help="compute SAE slice I of N (for schedulers)")
 

@@ -47,6 +47,11 @@ def cmd_compute(args: argparse.Namespace) -> int:
     releases = load_releases(args.content, args.release)  # before importing torch: bad input fails fast
     from generator.compute import ComputeOptions, compute_releases
 
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(max(1, args.threads))
+
     options = ComputeOptions(
         device=args.device, dtype=args.dtype, batch_size=args.batch_size, shard=args.shard, quiet=args.quiet
     )
