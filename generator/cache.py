@@ -52,13 +52,14 @@ def _key(*parts: object) -> str:
     return hashlib.sha256(orjson.dumps(parts, option=orjson.OPT_SORT_KEYS)).hexdigest()[:KEY_LENGTH]
 
 
-_digest_memo: dict[tuple[str, float, int], str] = {}
+_digest_memo: dict[tuple[str, int, int], str] = {}
 
 
 def _memo_digest(path: Path) -> str:
-    """Digest of a file or directory, memoised per (path, mtime, size) for this process."""
+    """Digest of a file or directory, memoised per (path, mtime, size) for this process, so that
+    a build hashes each weights file and each cache array once (compute and render both ask)."""
     st = path.stat()
-    k = (str(path), st.st_mtime, st.st_size)
+    k = (str(path), st.st_mtime_ns, st.st_size)
     if k not in _digest_memo:
         _digest_memo[k] = _digest_dir(path) if path.is_dir() else file_digest(path)
     return _digest_memo[k]
@@ -190,7 +191,7 @@ def read_entry(path: Path, verify: bool = True) -> Entry | None:
         arrays = {}
         for name, digest in meta["files"].items():
             p = path / name
-            if verify and file_digest(p) != digest:
+            if verify and _memo_digest(p) != digest:
                 raise CorruptEntry(f"{p}: checksum mismatch")
             if name.endswith(".npy"):
                 arrays[name.removesuffix(".npy")] = np.load(p, mmap_mode="r", allow_pickle=False)
