@@ -94,9 +94,9 @@ def normalise_model_config(config: dict[str, Any]) -> dict[str, Any]:
     """Fill the derived defaults HookedTransformerConfig computes (n_heads, d_mlp, n_key_value_heads)."""
     cfg = dict(config)
     d_model, d_head = cfg.get("d_model"), cfg.get("d_head")
-    if cfg.get("n_heads") in (None, -1) and _is_int(d_model) and _is_int(d_head) and d_head > 0:
+    if cfg.get("n_heads") in (None, -1) and is_int(d_model) and is_int(d_head) and d_head > 0:
         cfg["n_heads"] = d_model // d_head
-    if cfg.get("d_mlp") is None and not cfg.get("attn_only") and _is_int(d_model):
+    if cfg.get("d_mlp") is None and not cfg.get("attn_only") and is_int(d_model):
         cfg["d_mlp"] = 4 * d_model
     if cfg.get("n_key_value_heads") is None:
         cfg["n_key_value_heads"] = cfg.get("n_heads")
@@ -108,12 +108,12 @@ def model_config_problems(config: dict[str, Any]) -> list[str]:
     problems = []
     for key in ("n_layers", "d_model", "d_head", "n_heads", "n_ctx", "d_vocab"):
         value = config.get(key)
-        if not _is_int(value) or value < 1:
+        if not is_int(value) or value < 1:
             what = "missing" if value is None else f"{value!r}"
             problems.append(f"'{key}' is {what}; expected a whole number >= 1")
     if not config.get("attn_only"):
         value = config.get("d_mlp")
-        if not _is_int(value) or value < 1:
+        if not is_int(value) or value < 1:
             problems.append(f"'d_mlp' is {value!r}; expected a whole number >= 1")
     return problems
 
@@ -257,10 +257,10 @@ def safetensors_header(path: Path) -> dict[str, Any]:
         dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
         if (
             not isinstance(shape, list)
-            or not all(_is_int(d) and d >= 0 for d in shape)
+            or not all(is_int(d) and d >= 0 for d in shape)
             or not isinstance(offsets, list)
             or len(offsets) != 2
-            or not all(_is_int(o) for o in offsets)
+            or not all(is_int(o) for o in offsets)
             or not 0 <= offsets[0] <= offsets[1]
         ):
             raise ConfigError(f"{path.name}: tensor '{name}' has a corrupt header entry")
@@ -299,7 +299,7 @@ def _hook_widths(frozen: tuple) -> dict[str, int | None]:
     cfg = dict(frozen)
     n_layers = cfg.get("n_layers")
     d_model = cfg.get("d_model")
-    if not _is_int(n_layers) or not _is_int(d_model):
+    if not is_int(n_layers) or not is_int(d_model):
         return {}
     d_head = cfg.get("d_head") or 0
     n_heads = cfg.get("n_heads") or 0
@@ -363,5 +363,5 @@ def _hook_widths(frozen: tuple) -> dict[str, int | None]:
     return widths
 
 
-def _is_int(value: object) -> bool:
+def is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)

@@ -22,6 +22,7 @@ from generator.sources.configs import (
     TOKENIZER_FILE,
     ConfigError,
     hook_width,
+    is_int,
     model_config_problems,
     pretrained_saes_directory,
     read_model_config,
@@ -45,10 +46,6 @@ def validate_sources(releases: list[Release]) -> None:
         problems.extend(_ReleaseCheck(release).run())
     if problems:
         raise InputError(list(dict.fromkeys(problems)))
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _suggest(word: str, choices: list[str] | set[str]) -> str:
@@ -129,7 +126,7 @@ class _ReleaseCheck:
             return  # a hub dataset: nothing local to check
         config = self.config or {}
         n_ctx = config.get("n_ctx")
-        if _is_int(n_ctx) and corpus.context > n_ctx:
+        if is_int(n_ctx) and corpus.context > n_ctx:
             self.at(corpus.mark_of("context"), f"corpus.context is {corpus.context} but model '{self.release.model.id}' has n_ctx {n_ctx}; expected at most {n_ctx}")
         reader = _CorpusReader(corpus.path)
         if corpus.path.suffix == ".jsonl":
@@ -231,11 +228,11 @@ class _ReleaseCheck:
                 tokens = obj.get("tokens")
                 if "tokens" not in obj:
                     reader.line_problem(lineno, 'has no "tokens" while earlier lines do; expected every line pre-tokenized or none')
-                elif not isinstance(tokens, list) or not all(_is_int(t) for t in tokens):
+                elif not isinstance(tokens, list) or not all(is_int(t) for t in tokens):
                     reader.line_problem(lineno, '"tokens" is not a list of whole numbers; expected token ids')
-                elif any(t < 0 or (_is_int(d_vocab) and t >= d_vocab) for t in tokens[: corpus.context]):
-                    bad = next(t for t in tokens[: corpus.context] if t < 0 or (_is_int(d_vocab) and t >= d_vocab))
-                    if _is_int(d_vocab):
+                elif any(t < 0 or (is_int(d_vocab) and t >= d_vocab) for t in tokens[: corpus.context]):
+                    bad = next(t for t in tokens[: corpus.context] if t < 0 or (is_int(d_vocab) and t >= d_vocab))
+                    if is_int(d_vocab):
                         expected = f"ids from 0 to {d_vocab - 1} (the model's d_vocab is {d_vocab})"
                     else:
                         expected = "ids >= 0"
@@ -306,9 +303,9 @@ class _ReleaseCheck:
         if cfg is not None:
             d_in, d_sae = cfg.get("d_in"), cfg.get("d_sae")
             for key, value in (("d_in", d_in), ("d_sae", d_sae)):
-                if not _is_int(value) or value < 1:
+                if not is_int(value) or value < 1:
                     self.at(mark, f"SAE {SAE_CONFIG} has {key} = {value!r}; expected a whole number >= 1")
-            if not (_is_int(d_in) and _is_int(d_sae)):
+            if not (is_int(d_in) and is_int(d_sae)):
                 d_in = d_sae = None
             else:
                 self.d_sae[sae.id] = d_sae
@@ -378,7 +375,7 @@ class _ReleaseCheck:
             if sae not in sae_ids:
                 hint = _suggest(str(sae), sae_ids) if isinstance(sae, str) else ""
                 reader.line_problem(lineno, f"names the SAE {sae!r}, which is not in this release; {hint or 'expected one of ' + ', '.join(sorted(sae_ids))}")
-            elif not _is_int(index) or index < 0:
+            elif not is_int(index) or index < 0:
                 reader.line_problem(lineno, f'has "index" {index!r}; expected a feature index >= 0')
             elif sae in self.d_sae and index >= self.d_sae[sae]:
                 reader.line_problem(lineno, f'has "index" {index} but {sae} has {self.d_sae[sae]} features; expected an index below {self.d_sae[sae]}')
