@@ -23,6 +23,22 @@ def _shard(text: str) -> tuple[int, int]:
     return i, n
 
 
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def _size(text: str) -> int:
+    """Bytes from e.g. 0, 512M, 4G (binary units)."""
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    unit = t[-1:] if t[-1:] in _SIZE_UNITS and t[-1:] else ""
+    try:
+        value = float(t[: len(t) - len(unit)])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a size such as 0, 512M or 4G") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a size >= 0")
+    return int(value * _SIZE_UNITS[unit])
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sae-atlas", description="Static site generator for SAE releases.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -37,6 +53,10 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
         sp.add_argument("--batch-size", type=int, default=None, help="prompts per forward batch")
         sp.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's own; 1 is faster on a busy machine)")
+        sp.add_argument(
+            "--replay-memory", type=_size, default=None, metavar="SIZE",
+            help="memory for pass 1's activations, replayed in pass 2 instead of running the model again (e.g. 4G; 0: none; default: 40%% of free memory)",
+        )
         sp.add_argument("--release", action="append", default=None, help="only this release (repeatable)")
         sp.add_argument("--shard", type=_shard, default=None, help="compute SAE slice I of N (for schedulers)")
 

@@ -53,7 +53,7 @@ def cmd_compute(args: argparse.Namespace) -> int:
         torch.set_num_threads(max(1, args.threads))
 
     options = ComputeOptions(
-        device=args.device, dtype=args.dtype, batch_size=args.batch_size, shard=args.shard, quiet=args.quiet
+        device=args.device, dtype=args.dtype, batch_size=args.batch_size, shard=args.shard, replay_memory=args.replay_memory, quiet=args.quiet
     )
     try:
         compute_releases(releases, args.cache, options)

@@ -211,6 +211,72 @@ def test_results_do_not_depend_on_batch_size(built, tmp_path):
         _assert_same_entries(base, _entries(tmp_path / str(batch_size), releases[0]))
 
 
+def _count_forwards(monkeypatch) -> list[int]:
+    import generator.compute.engine as engine
+
+    calls = []
+    real = engine._forward_capture
+    monkeypatch.setattr(engine, "_forward_capture", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    return calls
+
+
+@pytest.mark.parametrize("replay_memory", [0, "first batch", None])
+def test_pass_two_replays_kept_batches_and_recomputes_the_rest_with_identical_results(built, brute, tmp_path, monkeypatch, replay_memory):
+    _, _, releases, cache, _ = built
+    if replay_memory == "first batch":  # room for the first batch of every SAE (12 bytes per firing entry), not two
+        replay_memory = int(1.5 * 12 * sum(int((acts[:3] > 0).sum()) for acts, *_ in brute[2].values()))
+    forwards = _count_forwards(monkeypatch)
+    compute_releases(releases, tmp_path, _options(batch_size=3, replay_memory=replay_memory))
+    n_batches = -(-N_PROMPTS // 3)
+    if replay_memory is None:
+        assert len(forwards) == n_batches  # everything kept: one pass over the model
+    elif replay_memory == 0:
+        assert len(forwards) == 2 * n_batches  # nothing kept: the model runs again in pass 2
+    else:
+        assert len(forwards) == 2 * n_batches - 1  # the first batch kept, the rest recomputed
+    _assert_same_entries(_entries(cache, releases[0]), _entries(tmp_path, releases[0]))
+
+
+def test_sparse_windows_equal_dense_windows():
+    from generator.compute.stats import SparseActs, dense_windows
+
+    g = torch.Generator().manual_seed(3)
+    acts = torch.rand(4, 10, 7, generator=g)
+    acts = torch.where(acts > 0.6, acts, torch.zeros(()))
+    sparse = SparseActs.from_dense(acts.reshape(-1, 7), first_prompt=5, context=10)
+    token = torch.arange(40).repeat_interleave(7)
+    feature = torch.arange(7).repeat(40)
+    for before, after in ((0, 0), (3, 2), (12, 12)):
+        np.testing.assert_array_equal(sparse.windows(token, feature, before, after), dense_windows(acts, token, feature, before, after))
+    empty = SparseActs.from_dense(torch.zeros(20, 7), 0, 10)
+    assert not empty.windows(token[:5], feature[:5], 2, 2).any()
+
+
+def test_sparse_decode_is_used_when_it_equals_the_dense_decode(brute):
+    import generator.compute.engine as engine
+
+    _, _, per_sae = brute
+    for sae_id, (acts, x, sae, hook) in per_sae.items():
+        for sparse_ok in (True, False):
+            if not sparse_ok:  # an SAE whose decode takes no sparse input falls back to the dense one
+
+                def dense_only(a, real=type(sae).decode, sae=sae):
+                    if a.layout != torch.strided:
+                        raise NotImplementedError("dense input only")
+                    return real(sae, a)
+
+                sae.decode = dense_only
+            r = engine._Running(None, sae, None, hook)
+            with torch.inference_mode():
+                x_b, acts_b, sparse = engine._encode(r, {hook: x}, 0, 0)
+                got = engine._decode(r, acts_b, sparse)
+                want = type(sae).decode(sae, acts_b).float().reshape(got.shape)
+            assert r.sparse_decode is sparse_ok, sae_id
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5 * float(want.abs().max()))
+            if not sparse_ok:
+                del sae.decode
+
+
 def test_one_forward_for_several_saes_equals_running_each_alone(built, tmp_path):
     _, content, releases, cache, _ = built
     manifest = yaml.safe_load((content / "releases" / "tiny-demo.yaml").read_text())

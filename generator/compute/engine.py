@@ -9,6 +9,7 @@ pending SAE of that model; then the weights-only parts; one cache entry per SAE.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import shutil
 import sys
 import time
@@ -31,7 +32,8 @@ from generator.cache import (
 )
 from generator.compute.ce import CeSae, ce_losses
 from generator.compute.options import ComputeOptions, default_batch_size
-from generator.compute.stats import FeatureStats
+from generator.compute.replay import Replay, replay_budget
+from generator.compute.stats import FeatureStats, SparseActs, dense_windows
 from generator.compute.weights import (
     cluster_ids,
     cosine_neighbours,
@@ -133,6 +135,7 @@ class _Running:
     sae: object
     stats: FeatureStats
     hook: str
+    sparse_decode: bool | None = None  # decode from the sparse batch? decided on the first batch
 
 
 def _compute_group(jobs: list[SaeJob], corpus: Corpus, store: CacheStore, options: ComputeOptions, device: str, report: ComputeReport) -> None:
@@ -144,12 +147,14 @@ def _compute_group(jobs: list[SaeJob], corpus: Corpus, store: CacheStore, option
             model = load_model(release.model, device, options.dtype)
             _check_hooks(model, jobs)
             running = [_start(job, model, corpus, store, device) for job in jobs]
+            replay = Replay(replay_budget(device, options.replay_memory))
             started = time.perf_counter()
-            done_tokens = _run_pass(1, model, running, corpus, store, options, batch_size)
-            done_tokens += _run_pass(2, model, running, corpus, store, options, batch_size)
+            done_tokens = _run_pass(1, model, running, corpus, store, options, batch_size, replay)
+            done_tokens += _run_pass(2, model, running, corpus, store, options, batch_size, replay)
             elapsed = time.perf_counter() - started
             if elapsed > 0 and done_tokens:
                 report.tokens_per_second = done_tokens / elapsed
+            replay.clear()
             ce = ce_losses(model, corpus, [CeSae(r.job.id, r.hook, r.sae, r.job.release.compute.ce_prompts) for r in running], batch_size, device)
             for r in running:
                 _finish(r, model, corpus, store, ce[r.job.id], options)
@@ -187,11 +192,44 @@ def _save_checkpoint(r: _Running, store: CacheStore) -> None:
     write_entry(store.partial_dir(r.job.key), meta, r.stats.state_arrays())
 
 
-def _sae_input(act: torch.Tensor) -> torch.Tensor:
-    return act.float()
+# -- the passes -----------------------------------------------------------------------------------
 
 
-def _run_pass(pass_no: int, model, running: list[_Running], corpus: Corpus, store: CacheStore, options: ComputeOptions, batch_size: int) -> int:
+def _encode(r: _Running, captured: dict[str, torch.Tensor], skip: int, first_prompt: int) -> tuple[torch.Tensor, torch.Tensor, SparseActs]:
+    """The SAE's input x (the hook's activations of the batch from prompt `skip` on), its dense
+    activations [B, T, F] and their firing entries."""
+    x = captured[r.hook][skip:].float()
+    acts = r.sae.encode(x).float()
+    sparse = SparseActs.from_dense(acts.reshape(-1, acts.shape[-1]), first_prompt, acts.shape[1])
+    return x, acts, sparse
+
+
+def _decode(r: _Running, acts: torch.Tensor, sparse: SparseActs) -> torch.Tensor:
+    """The SAE's reconstruction of the batch, flattened to [B * T, d_in].
+
+    With few features firing per token, decoding the sparse batch (CSR @ W_dec) is many times
+    cheaper than the dense product. Whether the SAE's `decode` accepts a sparse batch and gives the
+    dense result (up to float rounding) is checked once, on the first batch; else dense it is."""
+    n = sparse.n_tokens
+    if r.sparse_decode is not False:
+        try:
+            out = r.sae.decode(sparse.csr()).float().reshape(n, -1)
+        except (RuntimeError, NotImplementedError, TypeError, ValueError):
+            out = None
+        if r.sparse_decode is None:
+            dense = r.sae.decode(acts).float().reshape(n, -1)
+            scale = float(dense.abs().max()) if dense.numel() else 0.0
+            r.sparse_decode = out is not None and out.shape == dense.shape and torch.allclose(out, dense, rtol=1e-4, atol=1e-5 * max(scale, 1e-12))
+            return out if r.sparse_decode else dense
+        if out is not None:
+            return out
+        r.sparse_decode = False
+    return r.sae.decode(acts).float().reshape(n, -1)
+
+
+def _run_pass(pass_no: int, model, running: list[_Running], corpus: Corpus, store: CacheStore, options: ComputeOptions, batch_size: int, replay: Replay) -> int:
+    """One pass over the corpus for the SAEs in that pass. Pass 1 keeps each batch's firing entries
+    in `replay` (within its budget); pass 2 runs the model only for the batches not kept there."""
     active = [r for r in running if r.stats.pass_no == pass_no]
     if not active:
         return 0
@@ -200,6 +238,7 @@ def _run_pass(pass_no: int, model, running: list[_Running], corpus: Corpus, stor
     hooks = sorted({r.hook for r in active})
     stop_at_layer = _stop_layer(hooks)
     tokens_all = corpus.tokens
+    device = active[0].stats.device
     bar = tqdm(
         total=(n_prompts - start) * context,
         desc=f"{running[0].job.release.model.id} pass {pass_no}/2",
@@ -211,21 +250,31 @@ def _run_pass(pass_no: int, model, running: list[_Running], corpus: Corpus, stor
     batches = 0
     with bar:
         for p0 in range(start, n_prompts, batch_size):
-            tokens = torch.from_numpy(np.array(tokens_all[p0 : p0 + batch_size])).long().to(running[0].stats.device)
-            captured = _forward_capture(model, tokens, hooks, stop_at_layer)
-            nb = tokens.shape[0]
+            nb = min(batch_size, n_prompts - p0)
+            todo = []  # (running, first prompt, kept entries or None)
             for r in active:
                 skip = r.stats.prompts_done - p0
                 if skip >= nb:
                     continue
-                skip = max(skip, 0)
-                x = _sae_input(captured[r.hook][skip:])
-                acts = r.sae.encode(x).float()
-                if pass_no == 1:
-                    x_hat = r.sae.decode(acts).float()
-                    r.stats.update_pass1(acts, x.reshape(acts.shape[0], context, -1), x_hat.reshape(acts.shape[0], context, -1), p0 + skip)
+                first = p0 + max(skip, 0)
+                kept = replay.take(r.job.id, first, p0 + nb - first) if pass_no == 2 else None
+                todo.append((r, first, kept))
+            captured = None
+            if any(kept is None for _, _, kept in todo):
+                tokens = torch.from_numpy(np.array(tokens_all[p0 : p0 + nb])).long().to(device)
+                captured = _forward_capture(model, tokens, hooks, stop_at_layer)
+            for r, first, kept in todo:
+                st = r.job.release.compute
+                if kept is not None:
+                    r.stats.update_pass2(kept, functools.partial(kept.windows, before=st.context_before, after=st.context_after))
                 else:
-                    r.stats.update_pass2(acts, p0 + skip)
+                    x, acts, sparse = _encode(r, captured, first - p0, first)
+                    windows = functools.partial(dense_windows, acts, before=st.context_before, after=st.context_after)
+                    if pass_no == 1:
+                        r.stats.update_pass1(sparse, windows, x, _decode(r, acts, sparse))
+                        replay.add(r.job.id, sparse)
+                    else:
+                        r.stats.update_pass2(sparse, windows)
                 r.stats.prompts_done = p0 + nb
             bar.update(nb * context)
             batches += 1

@@ -16,6 +16,9 @@ class ComputeOptions:
     batch_size: int | None = None  # prompts per batch; None: TOKENS_PER_BATCH[device] // context
     shard: tuple[int, int] | None = None  # (I, N): compute slice I of N of all SAEs sorted by id
     quiet: bool = False
+    # Bytes of pass 1's firing activations kept for pass 2 (None: 40% of the free memory; 0: none,
+    # pass 2 runs the model again).
+    replay_memory: int | None = None
     checkpoint_every: int = 20  # batches between checkpoints of the running state
     # PCA instead of UMAP for the feature map (recorded in meta "map"): UMAP's JIT warm-up costs
     # tens of seconds per process, too slow for tests and quick previews.

@@ -2,6 +2,8 @@
 
 Pass 1 (per batch): max, non-zero count, top-k examples with their windows, reconstruction sums.
 Pass 2 (needs the final max): histogram of non-zero activations and interval samples.
+Both take a batch as its firing entries (`SparseActs`); windows come from the dense batch in pass 1
+and from the sparse entries (binary search) when pass 2 replays them.
 
 Every reduction is exact and order-independent (integer counts, fixed-point sums, max, top-k over
 unique int64 keys), so results do not depend on the batch size and a resumed run is identical.
@@ -17,6 +19,9 @@ Empty slots hold key -1. Both are kept per group with one sort of the batch's fi
 
 from __future__ import annotations
 
+import warnings
+from typing import Callable
+
 import numpy as np
 import torch
 
@@ -26,6 +31,9 @@ LOW = (1 << 32) - 1
 # Fixed-point scales for order-independent sums (integer addition is associative).
 SCALE_VEC = float(1 << 20)
 SCALE_SQ = float(1 << 16)
+
+# (in-batch token, feature) [M] -> their activation windows f32 [M, W]
+Windows = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def _mix32(x: torch.Tensor) -> torch.Tensor:
@@ -68,7 +76,86 @@ def interval_index(values: torch.Tensor, max_activation: torch.Tensor, intervals
     return ((values * scale).ceil().to(torch.int64) - 1).clamp_(0, intervals - 1)
 
 
-def gather_windows(acts: torch.Tensor, token: torch.Tensor, feature: torch.Tensor, before: int, after: int) -> torch.Tensor:
+class SparseActs:
+    """The firing (token, feature) pairs of a batch of SAE activations, in row-major order.
+
+    key = token * F + feature (int64, ascending), token being the in-batch index b * T + t of a
+    batch of B prompts of T tokens starting at prompt `first_prompt`; value f32 > 0. Holding 12
+    bytes per firing pair, it is what pass 2 replays instead of running the model again."""
+
+    def __init__(self, key: torch.Tensor, value: torch.Tensor, first_prompt: int, n_prompts: int, context: int, n_features: int):
+        self.key, self.value = key, value
+        self.first_prompt, self.n_prompts, self.context, self.n_features = first_prompt, n_prompts, context, n_features
+        self._by_feature: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @classmethod
+    def from_dense(cls, flat: torch.Tensor, first_prompt: int, context: int) -> "SparseActs":
+        """flat f32 [B * T, F] -> the entries with a > 0."""
+        n, f = flat.shape
+        values = flat.reshape(-1)
+        key = torch.nonzero(values > 0).squeeze(1)
+        return cls(key, values[key], first_prompt, n // max(context, 1), context, f)
+
+    @property
+    def token(self) -> torch.Tensor:
+        return self.key // self.n_features
+
+    @property
+    def feature(self) -> torch.Tensor:
+        return self.key % self.n_features
+
+    @property
+    def n_tokens(self) -> int:
+        return self.n_prompts * self.context
+
+    @property
+    def nbytes(self) -> int:
+        return self.key.numel() * self.key.element_size() + self.value.numel() * self.value.element_size()
+
+    def to(self, device) -> "SparseActs":
+        return SparseActs(self.key.to(device), self.value.to(device), self.first_prompt, self.n_prompts, self.context, self.n_features)
+
+    def csr(self) -> torch.Tensor:
+        """The batch as a sparse CSR matrix [B * T, F]."""
+        n = self.n_tokens
+        crow = torch.zeros(n + 1, dtype=torch.int64, device=self.key.device)
+        crow[1:] = torch.cumsum(torch.bincount(self.token, minlength=n), 0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
+            return torch.sparse_csr_tensor(crow, self.feature, self.value, (n, self.n_features), check_invariants=False)
+
+    def _feature_major(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(feature * B*T + token ascending, the matching values), built once per batch."""
+        if self._by_feature is None:
+            feature = self.feature
+            order = torch.argsort(feature, stable=True)  # within a feature, tokens stay ascending
+            self._by_feature = (feature[order] * self.n_tokens + self.token[order], self.value[order])
+        return self._by_feature
+
+    def windows(self, token: torch.Tensor, feature: torch.Tensor, before: int, after: int) -> torch.Tensor:
+        """f32 [M, W] activations of `feature` around in-batch `token` (as `dense_windows`): a window's
+        entries are one contiguous run of the feature-major order, found by two binary searches."""
+        out = torch.zeros((token.shape[0], before + 1 + after), dtype=torch.float32, device=token.device)
+        if self.key.numel() == 0 or token.numel() == 0:
+            return out
+        fkey, fvalue = self._feature_major()
+        t = token % self.context
+        prompt_start = token - t
+        first = prompt_start + (t - before).clamp_min(0)
+        last = prompt_start + (t + after).clamp_max(self.context - 1)
+        base = feature * self.n_tokens
+        lo = torch.searchsorted(fkey, base + first)
+        hi = torch.searchsorted(fkey, base + last, right=True)
+        counts = hi - lo
+        row = torch.repeat_interleave(torch.arange(token.shape[0], device=token.device), counts)
+        starts = torch.cumsum(counts, 0) - counts
+        entry = lo[row] + torch.arange(row.shape[0], device=token.device) - starts[row]
+        slot = fkey[entry] - base[row] - (token[row] - before)
+        out[row, slot] = fvalue[entry]
+        return out
+
+
+def dense_windows(acts: torch.Tensor, token: torch.Tensor, feature: torch.Tensor, before: int, after: int) -> torch.Tensor:
     """Windows of activations: acts [B, T, F]; token (in-batch flat index b * T + t) and feature [M].
     Returns float32 [M, W]; slot j is position t - before + j, 0 outside the prompt."""
     t_count, n_features = acts.shape[1], acts.shape[2]
@@ -95,11 +182,11 @@ def segmented_top(group: torch.Tensor, keys: torch.Tensor, k: int) -> tuple[torc
 
 def merge_examples(
     state_keys: torch.Tensor, state_windows: torch.Tensor, group: torch.Tensor, keys: torch.Tensor,
-    acts: torch.Tensor, token: torch.Tensor, feature: torch.Tensor, before: int, after: int,
+    windows: Windows, token: torch.Tensor, feature: torch.Tensor,
 ) -> None:
     """Keep, per group g, the k = state_keys.shape[1] largest keys seen so far (in place).
     state_keys int64 [G, k] (descending, -1 = empty), state_windows f32 [G, k, W];
-    candidates: group, keys, token, feature [M]."""
+    candidates: group, keys, token, feature [M]; windows(token, feature) gives their windows."""
     k = state_keys.shape[1]
     better = keys > state_keys[group, k - 1]  # cannot enter otherwise (keys are unique per group)
     group, keys, token, feature = group[better], keys[better], token[better], feature[better]
@@ -110,7 +197,7 @@ def merge_examples(
     cand_keys = torch.full((rows.shape[0], k), -1, dtype=torch.int64, device=keys.device)
     cand_keys[row_of, rank] = keys[entry]
     cand_windows = torch.zeros((rows.shape[0], k, state_windows.shape[2]), dtype=state_windows.dtype, device=keys.device)
-    cand_windows[row_of, rank] = gather_windows(acts, token[entry], feature[entry], before, after)
+    cand_windows[row_of, rank] = windows(token[entry], feature[entry])
     all_keys = torch.cat([state_keys[rows], cand_keys], 1)
     top, sel = all_keys.topk(k, dim=1)
     all_windows = torch.cat([state_windows[rows], cand_windows], 1)
@@ -149,28 +236,19 @@ class FeatureStats:
         self.pass_no = 1
         self.prompts_done = 0
 
-    @staticmethod
-    def _entries(flat: torch.Tensor, mask: torch.Tensor, t_count: int, first_prompt: int):
-        """Sparse view of a batch: in-batch token, feature, value and global token index where mask."""
-        token, feature = torch.nonzero(mask, as_tuple=True)
-        return token, feature, flat[token, feature], first_prompt * t_count + token
-
     # -- pass 1 ------------------------------------------------------------------------------
-    def update_pass1(self, acts: torch.Tensor, x: torch.Tensor, x_hat: torch.Tensor, first_prompt: int) -> None:
-        """acts f32 [B, T, F]; x, x_hat f32 [B, T, d_in] (SAE input and reconstruction).
+    def update_pass1(self, acts: SparseActs, windows: Windows, x: torch.Tensor, x_hat: torch.Tensor) -> None:
+        """acts: the batch's firing entries; x, x_hat f32 [B * T, d_in] (SAE input and reconstruction).
         Batches must come in increasing prompt order (a later token never wins a tie)."""
-        s = self.settings
-        t_count = acts.shape[1]
-        flat = acts.reshape(-1, self.n_features)
-        n = flat.shape[0]
-        counts = (flat > 0).sum(0)
-        self.max_activation = torch.maximum(self.max_activation, flat.amax(0))
-        self.nonzero_count += counts
-        self.sum_l0 += counts.sum()
-        self.n_tokens += n
+        token, feature, value = acts.token, acts.feature, acts.value
+        g = acts.first_prompt * acts.context + token
+        self.max_activation.scatter_reduce_(0, feature, value, "amax")
+        self.nonzero_count += torch.bincount(feature, minlength=self.n_features)
+        self.sum_l0 += value.numel()
+        self.n_tokens += acts.n_tokens
 
-        x = x.reshape(n, -1).double()
-        err = (x - x_hat.reshape(n, -1).double()).square().sum(-1)
+        x = x.reshape(acts.n_tokens, -1).double()
+        err = (x - x_hat.reshape(acts.n_tokens, -1).double()).square().sum(-1)
         self.sum_x += (x * SCALE_VEC).round().to(torch.int64).sum(0)
         self.sum_sq_x += (x.square().sum(-1) * SCALE_SQ).round().to(torch.int64).sum()
         self.sum_sq_err += (err * SCALE_SQ).round().to(torch.int64).sum()
@@ -178,21 +256,22 @@ class FeatureStats:
         # Only activations above a full top-k's smallest value can enter (ties go to earlier tokens).
         last = self.top_key[:, -1]
         threshold = torch.where(last >= 0, key_value(last.clamp_min(0)), torch.zeros_like(self.max_activation))
-        token, feature, value, g = self._entries(flat, flat > threshold, t_count, first_prompt)
-        keys = activation_keys(value, g)
-        merge_examples(self.top_key, self.top_window, feature, keys, acts, token, feature, s.context_before, s.context_after)
+        enter = value > threshold[feature]
+        token, feature = token[enter], feature[enter]
+        keys = activation_keys(value[enter], g[enter])
+        merge_examples(self.top_key, self.top_window, feature, keys, windows, token, feature)
 
     # -- pass 2 ------------------------------------------------------------------------------
-    def update_pass2(self, acts: torch.Tensor, first_prompt: int) -> None:
+    def update_pass2(self, acts: SparseActs, windows: Windows) -> None:
         s = self.settings
-        flat = acts.reshape(-1, self.n_features)
-        token, feature, value, g = self._entries(flat, flat > 0, acts.shape[1], first_prompt)
+        token, feature, value = acts.token, acts.feature, acts.value
+        g = acts.first_prompt * acts.context + token
         mx = self.max_activation[feature]
         bins = histogram_bin(value, mx, s.histogram_bins)
         self.histogram += torch.bincount(feature * s.histogram_bins + bins, minlength=self.n_features * s.histogram_bins)
         group = feature * s.intervals + interval_index(value, mx, s.intervals)
         keys = (priority(g, feature, s.seed) << 32) | (LOW - g)
-        merge_examples(self.interval_key, self.interval_window, group, keys, acts, token, feature, s.context_before, s.context_after)
+        merge_examples(self.interval_key, self.interval_window, group, keys, windows, token, feature)
 
     # -- checkpoint ----------------------------------------------------------------------------
     def state_arrays(self) -> dict[str, np.ndarray]:
