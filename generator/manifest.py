@@ -120,6 +120,7 @@ class ComputeSettings:
     context_before: int = 24
     context_after: int = 8
     umap_neighbours: int = 15
+    umap_epochs: int = 200  # umap-learn's own default above 10,000 points (500 below)
     seed: int = 0
     ce_prompts: int = 32
 
@@ -168,6 +169,7 @@ COMPUTE_MINIMUM = {
     "context_before": 0,
     "context_after": 0,
     "umap_neighbours": 2,
+    "umap_epochs": 1,
     "seed": 0,
     "ce_prompts": 0,
 }

@@ -332,7 +332,7 @@ def _finish(r: _Running, model, corpus: Corpus, store: CacheStore, ce: tuple[flo
     pos_t, pos_v, neg_t, neg_v = logit_effects(w_dec, out_map, model.W_U.detach(), s.logits)
     nb_index, nb_cos = cosine_neighbours(w_dec, w_dec, s.neighbours, exclude_self=True)
     method = map_method(w_dec.shape[0], options.pca_map)
-    coords = umap_coords(w_dec.cpu(), s.umap_neighbours, s.seed, method)
+    coords = umap_coords(w_dec.cpu(), s.umap_neighbours, s.seed, method, epochs=s.umap_epochs)
     arrays.update(
         pos_logit_token=pos_t, pos_logit_value=pos_v, neg_logit_token=neg_t, neg_logit_value=neg_v,
         neighbour_index=nb_index, neighbour_cosine=nb_cos,

@@ -97,7 +97,7 @@ def map_method(n_features: int, pca_map: bool = False) -> str:
     return "pca" if pca_map or n_features < UMAP_MIN_FEATURES else "umap"
 
 
-def umap_coords(w_dec: torch.Tensor, n_neighbours: int, seed: int, method: str = "umap") -> np.ndarray:
+def umap_coords(w_dec: torch.Tensor, n_neighbours: int, seed: int, method: str = "umap", epochs: int = 200) -> np.ndarray:
     """2-D map of the decoder directions: UMAP (cosine metric), or their first two principal
     components when method == "pca"."""
     x = unit_rows(w_dec).cpu().numpy().astype(np.float32)
@@ -111,6 +111,7 @@ def umap_coords(w_dec: torch.Tensor, n_neighbours: int, seed: int, method: str =
         n_neighbors=max(2, min(n_neighbours, f - 1)),
         metric="cosine",
         random_state=seed,
+        n_epochs=epochs,
         n_jobs=1,
     )
     with warnings.catch_warnings():
