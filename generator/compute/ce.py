@@ -1,12 +1,21 @@
 """The CE loss of each SAE: mean next-token loss of the model over the first prompts of the corpus,
-clean and with the SAE's reconstruction spliced into its hook."""
+clean and with the SAE's reconstruction spliced into its hook.
+
+The loss is fused: the model body runs to the final residual stream (`stop_at_layer`), then
+`ln_final`, the unembedding, the output logit soft cap and the next-token loss run on chunks of
+tokens, so the [tokens, d_vocab] logits and their log-softmax never exist whole. Per token this is
+TransformerLens's `return_type="loss", loss_per_token=True` (`lm_cross_entropy_loss`), computed as
+`logsumexp(logits) - logits[target]` in float32. A model whose forward is not HookedTransformer's
+own runs TransformerLens's loss instead.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from generator.compute.weights import hook_layer
 from generator.sources.corpus import Corpus
@@ -20,12 +29,41 @@ class CeSae:
     prompts: int  # the first `prompts` prompts of the corpus (0: no CE loss)
 
 
-CE_CHUNK_ELEMENTS = 1 << 24  # logits per CE forward chunk (prompts * context * d_vocab) stay near this
+# Logits per fused loss chunk (tokens * d_vocab): a few MB of float32, so that the unembedding, the
+# soft cap and the log-sum-exp of a chunk run while it is still in cache.
+CE_LOGIT_ELEMENTS = 1 << 22
+# Rows per unembedding call are a multiple of this (the last chunk is padded with zero rows): a BLAS
+# matmul of a few rows can take another path whose results differ in the last bits, which would make
+# a prompt's loss depend on the batch it was computed in.
+CE_ROW_ALIGN = 16
+# TransformerLens's loss materialises [prompts, context, d_vocab] logits and their log-softmax; its
+# forwards take few enough prompts that the logits stay around this many elements.
+CE_CHUNK_ELEMENTS = 1 << 24
+
+
+def _fused(model) -> bool:
+    """Whether the forward of `model` is HookedTransformer's own (body, ln_final, unembed, soft cap,
+    lm_cross_entropy_loss), which the fused loss replicates."""
+    try:
+        from transformer_lens import HookedTransformer
+    except ImportError:  # pragma: no cover - transformer_lens is a dependency
+        return False
+    cls = type(model)
+    return (
+        isinstance(model, HookedTransformer)
+        and cls.forward is HookedTransformer.forward
+        and cls.loss_fn is HookedTransformer.loss_fn
+        and cls.input_to_embed is HookedTransformer.input_to_embed
+        and hasattr(model, "unembed")
+        and (model.cfg.normalization_type is None or hasattr(model, "ln_final"))
+    )
 
 
 def _ce_chunk(model, context: int, batch_size: int) -> int:
-    """Prompts per CE forward: at most batch_size, and few enough that the float32 logits of a chunk
-    stay around CE_CHUNK_ELEMENTS elements."""
+    """Prompts per CE forward: batch_size for the fused loss; for TransformerLens's loss at most
+    batch_size, and few enough that the float32 logits of a chunk stay around CE_CHUNK_ELEMENTS."""
+    if _fused(model):
+        return max(1, batch_size)
     return max(1, min(batch_size, CE_CHUNK_ELEMENTS // max(1, context * int(model.cfg.d_vocab))))
 
 
@@ -42,6 +80,131 @@ def _ce_start(hook: str, n_layers: int) -> int | None:
     return None
 
 
+def _softcap(cfg) -> float | None:
+    """TransformerLens's output logit soft cap (`cap * tanh(logits / cap)`), active when > 0."""
+    cap = getattr(cfg, "output_logits_soft_cap", None)
+    return float(cap) if cap is not None and cap > 0 else None
+
+
+def _next_token_loss(model, resid: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """float32 [batch, pos - 1]: the loss of predicting tokens[:, 1:] from the final residual stream
+    `resid` [batch, pos, d_model] (before ln_final), as TransformerLens's forward computes it after
+    its last block, CE_LOGIT_ELEMENTS logits at a time."""
+    from transformer_lens.components import Unembed
+
+    batch, pos = tokens.shape
+    x = resid[:, :-1]  # the last position predicts nothing
+    if model.cfg.normalization_type is not None:
+        x = model.ln_final(x)
+    x = x.reshape(batch * (pos - 1), -1)
+    targets = tokens[:, 1:].reshape(-1).to(x.device)
+    unembed = model.unembed
+    if type(unembed) is Unembed and not unembed.hook_in._forward_hooks and not unembed.hook_out._forward_hooks:
+        # Unembed.forward is F.linear(x, W_U.T.contiguous(), b_U): the same call, with the weight
+        # transposed once rather than once per chunk.
+        w_t, b_u = unembed.W_U.T.contiguous(), unembed.b_U
+
+        def logits_of(rows: torch.Tensor) -> torch.Tensor:
+            return F.linear(rows, w_t, b_u)
+    else:
+        logits_of = unembed
+    cap = _softcap(model.cfg)
+    d_vocab = int(getattr(model.cfg, "d_vocab_out", -1) or -1)
+    if d_vocab <= 0:
+        d_vocab = int(model.cfg.d_vocab)
+    step = max(1, CE_LOGIT_ELEMENTS // d_vocab // CE_ROW_ALIGN) * CE_ROW_ALIGN
+    loss = torch.empty(x.shape[0], dtype=torch.float32, device=x.device)
+    for lo in range(0, x.shape[0], step):
+        rows = x[lo : lo + step]
+        n = rows.shape[0]
+        if n % CE_ROW_ALIGN:
+            rows = F.pad(rows, (0, 0, 0, CE_ROW_ALIGN - n % CE_ROW_ALIGN))
+        logits = logits_of(rows)[:n]
+        if cap is not None:  # cap * tanh(logits / cap), as TransformerLens's apply_softcap
+            logits = logits / cap
+            logits.tanh_().mul_(cap)
+        # -log_softmax(logits)[target] = logsumexp(logits) - logits[target], in float32.
+        loss[lo : lo + step] = F.cross_entropy(logits.float(), targets[lo : lo + step], reduction="none")
+    loss = loss.reshape(batch, pos - 1)
+    if mask is not None:  # as lm_cross_entropy_loss: 0 where a position or its next one is masked
+        mask = mask.to(loss.device)
+        loss = loss.masked_fill(~torch.logical_and(mask[:, :-1], mask[:, 1:]), 0.0)
+    return loss
+
+
+def _per_prompt(loss: torch.Tensor) -> list[float]:
+    """Per-prompt float64 sums of a [batch, pos - 1] loss."""
+    return loss.double().sum(1).cpu().tolist()
+
+
+@dataclass
+class _CeChunk:
+    """One chunk of prompts after its clean forward: what the spliced forwards reuse."""
+
+    tokens: torch.Tensor  # [batch, pos], as the model's input
+    fused: bool
+    resid: dict[str, torch.Tensor] = field(default_factory=dict)  # the clean residual stream at resid hooks
+    embedded: tuple | None = None  # input_to_embed's (residual, tokens, shortformer_pos_embed, attention_mask)
+
+
+def _ce_clean(model, tokens: torch.Tensor, resid_hooks=()) -> tuple[list[float], _CeChunk]:
+    """The clean forward of one chunk of prompts [batch, pos]: its per-prompt loss sums, and the
+    chunk with the residual stream at each of `resid_hooks` for the spliced forwards."""
+    chunk = _CeChunk(tokens, _fused(model))
+
+    def save(act, hook):
+        chunk.resid[hook.name] = act.clone()
+
+    hooks = [(h, save) for h in resid_hooks]
+    if not chunk.fused:
+        loss = model.run_with_hooks(tokens, return_type="loss", loss_per_token=True, fwd_hooks=hooks)
+        return _per_prompt(loss), chunk
+    with model.hooks(fwd_hooks=hooks):
+        chunk.embedded = model.input_to_embed(tokens)
+        residual, embed_tokens, shortformer, mask = chunk.embedded
+        final = model(
+            residual, start_at_layer=0, stop_at_layer=model.cfg.n_layers,
+            shortformer_pos_embed=shortformer, attention_mask=mask,
+        )
+    return _per_prompt(_next_token_loss(model, final, embed_tokens, mask)), chunk
+
+
+def _ce_spliced(model, chunk: _CeChunk, hook: str, sae) -> list[float]:
+    """One SAE's spliced forward of a chunk after `_ce_clean`: per-prompt loss sums with the SAE's
+    reconstruction in place of the activation at `hook`. From the clean residual stream
+    (`start_at_layer`) when the hook is a resid_pre/resid_post one the clean forward kept, else a
+    full forward with a splicing hook."""
+
+    def splice(act, hook=None):
+        return sae.decode(sae.encode(act.float())).to(act.dtype).reshape(act.shape)
+
+    n_layers = model.cfg.n_layers
+    start = _ce_start(hook, n_layers) if hook in chunk.resid else None
+    if chunk.embedded is None and start is not None:
+        chunk.embedded = model.input_to_embed(chunk.tokens)
+    if not chunk.fused:
+        if start is None:
+            loss = model.run_with_hooks(chunk.tokens, return_type="loss", loss_per_token=True, fwd_hooks=[(hook, splice)])
+        else:
+            _, embed_tokens, shortformer, mask = chunk.embedded
+            loss = model(
+                splice(chunk.resid[hook]), start_at_layer=start, tokens=embed_tokens,
+                shortformer_pos_embed=shortformer, attention_mask=mask, return_type="loss", loss_per_token=True,
+            )
+        return _per_prompt(loss)
+    _, embed_tokens, shortformer, mask = chunk.embedded
+    if start is None:
+        with model.hooks(fwd_hooks=[(hook, splice)]):
+            final = model(chunk.tokens, stop_at_layer=n_layers)
+    else:
+        final = model(
+            splice(chunk.resid[hook]), start_at_layer=start, stop_at_layer=n_layers,
+            shortformer_pos_embed=shortformer, attention_mask=mask,
+        )
+    return _per_prompt(_next_token_loss(model, final, embed_tokens, mask))
+
+
+@torch.inference_mode()
 def ce_losses(model, corpus: Corpus, saes: list[CeSae], batch_size: int, device: str) -> dict[str, tuple[float | None, float | None]]:
     """Per SAE id: (clean, spliced) mean next-token loss over its first ce_prompts prompts.
 
@@ -55,45 +218,17 @@ def ce_losses(model, corpus: Corpus, saes: list[CeSae], batch_size: int, device:
     n_total = max(wanted.values(), default=0)
     if n_total <= 0:
         return {k: (None, None) for k in wanted}
-    starts = {r.id: _ce_start(r.hook, model.cfg.n_layers) for r in saes}
-    resid_hooks = sorted({r.hook for r in saes if starts[r.id] is not None})
+    resid_hooks = sorted({r.hook for r in saes if _ce_start(r.hook, model.cfg.n_layers) is not None})
     chunk = _ce_chunk(model, corpus.context, batch_size)
     clean_sums: list[float] = []
     spliced_sums: dict[str, list[float]] = {r.id: [] for r in saes}
-
-    def per_prompt(loss: torch.Tensor) -> list[float]:
-        return loss.double().sum(1).cpu().tolist()
-
     for lo in range(0, n_total, chunk):
         tokens = torch.from_numpy(np.array(corpus.tokens[lo : min(lo + chunk, n_total)])).long().to(device)
-        captured: dict[str, torch.Tensor] = {}
-
-        def save(act, hook):
-            captured[hook.name] = act.clone()
-
-        loss = model.run_with_hooks(tokens, return_type="loss", loss_per_token=True, fwd_hooks=[(h, save) for h in resid_hooks])
-        clean_sums.extend(per_prompt(loss))
-        embedded = None
+        sums, state = _ce_clean(model, tokens, resid_hooks)
+        clean_sums.extend(sums)
         for r in saes:
-            if lo >= wanted[r.id]:
-                continue
-            sae = r.sae
-
-            def splice(act, hook=None, sae=sae):
-                return sae.decode(sae.encode(act.float())).to(act.dtype).reshape(act.shape)
-
-            start = starts[r.id]
-            if start is None:
-                loss = model.run_with_hooks(tokens, return_type="loss", loss_per_token=True, fwd_hooks=[(r.hook, splice)])
-            else:
-                if embedded is None:
-                    embedded = model.input_to_embed(tokens)
-                _, embed_tokens, shortformer, mask = embedded
-                loss = model(
-                    splice(captured[r.hook]), start_at_layer=start, tokens=embed_tokens,
-                    shortformer_pos_embed=shortformer, attention_mask=mask, return_type="loss", loss_per_token=True,
-                )
-            spliced_sums[r.id].extend(per_prompt(loss))
+            if lo < wanted[r.id]:
+                spliced_sums[r.id].extend(_ce_spliced(model, state, r.hook, r.sae))
 
     def mean(sums: list[float], n: int) -> float:
         return float(np.sum(np.asarray(sums[:n], np.float64)) / (n * (corpus.context - 1)))
