@@ -268,7 +268,7 @@ def test_sparse_decode_is_used_when_it_equals_the_dense_decode(brute):
                 sae.decode = dense_only
             r = engine._Running(None, sae, None, hook)
             with torch.inference_mode():
-                x_b, acts_b, sparse = engine._encode(r, {hook: x}, 0, 0)
+                (x_b, acts_b, sparse), = engine._encode(r, {hook: x}, 0, 0)  # one part: the fixture is small
                 got = engine._decode(r, acts_b, sparse)
                 want = type(sae).decode(sae, acts_b).float().reshape(got.shape)
             assert r.sparse_decode is sparse_ok, sae_id

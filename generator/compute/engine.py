@@ -15,6 +15,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -195,13 +196,23 @@ def _save_checkpoint(r: _Running, store: CacheStore) -> None:
 # -- the passes -----------------------------------------------------------------------------------
 
 
-def _encode(r: _Running, captured: dict[str, torch.Tensor], skip: int, first_prompt: int) -> tuple[torch.Tensor, torch.Tensor, SparseActs]:
-    """The SAE's input x (the hook's activations of the batch from prompt `skip` on), its dense
-    activations [B, T, F] and their firing entries."""
-    x = captured[r.hook][skip:].float()
-    acts = r.sae.encode(x).float()
-    sparse = SparseActs.from_dense(acts.reshape(-1, acts.shape[-1]), first_prompt, acts.shape[1])
-    return x, acts, sparse
+# Activations per encoder call (tokens x features): the batch is encoded a few prompts at a time so
+# that the dense [tokens, F] pre-activations and activations stay in the CPU's cache while the bias,
+# the activation function and the search for firing entries pass over them.
+ENCODE_ELEMENTS = 1 << 22
+
+
+def _encode(r: _Running, captured: dict[str, torch.Tensor], skip: int, first_prompt: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, SparseActs]]:
+    """The batch's prompts from `skip` on (the first being `first_prompt`), a few prompts at a time:
+    the SAE's input x (the hook's activations), its dense activations [b, T, F] and their firing
+    entries."""
+    x_all = captured[r.hook][skip:]
+    context, n_features = x_all.shape[1], int(r.sae.cfg.d_sae)
+    step = max(1, ENCODE_ELEMENTS // max(1, context * n_features))
+    for lo in range(0, x_all.shape[0], step):
+        x = x_all[lo : lo + step].float()
+        acts = r.sae.encode(x).float()
+        yield x, acts, SparseActs.from_dense(acts.reshape(-1, acts.shape[-1]), first_prompt + lo, context)
 
 
 def _decode(r: _Running, acts: torch.Tensor, sparse: SparseActs) -> torch.Tensor:
@@ -266,15 +277,19 @@ def _run_pass(pass_no: int, model, running: list[_Running], corpus: Corpus, stor
             for r, first, kept in todo:
                 st = r.job.release.compute
                 if kept is not None:
-                    r.stats.update_pass2(kept, functools.partial(kept.windows, before=st.context_before, after=st.context_after))
+                    for sparse in kept:
+                        r.stats.update_pass2(sparse, functools.partial(sparse.windows, before=st.context_before, after=st.context_after))
                 else:
-                    x, acts, sparse = _encode(r, captured, first - p0, first)
-                    windows = functools.partial(dense_windows, acts, before=st.context_before, after=st.context_after)
+                    parts = []
+                    for x, acts, sparse in _encode(r, captured, first - p0, first):
+                        windows = functools.partial(dense_windows, acts, before=st.context_before, after=st.context_after)
+                        if pass_no == 1:
+                            r.stats.update_pass1(sparse, windows, x, _decode(r, acts, sparse))
+                            parts.append(sparse)
+                        else:
+                            r.stats.update_pass2(sparse, windows)
                     if pass_no == 1:
-                        r.stats.update_pass1(sparse, windows, x, _decode(r, acts, sparse))
-                        replay.add(r.job.id, sparse)
-                    else:
-                        r.stats.update_pass2(sparse, windows)
+                        replay.add(r.job.id, parts)
                 r.stats.prompts_done = p0 + nb
             bar.update(nb * context)
             batches += 1
