@@ -108,13 +108,20 @@ def umap_coords(w_dec: torch.Tensor, n_neighbours: int, seed: int, method: str =
         return _pca2(x)
     import umap
 
+    k = max(2, min(n_neighbours, f - 1))
+    # Exact cosine neighbours by matrix product (umap-learn's own search is an O(F^2) loop below
+    # 4,096 points and approximate above), in umap-learn's layout: each point first, at distance 0.
+    index, cosine = cosine_neighbours(torch.from_numpy(x), torch.from_numpy(x), k - 1, exclude_self=True)
+    knn_index = np.concatenate([np.arange(f, dtype=np.int64)[:, None], index.astype(np.int64)], 1)
+    knn_dist = np.concatenate([np.zeros((f, 1), np.float32), np.clip(1.0 - cosine, 0.0, 2.0)], 1)
     reducer = umap.UMAP(
         n_components=2,
-        n_neighbors=max(2, min(n_neighbours, f - 1)),
+        n_neighbors=k,
         metric="cosine",
         random_state=seed,
         n_epochs=epochs,
         n_jobs=1,
+        precomputed_knn=(knn_index, knn_dist, None),
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
