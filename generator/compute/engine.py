@@ -157,9 +157,12 @@ def _compute_group(jobs: list[SaeJob], corpus: Corpus, store: CacheStore, option
                 report.tokens_per_second = done_tokens / elapsed
             replay.clear()
             ce = ce_losses(model, corpus, [CeSae(r.job.id, r.hook, r.sae, r.job.release.compute.ce_prompts) for r in running], batch_size, device)
-            for r in running:
-                _finish(r, model, corpus, store, ce[r.job.id], options)
-                report.computed.append(r.job.id)
+            desc = f"{release.model.id} logits, neighbours, map"
+            with tqdm(running, desc=desc, unit="sae", disable=options.quiet, file=sys.stderr) as bar:
+                for r in bar:
+                    bar.set_postfix_str(r.job.id)
+                    _finish(r, model, corpus, store, ce[r.job.id], options)
+                    report.computed.append(r.job.id)
     except oom as e:
         raise AtlasError(f"out of memory on {device} at --batch-size {batch_size} ({e}); rerun with a smaller --batch-size") from e
 
