@@ -347,7 +347,8 @@ def measure_floor(inputs: dict, n_sae: int, n_prompts: int, repeat: int = 2) -> 
     the encoder's bare matrix product (x @ W_enc, no bias, no activation function, nothing kept),
     in the engine's CPU batches and row blocks. Best of `repeat`."""
     import torch
-    from generator.compute.engine import ENCODE_ELEMENTS, _forward_capture, _stop_layer
+    from generator.compute.engine import _forward_capture, _stop_layer
+    from generator.compute.options import chunk_elements
     from generator.compute.options import default_batch_size
     from generator.manifest import load_release
     from generator.sources.model import load_model
@@ -359,7 +360,7 @@ def measure_floor(inputs: dict, n_sae: int, n_prompts: int, repeat: int = 2) -> 
     batch = default_batch_size("cpu", inputs["context"])
     # The product in row blocks as the engine encodes (its output stays in cache: faster than one
     # product per batch at 4,096 features).
-    rows = max(1, ENCODE_ELEMENTS // n_sae // inputs["context"]) * inputs["context"]
+    rows = max(1, chunk_elements("cpu") // n_sae // inputs["context"]) * inputs["context"]
     with torch.inference_mode():
         model = load_model(release.model, "cpu", "float32")
         w_enc = load_sae(spec, "cpu", "float32").W_enc.detach()

@@ -237,6 +237,16 @@ def test_pass_two_replays_kept_batches_and_recomputes_the_rest_with_identical_re
     _assert_same_entries(_entries(cache, releases[0]), _entries(tmp_path, releases[0]))
 
 
+@pytest.mark.parametrize("replay_memory", [0, None])
+def test_encoding_a_batch_in_parts_gives_identical_results(built, tmp_path, monkeypatch, replay_memory):
+    import generator.compute.engine as engine
+
+    _, _, releases, cache, _ = built
+    monkeypatch.setattr(engine, "chunk_elements", lambda device: 2 * CONTEXT * D_SAE)  # 2 prompts per encoder call
+    compute_releases(releases, tmp_path, _options(batch_size=5, replay_memory=replay_memory))
+    _assert_same_entries(_entries(cache, releases[0]), _entries(tmp_path, releases[0]))
+
+
 def test_sparse_windows_equal_dense_windows():
     from generator.compute.stats import SparseActs, dense_windows
 

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from generator.compute.options import chunk_elements
 from generator.compute.weights import hook_layer
 from generator.sources.corpus import Corpus
 
@@ -29,9 +30,6 @@ class CeSae:
     prompts: int  # the first `prompts` prompts of the corpus (0: no CE loss)
 
 
-# Logits per fused loss chunk (tokens * d_vocab): a few MB of float32, so that the unembedding, the
-# soft cap and the log-sum-exp of a chunk run while it is still in cache.
-CE_LOGIT_ELEMENTS = 1 << 22
 # Rows per unembedding call are a multiple of this (the last chunk is padded with zero rows): a BLAS
 # matmul of a few rows can take another path whose results differ in the last bits, which would make
 # a prompt's loss depend on the batch it was computed in.
@@ -89,7 +87,7 @@ def _softcap(cfg) -> float | None:
 def _next_token_loss(model, resid: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """float32 [batch, pos - 1]: the loss of predicting tokens[:, 1:] from the final residual stream
     `resid` [batch, pos, d_model] (before ln_final), as TransformerLens's forward computes it after
-    its last block, CE_LOGIT_ELEMENTS logits at a time."""
+    its last block, `chunk_elements` logits at a time (on a CPU a few MB, which stay in cache)."""
     from transformer_lens.components import Unembed
 
     batch, pos = tokens.shape
@@ -112,7 +110,7 @@ def _next_token_loss(model, resid: torch.Tensor, tokens: torch.Tensor, mask: tor
     d_vocab = int(getattr(model.cfg, "d_vocab_out", -1) or -1)
     if d_vocab <= 0:
         d_vocab = int(model.cfg.d_vocab)
-    step = max(1, CE_LOGIT_ELEMENTS // d_vocab // CE_ROW_ALIGN) * CE_ROW_ALIGN
+    step = max(1, chunk_elements(x.device) // d_vocab // CE_ROW_ALIGN) * CE_ROW_ALIGN
     loss = torch.empty(x.shape[0], dtype=torch.float32, device=x.device)
     for lo in range(0, x.shape[0], step):
         rows = x[lo : lo + step]

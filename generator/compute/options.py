@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+import torch
+
 # Tokens per forward batch by device; the batch size in prompts is this // context.
 TOKENS_PER_BATCH = {"cuda": 8192, "mps": 4096, "cpu": 4096}
 
@@ -24,6 +26,18 @@ class ComputeOptions:
     # tens of seconds per process, too slow for tests and quick previews.
     pca_map: bool = False
     on_batch: Callable[[int, int], None] | None = None  # called with (pass, first prompt) after each batch
+
+
+# Elements of the dense intermediates (activations of an encoder call, logits of a chunk) the engine
+# handles at once: on a CPU a few MB, so they stay in cache between the passes over them; on an
+# accelerator large, so each kernel has enough work.
+CHUNK_ELEMENTS = {"cpu": 1 << 22}
+ACCELERATOR_CHUNK_ELEMENTS = 1 << 27
+
+
+def chunk_elements(device) -> int:
+    kind = device.type if isinstance(device, torch.device) else str(device).split(":")[0]
+    return CHUNK_ELEMENTS.get(kind, ACCELERATOR_CHUNK_ELEMENTS)
 
 
 def default_batch_size(device: str, context: int) -> int:

@@ -9,11 +9,12 @@ import warnings
 import numpy as np
 import torch
 
+from generator.compute.options import chunk_elements
+
 _BLOCK_HOOK = re.compile(r"^blocks\.(\d+)\.(.+)$")
 # Hooks whose activations live in the residual stream basis (output map = identity).
 _RESIDUAL_HOOKS = {"hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_mlp_out", "hook_attn_out"}
 CHUNK = 1024
-LOGIT_ELEMENTS = 1 << 22
 
 
 def hook_layer(hook: str) -> int | None:
@@ -55,7 +56,7 @@ def logit_effects(w_dec: torch.Tensor, out_map: torch.Tensor | None, w_u: torch.
         return pos_t, pos_v, neg_t, neg_v
     directions = w_dec.float() @ out_map.to(w_dec.device)
     w_u = w_u.float().to(w_dec.device)
-    step = max(1, LOGIT_ELEMENTS // w_u.shape[1])  # rows of logits per chunk: a few MB, kept in cache
+    step = max(1, chunk_elements(w_dec.device) // w_u.shape[1])  # rows of logits per chunk
     for lo in range(0, f, step):
         logits = directions[lo : lo + step] @ w_u
         v, t = logits.topk(n, dim=1)
