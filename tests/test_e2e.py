@@ -376,3 +376,14 @@ def test_render_alone_builds_the_same_site_without_torch(built_site, tmp_path):
                     built_site.cache, cwd=tmp_path, env={"PYTHONPATH": os.pathsep.join([str(blocker), str(ROOT)])})
     assert run.returncode == 0, run.stderr
     assert _snapshot(tmp_path / "site") == _snapshot(built_site.site)
+
+
+def test_compute_without_replay_memory_runs_the_model_twice_and_writes_identical_entries(built_site, tmp_path):
+    cache = tmp_path / "cache"
+    run = sae_atlas("compute", "--replay-memory", "0", "--batch-size", "7", "--content", built_site.content, "--cache", cache, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert "pass 2/2" in run.output
+    for entry in (built_site.cache / "sae").iterdir():
+        assert _snapshot(cache / "sae" / entry.name) == _snapshot(entry), entry.name
+    bad = sae_atlas("compute", "--replay-memory", "lots", "--content", built_site.content, "--cache", cache, cwd=tmp_path)
+    assert bad.returncode == 2 and "expected a size such as 0, 512M or 4G" in bad.stderr
