@@ -10,6 +10,7 @@ import torch
 
 from generator.compute import ce
 from generator.compute.ce import CeSae, ce_losses
+from generator.sources.corpus import Corpus
 from tests.fixtures import make_sae, model_config
 
 D_VOCAB, N_CTX, D_MODEL, N_PROMPTS, CONTEXT, D_SAE = 2000, 24, 32, 7, 20, 48
@@ -22,19 +23,8 @@ HOOKS = (
 )
 
 
-class _Corpus:
-    """What ce_losses reads of a Corpus."""
-
-    def __init__(self, tokens: np.ndarray):
-        self.tokens = tokens
-
-    @property
-    def n_prompts(self) -> int:
-        return int(self.tokens.shape[0])
-
-    @property
-    def context(self) -> int:
-        return int(self.tokens.shape[1])
+def _Corpus(tokens: np.ndarray) -> Corpus:
+    return Corpus("test", tokens, [])
 
 
 def _model(cls=None, seed: int = 0, **cfg):
