@@ -24,7 +24,6 @@ import io
 import json
 import os
 import platform
-import re
 import subprocess
 import sys
 import shutil
@@ -324,7 +323,10 @@ def write_release(inputs: dict, n_sae: int, n_prompts: int) -> Path:
     """A one-SAE release manifest over the benchmark inputs, in the content format."""
     root = inputs["root"]
     name = f"bench-{n_prompts}-{n_sae}"
-    layer, site = re.fullmatch(r"blocks\.(\d+)\.(.+)", inputs["hook"]).groups()  # type: ignore[union-attr]
+    from generator.compute.weights import hook_layer
+
+    layer = hook_layer(inputs["hook"])
+    site = inputs["hook"].removeprefix(f"blocks.{layer}.")
     path = root / "releases" / f"{name}.yaml"
     path.parent.mkdir(exist_ok=True)
     path.write_text(
