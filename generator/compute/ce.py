@@ -11,11 +11,13 @@ own runs TransformerLens's loss instead.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from generator.compute.options import chunk_elements
 from generator.compute.weights import hook_layer
@@ -203,13 +205,16 @@ def _ce_spliced(model, chunk: _CeChunk, hook: str, sae) -> list[float]:
 
 
 @torch.inference_mode()
-def ce_losses(model, corpus: Corpus, saes: list[CeSae], batch_size: int, device: str) -> dict[str, tuple[float | None, float | None]]:
+def ce_losses(
+    model, corpus: Corpus, saes: list[CeSae], batch_size: int, device: str, progress: str | None = None
+) -> dict[str, tuple[float | None, float | None]]:
     """Per SAE id: (clean, spliced) mean next-token loss over its first ce_prompts prompts.
 
     Per-prompt float64 loss sums are added in prompt order, so the result does not depend on the
     chunking. The clean forward runs once per chunk for every SAE of the model; it keeps the
     residual stream at each SAE's hook, and an SAE on a resid_pre/resid_post hook runs its spliced
-    forward from there (`start_at_layer`), others run the full forward with a splicing hook."""
+    forward from there (`start_at_layer`), others run the full forward with a splicing hook.
+    `progress`: the label of a progress bar over the prompts' forwards (None: no bar)."""
     wanted = {r.id: min(r.prompts, corpus.n_prompts) for r in saes}
     if corpus.context < 2:
         return {k: (None, None) for k in wanted}
@@ -220,13 +225,17 @@ def ce_losses(model, corpus: Corpus, saes: list[CeSae], batch_size: int, device:
     chunk = _ce_chunk(model, corpus.context, batch_size)
     clean_sums: list[float] = []
     spliced_sums: dict[str, list[float]] = {r.id: [] for r in saes}
-    for lo in range(0, n_total, chunk):
-        tokens = torch.from_numpy(np.array(corpus.tokens[lo : min(lo + chunk, n_total)])).long().to(device)
-        sums, state = _ce_clean(model, tokens, resid_hooks)
-        clean_sums.extend(sums)
-        for r in saes:
-            if lo < wanted[r.id]:
-                spliced_sums[r.id].extend(_ce_spliced(model, state, r.hook, r.sae))
+    forwards = n_total + sum(wanted.values())  # prompts through the model: clean, then each SAE's spliced
+    with tqdm(total=forwards, desc=progress, unit="prompt", disable=progress is None, file=sys.stderr) as bar:
+        for lo in range(0, n_total, chunk):
+            tokens = torch.from_numpy(np.array(corpus.tokens[lo : min(lo + chunk, n_total)])).long().to(device)
+            sums, state = _ce_clean(model, tokens, resid_hooks)
+            clean_sums.extend(sums)
+            bar.update(len(sums))
+            for r in saes:
+                if lo < wanted[r.id]:
+                    spliced_sums[r.id].extend(_ce_spliced(model, state, r.hook, r.sae))
+                    bar.update(min(len(sums), wanted[r.id] - lo))
 
     def mean(sums: list[float], n: int) -> float:
         return float(np.sum(np.asarray(sums[:n], np.float64)) / (n * (corpus.context - 1)))

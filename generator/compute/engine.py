@@ -156,7 +156,9 @@ def _compute_group(jobs: list[SaeJob], corpus: Corpus, store: CacheStore, option
             if elapsed > 0 and done_tokens:
                 report.tokens_per_second = done_tokens / elapsed
             replay.clear()
-            ce = ce_losses(model, corpus, [CeSae(r.job.id, r.hook, r.sae, r.job.release.compute.ce_prompts) for r in running], batch_size, device)
+            ce_saes = [CeSae(r.job.id, r.hook, r.sae, r.job.release.compute.ce_prompts) for r in running]
+            ce_bar = None if options.quiet else f"{release.model.id} CE loss"
+            ce = ce_losses(model, corpus, ce_saes, batch_size, device, progress=ce_bar)
             desc = f"{release.model.id} logits, neighbours, map"
             with tqdm(running, desc=desc, unit="sae", disable=options.quiet, file=sys.stderr) as bar:
                 for r in bar:
