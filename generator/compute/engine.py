@@ -211,7 +211,8 @@ def _encode(r: _Running, captured: dict[str, torch.Tensor], skip: int, first_pro
     step = max(1, chunk_elements(x_all.device) // max(1, context * n_features))
     for lo in range(0, x_all.shape[0], step):
         x = x_all[lo : lo + step].float()
-        acts = r.sae.encode(x).float()
+        acts = r.sae.encode(x)
+        acts = (acts.to_dense() if acts.layout != torch.strided else acts).float()  # some SAEs encode sparsely
         yield x, acts, SparseActs.from_dense(acts.reshape(-1, acts.shape[-1]), first_prompt + lo, context)
 
 
