@@ -247,8 +247,8 @@ def test_encoding_a_batch_in_parts_gives_identical_results(built, tmp_path, monk
     _assert_same_entries(_entries(cache, releases[0]), _entries(tmp_path, releases[0]))
 
 
-def test_sparse_windows_equal_dense_windows():
-    from generator.compute.stats import SparseActs, dense_windows
+def test_sparse_windows_equal_the_dense_activations_around_each_token():
+    from generator.compute.stats import SparseActs
 
     g = torch.Generator().manual_seed(3)
     acts = torch.rand(4, 10, 7, generator=g)
@@ -257,7 +257,13 @@ def test_sparse_windows_equal_dense_windows():
     token = torch.arange(40).repeat_interleave(7)
     feature = torch.arange(7).repeat(40)
     for before, after in ((0, 0), (3, 2), (12, 12)):
-        np.testing.assert_array_equal(sparse.windows(token, feature, before, after), dense_windows(acts, token, feature, before, after))
+        got = sparse.windows(token, feature, before, after)
+        for m in range(token.shape[0]):
+            b, t = divmod(int(token[m]), 10)
+            for j in range(before + 1 + after):
+                pos = t - before + j
+                want = float(acts[b, pos, feature[m]]) if 0 <= pos < 10 else 0.0
+                assert float(got[m, j]) == want, (m, j)
     empty = SparseActs.from_dense(torch.zeros(20, 7), 0, 10)
     assert not empty.windows(token[:5], feature[:5], 2, 2).any()
 
@@ -278,8 +284,9 @@ def test_sparse_decode_is_used_when_it_equals_the_dense_decode(brute):
                 sae.decode = dense_only
             r = engine._Running(None, sae, None, hook)
             with torch.inference_mode():
-                (x_b, acts_b, sparse), = engine._encode(r, {hook: x}, 0, 0)  # one part: the fixture is small
-                got = engine._decode(r, acts_b, sparse)
+                (acts_b, sparse), = engine._encode(r, {hook: x}, 0, 0)  # one part: the fixture is small
+                engine._check_sparse_decode(r, acts_b, sparse)
+                got = engine._decode(r, sparse)
                 want = type(sae).decode(sae, acts_b).float().reshape(got.shape)
             assert r.sparse_decode is sparse_ok, sae_id
             torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5 * float(want.abs().max()))

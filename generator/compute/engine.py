@@ -34,7 +34,7 @@ from generator.cache import (
 from generator.compute.ce import CeSae, ce_losses
 from generator.compute.options import ComputeOptions, chunk_elements, default_batch_size
 from generator.compute.replay import Replay, replay_budget
-from generator.compute.stats import FeatureStats, SparseActs, dense_windows
+from generator.compute.stats import FeatureStats, SparseActs
 from generator.compute.weights import (
     cluster_ids,
     cosine_neighbours,
@@ -201,42 +201,45 @@ def _save_checkpoint(r: _Running, store: CacheStore) -> None:
 # -- the passes -----------------------------------------------------------------------------------
 
 
-def _encode(r: _Running, captured: dict[str, torch.Tensor], skip: int, first_prompt: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, SparseActs]]:
+def _encode(r: _Running, captured: dict[str, torch.Tensor], skip: int, first_prompt: int) -> Iterator[tuple[torch.Tensor, SparseActs]]:
     """The batch's prompts from `skip` on (the first being `first_prompt`), a few prompts at a time:
-    the SAE's input x (the hook's activations), its dense activations [b, T, F] and their firing
-    entries. On a CPU a call's activations stay in cache while the bias, the activation function and
-    the search for firing entries pass over them (1.8x faster at 4,096 features than whole batches)."""
+    the SAE's dense activations [b, T, F] and their firing entries. On a CPU a call's activations
+    stay in cache while the bias, the activation function and the search for firing entries pass
+    over them (1.8x faster at 4,096 features than whole batches)."""
     x_all = captured[r.hook][skip:]
     context, n_features = x_all.shape[1], int(r.sae.cfg.d_sae)
     step = max(1, chunk_elements(x_all.device) // max(1, context * n_features))
     for lo in range(0, x_all.shape[0], step):
-        x = x_all[lo : lo + step].float()
-        acts = r.sae.encode(x)
+        acts = r.sae.encode(x_all[lo : lo + step].float())
         acts = (acts.to_dense() if acts.layout != torch.strided else acts).float()  # some SAEs encode sparsely
-        yield x, acts, SparseActs.from_dense(acts.reshape(-1, acts.shape[-1]), first_prompt + lo, context)
+        yield acts, SparseActs.from_dense(acts.reshape(-1, acts.shape[-1]), first_prompt + lo, context)
 
 
-def _decode(r: _Running, acts: torch.Tensor, sparse: SparseActs) -> torch.Tensor:
-    """The SAE's reconstruction of the batch, flattened to [B * T, d_in].
-
-    With few features firing per token, decoding the sparse batch (CSR @ W_dec) is many times
-    cheaper than the dense product. Whether the SAE's `decode` accepts a sparse batch and gives the
-    dense result (up to float rounding) is checked once, on the first batch; else dense it is."""
+def _check_sparse_decode(r: _Running, acts: torch.Tensor, sparse: SparseActs) -> None:
+    """Decide, on the first part of the first batch, whether the SAE's `decode` accepts a sparse
+    batch and gives the dense result (up to float rounding); `r.sparse_decode` records it."""
     n = sparse.n_tokens
-    if r.sparse_decode is not False:
-        try:
-            out = r.sae.decode(sparse.csr()).float().reshape(n, -1)
-        except (RuntimeError, NotImplementedError, TypeError, ValueError):
-            out = None
-        if r.sparse_decode is None:
-            dense = r.sae.decode(acts).float().reshape(n, -1)
-            scale = float(dense.abs().max()) if dense.numel() else 0.0
-            r.sparse_decode = out is not None and out.shape == dense.shape and torch.allclose(out, dense, rtol=1e-4, atol=1e-5 * max(scale, 1e-12))
-            return out if r.sparse_decode else dense
-        if out is not None:
-            return out
+    try:
+        out = r.sae.decode(sparse.csr()).float().reshape(n, -1)
+    except (RuntimeError, NotImplementedError, TypeError, ValueError):
         r.sparse_decode = False
-    return r.sae.decode(acts).float().reshape(n, -1)
+        return
+    dense = r.sae.decode(acts).float().reshape(n, -1)
+    scale = float(dense.abs().max()) if dense.numel() else 0.0
+    r.sparse_decode = out.shape == dense.shape and torch.allclose(out, dense, rtol=1e-4, atol=1e-5 * max(scale, 1e-12))
+
+
+def _decode(r: _Running, sparse: SparseActs) -> torch.Tensor:
+    """The SAE's reconstruction of the batch, flattened to [B * T, d_in]. With few features firing
+    per token, decoding the sparse batch (CSR @ W_dec) is many times cheaper than the dense product;
+    it is used when `_check_sparse_decode` found it equal to the dense one."""
+    n = sparse.n_tokens
+    if r.sparse_decode:
+        try:
+            return r.sae.decode(sparse.csr()).float().reshape(n, -1)
+        except (RuntimeError, NotImplementedError, TypeError, ValueError):
+            r.sparse_decode = False
+    return r.sae.decode(sparse.to_dense()).float().reshape(n, -1)
 
 
 def _run_pass(pass_no: int, model, running: list[_Running], corpus: Corpus, store: CacheStore, options: ComputeOptions, batch_size: int, replay: Replay) -> int:
@@ -277,20 +280,23 @@ def _run_pass(pass_no: int, model, running: list[_Running], corpus: Corpus, stor
                 captured = _forward_capture(model, tokens, hooks, stop_at_layer)
             for r, first, kept in todo:
                 st = r.job.release.compute
-                if kept is not None:
-                    for sparse in kept:
-                        r.stats.update_pass2(sparse, functools.partial(sparse.windows, before=st.context_before, after=st.context_after))
-                else:
+                if kept is None:
                     parts = []
-                    for x, acts, sparse in _encode(r, captured, first - p0, first):
-                        windows = functools.partial(dense_windows, acts, before=st.context_before, after=st.context_after)
-                        if pass_no == 1:
-                            r.stats.update_pass1(sparse, windows, x, _decode(r, acts, sparse))
-                            parts.append(sparse)
-                        else:
-                            r.stats.update_pass2(sparse, windows)
-                    if pass_no == 1:
-                        replay.add(r.job.id, parts)
+                    for acts, sparse in _encode(r, captured, first - p0, first):
+                        if r.sparse_decode is None:
+                            _check_sparse_decode(r, acts, sparse)
+                        parts.append(sparse)
+                    acts = None  # the last dense part, freed before the statistics
+                    sparse = SparseActs.concat(parts)
+                else:
+                    sparse = kept
+                windows = functools.partial(sparse.windows, before=st.context_before, after=st.context_after)
+                if pass_no == 1:
+                    x = captured[r.hook][first - p0 :].float()
+                    r.stats.update_pass1(sparse, windows, x, _decode(r, sparse))
+                    replay.add(r.job.id, sparse)
+                else:
+                    r.stats.update_pass2(sparse, windows)
                 r.stats.prompts_done = p0 + nb
             bar.update(nb * context)
             batches += 1

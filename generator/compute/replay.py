@@ -44,30 +44,28 @@ def replay_budget(device: str, requested: int | None) -> int:
 
 
 class Replay:
-    """Firing entries per (SAE id, first prompt of the batch): the batch's consecutive parts, on the
-    device that computed them."""
+    """Firing entries per (SAE id, first prompt of the batch), on the device that computed them."""
 
     def __init__(self, budget: int):
         self.budget = budget
         self.used = 0
         self.full = False  # once a batch did not fit, no later batch is kept
-        self._kept: dict[tuple[str, int], list[SparseActs]] = {}
+        self._kept: dict[tuple[str, int], SparseActs] = {}
 
-    def add(self, sae_id: str, parts: list[SparseActs]) -> None:
-        nbytes = sum(p.nbytes for p in parts)
-        if not parts or self.full or self.used + nbytes > self.budget:
+    def add(self, sae_id: str, acts: SparseActs) -> None:
+        if self.full or self.used + acts.nbytes > self.budget:
             self.full = True
             return
-        self._kept[(sae_id, parts[0].first_prompt)] = parts
-        self.used += nbytes
+        self._kept[(sae_id, acts.first_prompt)] = acts
+        self.used += acts.nbytes
 
-    def take(self, sae_id: str, first_prompt: int, n_prompts: int) -> list[SparseActs] | None:
-        """The kept parts of exactly these prompts (removed from the store), or None."""
-        parts = self._kept.pop((sae_id, first_prompt), None)
-        if parts is None:
+    def take(self, sae_id: str, first_prompt: int, n_prompts: int) -> SparseActs | None:
+        """The kept entries of exactly these prompts (removed from the store), or None."""
+        acts = self._kept.pop((sae_id, first_prompt), None)
+        if acts is None:
             return None
-        self.used -= sum(p.nbytes for p in parts)
-        return parts if sum(p.n_prompts for p in parts) == n_prompts else None
+        self.used -= acts.nbytes
+        return acts if acts.n_prompts == n_prompts else None
 
     def clear(self) -> None:
         self._kept.clear()

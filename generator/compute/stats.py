@@ -2,8 +2,7 @@
 
 Pass 1 (per batch): max, non-zero count, top-k examples with their windows, reconstruction sums.
 Pass 2 (needs the final max): histogram of non-zero activations and interval samples.
-Both take a batch as its firing entries (`SparseActs`); windows come from the dense batch in pass 1
-and from the sparse entries (binary search) when pass 2 replays them.
+Both take a batch as its firing entries (`SparseActs`), and the example windows come from them.
 
 Every reduction is exact and order-independent (integer counts, fixed-point sums, max, top-k over
 unique int64 keys), so results do not depend on the batch size and a resumed run is identical.
@@ -96,6 +95,23 @@ class SparseActs:
         key = torch.nonzero(values > 0).squeeze(1)
         return cls(key, values[key], first_prompt, n // max(context, 1), context, f)
 
+    @classmethod
+    def concat(cls, parts: list["SparseActs"]) -> "SparseActs":
+        """Consecutive parts of a batch (each starting where the previous one ends) as one."""
+        if len(parts) == 1:
+            return parts[0]
+        first = parts[0]
+        per_prompt = first.context * first.n_features
+        key = torch.cat([p.key + (p.first_prompt - first.first_prompt) * per_prompt for p in parts])
+        value = torch.cat([p.value for p in parts])
+        return cls(key, value, first.first_prompt, sum(p.n_prompts for p in parts), first.context, first.n_features)
+
+    def to_dense(self) -> torch.Tensor:
+        """f32 [B * T, F]."""
+        out = torch.zeros(self.n_tokens * self.n_features, dtype=torch.float32, device=self.value.device)
+        out[self.key] = self.value
+        return out.reshape(self.n_tokens, self.n_features)
+
     @property
     def token(self) -> torch.Tensor:
         return self.key // self.n_features
@@ -133,8 +149,9 @@ class SparseActs:
         return self._by_feature
 
     def windows(self, token: torch.Tensor, feature: torch.Tensor, before: int, after: int) -> torch.Tensor:
-        """f32 [M, W] activations of `feature` around in-batch `token` (as `dense_windows`): a window's
-        entries are one contiguous run of the feature-major order, found by two binary searches."""
+        """f32 [M, W] activations of `feature` around in-batch `token`: slot j is position
+        t - before + j of the token's prompt, 0 outside it. A window's entries are one contiguous
+        run of the feature-major order, found by two binary searches."""
         out = torch.zeros((token.shape[0], before + 1 + after), dtype=torch.float32, device=token.device)
         if self.key.numel() == 0 or token.numel() == 0:
             return out
@@ -153,18 +170,6 @@ class SparseActs:
         slot = fkey[entry] - base[row] - (token[row] - before)
         out[row, slot] = fvalue[entry]
         return out
-
-
-def dense_windows(acts: torch.Tensor, token: torch.Tensor, feature: torch.Tensor, before: int, after: int) -> torch.Tensor:
-    """Windows of activations: acts [B, T, F]; token (in-batch flat index b * T + t) and feature [M].
-    Returns float32 [M, W]; slot j is position t - before + j, 0 outside the prompt."""
-    t_count, n_features = acts.shape[1], acts.shape[2]
-    b, t = token // t_count, token % t_count
-    pos = t[:, None] + torch.arange(-before, after + 1, device=acts.device)
-    valid = (pos >= 0) & (pos < t_count)
-    index = (b[:, None] * t_count + pos.clamp(0, t_count - 1)) * n_features + feature[:, None]
-    out = acts.reshape(-1)[index]
-    return torch.where(valid, out, torch.zeros_like(out))
 
 
 def segmented_top(group: torch.Tensor, keys: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
