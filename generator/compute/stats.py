@@ -128,9 +128,6 @@ class SparseActs:
     def nbytes(self) -> int:
         return self.key.numel() * self.key.element_size() + self.value.numel() * self.value.element_size()
 
-    def to(self, device) -> "SparseActs":
-        return SparseActs(self.key.to(device), self.value.to(device), self.first_prompt, self.n_prompts, self.context, self.n_features)
-
     def csr(self) -> torch.Tensor:
         """The batch as a sparse CSR matrix [B * T, F]."""
         n = self.n_tokens
