@@ -2,6 +2,7 @@
 
     python bench/gpu_full_sae.py            # needs CUDA; goal: under 3 minutes of compute
     python bench/gpu_full_sae.py --tiny     # shrunk, on the CPU: checks that the script works
+    python bench/gpu_full_sae.py --device cpu --prompts 64   # full-size shapes, few tokens, on the CPU
 
 A random GPT-2-small-shaped TransformerLens model (12 layers, d_model 768, vocab 50,257, n_ctx 128;
 built from a HookedTransformerConfig, no download), one random 24,576-feature StandardSAE on
@@ -41,6 +42,7 @@ def gpt2_small_config(tiny: bool) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tiny", action="store_true", help="shrink everything and run on the CPU (a smoke test)")
+    ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda", help="cpu: the full-size shapes on the CPU (use few --prompts)")
     ap.add_argument("--features", type=int, help="SAE width (default 24,576; --tiny: 512)")
     ap.add_argument("--prompts", type=int, help="prompts of n_ctx tokens (default 24,576; --tiny: 256)")
     ap.add_argument("--density", type=float, default=0.003, help="fraction of tokens each random feature fires on"
@@ -53,6 +55,9 @@ def main() -> None:
     if args.tiny:
         device = "cpu"
         hook = "blocks.2.hook_resid_pre"
+    elif args.device == "cpu":
+        device = "cpu"
+        hook = "blocks.8.hook_resid_pre"
     else:
         if not torch.cuda.is_available():
             sys.exit(

@@ -36,3 +36,11 @@ def test_umap_map_of_few_features_uses_all_of_them_as_neighbours():
     w_dec, _ = _clustered_directions(n_clusters=2, per_cluster=9)
     coords = umap_coords(w_dec, 50, seed=1)  # more neighbours asked for than there are other features
     assert coords.shape == (18, 2) and np.isfinite(coords).all()
+
+
+def test_umap_map_from_a_shared_neighbour_search_is_the_same_map():
+    from generator.compute.weights import cosine_neighbours
+
+    w_dec, _ = _clustered_directions(n_clusters=3, per_cluster=30)
+    index, cosine = cosine_neighbours(w_dec, w_dec, 20, exclude_self=True)  # more than the map needs
+    np.testing.assert_array_equal(umap_coords(w_dec, 15, seed=2, knn=(index, cosine)), umap_coords(w_dec, 15, seed=2))

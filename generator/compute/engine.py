@@ -44,6 +44,7 @@ from generator.compute.weights import (
     map_method,
     output_map,
     umap_coords,
+    umap_neighbour_count,
 )
 from generator.errors import AtlasError, InputError, Problem
 from generator.manifest import Release, SaeSpec, SetSpec
@@ -352,9 +353,13 @@ def _finish(r: _Running, model, corpus: Corpus, store: CacheStore, ce: tuple[flo
     if out_map is not None and out_map.shape[0] != w_dec.shape[1]:
         out_map = None
     pos_t, pos_v, neg_t, neg_v = logit_effects(w_dec, out_map, model.W_U.detach(), s.logits)
-    nb_index, nb_cos = cosine_neighbours(w_dec, w_dec, s.neighbours, exclude_self=True)
+    # One decoder-cosine search serves the neighbours shown and the map's neighbour graph.
+    k_map = umap_neighbour_count(w_dec.shape[0], s.umap_neighbours)
+    nb_index, nb_cos = cosine_neighbours(w_dec, w_dec, max(s.neighbours, k_map - 1), exclude_self=True)
     method = map_method(w_dec.shape[0], options.pca_map)
-    coords = umap_coords(w_dec.cpu(), s.umap_neighbours, s.seed, method, epochs=s.umap_epochs)
+    knn = (nb_index[:, : k_map - 1], nb_cos[:, : k_map - 1])
+    coords = umap_coords(w_dec.cpu(), s.umap_neighbours, s.seed, method, epochs=s.umap_epochs, knn=knn)
+    nb_index, nb_cos = np.ascontiguousarray(nb_index[:, : s.neighbours]), np.ascontiguousarray(nb_cos[:, : s.neighbours])
     arrays.update(
         pos_logit_token=pos_t, pos_logit_value=pos_v, neg_logit_token=neg_t, neg_logit_value=neg_v,
         neighbour_index=nb_index, neighbour_cosine=nb_cos,

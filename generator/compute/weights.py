@@ -100,19 +100,29 @@ def map_method(n_features: int, pca_map: bool = False) -> str:
     return "pca" if pca_map or n_features < UMAP_MIN_FEATURES else "umap"
 
 
-def umap_coords(w_dec: torch.Tensor, n_neighbours: int, seed: int, method: str = "umap", epochs: int = 200) -> np.ndarray:
+def umap_neighbour_count(n_features: int, n_neighbours: int) -> int:
+    """UMAP's n_neighbors (the point itself included) for a map of n_features points."""
+    return max(2, min(n_neighbours, n_features - 1))
+
+
+def umap_coords(
+    w_dec: torch.Tensor, n_neighbours: int, seed: int, method: str = "umap", epochs: int = 200,
+    knn: tuple[np.ndarray, np.ndarray] | None = None,
+) -> np.ndarray:
     """2-D map of the decoder directions: UMAP (cosine metric), or their first two principal
-    components when method == "pca"."""
+    components when method == "pca". `knn`: each row's nearest other rows by decoder cosine, as
+    `cosine_neighbours(w_dec, w_dec, k - 1, exclude_self=True)` gives them (computed when None)."""
     x = unit_rows(w_dec).cpu().numpy().astype(np.float32)
     f = x.shape[0]
     if method == "pca":
         return _pca2(x)
     import umap
 
-    k = max(2, min(n_neighbours, f - 1))
+    k = umap_neighbour_count(f, n_neighbours)
     # Exact cosine neighbours by matrix product (umap-learn's own search is an O(F^2) loop below
     # 4,096 points and approximate above), in umap-learn's layout: each point first, at distance 0.
-    index, cosine = cosine_neighbours(torch.from_numpy(x), torch.from_numpy(x), k - 1, exclude_self=True)
+    index, cosine = knn if knn is not None else cosine_neighbours(torch.from_numpy(x), torch.from_numpy(x), k - 1, exclude_self=True)
+    index, cosine = index[:, : k - 1], cosine[:, : k - 1]
     knn_index = np.concatenate([np.arange(f, dtype=np.int64)[:, None], index.astype(np.int64)], 1)
     knn_dist = np.concatenate([np.zeros((f, 1), np.float32), np.clip(1.0 - cosine, 0.0, 2.0)], 1)
     reducer = umap.UMAP(
