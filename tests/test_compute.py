@@ -226,14 +226,18 @@ def test_pass_two_replays_kept_batches_and_recomputes_the_rest_with_identical_re
     if replay_memory == "first batch":  # room for the first batch of every SAE (12 bytes per firing entry), not two
         replay_memory = int(1.5 * 12 * sum(int((acts[:3] > 0).sum()) for acts, *_ in brute[2].values()))
     forwards = _count_forwards(monkeypatch)
-    compute_releases(releases, tmp_path, _options(batch_size=3, replay_memory=replay_memory))
-    n_batches = -(-N_PROMPTS // 3)
+    report = compute_releases(releases, tmp_path, _options(batch_size=3, replay_memory=replay_memory))
+    n_batches, n_saes = -(-N_PROMPTS // 3), len(releases[0].saes())
+    assert report.replayed + report.recomputed == n_batches * n_saes
     if replay_memory is None:
         assert len(forwards) == n_batches  # everything kept: one pass over the model
+        assert report.replayed == n_batches * n_saes
     elif replay_memory == 0:
         assert len(forwards) == 2 * n_batches  # nothing kept: the model runs again in pass 2
+        assert report.replayed == 0
     else:
         assert len(forwards) == 2 * n_batches - 1  # the first batch kept, the rest recomputed
+        assert n_saes <= report.replayed < 2 * n_saes  # the first batch, perhaps part of the second
     _assert_same_entries(_entries(cache, releases[0]), _entries(tmp_path, releases[0]))
 
 

@@ -73,6 +73,8 @@ class ComputeReport:
     cached: list[str] = field(default_factory=list)  # SAE ids whose entry already existed
     sets: list[str] = field(default_factory=list)  # set entries written
     tokens_per_second: float = 0.0
+    replayed: int = 0  # (SAE, batch) pairs of pass 2 replayed from memory
+    recomputed: int = 0  # (SAE, batch) pairs of pass 2 that ran the model and the encoder again
 
 
 def plan_jobs(releases: list[Release]) -> list[SaeJob]:
@@ -156,6 +158,7 @@ def _compute_group(jobs: list[SaeJob], corpus: Corpus, store: CacheStore, option
             elapsed = time.perf_counter() - started
             if elapsed > 0 and done_tokens:
                 report.tokens_per_second = done_tokens / elapsed
+            _report_replay(release.model.id, replay, report, options)
             replay.clear()
             ce_saes = [CeSae(r.job.id, r.hook, r.sae, r.job.release.compute.ce_prompts) for r in running]
             ce_bar = None if options.quiet else f"{release.model.id} CE loss"
@@ -168,6 +171,18 @@ def _compute_group(jobs: list[SaeJob], corpus: Corpus, store: CacheStore, option
                     report.computed.append(r.job.id)
     except oom as e:
         raise AtlasError(f"out of memory on {device} at --batch-size {batch_size} ({e}); rerun with a smaller --batch-size") from e
+
+
+def _report_replay(model_id: str, replay: Replay, report: ComputeReport, options: ComputeOptions) -> None:
+    report.replayed += replay.replayed
+    report.recomputed += replay.missed
+    total = replay.replayed + replay.missed
+    if total and not options.quiet:
+        print(
+            f"{model_id}: pass 2 replayed {replay.replayed} of {total} SAE batches from memory"
+            f" ({replay.peak / 2**20:,.1f} MiB at most, budget {replay.budget / 2**20:,.0f} MiB; --replay-memory)",
+            file=sys.stderr,
+        )
 
 
 def _check_hooks(model, jobs: list[SaeJob]) -> None:

@@ -50,6 +50,9 @@ class Replay:
         self.budget = budget
         self.used = 0
         self.full = False  # once a batch did not fit, no later batch is kept
+        self.peak = 0  # most bytes kept at once
+        self.replayed = 0  # (SAE, batch) pairs pass 2 took from here
+        self.missed = 0  # (SAE, batch) pairs pass 2 asked for and had to recompute
         self._kept: dict[tuple[str, int], SparseActs] = {}
 
     def add(self, sae_id: str, acts: SparseActs) -> None:
@@ -58,14 +61,18 @@ class Replay:
             return
         self._kept[(sae_id, acts.first_prompt)] = acts
         self.used += acts.nbytes
+        self.peak = max(self.peak, self.used)
 
     def take(self, sae_id: str, first_prompt: int, n_prompts: int) -> SparseActs | None:
         """The kept entries of exactly these prompts (removed from the store), or None."""
         acts = self._kept.pop((sae_id, first_prompt), None)
-        if acts is None:
+        if acts is not None:
+            self.used -= acts.nbytes
+        if acts is None or acts.n_prompts != n_prompts:
+            self.missed += 1
             return None
-        self.used -= acts.nbytes
-        return acts if acts.n_prompts == n_prompts else None
+        self.replayed += 1
+        return acts
 
     def clear(self) -> None:
         self._kept.clear()
