@@ -1,8 +1,10 @@
 """compute_releases: per model, two passes over the corpus in batches, each batch feeding every
-pending SAE of that model; then the weights-only parts; one cache entry per SAE.
+pending SAE of that model (pass 2 replays pass 1's firing activations from memory where they fit,
+so the model usually runs once); then the CE loss and the weights-only parts; one cache entry per SAE.
 
     plan (sorted SAE jobs, shard slice, skip cached) -> per (model, corpus) group:
-      corpus tokens -> load model + SAEs -> pass 1 -> pass 2 -> CE loss -> weights -> write entries
+      corpus tokens -> load model + SAEs -> pass 1 (keep) -> pass 2 (replay) -> CE loss -> weights
+      -> write entries
     -> cross-layer neighbours per Set
 """
 
