@@ -806,19 +806,23 @@
     // Neighbours
     if ((rec.nb && rec.nb.length) || (rec.xnb && rec.xnb.length)) {
       var nbs = el('div', 'fv-two');
+      // One neighbour: a link (its index, and its label when it is in this SAE) and the cosine.
+      var nbItem = function (href, idx, label, cos) {
+        var li = el('li');
+        var a = el('a', 'nb-link');
+        a.href = href;
+        a.appendChild(el('span', 'nb-idx', idx));
+        if (label) a.appendChild(label);
+        li.appendChild(a);
+        li.appendChild(el('span', 'nb-cos', fmt(cos)));
+        li.title = 'decoder cosine ' + cos;
+        return li;
+      };
       if (rec.nb && rec.nb.length) {
         var ns = section('Decoder neighbours');
         var ul = el('ul', 'nb-list');
         rec.nb.forEach(function (pair) {
-          var li = el('li');
-          var a = el('a', 'nb-link');
-          a.href = '#' + pair[0];
-          a.appendChild(el('span', 'nb-idx', '#' + pair[0]));
-          a.appendChild(self.fillLabel(el('span', 'nb-label'), pair[0]));
-          li.appendChild(a);
-          li.appendChild(el('span', 'nb-cos', fmt(pair[1])));
-          li.title = 'decoder cosine ' + pair[1];
-          ul.appendChild(li);
+          ul.appendChild(nbItem('#' + pair[0], '#' + pair[0], self.fillLabel(el('span', 'nb-label'), pair[0]), pair[1]));
         });
         ns.appendChild(ul);
         nbs.appendChild(ns);
@@ -827,15 +831,8 @@
         var xs = section('Other layers');
         var xul = el('ul', 'nb-list');
         rec.xnb.forEach(function (q) {
-          var li = el('li');
-          var a = el('a', 'nb-link');
           var href = String(q[1] || '');
-          a.href = href.indexOf('#') >= 0 ? href : href + '#' + q[2];
-          a.appendChild(el('span', 'nb-idx', String(q[0]) + ':' + q[2]));
-          li.appendChild(a);
-          li.appendChild(el('span', 'nb-cos', fmt(q[3])));
-          li.title = 'decoder cosine ' + q[3];
-          xul.appendChild(li);
+          xul.appendChild(nbItem(href.indexOf('#') >= 0 ? href : href + '#' + q[2], String(q[0]) + ':' + q[2], null, q[3]));
         });
         xs.appendChild(xul);
         nbs.appendChild(xs);
