@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-import torch
-
 # Tokens per forward batch by device; the batch size in prompts is this // context.
 TOKENS_PER_BATCH = {"cuda": 8192, "mps": 4096, "cpu": 4096}
 
@@ -36,7 +34,8 @@ ACCELERATOR_CHUNK_ELEMENTS = 1 << 27
 
 
 def chunk_elements(device) -> int:
-    kind = device.type if isinstance(device, torch.device) else str(device).split(":")[0]
+    """For a torch.device or a name such as "cuda:1"."""
+    kind = getattr(device, "type", None) or str(device).split(":")[0]
     return CHUNK_ELEMENTS.get(kind, ACCELERATOR_CHUNK_ELEMENTS)
 
 
