@@ -23,20 +23,20 @@ def _shard(text: str) -> tuple[int, int]:
     return i, n
 
 
-_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+_SIZE_UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
 def _size(text: str) -> int:
     """Bytes from e.g. 0, 512M, 4G (binary units)."""
     t = text.strip().upper().removesuffix("B").removesuffix("I")
-    unit = t[-1:] if t[-1:] in _SIZE_UNITS and t[-1:] else ""
+    scale = _SIZE_UNITS.get(t[-1:], 1)
     try:
-        value = float(t[: len(t) - len(unit)])
+        value = float(t[:-1] if scale > 1 else t)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r}: expected a size such as 0, 512M or 4G") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"{text!r}: expected a size >= 0")
-    return int(value * _SIZE_UNITS[unit])
+    return int(value * scale)
 
 
 def _parser() -> argparse.ArgumentParser:
