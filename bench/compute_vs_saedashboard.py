@@ -587,26 +587,6 @@ def main() -> None:
             f"ratio at {big_tokens:,} tokens x {big_features:,} features: {speedup_big:.1f}x"
             + (f" (SAEDashboard time extrapolated from {n_sub} features)" if n_sub < big_features else "")
         )
-        if args.json:
-            args.json.write_text(
-                json.dumps(
-                    {
-                        "plan": plan.__dict__,
-                        "dashboard_base": theirs_base,
-                        "dashboard_big": theirs_big,
-                        "dashboard_big_extrapolated_seconds": theirs_big_seconds,
-                        "ours_base": ours_base,
-                        "ours_big": ours_big,
-                        "token_scaling": token_scaling,
-                        "feature_scaling": feature_scaling,
-                        "problems": problems,
-                        "speedup": speedup,
-                        "speedup_big": speedup_big,
-                    },
-                    indent=1,
-                    default=str,
-                )
-            )
         lfl, lfl_big = like_for_like(ours_base), like_for_like(ours_big)
         print(
             f"like for like (ours without the CE loss, UMAP and clusters, which SAEDashboard does not compute):"
@@ -623,9 +603,27 @@ def main() -> None:
                 f" encoder can be more than {theirs_s / fl['total']:.0f}x faster than SAEDashboard here"
             )
         if args.json:
-            data = json.loads(args.json.read_text())
-            data.update(floors=floors, like_for_like={"base": lfl, "big": lfl_big})
-            args.json.write_text(json.dumps(data, indent=1, default=str))
+            args.json.write_text(
+                json.dumps(
+                    {
+                        "plan": plan.__dict__,
+                        "dashboard_base": theirs_base,
+                        "dashboard_big": theirs_big,
+                        "dashboard_big_extrapolated_seconds": theirs_big_seconds,
+                        "ours_base": ours_base,
+                        "ours_big": ours_big,
+                        "token_scaling": token_scaling,
+                        "feature_scaling": feature_scaling,
+                        "problems": problems,
+                        "speedup": speedup,
+                        "speedup_big": speedup_big,
+                        "like_for_like": {"base": lfl, "big": lfl_big},
+                        "floors": floors,
+                    },
+                    indent=1,
+                    default=str,
+                )
+            )
         print(f"load average {os.getloadavg()[0]:.1f} at the end (other work on the machine skews both sides)")
         print(f"speedup_vs_saedashboard={speedup:.1f}")
         if problems:
