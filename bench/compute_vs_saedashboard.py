@@ -240,7 +240,7 @@ def extrapolate_dashboard(result: dict, all_features: int) -> float:
 # What the engine spends its time on: (module or class, attribute, label). Exclusive time: a stage's
 # time excludes the stages it calls. Functions missing from the engine are skipped.
 def _stage_targets() -> list[tuple[object, str, str]]:
-    import generator.compute.ce as ce
+    import generator.backends.transformer_lens_ce as ce
     import generator.compute.engine as engine
     import generator.compute.stats as stats
     from sae_lens import StandardSAE
@@ -323,7 +323,7 @@ def write_release(inputs: dict, n_sae: int, n_prompts: int) -> Path:
     """A one-SAE release manifest over the benchmark inputs, in the content format."""
     root = inputs["root"]
     name = f"bench-{n_prompts}-{n_sae}"
-    from generator.compute.weights import hook_layer
+    from generator.backends.transformer_lens import hook_layer
 
     layer = hook_layer(inputs["hook"])
     site = inputs["hook"].removeprefix(f"blocks.{layer}.")
@@ -349,7 +349,7 @@ def measure_floor(inputs: dict, n_sae: int, n_prompts: int, repeat: int = 2) -> 
     the encoder's bare matrix product (x @ W_enc, no bias, no activation function, nothing kept),
     in the engine's CPU batches and row blocks. Best of `repeat`."""
     import torch
-    from generator.compute.engine import _forward_capture, _stop_layer
+    from generator.compute.engine import _forward_capture
     from generator.compute.options import chunk_elements
     from generator.compute.options import default_batch_size
     from generator.manifest import load_release
@@ -365,13 +365,13 @@ def measure_floor(inputs: dict, n_sae: int, n_prompts: int, repeat: int = 2) -> 
     rows = max(1, chunk_elements("cpu") // n_sae // inputs["context"]) * inputs["context"]
     with torch.inference_mode():
         model = load_model(release.model, "cpu", "float32")
-        w_enc = load_sae(spec, "cpu", "float32").W_enc.detach()
+        w_enc = load_sae(spec, "cpu", "float32").module.W_enc.detach()
         best = {"forward": float("inf"), "encoder matmul": float("inf")}
         for _ in range(max(1, repeat)):
             fwd = mm = 0.0
             for lo in range(0, n_prompts, batch):
                 t0 = time.perf_counter()
-                x = _forward_capture(model, tokens[lo : lo + batch], [inputs["hook"]], _stop_layer([inputs["hook"]]))[inputs["hook"]]
+                x = _forward_capture(model, tokens[lo : lo + batch], [inputs["hook"]])[inputs["hook"]]
                 t1 = time.perf_counter()
                 x = x.reshape(-1, x.shape[-1])
                 for r0 in range(0, x.shape[0], rows):

@@ -69,7 +69,9 @@ def model_identity(release: Release) -> str:
     m = release.model
     if m.path is not None:
         return "path:" + _memo_digest(m.path)
-    return "tl:" + str(m.transformer_lens)
+    from generator.backends.transformer_lens import identity
+
+    return "tl:" + orjson.dumps(identity(m)).decode()
 
 
 def corpus_key(release: Release) -> str:

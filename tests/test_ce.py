@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from generator.compute import ce
-from generator.compute.ce import CeSae, ce_losses
+from generator.backends import transformer_lens_ce as ce
+from generator.backends.saelens import SaeLensSae
+from generator.backends import CeSae
+from generator.backends.transformer_lens_ce import ce_losses
 from generator.sources.corpus import Corpus
 from tests.fixtures import make_sae, model_config
 
@@ -45,7 +47,7 @@ def _saes(model) -> list[CeSae]:
     for i, hook in enumerate(HOOKS):
         hook_z = hook.endswith("hook_z")
         d_in = model.cfg.n_heads * model.cfg.d_head if hook_z else model.cfg.d_model
-        out.append(CeSae(f"sae{i}", hook, make_sae(d_in, D_SAE, "standard", hook, seed=i + 1, hook_z=hook_z), N_PROMPTS))
+        out.append(CeSae(f"sae{i}", SaeLensSae(make_sae(d_in, D_SAE, "standard", hook, seed=i + 1, hook_z=hook_z)), N_PROMPTS))
     return out
 
 
@@ -64,7 +66,7 @@ def _reference(model, tokens: np.ndarray, saes: list[CeSae]) -> tuple[torch.Tens
     with torch.inference_mode():
         clean = model(t, return_type="loss", loss_per_token=True)
         spliced = {
-            r.id: model.run_with_hooks(t, return_type="loss", loss_per_token=True, fwd_hooks=[(r.hook, _splice(r.sae))])
+            r.id: model.run_with_hooks(t, return_type="loss", loss_per_token=True, fwd_hooks=[(r.hook, _splice(r.sae.module))])
             for r in saes
         }
     return clean, spliced
@@ -127,7 +129,7 @@ def test_clean_and_spliced_per_prompt_sums(model, saes):
         assert sorted(chunk.resid) == sorted(HOOKS[:3])
         np.testing.assert_allclose(sums, clean.double().sum(1).numpy(), rtol=1e-5)
         for r in saes:
-            np.testing.assert_allclose(ce._ce_spliced(model, chunk, r.hook, r.sae), spliced[r.id].double().sum(1).numpy(), rtol=1e-5, err_msg=r.hook)
+            np.testing.assert_allclose(ce._ce_spliced(model, chunk, r), spliced[r.id].double().sum(1).numpy(), rtol=1e-5, err_msg=r.hook)
 
 
 def test_one_clean_forward_shared_and_resid_hooks_start_at_their_block(model, saes):
@@ -156,7 +158,7 @@ def test_results_do_not_depend_on_chunking(model, saes, monkeypatch):
 def test_prompts_per_sae(model, saes):
     tokens = _tokens(4)
     clean, spliced = _reference(model, tokens, saes[:2])
-    few = [CeSae(saes[0].id, saes[0].hook, saes[0].sae, 2), CeSae(saes[1].id, saes[1].hook, saes[1].sae, 100), CeSae("none", saes[3].hook, saes[3].sae, 0)]
+    few = [CeSae(saes[0].id, saes[0].sae, 2), CeSae(saes[1].id, saes[1].sae, 100), CeSae("none", saes[3].sae, 0)]
     got = ce_losses(model, _Corpus(tokens), few, batch_size=3, device="cpu")
     np.testing.assert_allclose(got[saes[0].id], _means(clean, spliced, 2)[saes[0].id], rtol=1e-5)
     np.testing.assert_allclose(got[saes[1].id], _means(clean, spliced, N_PROMPTS)[saes[1].id], rtol=1e-5)
@@ -165,7 +167,7 @@ def test_prompts_per_sae(model, saes):
 
 def test_no_loss_without_prompts_or_next_tokens(model, saes):
     assert ce_losses(model, _Corpus(_tokens(context=1)), saes, 4, "cpu") == {r.id: (None, None) for r in saes}
-    zero = [CeSae(r.id, r.hook, r.sae, 0) for r in saes]
+    zero = [CeSae(r.id, r.sae, 0) for r in saes]
     assert ce_losses(model, _Corpus(_tokens()), zero, 4, "cpu") == {r.id: (None, None) for r in saes}
     assert ce_losses(model, _Corpus(_tokens()), [], 4, "cpu") == {}
 

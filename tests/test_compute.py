@@ -17,10 +17,10 @@ import yaml
 from generator.cache import CacheStore, corpus_key, dump_feature, sae_key, set_key
 from generator.compute import ComputeOptions, compute_releases
 from generator.compute.stats import LOW, histogram_bin, interval_index, priority
-from generator.compute.weights import output_map
 from generator.errors import AtlasError
 from generator.manifest import load_content
 from generator.sources.model import load_model
+from generator.backends.saelens import SaeLensSae
 from generator.sources.sae import load_sae
 from tests.fixtures import FIXTURE_COMPUTE, build_fixture_content
 
@@ -67,12 +67,12 @@ def brute(built):
     _, _, releases, cache, _ = built
     release = releases[0]
     tokens = torch.from_numpy(np.asarray(CacheStore(cache).corpus(corpus_key(release))["tokens"])).long()
-    model = load_model(release.model, "cpu", "float32")
+    model = load_model(release.model, "cpu", "float32").model
     out = {}
     with torch.inference_mode():
         _, acts_cache = model.run_with_cache(tokens)
         for spec in release.saes():
-            sae = load_sae(spec, "cpu", "float32")
+            sae = load_sae(spec, "cpu", "float32").module
             x = acts_cache[spec.hook].float()
             out[spec.id] = (sae.encode(x).float(), x, sae, spec.hook)
     return model, tokens, out
@@ -180,9 +180,8 @@ def test_logits_neighbours_and_map_match_explicit_products(built, brute):
     for sae_id, entry in _entries(cache, releases[0]).items():
         _, _, sae, hook = acts_by_id[sae_id]
         w_dec = sae.W_dec.detach().float()
-        m = output_map(model, hook)
-        if hook.endswith("hook_z"):
-            torch.testing.assert_close(m, model.blocks[1].attn.W_O.detach().reshape(-1, model.cfg.d_model))
+        # The hook's map into the residual stream: W_O over the heads for hook_z, identity otherwise.
+        m = model.blocks[1].attn.W_O.detach().reshape(-1, model.cfg.d_model) if hook.endswith("hook_z") else torch.eye(model.cfg.d_model)
         logits = w_dec @ m @ model.W_U.detach()
         v, t = logits.topk(s.logits, dim=1)
         np.testing.assert_array_equal(entry["pos_logit_token"], t.numpy())
@@ -286,11 +285,11 @@ def test_sparse_decode_is_used_when_it_equals_the_dense_decode(brute):
                     return real(sae, a)
 
                 sae.decode = dense_only
-            r = engine._Running(None, sae, None, hook)
+            r = engine._Running(None, SaeLensSae(sae, hook), None)
             with torch.inference_mode():
                 (acts_b, sparse), = engine._encode(r, {hook: x}, 0, 0)  # one part: the fixture is small
                 engine._check_sparse_decode(r, acts_b, sparse)
-                got = engine._decode(r, sparse)
+                got = engine._decode(r, sparse, x)
                 want = type(sae).decode(sae, acts_b).float().reshape(got.shape)
             assert r.sparse_decode is sparse_ok, sae_id
             torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5 * float(want.abs().max()))

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+import orjson
 import torch
 from tqdm import tqdm
 
@@ -33,18 +34,16 @@ from generator.cache import (
     set_key,
     write_entry,
 )
-from generator.compute.ce import CeSae, ce_losses
 from generator.compute.options import ComputeOptions, chunk_elements, default_batch_size
 from generator.compute.replay import Replay, replay_budget
 from generator.compute.stats import FeatureStats, SparseActs
+from generator.backends import CeSae
 from generator.compute.weights import (
     cluster_ids,
     cosine_neighbours,
     density_histogram,
-    hook_layer,
     logit_effects,
     map_method,
-    output_map,
     umap_coords,
     umap_neighbour_count,
 )
@@ -52,7 +51,7 @@ from generator.errors import AtlasError, InputError, Problem
 from generator.manifest import Release, SaeSpec, SetSpec
 from generator.sources.corpus import Corpus, load_corpus
 from generator.sources.model import load_model, load_tokenizer, resolve_device
-from generator.sources.sae import architecture, load_sae
+from generator.sources.sae import load_sae
 
 DENSE_THRESHOLD = 0.1  # a feature firing on more than this fraction of tokens counts as dense
 CROSS_NEIGHBOURS = 3
@@ -138,41 +137,66 @@ def compute_releases(releases: list[Release], cache_root: Path, options: Compute
 @dataclass
 class _Running:
     job: SaeJob
-    sae: object
+    sae: object  # generator.backends.SaeModule
     stats: FeatureStats
-    hook: str
     sparse_decode: bool | None = None  # decode from the sparse batch? decided on the first batch
+
+    @property
+    def hook(self) -> str:
+        """The hook the SAE reads."""
+        return self.sae.hook_in
 
 
 def _compute_group(jobs: list[SaeJob], corpus: Corpus, store: CacheStore, options: ComputeOptions, device: str, report: ComputeReport) -> None:
+    """The SAEs of one model and corpus. SAEs whose model must be loaded with different
+    from-pretrained keyword arguments (SAELens's `model_from_pretrained_kwargs`) form one group each,
+    with its own model load and corpus passes."""
     release = jobs[0].release
     batch_size = options.batch_size or default_batch_size(device, corpus.context)
     oom = getattr(torch, "OutOfMemoryError", getattr(torch.cuda, "OutOfMemoryError", MemoryError))
     try:
         with torch.inference_mode():
-            model = load_model(release.model, device, options.dtype)
-            _check_hooks(model, jobs)
-            running = [_start(job, model, corpus, store, device) for job in jobs]
-            replay = Replay(replay_budget(device, options.replay_memory))
-            started = time.perf_counter()
-            done_tokens = _run_pass(1, model, running, corpus, store, options, batch_size, replay)
-            done_tokens += _run_pass(2, model, running, corpus, store, options, batch_size, replay)
-            elapsed = time.perf_counter() - started
-            if elapsed > 0 and done_tokens:
-                report.tokens_per_second = done_tokens / elapsed
-            _report_replay(release.model.id, replay, report, options)
-            replay.clear()
-            ce_saes = [CeSae(r.job.id, r.hook, r.sae, r.job.release.compute.ce_prompts) for r in running]
-            ce_bar = None if options.quiet else f"{release.model.id} CE loss"
-            ce = ce_losses(model, corpus, ce_saes, batch_size, device, progress=ce_bar)
-            desc = f"{release.model.id} logits, neighbours, map"
-            with tqdm(running, desc=desc, unit="sae", disable=options.quiet, file=sys.stderr) as bar:
-                for r in bar:
-                    bar.set_postfix_str(r.job.id)
-                    _finish(r, model, corpus, store, ce[r.job.id], options)
-                    report.computed.append(r.job.id)
+            running = [_start(job, corpus, store, device) for job in jobs]
+            groups: dict[str, list[_Running]] = {}
+            for r in running:
+                groups.setdefault(orjson.dumps(r.sae.model_kwargs, option=orjson.OPT_SORT_KEYS).decode(), []).append(r)
+            if len(groups) > 1 and not options.quiet:
+                for kwargs, members in groups.items():
+                    print(f"{release.model.id}: loading the model with {kwargs} for {', '.join(r.job.id for r in members)}", file=sys.stderr)
+            for members in groups.values():
+                model = load_model(release.model, device, options.dtype, members[0].sae.model_kwargs)
+                _check_hooks(model, members)
+                _compute_saes(model, members, corpus, store, options, batch_size, report)
+                del model
     except oom as e:
         raise AtlasError(f"out of memory on {device} at --batch-size {batch_size} ({e}); rerun with a smaller --batch-size") from e
+
+
+def _compute_saes(model, running: list["_Running"], corpus: Corpus, store: CacheStore, options: ComputeOptions, batch_size: int, report: ComputeReport) -> None:
+    """Both corpus passes, the CE loss and the weights-only parts for SAEs sharing one model."""
+    model_id = running[0].job.release.model.id
+    replay = Replay(replay_budget(model_device(model), options.replay_memory))
+    started = time.perf_counter()
+    done_tokens = _run_pass(1, model, running, corpus, store, options, batch_size, replay)
+    done_tokens += _run_pass(2, model, running, corpus, store, options, batch_size, replay)
+    elapsed = time.perf_counter() - started
+    if elapsed > 0 and done_tokens:
+        report.tokens_per_second = done_tokens / elapsed
+    _report_replay(model_id, replay, report, options)
+    replay.clear()
+    ce_saes = [CeSae(r.job.id, r.sae, r.job.release.compute.ce_prompts) for r in running]
+    ce_bar = None if options.quiet else f"{model_id} CE loss"
+    ce = model.ce_losses(corpus, ce_saes, batch_size, model_device(model), progress=ce_bar)
+    desc = f"{model_id} logits, neighbours, map"
+    with tqdm(running, desc=desc, unit="sae", disable=options.quiet, file=sys.stderr) as bar:
+        for r in bar:
+            bar.set_postfix_str(r.job.id)
+            _finish(r, model, corpus, store, ce[r.job.id], options)
+            report.computed.append(r.job.id)
+
+
+def model_device(model) -> str:
+    return str(model.unembedding().device.type)
 
 
 def _report_replay(model_id: str, replay: Replay, report: ComputeReport, options: ComputeOptions) -> None:
@@ -187,20 +211,22 @@ def _report_replay(model_id: str, replay: Replay, report: ComputeReport, options
         )
 
 
-def _check_hooks(model, jobs: list[SaeJob]) -> None:
+def _check_hooks(model, running: list["_Running"]) -> None:
     problems = []
-    for job in jobs:
-        if job.spec.hook not in model.hook_dict:
-            m = job.spec.mark
-            problems.append(Problem(m.file, m.line, m.col, f"hook {job.spec.hook!r} is not a hook of model {job.release.model.id!r}; expected e.g. blocks.0.hook_resid_post"))
+    for r in running:
+        job = r.job
+        for hook in dict.fromkeys((r.sae.hook_in, r.sae.hook_out)):
+            if hook not in model.hook_names:
+                m = job.spec.mark
+                problems.append(Problem(m.file, m.line, m.col, f"hook {hook!r} is not a hook of model {job.release.model.id!r}; expected e.g. blocks.0.hook_resid_post"))
     if problems:
         raise InputError(problems)
 
 
-def _start(job: SaeJob, model, corpus: Corpus, store: CacheStore, device: str) -> _Running:
+def _start(job: SaeJob, corpus: Corpus, store: CacheStore, device: str) -> _Running:
     sae = load_sae(job.spec, device, "float32")
-    d_in, d_sae = int(sae.cfg.d_in), int(sae.cfg.d_sae)
-    stats = FeatureStats(d_sae, d_in, corpus.context, job.release.compute, device)
+    # Reconstruction statistics are of what the SAE writes: d_out wide (d_in but for transcoders).
+    stats = FeatureStats(sae.d_sae, sae.d_out, corpus.context, job.release.compute, device)
     partial = store.partial_dir(job.key)
     try:
         entry = read_entry(partial)
@@ -208,7 +234,7 @@ def _start(job: SaeJob, model, corpus: Corpus, store: CacheStore, device: str) -
             stats.load_state(entry.arrays, int(entry.meta["pass"]), int(entry.meta["prompts_done"]))
     except (CorruptEntry, ValueError, KeyError) as e:
         print(f"sae-atlas: discarding unusable checkpoint {partial}: {e}", file=sys.stderr)
-    return _Running(job, sae, stats, job.spec.hook)
+    return _Running(job, sae, stats)
 
 
 def _save_checkpoint(r: _Running, store: CacheStore) -> None:
@@ -224,8 +250,8 @@ def _encode(r: _Running, captured: dict[str, torch.Tensor], skip: int, first_pro
     the SAE's dense activations [b, T, F] and their firing entries. On a CPU a call's activations
     stay in cache while the bias, the activation function and the search for firing entries pass
     over them (1.8x faster at 4,096 features than whole batches)."""
-    x_all = captured[r.hook][skip:]
-    context, n_features = x_all.shape[1], int(r.sae.cfg.d_sae)
+    x_all = r.sae.read(captured[r.sae.hook_in][skip:])
+    context, n_features = x_all.shape[1], r.sae.d_sae
     step = max(1, chunk_elements(x_all.device) // max(1, context * n_features))
     for lo in range(0, x_all.shape[0], step):
         acts = r.sae.encode(x_all[lo : lo + step].float())
@@ -247,17 +273,22 @@ def _check_sparse_decode(r: _Running, acts: torch.Tensor, sparse: SparseActs) ->
     r.sparse_decode = out.shape == dense.shape and torch.allclose(out, dense, rtol=1e-4, atol=1e-5 * max(scale, 1e-12))
 
 
-def _decode(r: _Running, sparse: SparseActs) -> torch.Tensor:
-    """The SAE's reconstruction of the batch, flattened to [B * T, d_in]. With few features firing
-    per token, decoding the sparse batch (CSR @ W_dec) is many times cheaper than the dense product;
-    it is used when `_check_sparse_decode` found it equal to the dense one."""
+def _decode(r: _Running, sparse: SparseActs, x_in: torch.Tensor) -> torch.Tensor:
+    """The SAE's reconstruction of the batch, flattened to [B * T, d_out]: decode, plus a skip
+    transcoder's skip term of its input `x_in`. With few features firing per token, decoding the
+    sparse batch (CSR @ W_dec) is many times cheaper than the dense product; it is used when
+    `_check_sparse_decode` found it equal to the dense one."""
     n = sparse.n_tokens
+    out = None
     if r.sparse_decode:
         try:
-            return r.sae.decode(sparse.csr()).float().reshape(n, -1)
+            out = r.sae.decode(sparse.csr()).float().reshape(n, -1)
         except (RuntimeError, NotImplementedError, TypeError, ValueError):
             r.sparse_decode = False
-    return r.sae.decode(sparse.to_dense()).float().reshape(n, -1)
+    if out is None:
+        out = r.sae.decode(sparse.to_dense()).float().reshape(n, -1)
+    skip = r.sae.skip(x_in.float())
+    return out if skip is None else out + skip.float().reshape(n, -1)
 
 
 def _run_pass(pass_no: int, model, running: list[_Running], corpus: Corpus, store: CacheStore, options: ComputeOptions, batch_size: int, replay: Replay) -> int:
@@ -268,8 +299,7 @@ def _run_pass(pass_no: int, model, running: list[_Running], corpus: Corpus, stor
         return 0
     n_prompts, context = corpus.n_prompts, corpus.context
     start = min(r.stats.prompts_done for r in active)
-    hooks = sorted({r.hook for r in active})
-    stop_at_layer = _stop_layer(hooks)
+    hooks = sorted({h for r in active for h in (r.sae.hook_in, r.sae.hook_out)})
     tokens_all = corpus.tokens
     device = active[0].stats.device
     bar = tqdm(
@@ -295,7 +325,7 @@ def _run_pass(pass_no: int, model, running: list[_Running], corpus: Corpus, stor
             captured = None
             if any(kept is None for _, _, kept in todo):
                 tokens = torch.from_numpy(np.array(tokens_all[p0 : p0 + nb])).long().to(device)
-                captured = _forward_capture(model, tokens, hooks, stop_at_layer)
+                captured = _forward_capture(model, tokens, hooks)
             for r, first, kept in todo:
                 st = r.job.release.compute
                 if kept is None:
@@ -310,8 +340,9 @@ def _run_pass(pass_no: int, model, running: list[_Running], corpus: Corpus, stor
                     sparse = kept
                 windows = functools.partial(sparse.windows, before=st.context_before, after=st.context_after)
                 if pass_no == 1:
-                    x = captured[r.hook][first - p0 :].float()
-                    r.stats.update_pass1(sparse, windows, x, _decode(r, sparse))
+                    x_in = r.sae.read(captured[r.sae.hook_in][first - p0 :])
+                    target = r.sae.read(captured[r.sae.hook_out][first - p0 :]).float()
+                    r.stats.update_pass1(sparse, windows, target, _decode(r, sparse, x_in))
                     replay.add(r.job.id, sparse)
                 else:
                     r.stats.update_pass2(sparse, windows)
@@ -329,32 +360,9 @@ def _run_pass(pass_no: int, model, running: list[_Running], corpus: Corpus, stor
     return (n_prompts - start) * context
 
 
-def _stop_layer(hooks: list[str]) -> int | None:
-    """The first block the capturing forward need not run (None: run the whole model). A
-    `blocks.L.hook_resid_pre` needs only blocks < L; any other hook of block L needs block L."""
-    needs = []
-    for h in hooks:
-        layer = hook_layer(h)
-        if layer is None:
-            return None
-        needs.append(layer if h == f"blocks.{layer}.hook_resid_pre" else layer + 1)
-    return max(needs) if needs else None
-
-
-def _forward_capture(model, tokens: torch.Tensor, hooks: list[str], stop_at_layer: int | None) -> dict[str, torch.Tensor]:
-    """Activations at `hooks`. With stop_at_layer = L the forward returns the residual stream entering
-    block L, which is `blocks.L.hook_resid_pre` (that hook does not fire: block L does not run)."""
-    captured: dict[str, torch.Tensor] = {}
-    boundary = None if stop_at_layer is None else f"blocks.{stop_at_layer}.hook_resid_pre"
-
-    def save(act, hook):
-        captured[hook.name] = act
-
-    fired = [h for h in hooks if h != boundary]
-    out = model.run_with_hooks(tokens, fwd_hooks=[(h, save) for h in fired], stop_at_layer=stop_at_layer, return_type=None)
-    if boundary is not None and boundary in hooks:
-        captured[boundary] = out
-    return captured
+def _forward_capture(model, tokens: torch.Tensor, hooks: list[str]) -> dict[str, torch.Tensor]:
+    """The activations at `hooks` of one batch (the model's forward stops after the last needed block)."""
+    return model.capture(tokens, hooks)
 
 
 # -- finishing an SAE -----------------------------------------------------------------------------
@@ -366,10 +374,11 @@ def _finish(r: _Running, model, corpus: Corpus, store: CacheStore, ce: tuple[flo
     n_tokens = int(r.stats.n_tokens)
     w_dec = sae.W_dec.detach().float()
 
-    out_map = output_map(model, r.hook)
+    # Logit effects of what the SAE writes, through the map of its output hook into the residual stream.
+    out_map = model.output_map(sae.hook_out, sae.head_index)
     if out_map is not None and out_map.shape[0] != w_dec.shape[1]:
         out_map = None
-    pos_t, pos_v, neg_t, neg_v = logit_effects(w_dec, out_map, model.W_U.detach(), s.logits)
+    pos_t, pos_v, neg_t, neg_v = logit_effects(w_dec, out_map, model.unembedding(), s.logits)
     # One decoder-cosine search serves the neighbours shown and the map's neighbour graph.
     k_map = umap_neighbour_count(w_dec.shape[0], s.umap_neighbours)
     nb_index, nb_cos = cosine_neighbours(w_dec, w_dec, max(s.neighbours, k_map - 1), exclude_self=True)
@@ -400,10 +409,14 @@ def _finish(r: _Running, model, corpus: Corpus, store: CacheStore, ce: tuple[flo
         "model": job.spec.model_id,
         "set": job.spec.set_id,
         "layer": job.spec.layer,
-        "hook": r.hook,
-        "architecture": architecture(sae),
-        "d_in": int(sae.cfg.d_in),
-        "d_sae": int(sae.cfg.d_sae),
+        "hook": sae.hook_in,
+        "hook_out": sae.hook_out,
+        "hook_head_index": sae.head_index,
+        "architecture": sae.architecture,
+        "d_in": sae.d_in,
+        "d_sae": sae.d_sae,
+        "d_out": sae.d_out,
+        "model_kwargs": sae.model_kwargs,
         "dtype": "float32",
         "n_tokens": n_tokens,
         "n_prompts": corpus.n_prompts,
@@ -415,8 +428,6 @@ def _finish(r: _Running, model, corpus: Corpus, store: CacheStore, ce: tuple[flo
         "map": method,
     }
     write_entry(store.sae_dir(job.key), meta, arrays)
-    import shutil
-
     shutil.rmtree(store.partial_dir(job.key), ignore_errors=True)
 
 

@@ -3,7 +3,6 @@ cross-layer neighbours. Deterministic for a given seed; chunked over features to
 
 from __future__ import annotations
 
-import re
 import warnings
 
 import numpy as np
@@ -11,36 +10,7 @@ import torch
 
 from generator.compute.options import chunk_elements
 
-_BLOCK_HOOK = re.compile(r"^blocks\.(\d+)\.(.+)$")
-# Hooks whose activations live in the residual stream basis (output map = identity).
-_RESIDUAL_HOOKS = {"hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_mlp_out", "hook_attn_out"}
 CHUNK = 1024
-
-
-def hook_layer(hook: str) -> int | None:
-    m = _BLOCK_HOOK.match(hook)
-    return int(m.group(1)) if m else None
-
-
-def output_map(model, hook: str) -> torch.Tensor | None:
-    """M [d_in, d_model] mapping the hook's activations into the residual stream, or None when the
-    hook has no linear path to it (e.g. queries)."""
-    d_model = model.cfg.d_model
-    if hook in ("hook_embed", "hook_pos_embed", "ln_final.hook_normalized"):
-        return torch.eye(d_model)
-    m = _BLOCK_HOOK.match(hook)
-    if not m:
-        return None
-    layer, name = int(m.group(1)), m.group(2)
-    block = model.blocks[layer]
-    if name in _RESIDUAL_HOOKS:
-        return torch.eye(d_model)
-    if name == "mlp.hook_post":
-        return block.mlp.W_out.detach().float().cpu()
-    if name == "attn.hook_z":
-        w_o = block.attn.W_O.detach().float().cpu()  # [n_heads, d_head, d_model]
-        return w_o.reshape(-1, d_model)
-    return None
 
 
 def logit_effects(w_dec: torch.Tensor, out_map: torch.Tensor | None, w_u: torch.Tensor, n: int):

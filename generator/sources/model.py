@@ -1,17 +1,15 @@
 """Loading a model: a local directory (HookedTransformerConfig + state dict + HF tokenizer) or a
-TransformerLens model name. The tokenizer loads on its own so that tokenizing a corpus never needs
-the weights."""
+model name, through its backend (`generator/backends/`). The tokenizer loads on its own so that
+tokenizing a corpus never needs the weights."""
 
 from __future__ import annotations
 
-import dataclasses
-import json
-from pathlib import Path
+from typing import Any
 
-from generator.errors import AtlasError, InputError, problem_at
+from generator.errors import AtlasError
 from generator.manifest import ModelSpec
 
-DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
+DTYPES = ("float32", "bfloat16", "float16")
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -31,61 +29,23 @@ def resolve_device(device: str = "auto") -> str:
     return device
 
 
-def torch_dtype(name: str):
-    import torch
-
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
-
-
-def read_local_config(directory: Path) -> dict:
-    """config.json as HookedTransformerConfig keyword arguments (unknown keys dropped)."""
-    from transformer_lens import HookedTransformerConfig
-
-    path = Path(directory) / "config.json"
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise InputError([problem_at(path, f"cannot read model config ({e}); expected HookedTransformerConfig fields as JSON")]) from e
-    known = {f.name for f in dataclasses.fields(HookedTransformerConfig) if f.init}
-    cfg = {k: v for k, v in raw.items() if k in known}
-    cfg.pop("dtype", None)
-    cfg.pop("device", None)
-    return cfg
-
-
 def load_tokenizer(spec: ModelSpec):
     """The model's Hugging Face tokenizer."""
-    from transformers import AutoTokenizer
+    from generator.backends.transformer_lens import load_tokenizer as load
 
-    if spec.path is not None:
-        try:
-            return AutoTokenizer.from_pretrained(str(spec.path))
-        except (OSError, ValueError) as e:
-            raise InputError([problem_at(spec.path, f"cannot load tokenizer ({e}); expected files written by save_pretrained")]) from e
-    from transformer_lens.loading_from_pretrained import get_pretrained_model_config
-
-    cfg = get_pretrained_model_config(spec.transformer_lens)
-    return AutoTokenizer.from_pretrained(cfg.tokenizer_name or cfg.original_architecture)
+    return load(spec)
 
 
-def load_model(spec: ModelSpec, device: str = "cpu", dtype: str = "float32"):
-    """A HookedTransformer in eval mode on `device`, no gradients needed."""
-    import torch
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
+def load_model(spec: ModelSpec, device: str = "cpu", dtype: str = "float32", kwargs: dict[str, Any] | None = None):
+    """The model's backend (`generator.backends.ModelBackend`) in eval mode on `device`, loaded with
+    the SAEs' from-pretrained keyword arguments `kwargs`."""
+    from generator.backends.transformer_lens import TransformerLensBackend
 
-    if spec.path is None:
-        model = HookedTransformer.from_pretrained(spec.transformer_lens, device=device, dtype=torch_dtype(dtype))
-        return model.eval()
-    from safetensors.torch import load_file
+    return TransformerLensBackend.load(spec, device, dtype, kwargs)
 
-    cfg = HookedTransformerConfig(**read_local_config(spec.path), device=device, dtype=torch_dtype(dtype))
-    model = HookedTransformer(cfg)  # parameters created with cfg.dtype on cfg.device
-    state = load_file(str(Path(spec.path) / "model.safetensors"))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    # TransformerLens registers some buffers (masks, rotary tables) that need not be in the file.
-    missing = [k for k in missing if not k.endswith(("mask", "IGNORE", "rotary_sin", "rotary_cos"))]
-    if missing or unexpected:
-        raise InputError(
-            [problem_at(Path(spec.path) / "model.safetensors", f"state dict does not match config.json (missing {missing[:3]}, unexpected {unexpected[:3]}); expected HookedTransformer.state_dict()")]
-        )
-    return model.eval()
+
+def model_identity_parts(spec: ModelSpec) -> list:
+    """The torch-free identity of a by-name model for cache keys."""
+    from generator.backends.transformer_lens import identity
+
+    return identity(spec)

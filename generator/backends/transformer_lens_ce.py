@@ -1,5 +1,6 @@
 """The CE loss of each SAE: mean next-token loss of the model over the first prompts of the corpus,
-clean and with the SAE's reconstruction spliced into its hook.
+clean and with the SAE's reconstruction spliced into the hook it writes (for a transcoder, its
+reconstruction of the input hook's activation replaces the output hook's).
 
 The loss is fused: the model body runs to the final residual stream (`stop_at_layer`), then
 `ln_final`, the unembedding, the output logit soft cap and the next-token loss run on chunks of
@@ -20,16 +21,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from generator.compute.options import chunk_elements
-from generator.compute.weights import hook_layer
+from generator.backends import CeSae
+from generator.backends.transformer_lens import hook_layer
 from generator.sources.corpus import Corpus
-
-
-@dataclass(frozen=True)
-class CeSae:
-    id: str
-    hook: str
-    sae: object
-    prompts: int  # the first `prompts` prompts of the corpus (0: no CE loss)
 
 
 # Rows per unembedding call are a multiple of this (the last chunk is padded with zero rows): a BLAS
@@ -169,22 +163,30 @@ def _ce_clean(model, tokens: torch.Tensor, resid_hooks=()) -> tuple[list[float],
     return _per_prompt(_next_token_loss(model, final, embed_tokens, mask)), chunk
 
 
-def _ce_spliced(model, chunk: _CeChunk, hook: str, sae) -> list[float]:
+def _ce_spliced(model, chunk: _CeChunk, r: CeSae) -> list[float]:
     """One SAE's spliced forward of a chunk after `_ce_clean`: per-prompt loss sums with the SAE's
-    reconstruction in place of the activation at `hook`. From the clean residual stream
-    (`start_at_layer`) when the hook is a resid_pre/resid_post one the clean forward kept, else a
-    full forward with a splicing hook."""
+    reconstruction in place of the activation at the hook it writes. From the clean residual stream
+    (`start_at_layer`) when that hook is a resid_pre/resid_post one the clean forward kept and the
+    SAE reads it whole, else a full forward with splicing hooks (a transcoder's input saved at its
+    input hook, its reconstruction written at its output hook)."""
+    sae, hook = r.sae, r.hook
+    saved: dict[str, torch.Tensor] = {}
 
     def splice(act, hook=None):
-        return sae.decode(sae.encode(act.float())).to(act.dtype).reshape(act.shape)
+        x = saved.pop("x") if "x" in saved else sae.read(act)
+        return sae.write(act, sae.reconstruct(x.float()))
 
+    def keep_input(act, hook=None):
+        saved["x"] = sae.read(act)
+
+    fwd_hooks = [(hook, splice)] if sae.hook_in == hook else [(sae.hook_in, keep_input), (hook, splice)]
     n_layers = model.cfg.n_layers
-    start = _ce_start(hook, n_layers) if hook in chunk.resid else None
+    start = _ce_start(hook, n_layers) if r.resid_start and hook in chunk.resid else None
     if chunk.embedded is None and start is not None:
         chunk.embedded = model.input_to_embed(chunk.tokens)
     if not chunk.fused:
         if start is None:
-            loss = model.run_with_hooks(chunk.tokens, return_type="loss", loss_per_token=True, fwd_hooks=[(hook, splice)])
+            loss = model.run_with_hooks(chunk.tokens, return_type="loss", loss_per_token=True, fwd_hooks=fwd_hooks)
         else:
             _, embed_tokens, shortformer, mask = chunk.embedded
             loss = model(
@@ -194,7 +196,7 @@ def _ce_spliced(model, chunk: _CeChunk, hook: str, sae) -> list[float]:
         return _per_prompt(loss)
     _, embed_tokens, shortformer, mask = chunk.embedded
     if start is None:
-        with model.hooks(fwd_hooks=[(hook, splice)]):
+        with model.hooks(fwd_hooks=fwd_hooks):
             final = model(chunk.tokens, stop_at_layer=n_layers)
     else:
         final = model(
@@ -221,7 +223,7 @@ def ce_losses(
     n_total = max(wanted.values(), default=0)
     if n_total <= 0:
         return {k: (None, None) for k in wanted}
-    resid_hooks = sorted({r.hook for r in saes if _ce_start(r.hook, model.cfg.n_layers) is not None})
+    resid_hooks = sorted({r.hook for r in saes if r.resid_start and _ce_start(r.hook, model.cfg.n_layers) is not None})
     chunk = _ce_chunk(model, corpus.context, batch_size)
     clean_sums: list[float] = []
     spliced_sums: dict[str, list[float]] = {r.id: [] for r in saes}
@@ -234,7 +236,7 @@ def ce_losses(
             bar.update(len(sums))
             for r in saes:
                 if lo < wanted[r.id]:
-                    spliced_sums[r.id].extend(_ce_spliced(model, state, r.hook, r.sae))
+                    spliced_sums[r.id].extend(_ce_spliced(model, state, r))
                     bar.update(min(len(sums), wanted[r.id] - lo))
 
     def mean(sums: list[float], n: int) -> float:

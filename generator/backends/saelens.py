@@ -1,0 +1,123 @@
+"""The SAE interface (`generator.backends.SaeModule`) for SAELens: a `save_model` directory or a
+registry release/id, any registered architecture the engine supports
+(`generator/sources/architectures.py`).
+
+The adapter fixes where an SAE reads and writes: an SAE reads and writes `metadata.hook_name`; a
+transcoder reads `hook_name` and writes `metadata.hook_name_out` (`cfg.d_out` wide), and a skip
+transcoder's reconstruction adds `x @ W_skip.T`. An SAE with `hook_head_index` reads and writes
+that one head of a per-head hook (`attn.hook_z`, `hook_q`, ...).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from generator.errors import AtlasError, InputError, Problem, problem_at
+from generator.manifest import SaeSpec
+from generator.sources.architectures import architecture_info
+
+
+def _metadata(sae, key: str, default: Any = None) -> Any:
+    metadata = getattr(sae.cfg, "metadata", None)
+    value = None
+    if metadata is not None:
+        value = metadata.get(key) if hasattr(metadata, "get") else getattr(metadata, key, None)
+    if value is None:
+        value = getattr(sae.cfg, key, None)
+    return default if value is None else value
+
+
+class SaeLensSae:
+    """One SAELens SAE (or transcoder) in eval mode, behind the engine's SAE interface."""
+
+    def __init__(self, module, hook: str | None = None):
+        self.module = module.eval()
+        self.architecture = architecture_name(module)
+        info = architecture_info(self.architecture)
+        self.hook_in = str(hook or _metadata(module, "hook_name", ""))
+        self.hook_out = str(_metadata(module, "hook_name_out", "") or self.hook_in) if info.transcoder else self.hook_in
+        head = _metadata(module, "hook_head_index")
+        self.head_index = None if head is None else int(head)
+        self.d_in = int(module.cfg.d_in)
+        self.d_sae = int(module.cfg.d_sae)
+        self.d_out = int(getattr(module.cfg, "d_out", None) or self.d_in) if info.transcoder else self.d_in
+        self.model_kwargs = dict(_metadata(module, "model_from_pretrained_kwargs", {}) or {})
+        self.prepend_bos = bool(_metadata(module, "prepend_bos", True))
+        self._w_skip = getattr(module, "W_skip", None) if info.skip else None
+
+    @property
+    def W_dec(self) -> torch.Tensor:
+        return self.module.W_dec
+
+    @property
+    def is_transcoder(self) -> bool:
+        return self.hook_out != self.hook_in or self.d_out != self.d_in or architecture_info(self.architecture).transcoder
+
+    def read(self, activation: torch.Tensor) -> torch.Tensor:
+        """The SAE's input from its hook's activation [..., heads, d_head] or [..., d]."""
+        if self.head_index is not None:
+            return activation[..., self.head_index, :]
+        return activation
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module.encode(x)
+
+    def decode(self, acts: torch.Tensor) -> torch.Tensor:
+        return self.module.decode(acts)
+
+    def skip(self, x: torch.Tensor) -> torch.Tensor | None:
+        """x @ W_skip.T for a skip transcoder, flattened to [tokens, d_out]; None otherwise."""
+        if self._w_skip is None:
+            return None
+        w = self._w_skip.detach()
+        return x.reshape(-1, self.d_in).to(w.dtype) @ w.T
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """decode(encode(x)) + skip(x), shaped [..., d_out] like x's leading dimensions."""
+        out = self.decode(self.encode(x.float())).float()
+        skip = self.skip(x.float())
+        if skip is not None:
+            out = out + skip.reshape(out.shape)
+        return out
+
+    def write(self, activation: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
+        """`activation` of hook_out with this SAE's reconstruction in place of what it reads."""
+        if self.head_index is not None:
+            out = activation.clone()
+            out[..., self.head_index, :] = reconstruction.reshape(out[..., self.head_index, :].shape).to(out.dtype)
+            return out
+        return reconstruction.to(activation.dtype).reshape(activation.shape)
+
+
+def architecture_name(sae) -> str:
+    try:
+        return str(sae.cfg.architecture())
+    except (AttributeError, TypeError):
+        return type(sae).__name__
+
+
+def load_sae(spec: SaeSpec, device: str = "cpu", dtype: str = "float32") -> SaeLensSae:
+    """The SAE (any architecture SAELens knows and the engine supports), in eval mode on `device`."""
+    from sae_lens import SAE
+
+    if spec.path is not None:
+        try:
+            module = SAE.load_from_disk(str(spec.path), device=device, dtype=dtype)
+        except (OSError, ValueError, KeyError) as e:
+            raise InputError([problem_at(spec.path, f"cannot load SAE ({e}); expected a SAELens save_model directory")]) from e
+    else:
+        ref = spec.sae_lens
+        try:
+            module = SAE.from_pretrained(ref.release, ref.id, device=device, dtype=dtype)  # type: ignore[union-attr]
+        except (OSError, ValueError) as e:
+            raise AtlasError(f"cannot load SAE {ref.release}/{ref.id} from the hub ({e}); check the connection or the hub cache (HF_HOME), or fetch it first") from e  # type: ignore[union-attr]
+        if isinstance(module, tuple):  # older SAELens returned (sae, cfg, sparsity)
+            module = module[0]
+    sae = SaeLensSae(module, spec.hook)
+    refused = architecture_info(sae.architecture).refused
+    if refused:
+        m = spec.mark
+        raise InputError([Problem(m.file, m.line, m.col, f"SAE architecture '{sae.architecture}' is not supported: {refused}; expected one of the supported architectures")])
+    return sae

@@ -1,0 +1,195 @@
+"""TransformerLens's HookedTransformer as a model backend. Importing this module imports neither
+torch nor transformer_lens: `identity` and `hook_layer` are the torch-free half.
+
+Loading follows SAELens: a model by name is `HookedTransformer.from_pretrained_no_processing(name,
+**model_from_pretrained_kwargs)` with the SAE's keyword arguments (so `fold_ln`,
+`center_writing_weights` ... apply exactly when the SAE asks for them). A local directory holds a
+HookedTransformerConfig and its state dict; the same processing keyword arguments are applied to it
+with `process_weights_`, other keyword arguments override config fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from generator.errors import AtlasError, InputError, problem_at
+from generator.manifest import ModelSpec
+
+_BLOCK_HOOK = re.compile(r"^blocks\.(\d+)\.(.+)$")
+# Hooks whose activations live in the residual stream basis (output map = identity).
+_RESIDUAL_HOOKS = {"hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_mlp_out", "hook_attn_out"}
+# from_pretrained keyword arguments that process the weights (HookedTransformer.process_weights_).
+PROCESSING_KWARGS = ("fold_ln", "center_writing_weights", "center_unembed", "fold_value_biases", "refactor_factored_attn_matrices")
+# Keyword arguments that say where or how to load, not what the model computes.
+_PLACEMENT_KWARGS = ("device", "n_devices", "dtype", "torch_dtype", "move_to_device", "first_n_layers")
+
+
+
+def torch_dtype(name: str):
+    import torch
+
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def hook_layer(hook: str) -> int | None:
+    m = _BLOCK_HOOK.match(hook)
+    return int(m.group(1)) if m else None
+
+
+def identity(spec: ModelSpec, kwargs: dict[str, Any] | None = None) -> list:
+    """What names a by-name model in a cache key (torch-free): backend, name, loader, kwargs."""
+    return ["transformer_lens", str(spec.transformer_lens), "no_processing", dict(sorted((kwargs or {}).items()))]
+
+
+def read_local_config(directory: Path) -> dict:
+    """config.json as HookedTransformerConfig keyword arguments (unknown keys dropped)."""
+    from transformer_lens import HookedTransformerConfig
+
+    path = Path(directory) / "config.json"
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise InputError([problem_at(path, f"cannot read model config ({e}); expected HookedTransformerConfig fields as JSON")]) from e
+    known = {f.name for f in dataclasses.fields(HookedTransformerConfig) if f.init}
+    cfg = {k: v for k, v in raw.items() if k in known}
+    cfg.pop("dtype", None)
+    cfg.pop("device", None)
+    return cfg
+
+
+def load_tokenizer(spec: ModelSpec):
+    """The model's Hugging Face tokenizer, as TransformerLens would load it for this model."""
+    from transformers import AutoTokenizer
+
+    if spec.path is not None:
+        try:
+            return AutoTokenizer.from_pretrained(str(spec.path))
+        except (OSError, ValueError) as e:
+            raise InputError([problem_at(spec.path, f"cannot load tokenizer ({e}); expected files written by save_pretrained")]) from e
+    from transformer_lens.loading_from_pretrained import get_official_model_name, get_pretrained_model_config
+
+    official = get_official_model_name(spec.transformer_lens)
+    cfg = get_pretrained_model_config(official)
+    name = getattr(cfg, "tokenizer_name", None) or official
+    try:
+        return AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError) as e:
+        raise AtlasError(f"cannot load the tokenizer of {spec.transformer_lens} ({name}) from the hub ({e}); check the connection or the hub cache (HF_HOME)") from e
+
+
+class TransformerLensBackend:
+    """A HookedTransformer in eval mode behind the engine's model interface."""
+
+    name = "transformer_lens"
+
+    def __init__(self, model):
+        self.model = model.eval()
+        cfg = model.cfg
+        self.d_model, self.n_layers = int(cfg.d_model), int(cfg.n_layers)
+        self.d_vocab = int(getattr(cfg, "d_vocab_out", -1) or -1)
+        if self.d_vocab <= 0:
+            self.d_vocab = int(cfg.d_vocab)
+        self.hook_names = set(model.hook_dict)
+
+    # -- loading
+
+    @classmethod
+    def load(cls, spec: ModelSpec, device: str, dtype: str, kwargs: dict[str, Any] | None = None) -> "TransformerLensBackend":
+        from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+        kwargs = {k: v for k, v in (kwargs or {}).items() if k not in _PLACEMENT_KWARGS}
+        if spec.path is None:
+            try:
+                model = HookedTransformer.from_pretrained_no_processing(spec.transformer_lens, device=device, dtype=torch_dtype(dtype), **kwargs)
+            except (OSError, ValueError) as e:
+                raise AtlasError(f"cannot load model {spec.transformer_lens} from the hub ({e}); check the connection or the hub cache (HF_HOME)") from e
+            return cls(model)
+        from safetensors.torch import load_file
+
+        process = {k: kwargs.pop(k) for k in PROCESSING_KWARGS if k in kwargs}
+        config = read_local_config(spec.path)
+        known = {f.name for f in dataclasses.fields(HookedTransformerConfig) if f.init}
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            raise AtlasError(f"model_from_pretrained_kwargs {unknown} of an SAE on {spec.id} are not HookedTransformerConfig fields or weight processing options")
+        cfg = HookedTransformerConfig(**{**config, **kwargs}, device=device, dtype=torch_dtype(dtype))
+        model = HookedTransformer(cfg)  # parameters created with cfg.dtype on cfg.device
+        state = load_file(str(Path(spec.path) / "model.safetensors"))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        # TransformerLens registers some buffers (masks, rotary tables) that need not be in the file.
+        missing = [k for k in missing if not k.endswith(("mask", "IGNORE", "rotary_sin", "rotary_cos"))]
+        if missing or unexpected:
+            raise InputError(
+                [problem_at(Path(spec.path) / "model.safetensors", f"state dict does not match config.json (missing {missing[:3]}, unexpected {unexpected[:3]}); expected HookedTransformer.state_dict()")]
+            )
+        if any(process.values()):
+            model.process_weights_(**{k: bool(process.get(k, False)) for k in ("fold_ln", "center_writing_weights", "center_unembed", "fold_value_biases", "refactor_factored_attn_matrices")})
+        return cls(model)
+
+    # -- the corpus passes
+
+    def stop_layer(self, hooks: list[str]) -> int | None:
+        """The first block the capturing forward need not run (None: run the whole model). A
+        `blocks.L.hook_resid_pre` needs only blocks < L; any other hook of block L needs block L."""
+        needs = []
+        for h in hooks:
+            layer = hook_layer(h)
+            if layer is None:
+                return None
+            needs.append(layer if h == f"blocks.{layer}.hook_resid_pre" else layer + 1)
+        return max(needs) if needs else None
+
+    def capture(self, tokens: torch.Tensor, hooks: list[str]) -> dict[str, torch.Tensor]:
+        """Activations at `hooks`, running the blocks up to the last one needed. With stop_at_layer
+        = L the forward returns the residual stream entering block L, which is
+        `blocks.L.hook_resid_pre` (that hook does not fire: block L does not run)."""
+        stop_at_layer = self.stop_layer(hooks)
+        captured: dict[str, torch.Tensor] = {}
+        boundary = None if stop_at_layer is None else f"blocks.{stop_at_layer}.hook_resid_pre"
+
+        def save(act, hook):
+            captured[hook.name] = act
+
+        fired = [h for h in hooks if h != boundary]
+        out = self.model.run_with_hooks(tokens, fwd_hooks=[(h, save) for h in fired], stop_at_layer=stop_at_layer, return_type=None)
+        if boundary is not None and boundary in hooks:
+            captured[boundary] = out
+        return captured
+
+    # -- weights
+
+    def output_map(self, hook: str, head_index: int | None = None) -> torch.Tensor | None:
+        """M [d, d_model] mapping the hook's activations (of one head when `head_index` is set) into
+        the residual stream, or None when the hook has no linear path to it (e.g. queries)."""
+        d_model = self.d_model
+        import torch
+
+        if hook in ("hook_embed", "hook_pos_embed", "ln_final.hook_normalized"):
+            return torch.eye(d_model)
+        m = _BLOCK_HOOK.match(hook)
+        if not m:
+            return None
+        layer, name = int(m.group(1)), m.group(2)
+        block = self.model.blocks[layer]
+        if name in _RESIDUAL_HOOKS:
+            return torch.eye(d_model)
+        if name == "mlp.hook_post":
+            return block.mlp.W_out.detach().float().cpu()
+        if name == "attn.hook_z":
+            w_o = block.attn.W_O.detach().float().cpu()  # [n_heads, d_head, d_model]
+            return w_o[head_index] if head_index is not None else w_o.reshape(-1, d_model)
+        return None
+
+    def unembedding(self) -> torch.Tensor:
+        return self.model.W_U.detach()
+
+    # -- the CE loss
+
+    def ce_losses(self, corpus, saes, batch_size: int, device: str, progress: str | None = None):
+        from generator.backends.transformer_lens_ce import ce_losses
+
+        return ce_losses(self.model, corpus, saes, batch_size, device, progress=progress)
