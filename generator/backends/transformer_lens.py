@@ -23,7 +23,7 @@ _BLOCK_HOOK = re.compile(r"^blocks\.(\d+)\.(.+)$")
 # Hooks whose activations live in the residual stream basis (output map = identity).
 _RESIDUAL_HOOKS = {"hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_mlp_out", "hook_attn_out"}
 # from_pretrained keyword arguments that process the weights (HookedTransformer.process_weights_).
-PROCESSING_KWARGS = ("fold_ln", "center_writing_weights", "center_unembed", "fold_value_biases", "refactor_factored_attn_matrices")
+PROCESSING_KWARGS = ("fold_ln", "center_writing_weights", "center_unembed", "refactor_factored_attn_matrices")
 # Keyword arguments that say where or how to load, not what the model computes.
 _PLACEMENT_KWARGS = ("device", "n_devices", "dtype", "torch_dtype", "move_to_device", "first_n_layers")
 
@@ -127,7 +127,7 @@ class TransformerLensBackend:
                 [problem_at(Path(spec.path) / "model.safetensors", f"state dict does not match config.json (missing {missing[:3]}, unexpected {unexpected[:3]}); expected HookedTransformer.state_dict()")]
             )
         if any(process.values()):
-            model.process_weights_(**{k: bool(process.get(k, False)) for k in ("fold_ln", "center_writing_weights", "center_unembed", "fold_value_biases", "refactor_factored_attn_matrices")})
+            model.process_weights_(**{k: bool(process.get(k, False)) for k in PROCESSING_KWARGS})
         return cls(model)
 
     # -- the corpus passes

@@ -25,7 +25,11 @@ ARCHITECTURES: dict[str, Architecture] = {
         Architecture("standard"),
         Architecture("gated"),
         Architecture("topk"),
-        Architecture("abstopk"),
+        Architecture(
+            "abstopk",
+            refused="its activations can be negative, and SAE Atlas's statistics, examples and sparse "
+            "reconstruction are of positive activations",
+        ),
         Architecture("jumprelu"),
         Architecture("matching_pursuit"),
         Architecture("transcoder", transcoder=True),
