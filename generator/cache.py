@@ -77,7 +77,11 @@ def model_identity(release: Release) -> str:
 def corpus_key(release: Release) -> str:
     c = release.corpus
     source = "file:" + _memo_digest(c.path) if c.path is not None else "dataset:" + str(c.dataset)
-    return _key("corpus", CACHE_FORMAT, source, c.prompts, c.context, model_identity(release))
+    from generator.sources.configs import release_prepend_bos
+
+    # Prompts without BOS (SAEs trained with prepend_bos false) are another corpus.
+    bos = [] if release_prepend_bos(release) else ["no-bos"]
+    return _key("corpus", CACHE_FORMAT, source, c.prompts, c.context, model_identity(release), *bos)
 
 
 def sae_identity(sae: SaeSpec) -> str:

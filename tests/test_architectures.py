@@ -282,3 +282,41 @@ def test_refused_architectures_are_refused_by_name(arch, tmp_path):
         compute_releases(load_content(content), tmp_path / "cache", ComputeOptions(device="cpu", quiet=True, pca_map=True))
     assert f"architecture '{arch}' is not supported" in str(e.value)
     assert str(e.value).startswith(str(manifest_path))
+
+
+def _text_release(tmp_path: Path, prepend_bos: list[bool]) -> Path:
+    """A text-corpus release with one standard SAE per entry of `prepend_bos` (SAELens metadata)."""
+    content = build_fixture_content(tmp_path, n_prompts=6, context=8, corpus="txt", sets=(), explanations=False)
+    cfg = json.loads((content / "models" / "tiny-2l" / "config.json").read_text())
+    manifest_path = content / "releases" / "tiny-demo.yaml"
+    manifest = yaml.safe_load(manifest_path.read_text())
+    for i, bos in enumerate(prepend_bos):
+        sae = _make_sae("standard", cfg["d_model"], cfg["d_model"], seed=i)
+        sae.cfg.metadata.hook_name = f"blocks.{i}.hook_resid_post"
+        sae.cfg.metadata.prepend_bos = bos
+        sae.save_model(str(content / "saes" / f"s{i}"))
+        manifest["sets"].append({"id": f"res-{i}", "title": "x", "hook": "blocks.{layer}.hook_resid_post", "saes": [{"layer": i, "path": f"../saes/s{i}"}]})
+    manifest_path.write_text(yaml.safe_dump(manifest, sort_keys=False))
+    return content
+
+
+def test_prepend_bos_false_gives_prompts_without_bos(tmp_path):
+    from transformers import AutoTokenizer
+
+    firsts = {}
+    for flag in (True, False):
+        content = _text_release(tmp_path / str(flag), [flag, flag])
+        releases = load_content(content)
+        compute_releases(releases, tmp_path / str(flag) / "cache", ComputeOptions(device="cpu", quiet=True, pca_map=True))
+        tokens = np.asarray(CacheStore(tmp_path / str(flag) / "cache").corpus(corpus_key(releases[0]))["tokens"])
+        bos = AutoTokenizer.from_pretrained(str(content / "models" / "tiny-2l")).bos_token_id
+        firsts[flag] = tokens[:, 0]
+    assert (firsts[True] == bos).all()
+    assert not (firsts[False] == bos).any()
+
+
+def test_saes_that_disagree_on_prepend_bos_are_an_input_error(tmp_path):
+    content = _text_release(tmp_path, [True, False])
+    with pytest.raises(InputError) as e:
+        compute_releases(load_content(content), tmp_path / "cache", ComputeOptions(device="cpu", quiet=True, pca_map=True))
+    assert "tiny-2l@1-res-1 was trained with prepend_bos: false" in str(e.value)

@@ -49,7 +49,8 @@ from generator.compute.weights import (
 )
 from generator.errors import AtlasError, InputError, Problem
 from generator.manifest import Release, SaeSpec, SetSpec
-from generator.sources.corpus import Corpus, load_corpus
+from generator.sources.configs import release_prepend_bos
+from generator.sources.corpus import Corpus, is_pretokenized, load_corpus
 from generator.sources.model import load_model, load_tokenizer, resolve_device
 from generator.sources.sae import load_sae
 
@@ -157,6 +158,7 @@ def _compute_group(jobs: list[SaeJob], corpus: Corpus, store: CacheStore, option
     try:
         with torch.inference_mode():
             running = [_start(job, corpus, store, device) for job in jobs]
+            _check_prepend_bos(release, running)
             groups: dict[str, list[_Running]] = {}
             for r in running:
                 groups.setdefault(orjson.dumps(r.sae.model_kwargs, option=orjson.OPT_SORT_KEYS).decode(), []).append(r)
@@ -209,6 +211,22 @@ def _report_replay(model_id: str, replay: Replay, report: ComputeReport, options
             f" ({replay.peak / 2**20:,.1f} MiB at most, budget {replay.budget / 2**20:,.0f} MiB; --replay-memory)",
             file=sys.stderr,
         )
+
+
+def _check_prepend_bos(release: Release, running: list["_Running"]) -> None:
+    """A text corpus starts its prompts with BOS as the release's SAEs were trained (SAELens's
+    `prepend_bos`); SAEs that disagree cannot share one corpus."""
+    c = release.corpus
+    if c.path is not None and is_pretokenized(c.path):
+        return  # pre-tokenized prompts are used exactly as given
+    bos = release_prepend_bos(release)
+    problems = []
+    for r in running:
+        if r.sae.prepend_bos != bos:
+            m = r.job.spec.mark
+            problems.append(Problem(m.file, m.line, m.col, f"SAE {r.job.id} was trained with prepend_bos: {str(r.sae.prepend_bos).lower()}, other SAEs of release {release.id!r} with prepend_bos: {str(bos).lower()}; expected SAEs that agree (put the others in a release of their own)"))
+    if problems:
+        raise InputError(problems)
 
 
 def _check_hooks(model, running: list["_Running"]) -> None:

@@ -150,7 +150,9 @@ def tokenize_corpus(release: Release, tokenizer, d_vocab: int | None = None) -> 
     else:
         documents = _dataset_documents(str(c.dataset))
         where = str(c.dataset)
-    bos = tokenizer.bos_token_id
+    from generator.sources.configs import release_prepend_bos
+
+    bos = tokenizer.bos_token_id if release_prepend_bos(release) else None
     separator = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else bos
     encoded = (tokenizer(doc, add_special_tokens=False)["input_ids"] for doc in documents)
     tokens = pack_documents(encoded, c.prompts, c.context, bos, separator)

@@ -1,0 +1,64 @@
+"""`--dtype bfloat16|float16` runs the model in that dtype (SAEs and statistics stay float32): its
+results agree with float32 within the tolerances below, and they are not the float32 results.
+
+Tolerances (half precision keeps 8 / 11 significant bits): per-feature density within 0.03 (an
+activation near a threshold may flip), max activation within 5% of the largest one, explained
+variance within 0.03, logit effects within 2% of the largest, and at least 80% of live features
+keep their top example."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from generator.cache import CacheStore, sae_key
+from generator.compute import ComputeOptions, compute_releases
+from generator.manifest import load_content
+from tests.fixtures import build_fixture_content
+
+SETS = (
+    ("res-st", "blocks.{layer}.hook_resid_post", "standard", (1,)),
+    ("mlp-jr", "blocks.{layer}.hook_mlp_out", "jumprelu", (0,)),
+)
+
+
+def _compute(content, cache, dtype: str) -> dict:
+    releases = load_content(content)
+    compute_releases(releases, cache, ComputeOptions(device="cpu", dtype=dtype, quiet=True, pca_map=True, batch_size=4))
+    store = CacheStore(cache)
+    out = {}
+    for spec in releases[0].saes():
+        keys = {k for k in (sae_key(releases[0], spec, dtype) if _takes_dtype() else sae_key(releases[0], spec),)}
+        out[spec.id] = store.sae_entry(keys.pop())
+    return out
+
+
+def _takes_dtype() -> bool:
+    import inspect
+
+    return "dtype" in inspect.signature(sae_key).parameters
+
+
+@pytest.fixture(scope="module")
+def float32(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dtype")
+    content = build_fixture_content(root, n_prompts=16, context=12, d_sae=32, corpus="tokens", sets=SETS, explanations=False)
+    return content, root, _compute(content, root / "cache-float32", "float32")
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_agrees_with_float32_within_tolerance(float32, dtype):
+    content, root, want = float32
+    got = _compute(content, root / f"cache-{dtype}", dtype)
+    for sae_id, w in want.items():
+        g = got[sae_id]
+        assert not np.array_equal(g["max_activation"], w["max_activation"]), f"{sae_id}: {dtype} gave the float32 numbers"
+        assert np.abs(g["density"] - w["density"]).max() <= 0.03, sae_id
+        scale = float(np.max(w["max_activation"]))
+        assert np.abs(g["max_activation"] - w["max_activation"]).max() <= 0.05 * scale, sae_id
+        assert abs(g.meta["stats"]["explained_variance"] - w.meta["stats"]["explained_variance"]) <= 0.03, sae_id
+        logit_scale = float(np.abs(w["pos_logit_value"]).max())
+        assert np.abs(g["pos_logit_value"] - w["pos_logit_value"]).max() <= 0.02 * logit_scale, sae_id
+        live = w["top_prompt"][:, 0] >= 0
+        same = (g["top_prompt"][live, 0] == w["top_prompt"][live, 0]) & (g["top_position"][live, 0] == w["top_position"][live, 0])
+        assert live.sum() > 10 and same.mean() >= 0.8, (sae_id, same.mean())
