@@ -347,3 +347,23 @@ def build_wide_content(root: Path, n_prompts: int = 12, context: int = 8, sets: 
     (content / "releases").mkdir(parents=True, exist_ok=True)
     (content / "releases" / f"{WIDE_RELEASE_ID}.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
     return content
+
+
+def residual_directions(model, hook: str, w_dec):
+    """Each SAE decoder row written into the residual stream, f64 numpy [F, d_model], from the
+    model's own weights: identity for residual-basis hooks, W_O per head for attn.hook_z (z is
+    (head, d_head) flattened), W_out for mlp.hook_post."""
+    import numpy as np
+
+    m = re.fullmatch(r"blocks\.(\d+)\.(.+)", hook)
+    assert m, f"not a block hook: {hook}"
+    block, name = model.blocks[int(m.group(1))], m.group(2)
+    w = np.asarray(w_dec, dtype=np.float64)
+    if name in ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_mlp_out", "hook_attn_out"):
+        return w
+    if name == "attn.hook_z":
+        w_o = block.attn.W_O.detach().double().numpy()  # [n_heads, d_head, d_model]
+        return np.einsum("fhd,hdm->fm", w.reshape(w.shape[0], *w_o.shape[:2]), w_o)
+    if name == "mlp.hook_post":
+        return w @ block.mlp.W_out.detach().double().numpy()
+    raise AssertionError(f"no residual direction for {hook}")

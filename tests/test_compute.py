@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -31,6 +30,7 @@ from tests.fixtures import (
     build_wide_content,
     load_reference_model,
     load_reference_sae,
+    residual_directions,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -139,22 +139,6 @@ def case(request) -> Case:
     _, _, releases, cache, _ = request.getfixturevalue(request.param)
     model, _, acts = request.getfixturevalue({"built": "brute", "wide": "wide_brute"}[request.param])
     return Case(releases[0], cache, model, acts)
-
-
-def _residual_directions(model, hook: str, w_dec: np.ndarray) -> np.ndarray:
-    """Each decoder row written into the residual stream, f64 [F, d_model], from the model's weights."""
-    m = re.fullmatch(r"blocks\.(\d+)\.(.+)", hook)
-    assert m, hook
-    block, name = model.blocks[int(m.group(1))], m.group(2)
-    w = w_dec.astype(np.float64)
-    if name in ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_mlp_out", "hook_attn_out"):
-        return w
-    if name == "attn.hook_z":  # z is (head, d_head) flattened; head h writes z_h @ W_O[h]
-        w_o = block.attn.W_O.detach().double().numpy()
-        return np.einsum("fhd,hdm->fm", w.reshape(w.shape[0], *w_o.shape[:2]), w_o)
-    if name == "mlp.hook_post":
-        return w @ block.mlp.W_out.detach().double().numpy()
-    raise AssertionError(f"no residual direction for {hook}")
 
 
 def _near_edges(values: np.ndarray, maximum: float, n: int) -> np.ndarray:
@@ -294,7 +278,7 @@ def test_logits_neighbours_and_map_match_explicit_products(case):
     for sae_id, entry in case.entries.items():
         _, _, sae, hook = case.acts[sae_id]
         w_dec = sae.W_dec.detach().float().numpy()
-        logits = _residual_directions(case.model, hook, w_dec) @ w_u
+        logits = residual_directions(case.model, hook, w_dec) @ w_u
         where = f"{sae_id} ({hook})"
         pos = np.argsort(-logits, axis=1, kind="stable")[:, : s.logits]
         neg = np.argsort(logits, axis=1, kind="stable")[:, : s.logits]
