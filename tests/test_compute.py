@@ -43,7 +43,13 @@ SETS = (
 )
 # The wide release samples intervals with a seed other than 0 (seed 0 zeroes terms of the hash).
 WIDE_COMPUTE = dict(FIXTURE_COMPUTE, seed=7)
-BRUTE_RELEASES = ("built", "wide")
+# Only hooks that end at block 2's input: the capturing forward stops there and blocks.2.hook_resid_pre
+# is what it returns (that hook never fires).
+PRE_SETS = (
+    ("res-pre", "blocks.{layer}.hook_resid_pre", "jumprelu", ((0, 24), (2, 32))),
+    ("mlp-out", "blocks.{layer}.hook_mlp_out", "topk", ((1, 16),)),
+)
+BRUTE_RELEASES = ("built", "wide", "pre")
 # Activations closer than this (in units of a bin or interval width) to an inner edge would make an
 # exact comparison depend on float rounding; the fixtures have none, and the tests say so if one appears.
 EDGE_MARGIN = 1e-5
@@ -87,6 +93,17 @@ def wide(tmp_path_factory):
     return root, content, releases, cache, report
 
 
+@pytest.fixture(scope="module")
+def pre(tmp_path_factory):
+    """A release whose forward stops before the last block (see PRE_SETS)."""
+    root = tmp_path_factory.mktemp("pre")
+    content = build_wide_content(root, n_prompts=N_PROMPTS, context=CONTEXT, sets=PRE_SETS, compute=WIDE_COMPUTE)
+    releases = load_content(content)
+    cache = root / "cache"
+    report = compute_releases(releases, cache, _options(batch_size=4))
+    return root, content, releases, cache, report
+
+
 # -- the brute-force reference ----------------------------------------------------------------------
 
 
@@ -120,6 +137,11 @@ def wide_brute(wide):
     return _reference(wide[2][0])
 
 
+@pytest.fixture(scope="module")
+def pre_brute(pre):
+    return _reference(pre[2][0])
+
+
 @dataclass
 class Case:
     """One computed release and its brute-force reference."""
@@ -137,7 +159,7 @@ class Case:
 @pytest.fixture(params=BRUTE_RELEASES)
 def case(request) -> Case:
     _, _, releases, cache, _ = request.getfixturevalue(request.param)
-    model, _, acts = request.getfixturevalue({"built": "brute", "wide": "wide_brute"}[request.param])
+    model, _, acts = request.getfixturevalue(f"{request.param}_brute" if request.param != "built" else "brute")
     return Case(releases[0], cache, model, acts)
 
 
@@ -161,8 +183,8 @@ def _sample_priority(g: int, feature: int, seed: int) -> int:
     return _mix32(token_part ^ feature_part) >> 1
 
 
-def test_the_cached_corpus_is_the_pre_tokenized_file(built, wide):
-    for _, _, releases, cache, _ in (built, wide):
+def test_the_cached_corpus_is_the_pre_tokenized_file(built, wide, pre):
+    for _, _, releases, cache, _ in (built, wide, pre):
         cached = np.asarray(CacheStore(cache).corpus(corpus_key(releases[0]))["tokens"])
         np.testing.assert_array_equal(cached, _corpus_tokens(releases[0]))
 
