@@ -1,7 +1,7 @@
 """The compute engine against brute force: the whole corpus through the model and each SAE at once.
 
 Every expected value is computed here, with TransformerLens, SAELens and numpy directly (the model
-and SAEs loaded from their files, the corpus read from its pre-tokenized file), never with helpers
+and SAEs loaded from their files, the corpus read from its pre-tokenized file), never with functions
 of the engine: a bug in the engine cannot also be in its expectation.
 """
 
