@@ -252,3 +252,118 @@ def build_fixture_content(
 def make_release_dir(tmp_path: Path, **kwargs) -> Path:
     """Alias of build_fixture_content: the content dir of a tiny release under tmp_path."""
     return build_fixture_content(tmp_path, **kwargs)
+
+
+# -- independent reference loaders and a wider release (cross-layer sets, mlp.hook_post) ------------
+
+WIDE_RELEASE_ID = "wide-demo"
+WIDE_MODEL_ID = "wide-3l"
+# (set id, hook template, architecture, ((layer, d_sae), ...)) of the wide release: a residual Set
+# over three layers of different widths (every SAE has a previous and/or next one) and SAEs on the
+# MLP's hidden activations (d_in = d_mlp, written to the residual stream through W_out).
+WIDE_SETS = (
+    ("res-x", "blocks.{layer}.hook_resid_post", "standard", ((0, 24), (1, 40), (2, 32))),
+    ("mlp-post", "blocks.{layer}.mlp.hook_post", "standard", ((0, 48), (2, 40))),
+    ("mlp-post-tk", "blocks.{layer}.mlp.hook_post", "topk", ((1, 32),)),
+)
+
+
+def load_reference_model(directory: Path):
+    """A HookedTransformer built here from a local model dir (config.json fields + model.safetensors),
+    with TransformerLens alone: the reference that brute-force expectations are computed with."""
+    import dataclasses
+
+    import torch
+    from safetensors.torch import load_file
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    raw = json.loads((Path(directory) / "config.json").read_text())
+    fields = {f.name for f in dataclasses.fields(HookedTransformerConfig) if f.init} - {"dtype", "device"}
+    cfg = HookedTransformerConfig(**{k: v for k, v in raw.items() if k in fields}, device="cpu", dtype=torch.float32)
+    model = HookedTransformer(cfg)
+    model.load_state_dict(load_file(str(Path(directory) / "model.safetensors")), strict=True)
+    return model.eval()
+
+
+def load_reference_sae(directory: Path):
+    """An SAE loaded from a local SAELens dir by SAELens itself (float32, CPU)."""
+    from sae_lens import SAE
+
+    return SAE.load_from_disk(str(directory), device="cpu", dtype="float32").eval()
+
+
+def make_model_dir_with_layers(directory: Path, text: str, n_layers: int, seed: int = 0, n_ctx: int = 64):
+    """Like make_model_dir, with n_layers blocks. Returns (model, tokenizer)."""
+    import torch
+    from safetensors.torch import save_file
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    directory = Path(directory)
+    tokenizer = make_tokenizer(directory, text)
+    torch.manual_seed(seed)
+    model = HookedTransformer(HookedTransformerConfig(**model_config(d_vocab=len(tokenizer), n_ctx=n_ctx, n_layers=n_layers)))
+    with torch.no_grad():
+        for _, p in model.named_parameters():
+            if p.ndim >= 2:
+                p.normal_(0.0, 0.3)
+    model.eval()
+    full = {k: v for k, v in model.cfg.to_dict().items() if _json_ok(v)}
+    (directory / "config.json").write_text(json.dumps(full, indent=1, sort_keys=True, default=str))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(directory / "model.safetensors"))
+    return model, tokenizer
+
+
+def build_wide_content(root: Path, n_prompts: int = 12, context: int = 8, sets: tuple = WIDE_SETS, compute: dict | None = None) -> Path:
+    """root/content with one release (WIDE_RELEASE_ID) on a random 3-layer model: Sets whose SAEs
+    differ in width per layer (WIDE_SETS), over a pre-tokenized corpus with repeated prompts."""
+    content = Path(root) / "content"
+    text = fixture_text(n_docs=12)
+    n_layers = 1 + max(layer for *_, entries in sets for layer, _ in entries)
+    model, _ = make_model_dir_with_layers(content / "models" / WIDE_MODEL_ID, text, n_layers, n_ctx=max(64, context))
+    cfg = model.cfg
+    rows = random_token_rows(n_prompts, context, cfg.d_vocab, seed=5, repeat=min(2, n_prompts // 4))
+    make_corpus(content / "corpus" / "tokens.jsonl", "tokens", tokens=rows)
+    widths = {"hook_z": cfg.n_heads * cfg.d_head, "mlp.hook_post": cfg.d_mlp}
+    manifest_sets, seed = [], 100
+    for set_id, hook, arch, entries in sets:
+        d_in = next((w for suffix, w in widths.items() if hook.endswith(suffix)), cfg.d_model)
+        saes = []
+        for layer, d_sae in entries:
+            seed += 1
+            rel = f"saes/{set_id}/{layer}"
+            make_sae_dir(content / rel, d_in, d_sae, arch, hook.format(layer=layer), seed=seed, hook_z=hook.endswith("hook_z"))
+            saes.append({"layer": layer, "path": "../" + rel})
+        manifest_sets.append({"id": set_id, "title": f"{set_id} ({arch})", "hook": hook, "saes": saes})
+    manifest = {
+        "release": WIDE_RELEASE_ID,
+        "title": "Wide demo SAEs",
+        "description": "A random 3-layer model with SAEs of several widths, for tests.",
+        "authors": ["Test Author"],
+        "model": {"id": WIDE_MODEL_ID, "path": f"../models/{WIDE_MODEL_ID}"},
+        "corpus": {"path": "../corpus/tokens.jsonl", "prompts": n_prompts, "context": context},
+        "sets": manifest_sets,
+        "compute": dict(FIXTURE_COMPUTE if compute is None else compute),
+    }
+    (content / "releases").mkdir(parents=True, exist_ok=True)
+    (content / "releases" / f"{WIDE_RELEASE_ID}.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+    return content
+
+
+def residual_directions(model, hook: str, w_dec):
+    """Each SAE decoder row written into the residual stream, f64 numpy [F, d_model], from the
+    model's own weights: identity for residual-basis hooks, W_O per head for attn.hook_z (z is
+    (head, d_head) flattened), W_out for mlp.hook_post."""
+    import numpy as np
+
+    m = re.fullmatch(r"blocks\.(\d+)\.(.+)", hook)
+    assert m, f"not a block hook: {hook}"
+    block, name = model.blocks[int(m.group(1))], m.group(2)
+    w = np.asarray(w_dec, dtype=np.float64)
+    if name in ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_mlp_out", "hook_attn_out"):
+        return w
+    if name == "attn.hook_z":
+        w_o = block.attn.W_O.detach().double().numpy()  # [n_heads, d_head, d_model]
+        return np.einsum("fhd,hdm->fm", w.reshape(w.shape[0], *w_o.shape[:2]), w_o)
+    if name == "mlp.hook_post":
+        return w @ block.mlp.W_out.detach().double().numpy()
+    raise AssertionError(f"no residual direction for {hook}")

@@ -1,4 +1,9 @@
-"""The compute engine against brute force: the whole corpus through the model and each SAE at once."""
+"""The compute engine against brute force: the whole corpus through the model and each SAE at once.
+
+Every expected value is computed here, with TransformerLens, SAELens and numpy directly (the model
+and SAEs loaded from their files, the corpus read from its pre-tokenized file), never with functions
+of the engine: a bug in the engine cannot also be in its expectation.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,13 +22,17 @@ import yaml
 
 from generator.cache import CacheStore, corpus_key, dump_feature, sae_key, set_key
 from generator.compute import ComputeOptions, compute_releases
-from generator.compute.stats import LOW, histogram_bin, interval_index, priority
+from generator.backends.saelens import SaeLensSae
 from generator.errors import AtlasError
 from generator.manifest import load_content
-from generator.sources.model import load_model
-from generator.backends.saelens import SaeLensSae
-from generator.sources.sae import load_sae
-from tests.fixtures import FIXTURE_COMPUTE, build_fixture_content
+from tests.fixtures import (
+    FIXTURE_COMPUTE,
+    build_fixture_content,
+    build_wide_content,
+    load_reference_model,
+    load_reference_sae,
+    residual_directions,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 N_PROMPTS, CONTEXT, D_SAE = 12, 8, 32
@@ -32,6 +42,18 @@ SETS = (
     ("mlp-jr", "blocks.{layer}.hook_mlp_out", "jumprelu", (0,)),
     ("att-st", "blocks.{layer}.attn.hook_z", "standard", (1,)),
 )
+# The wide release samples intervals with a seed other than 0 (seed 0 zeroes terms of the hash).
+WIDE_COMPUTE = dict(FIXTURE_COMPUTE, seed=7)
+# Only hooks that end at block 2's input: the capturing forward stops there and blocks.2.hook_resid_pre
+# is what it returns (that hook never fires).
+PRE_SETS = (
+    ("res-pre", "blocks.{layer}.hook_resid_pre", "jumprelu", ((0, 24), (2, 32))),
+    ("mlp-out", "blocks.{layer}.hook_mlp_out", "topk", ((1, 16),)),
+)
+BRUTE_RELEASES = ("built", "wide", "pre")
+# Activations closer than this (in units of a bin or interval width) to an inner edge would make an
+# exact comparison depend on float rounding; the fixtures have none, and the tests say so if one appears.
+EDGE_MARGIN = 1e-5
 
 
 def _options(**kw) -> ComputeOptions:
@@ -62,20 +84,110 @@ def built(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def brute(built):
-    """Per SAE id: (acts f32 [P, T, F], x, sae, hook) over the whole corpus in one forward."""
-    _, _, releases, cache, _ = built
-    release = releases[0]
-    tokens = torch.from_numpy(np.asarray(CacheStore(cache).corpus(corpus_key(release))["tokens"])).long()
-    model = load_model(release.model, "cpu", "float32").model
+def wide(tmp_path_factory):
+    """A 3-layer release with SAEs of several widths, on mlp.hook_post among others (see WIDE_SETS)."""
+    root = tmp_path_factory.mktemp("wide")
+    content = build_wide_content(root, n_prompts=N_PROMPTS, context=CONTEXT, compute=WIDE_COMPUTE)
+    releases = load_content(content)
+    cache = root / "cache"
+    report = compute_releases(releases, cache, _options(batch_size=5))
+    return root, content, releases, cache, report
+
+
+@pytest.fixture(scope="module")
+def pre(tmp_path_factory):
+    """A release whose forward stops before the last block (see PRE_SETS)."""
+    root = tmp_path_factory.mktemp("pre")
+    content = build_wide_content(root, n_prompts=N_PROMPTS, context=CONTEXT, sets=PRE_SETS, compute=WIDE_COMPUTE)
+    releases = load_content(content)
+    cache = root / "cache"
+    report = compute_releases(releases, cache, _options(batch_size=4))
+    return root, content, releases, cache, report
+
+
+# -- the brute-force reference ----------------------------------------------------------------------
+
+
+def _corpus_tokens(release) -> np.ndarray:
+    """The pre-tokenized corpus file, read here: int64 [prompts, context]."""
+    lines = release.corpus.path.read_text(encoding="utf-8").splitlines()
+    return np.array([json.loads(line)["tokens"] for line in lines if line.strip()], dtype=np.int64)
+
+
+def _reference(release):
+    """(model, tokens, {SAE id: (acts f32 [P, T, F], x, sae, hook)}) over the whole corpus in one forward."""
+    tokens = torch.from_numpy(_corpus_tokens(release))
+    model = load_reference_model(release.model.path)
     out = {}
-    with torch.inference_mode():
-        _, acts_cache = model.run_with_cache(tokens)
+    with torch.no_grad():
+        _, acts_cache = model.run_with_cache(tokens, names_filter=sorted({s.hook for s in release.saes()}))
         for spec in release.saes():
-            sae = load_sae(spec, "cpu", "float32").module
+            sae = load_reference_sae(spec.path)
             x = acts_cache[spec.hook].float()
             out[spec.id] = (sae.encode(x).float(), x, sae, spec.hook)
     return model, tokens, out
+
+
+@pytest.fixture(scope="module")
+def brute(built):
+    return _reference(built[2][0])
+
+
+@pytest.fixture(scope="module")
+def wide_brute(wide):
+    return _reference(wide[2][0])
+
+
+@pytest.fixture(scope="module")
+def pre_brute(pre):
+    return _reference(pre[2][0])
+
+
+@dataclass
+class Case:
+    """One computed release and its brute-force reference."""
+
+    release: object
+    cache: Path
+    model: object
+    acts: dict  # SAE id -> (acts, x, sae, hook)
+
+    @property
+    def entries(self) -> dict:
+        return _entries(self.cache, self.release)
+
+
+@pytest.fixture(params=BRUTE_RELEASES)
+def case(request) -> Case:
+    _, _, releases, cache, _ = request.getfixturevalue(request.param)
+    model, _, acts = request.getfixturevalue(f"{request.param}_brute" if request.param != "built" else "brute")
+    return Case(releases[0], cache, model, acts)
+
+
+def _near_edges(values: np.ndarray, maximum: float, n: int) -> np.ndarray:
+    """Activations within EDGE_MARGIN of an inner edge of n equal parts of (0, max] (the max itself is not)."""
+    t = values.astype(np.float64) * n / maximum
+    return (np.abs(t - np.round(t)) < EDGE_MARGIN) & (np.round(t) > 0) & (np.round(t) < n)
+
+
+def _mix32(x: int) -> int:
+    x = (((x >> 16) ^ x) * 0x45D9F3B) & 0xFFFFFFFF
+    x = (((x >> 16) ^ x) * 0x45D9F3B) & 0xFFFFFFFF
+    return (x >> 16) ^ x
+
+
+def _sample_priority(g: int, feature: int, seed: int) -> int:
+    """The 31-bit pseudo-random priority of (token g, feature) that orders interval samples, written
+    out with Python integers (no fixed-width arithmetic)."""
+    token_part = _mix32((g ^ (seed * 0x9E3779B1)) & 0xFFFFFFFF)
+    feature_part = _mix32((feature * 0x27D4EB2D + seed) & 0xFFFFFFFF)
+    return _mix32(token_part ^ feature_part) >> 1
+
+
+def test_the_cached_corpus_is_the_pre_tokenized_file(built, wide, pre):
+    for _, _, releases, cache, _ in (built, wide, pre):
+        cached = np.asarray(CacheStore(cache).corpus(corpus_key(releases[0]))["tokens"])
+        np.testing.assert_array_equal(cached, _corpus_tokens(releases[0]))
 
 
 def test_every_sae_is_computed_with_its_set_entry(built):
@@ -90,38 +202,37 @@ def test_every_sae_is_computed_with_its_set_entry(built):
     assert not list((cache / "sae").glob("*.partial"))
 
 
-def test_max_density_and_reconstruction_stats_match_brute_force(built, brute):
-    _, _, releases, cache, _ = built
-    _, _, acts_by_id = brute
-    for sae_id, entry in _entries(cache, releases[0]).items():
-        acts, x, sae, _ = acts_by_id[sae_id]
-        flat = acts.reshape(-1, acts.shape[-1])
-        np.testing.assert_array_equal(entry["max_activation"], flat.max(0).values.clamp_min(0).numpy())
-        np.testing.assert_array_equal(entry["nonzero_count"], (flat > 0).sum(0).numpy())
+def test_max_density_and_reconstruction_stats_match_brute_force(case):
+    for sae_id, entry in case.entries.items():
+        acts, x, sae, _ = case.acts[sae_id]
+        flat = acts.reshape(-1, acts.shape[-1]).numpy()
+        n, d_sae = flat.shape
+        np.testing.assert_array_equal(entry["max_activation"], np.maximum(flat.max(0), 0))
+        np.testing.assert_array_equal(entry["nonzero_count"], (flat > 0).sum(0))
+        np.testing.assert_allclose(entry["density"], (flat > 0).mean(0), rtol=1e-6)
         assert entry["density"].dtype == np.float32
         stats = entry.meta["stats"]
-        n = flat.shape[0]
-        xf = x.reshape(n, -1).double()
-        x_hat = sae.decode(acts).reshape(n, -1).double()
-        sse = (xf - x_hat).square().sum().item()
-        sst = (xf - xf.mean(0)).square().sum().item()
-        assert stats["l0"] == pytest.approx((flat > 0).sum().item() / n)
-        assert stats["mse"] == pytest.approx(sse / xf.numel(), rel=1e-5)
+        xf = x.reshape(n, -1).double().numpy()
+        with torch.no_grad():
+            x_hat = sae.decode(acts).reshape(n, -1).double().numpy()
+        sse = np.square(xf - x_hat).sum()
+        sst = np.square(xf - xf.mean(0)).sum()
+        assert stats["l0"] == pytest.approx((flat > 0).sum() / n)
+        assert stats["mse"] == pytest.approx(sse / xf.size, rel=1e-5)
         assert stats["explained_variance"] == pytest.approx(1 - sse / sst, rel=1e-5, abs=1e-6)
         assert stats["dead"] == int(((flat > 0).sum(0) == 0).sum())
-        assert entry.meta["n_tokens"] == N_PROMPTS * CONTEXT
+        assert entry.meta["n_tokens"] == N_PROMPTS * CONTEXT == n
+        assert (entry.meta["d_in"], entry.meta["d_sae"]) == (xf.shape[1], d_sae)
         hist = entry.meta["density_histogram"]
-        assert sum(hist["counts"]) + hist["dead"] == D_SAE
+        assert sum(hist["counts"]) + hist["dead"] == d_sae
 
 
-def test_top_examples_follow_the_documented_order_with_windows(built, brute):
-    _, _, releases, cache, _ = built
-    _, _, acts_by_id = brute
-    s = releases[0].compute
+def test_top_examples_follow_the_documented_order_with_windows(case):
+    s = case.release.compute
     k, before, after = s.top_k, s.context_before, s.context_after
     ties_seen = 0
-    for sae_id, entry in _entries(cache, releases[0]).items():
-        acts = acts_by_id[sae_id][0].numpy()
+    for sae_id, entry in case.entries.items():
+        acts = case.acts[sae_id][0].numpy()
         p_count, t_count, f_count = acts.shape
         for f in range(f_count):
             a = acts[:, :, f].reshape(-1)
@@ -140,66 +251,90 @@ def test_top_examples_follow_the_documented_order_with_windows(built, brute):
     assert ties_seen > 0  # the fixture corpus repeats prompts, so exact ties occur
 
 
-def test_histogram_and_interval_samples_match_brute_force(built, brute):
-    _, _, releases, cache, _ = built
-    _, _, acts_by_id = brute
-    s = releases[0].compute
-    for sae_id, entry in _entries(cache, releases[0]).items():
-        acts = acts_by_id[sae_id][0]
-        p_count, t_count, f_count = acts.shape
-        flat = acts.reshape(-1, f_count)
-        mx = torch.from_numpy(np.array(entry["max_activation"]))
-        firing = flat > 0
-        bins = histogram_bin(flat, mx, s.histogram_bins)
-        for f in range(f_count):
-            expected = torch.bincount(bins[firing[:, f], f], minlength=s.histogram_bins).numpy()
-            np.testing.assert_array_equal(entry["histogram"][f], expected)
-        assert entry["histogram"].sum() == int(firing.sum())
+def test_histogram_counts_the_firing_activations_in_equal_bins_up_to_the_max(case):
+    bins = case.release.compute.histogram_bins
+    for sae_id, entry in case.entries.items():
+        flat = case.acts[sae_id][0].reshape(-1, entry["histogram"].shape[0]).numpy()
+        assert entry["histogram"].shape == (flat.shape[1], bins)
+        for f in range(flat.shape[1]):
+            firing = flat[:, f][flat[:, f] > 0]
+            if firing.size == 0:
+                assert not entry["histogram"][f].any(), f"{sae_id}:{f}"
+                continue
+            top = float(firing.max())
+            assert not _near_edges(firing, top, bins).any(), f"{sae_id}:{f}: an activation on a bin edge"
+            expected, _ = np.histogram(firing.astype(np.float64), bins=bins, range=(0.0, top))  # last bin closed
+            np.testing.assert_array_equal(entry["histogram"][f], expected, err_msg=f"{sae_id}:{f}")
 
-        g = torch.arange(flat.shape[0], dtype=torch.int64)
-        prio = priority(g[:, None], torch.arange(f_count)[None, :], s.seed)
-        interval = interval_index(flat, mx, s.intervals)
+
+def test_interval_samples_are_the_highest_priority_members_of_each_interval(case):
+    s = case.release.compute
+    n_int, per = s.intervals, s.per_interval
+    sampled = 0
+    for sae_id, entry in case.entries.items():
+        acts = case.acts[sae_id][0]
+        t_count, f_count = acts.shape[1], acts.shape[2]
+        flat = acts.reshape(-1, f_count).numpy()
         for f in range(f_count):
-            for i in range(s.intervals):
-                members = torch.nonzero(firing[:, f] & (interval[:, f] == i)).flatten().tolist()
-                chosen = sorted(members, key=lambda t: (-int(prio[t, f]), t))[: s.per_interval]
+            a = flat[:, f]
+            firing = np.flatnonzero(a > 0)
+            top = float(a.max()) if firing.size else 0.0
+            if firing.size:
+                assert not _near_edges(a[firing], top, n_int).any(), f"{sae_id}:{f}: an activation on an interval edge"
+            for i in range(n_int):
+                lo, hi = top * i / n_int, top * (i + 1) / n_int
+                members = [int(g) for g in firing if lo < float(a[g]) <= hi]  # interval i is (lo, hi]
+                chosen = sorted(members, key=lambda g: (-_sample_priority(g, f, s.seed), g))[:per]
+                sampled += len(members) > per
                 n = len(chosen)
-                np.testing.assert_array_equal(entry["interval_prompt"][f, i, :n], [t // t_count for t in chosen])
-                np.testing.assert_array_equal(entry["interval_position"][f, i, :n], [t % t_count for t in chosen])
-                values = entry["interval_value"][f, i, :n]
-                np.testing.assert_array_equal(values, flat[chosen, f].numpy())
-                lo, hi = float(mx[f]) * i / s.intervals, float(mx[f]) * (i + 1) / s.intervals
-                assert all(lo - 1e-6 < v <= hi + 1e-6 for v in values)
-                assert (entry["interval_prompt"][f, i, n:] == -1).all()
+                where = f"{sae_id}:{f} interval {i}"
+                np.testing.assert_array_equal(entry["interval_prompt"][f, i, :n], [g // t_count for g in chosen], err_msg=where)
+                np.testing.assert_array_equal(entry["interval_position"][f, i, :n], [g % t_count for g in chosen], err_msg=where)
+                np.testing.assert_array_equal(entry["interval_value"][f, i, :n], a[chosen], err_msg=where)
+                assert (entry["interval_prompt"][f, i, n:] == -1).all() and (entry["interval_value"][f, i, n:] == 0).all(), where
+    assert sampled > 0  # some intervals have more members than samples: the priority decides
 
 
-def test_logits_neighbours_and_map_match_explicit_products(built, brute):
-    _, _, releases, cache, _ = built
-    model, _, acts_by_id = brute
-    s = releases[0].compute
-    for sae_id, entry in _entries(cache, releases[0]).items():
-        _, _, sae, hook = acts_by_id[sae_id]
-        w_dec = sae.W_dec.detach().float()
-        # The hook's map into the residual stream: W_O over the heads for hook_z, identity otherwise.
-        m = model.blocks[1].attn.W_O.detach().reshape(-1, model.cfg.d_model) if hook.endswith("hook_z") else torch.eye(model.cfg.d_model)
-        logits = w_dec @ m @ model.W_U.detach()
-        v, t = logits.topk(s.logits, dim=1)
-        np.testing.assert_array_equal(entry["pos_logit_token"], t.numpy())
-        np.testing.assert_allclose(entry["pos_logit_value"], v.numpy(), rtol=1e-5, atol=1e-6)
-        v, t = (-logits).topk(s.logits, dim=1)
-        np.testing.assert_array_equal(entry["neg_logit_token"], t.numpy())
-        np.testing.assert_allclose(entry["neg_logit_value"], -v.numpy(), rtol=1e-5, atol=1e-6)
+def test_logits_neighbours_and_map_match_explicit_products(case):
+    s = case.release.compute
+    w_u = case.model.W_U.detach().double().numpy()
+    for sae_id, entry in case.entries.items():
+        _, _, sae, hook = case.acts[sae_id]
+        w_dec = sae.W_dec.detach().float().numpy()
+        logits = residual_directions(case.model, hook, w_dec) @ w_u
+        where = f"{sae_id} ({hook})"
+        pos = np.argsort(-logits, axis=1, kind="stable")[:, : s.logits]
+        neg = np.argsort(logits, axis=1, kind="stable")[:, : s.logits]
+        np.testing.assert_array_equal(entry["pos_logit_token"], pos, err_msg=where)
+        np.testing.assert_allclose(entry["pos_logit_value"], np.take_along_axis(logits, pos, 1), rtol=1e-5, atol=1e-5, err_msg=where)
+        np.testing.assert_array_equal(entry["neg_logit_token"], neg, err_msg=where)
+        np.testing.assert_allclose(entry["neg_logit_value"], np.take_along_axis(logits, neg, 1), rtol=1e-5, atol=1e-5, err_msg=where)
 
-        unit = w_dec / w_dec.norm(dim=1, keepdim=True)
+        unit = w_dec.astype(np.float64) / np.linalg.norm(w_dec.astype(np.float64), axis=1, keepdims=True)
         cos = unit @ unit.T
-        cos.fill_diagonal_(-2)
-        v, i = cos.topk(s.neighbours, dim=1)
-        np.testing.assert_array_equal(entry["neighbour_index"], i.numpy())
-        np.testing.assert_allclose(entry["neighbour_cosine"], v.numpy(), atol=1e-6)
-        assert entry["umap"].shape == (D_SAE, 2) and np.isfinite(entry["umap"]).all()
-        assert entry["cluster"].shape == (D_SAE,) and entry["cluster"].min() == 0
+        np.fill_diagonal(cos, -np.inf)
+        nb = np.argsort(-cos, axis=1, kind="stable")[:, : s.neighbours]
+        np.testing.assert_array_equal(entry["neighbour_index"], nb, err_msg=where)
+        np.testing.assert_allclose(entry["neighbour_cosine"], np.take_along_axis(cos, nb, 1), atol=1e-6, err_msg=where)
+        d_sae = w_dec.shape[0]
+        assert entry["umap"].shape == (d_sae, 2) and np.isfinite(entry["umap"]).all()
+        assert entry["cluster"].shape == (d_sae,) and entry["cluster"].min() == 0
         stats = entry.meta["stats"]
         assert stats["ce_loss_delta"] == pytest.approx(stats["ce_loss_spliced"] - stats["ce_loss_clean"])
+
+
+def test_mlp_post_saes_read_the_mlp_hidden_width(wide):
+    """The mlp.hook_post SAEs read d_mlp-wide activations: the W_out path is what the brute force checks."""
+    _, _, releases, cache, report = wide
+    release = releases[0]
+    model = load_reference_model(release.model.path)
+    post = [s for s in release.saes() if s.hook.endswith("mlp.hook_post")]
+    assert len(post) == 3 and sorted(report.computed) == sorted(s.id for s in release.saes())
+    for spec in post:
+        entry = _entries(cache, release)[spec.id]
+        assert entry.meta["d_in"] == model.cfg.d_mlp != model.cfg.d_model
+        assert entry.meta["hook"] == spec.hook
+        assert (entry["pos_logit_token"] >= 0).all()  # W_out maps it to the residual stream: logits exist
 
 
 def test_results_do_not_depend_on_batch_size(built, tmp_path):

@@ -8,6 +8,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -18,6 +19,7 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT, BuiltSite, sae_atlas
+from tests.fixtures import load_reference_model, load_reference_sae, residual_directions
 
 DUMP_KEYS = {
     "sae", "index", "max_activation", "density", "top_examples", "interval_examples", "histogram",
@@ -89,6 +91,14 @@ def _record(site: Path, sae: Sae, index: int) -> dict:
     return record
 
 
+def _all_records(site: Path, sae: Sae) -> dict[int, dict]:
+    """Every feature record of an SAE, by index, each shard read once."""
+    records = {}
+    for shard in sorted((site / sae.url).parent.glob("data/f/*.js")):
+        records.update({r["i"]: r for r in data_call(shard)[1][1]})
+    return records
+
+
 class _Links(HTMLParser):
     ATTRIBUTES = {"href", "src", "data-summary"}
 
@@ -115,41 +125,31 @@ def _resolve(site: Path, page: Path, href: str) -> Path | None:
 class Reference:
     tokens: np.ndarray  # int [prompts, context]
     acts: dict[str, np.ndarray]  # SAE id -> float32 [prompts, context, d_sae]
-
-
-def _load_model(directory: Path):
-    """A HookedTransformer from a local model dir: config.json fields + model.safetensors."""
-    import torch
-    from safetensors.torch import load_file
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
-
-    raw = json.loads((directory / "config.json").read_text())
-    fields = {f.name for f in dataclasses.fields(HookedTransformerConfig) if f.init} - {"dtype", "device"}
-    model = HookedTransformer(HookedTransformerConfig(**{k: v for k, v in raw.items() if k in fields},
-                                                      device="cpu", dtype=torch.float32))
-    model.load_state_dict(load_file(str(directory / "model.safetensors")), strict=False)
-    return model.eval()
+    model: object = None  # the HookedTransformer the activations came from
+    w_dec: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # SAE id -> f32 [d_sae, d_in]
+    model_dir: Path | None = None
 
 
 @pytest.fixture(scope="module")
 def reference(built_site: BuiltSite) -> Reference:
     """Every SAE's activations on every corpus token, computed here in one batch."""
     import torch
-    from sae_lens import SAE
 
     path, m = _manifest(built_site.content)
     saes = _saes(built_site.content)
     key = _summary(built_site.site, saes[0])["corpus"].rstrip("/").rsplit("/", 1)[-1]
     tokens = np.load(built_site.cache / "corpus" / key / "tokens.npy")
     assert tokens.shape == (m["corpus"]["prompts"], m["corpus"]["context"])
-    model = _load_model((path.parent / m["model"]["path"]).resolve())
-    acts = {}
+    model_dir = (path.parent / m["model"]["path"]).resolve()
+    model = load_reference_model(model_dir)
+    acts, w_dec = {}, {}
     with torch.no_grad():
         _, cache = model.run_with_cache(torch.from_numpy(tokens.astype(np.int64)), names_filter=[s.hook for s in saes])
         for s in saes:
-            sae = SAE.load_from_disk(str(s.path), device="cpu", dtype="float32").eval()
+            sae = load_reference_sae(s.path)
             acts[s.id] = sae.encode(cache[s.hook].float()).float().numpy()
-    return Reference(tokens, acts)
+            w_dec[s.id] = sae.W_dec.detach().float().numpy()
+    return Reference(tokens, acts, model, w_dec, model_dir)
 
 
 def _ranked(acts: np.ndarray, feature: int) -> list[tuple[float, int, int]]:
@@ -284,6 +284,8 @@ def test_top_examples_in_the_site_match_a_brute_force_recomputation(built_site, 
             record = _record(site, sae, index)
             ranked = _ranked(acts, index)
             where = f"{sae.id}:{index}"
+            fired = float((acts[:, :, index] > 0).mean())
+            assert math.isclose(record["density"], fired, rel_tol=SHARD_REL), f"{where}: density {record['density']} != {fired}"
             if not ranked:
                 assert record["max"] == 0 and record["top"] == [], where
                 continue
@@ -305,6 +307,37 @@ def test_top_examples_in_the_site_match_a_brute_force_recomputation(built_site, 
             checked += 1
     assert checked > 200
     assert ties > 0, "the fixture should exercise the tie rule (equal activations on the BOS token)"
+
+
+def _as_shown(token_string: str) -> str:
+    """A token string as the site carries it: NUL and lone surrogates become U+FFFD."""
+    return re.sub("[\x00\ud800-\udfff]", "\ufffd", token_string)
+
+
+def test_logits_in_the_site_match_the_unembedded_decoder_directions(built_site, reference):
+    """pos/neg: the tokens with the largest and smallest W_dec (through the hook's map) @ W_U."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(reference.model_dir))
+    w_u = reference.model.W_U.detach().double().numpy()
+    n_logits = _manifest(built_site.content)[1]["compute"]["logits"]
+    for sae in _saes(built_site.content):
+        logits = residual_directions(reference.model, sae.hook, reference.w_dec[sae.id]) @ w_u
+        summary = _summary(built_site.site, sae)
+        records = _all_records(built_site.site, sae)
+        assert sorted(records) == list(range(summary["d_sae"]))
+        for index, record in records.items():
+            where = f"{sae.id}:{index}"
+            for side, order in (("pos", np.argsort(-logits[index], kind="stable")), ("neg", np.argsort(logits[index], kind="stable"))):
+                shown = record[side]
+                expected = order[: len(shown)]
+                assert len(shown) == n_logits, where
+                strings = [_as_shown(tokenizer.decode([int(t)], clean_up_tokenization_spaces=False)) for t in expected]
+                assert [t for t, _ in shown] == strings, f"{where} {side}"
+                for (_, v), t in zip(shown, expected):
+                    assert math.isclose(v, logits[index, t], rel_tol=SHARD_REL, abs_tol=1e-4), f"{where} {side}"
+            label = summary["label"][index]
+            assert label.startswith(" ".join(t for t, _ in record["pos"][:1])), where
 
 
 def _dump(built_site: BuiltSite, feature: str) -> dict:
