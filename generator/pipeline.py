@@ -92,6 +92,15 @@ def cmd_dump(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_init(args: argparse.Namespace) -> int:
+    from generator.scaffold import init_manifest
+
+    path, sc = init_manifest(args.sae_lens, args.layers, args.out, args.content, args.corpus)
+    n_saes = sum(len(s.saes) for s in sc.sets)
+    print(f"wrote {path}: {len(sc.sets)} set(s), {n_saes} SAE(s); edit it (see its comments), then run `sae-atlas check`", file=sys.stderr)
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from generator.render.serve import serve
 
