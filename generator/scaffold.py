@@ -19,7 +19,6 @@ from pathlib import Path
 import yaml
 
 from generator.errors import AtlasError
-from generator.ids import SLUG
 from generator.manifest import CORPUS_SUFFIXES, CorpusSpec
 from generator.sources.configs import ConfigError, pretrained_saes_directory, read_json_object
 
@@ -169,6 +168,7 @@ def _ranges(layers: list[int]) -> str:
 
 
 def slugify(text: str) -> str:
+    """A valid id (generator.ids.SLUG) from any text: lowercase, runs of other characters as '-'."""
     slug = re.sub(r"[^a-z0-9_.]+", "-", text.lower()).strip("-._")
     return slug or "x"
 
@@ -354,7 +354,5 @@ def init_manifest(release: str, layers: str | None, out: Path | None, content: P
     path = Path(out) if out is not None else Path(content) / "releases" / f"{slugify(release)}.yaml"
     if path.suffix != ".yaml":
         raise InitError(f"--out {path}: manifests end in .yaml; expected a path such as {path.with_suffix('.yaml')}")
-    if not SLUG.fullmatch(slugify(release)):
-        raise InitError(f"'{release}' gives no valid release slug; expected letters, digits, '.', '_' or '-'")
     write_new(path, manifest_text(sc, path, corpus))
     return path, sc
