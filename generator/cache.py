@@ -12,6 +12,7 @@ import hashlib
 import os
 import shutil
 import sys
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,9 @@ from generator.manifest import Release, SaeSpec, SetSpec
 
 CACHE_FORMAT = 1
 KEY_LENGTH = 24
+# Dtypes a model can be computed in (`--dtype`); each gets its own SAE entries.
+COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
+DEFAULT_DTYPE = "float32"
 
 
 def _sha256_file(path: Path, h: "hashlib._Hash | None" = None) -> "hashlib._Hash":
@@ -90,7 +94,8 @@ def sae_identity(sae: SaeSpec) -> str:
     return f"sae_lens:{sae.sae_lens.release}/{sae.sae_lens.id}"  # type: ignore[union-attr]
 
 
-def sae_key(release: Release, sae: SaeSpec) -> str:
+def sae_key(release: Release, sae: SaeSpec, dtype: str = DEFAULT_DTYPE) -> str:
+    """Key of an SAE's statistics; `dtype` is the model's compute dtype (results differ per dtype)."""
     weights = sae_identity(sae)
     return _key(
         "sae",
@@ -100,7 +105,21 @@ def sae_key(release: Release, sae: SaeSpec) -> str:
         corpus_key(release),
         sae.hook,
         dataclasses.asdict(release.compute),
+        dtype,
     )
+
+
+def computed_dtypes(store: "CacheStore", release: Release, sae: SaeSpec) -> list[str]:
+    """The dtypes this SAE has a finished entry for (to say so when another dtype was asked for)."""
+    return [d for d in COMPUTE_DTYPES if (store.sae_dir(sae_key(release, sae, d)) / "meta.json").exists()]
+
+
+def missing_entry_hint(store: "CacheStore", release: Release, sae: SaeSpec, dtype: str) -> str:
+    """'' or, when the SAE was computed with other dtypes only, a clause naming them."""
+    others = [d for d in computed_dtypes(store, release, sae) if d != dtype]
+    if not others:
+        return ""
+    return f"; it is computed with --dtype {' and '.join(others)} (pass that --dtype, or compute with --dtype {dtype})"
 
 
 def set_key(release: Release, set_spec: SetSpec) -> str:
@@ -250,6 +269,18 @@ class CacheStore:
 # -- reading one feature ----------------------------------------------------------------------------
 
 
+def token_string(vocab: Sequence[str], token: int) -> str:
+    """Display string of a token id. A model's d_vocab may exceed its tokenizer (padded to a
+    multiple of 64 or 128): ids past the tokenizer have no string and show as `<id N>`."""
+    return vocab[token] if 0 <= token < len(vocab) else f"<id {token}>"
+
+
+def vocab_covering(vocab: Sequence[str], tokens: Iterable[int]) -> list[str]:
+    """`vocab` extended so that every id in `tokens` indexes it (padded ids as `token_string`)."""
+    top = max((int(t) for t in tokens), default=-1)
+    return list(vocab) + [token_string(vocab, t) for t in range(len(vocab), top + 1)]
+
+
 def _clip_window(entry: Entry, tokens: np.ndarray, vocab: list[str], prompt: int, position: int, value: float, window: np.ndarray) -> dict:
     """One example as in `sae-atlas dump`: the stored window clipped to its prompt."""
     before = int(entry.meta["settings"]["context_before"])
@@ -262,7 +293,7 @@ def _clip_window(entry: Entry, tokens: np.ndarray, vocab: list[str], prompt: int
         "position": position,
         "activation": float(value),
         "tokens": ids,
-        "token_strings": [vocab[t] if 0 <= t < len(vocab) else "" for t in ids],
+        "token_strings": [token_string(vocab, t) for t in ids],
         "activations": [float(a) for a in window[start - (position - before) : stop - (position - before)]],
     }
 
@@ -297,7 +328,7 @@ def feature_record(entry: Entry, tokens: np.ndarray, vocab: list[str], index: in
 
     def logits(token: np.ndarray, value: np.ndarray) -> list[dict]:
         return [
-            {"token": int(t), "token_string": vocab[int(t)] if 0 <= t < len(vocab) else "", "value": float(v)}
+            {"token": int(t), "token_string": token_string(vocab, int(t)), "value": float(v)}
             for t, v in zip(token, value)
             if t >= 0
         ]
@@ -321,8 +352,8 @@ def feature_record(entry: Entry, tokens: np.ndarray, vocab: list[str], index: in
     }
 
 
-def dump_feature(releases: list[Release], cache_root: Path, feature: str) -> dict:
-    """`MODEL@LAYER-SET:INDEX` -> its computed record; AtlasError if unknown or not computed."""
+def dump_feature(releases: list[Release], cache_root: Path, feature: str, dtype: str = DEFAULT_DTYPE) -> dict:
+    """`MODEL@LAYER-SET:INDEX` -> its record computed with `dtype`; AtlasError if unknown or not computed."""
     try:
         sae_id, index = parse_feature_id(feature)
     except ValueError as e:
@@ -331,10 +362,17 @@ def dump_feature(releases: list[Release], cache_root: Path, feature: str) -> dic
         for spec in release.saes():
             if spec.sae_id == sae_id:
                 store = CacheStore(cache_root)
-                entry = store.sae_entry(sae_key(release, spec))
+                entry = store.sae_entry(sae_key(release, spec, dtype))
                 corpus = store.corpus(corpus_key(release))
                 if entry is None or corpus is None:
-                    raise AtlasError(f"{sae_id} is not computed in {cache_root}; run `sae-atlas compute` first")
-                return feature_record(entry, np.asarray(corpus["tokens"]), store.vocab(corpus_key(release)), index)
+                    hint = missing_entry_hint(store, release, spec, dtype)
+                    raise AtlasError(
+                        f"{sae_id} is not computed with --dtype {dtype} in {cache_root}{hint or '; run `sae-atlas compute` first'}"
+                    )
+                # The site's token strings (cleaned of lone surrogates and NUL, which JSON cannot carry).
+                from generator.render.shards import load_vocab
+
+                vocab = load_vocab(str(store.corpus_dir(corpus_key(release))))
+                return feature_record(entry, np.asarray(corpus["tokens"]), vocab, index)
     known = sorted(spec.id for r in releases for spec in r.saes())
     raise AtlasError(f"unknown SAE {sae_id}; known: {', '.join(known) or 'none'}")

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from generator.cache import COMPUTE_DTYPES, DEFAULT_DTYPE
 from generator.errors import AtlasError, InputError
 
 DEFAULT_CONTENT = Path("content")
@@ -47,10 +48,13 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--content", type=Path, default=DEFAULT_CONTENT, help="content dir with releases/*.yaml")
         sp.add_argument("--quiet", action="store_true", help="no progress bars (CI logs)")
 
+    def dtype_opt(sp: argparse.ArgumentParser, verb: str) -> None:
+        sp.add_argument("--dtype", default=DEFAULT_DTYPE, choices=COMPUTE_DTYPES, help=f"model dtype of the statistics {verb} (part of the cache key)")
+
     def compute_opts(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+        dtype_opt(sp, "to compute")
         sp.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-        sp.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
         sp.add_argument("--batch-size", type=int, default=None, help="prompts per forward batch")
         sp.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's own; 1 is faster on a busy machine)")
         sp.add_argument(
@@ -73,15 +77,24 @@ def _parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("render", help="render the site from the cache (no torch needed)")
     common(sp), render_opts(sp)
     sp.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    dtype_opt(sp, "to render")
     sp.add_argument("--release", action="append", default=None)
     sp = sub.add_parser("serve", help="preview the site with live reload")
     common(sp), render_opts(sp)
     sp.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    dtype_opt(sp, "to render")
     sp.add_argument("--port", type=int, default=8000)
+    sp = sub.add_parser("init", help="write a manifest for a release of SAELens's registry")
+    sp.add_argument("--sae-lens", required=True, metavar="RELEASE", help="a release of SAELens's pretrained_saes.yaml, e.g. gpt2-small-res-jb")
+    sp.add_argument("--layers", default=None, help="only these layers, e.g. 8-9 or 8,9 (default: all)")
+    sp.add_argument("--out", type=Path, default=None, help="the manifest to write (default: CONTENT/releases/RELEASE.yaml); never overwritten")
+    sp.add_argument("--content", type=Path, default=DEFAULT_CONTENT, help="content dir whose releases/ gets the manifest")
+    sp.add_argument("--corpus", default=None, metavar="PATH|DATASET", help="a local .txt/.jsonl file or a hub dataset name (default: the registry's, if it names one)")
     sp = sub.add_parser("dump", help="print one feature's computed record as JSON")
     common(sp)
     sp.add_argument("feature", help="MODEL@LAYER-SET:INDEX")
     sp.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    dtype_opt(sp, "to print")
     return p
 
 

@@ -67,7 +67,7 @@ def cmd_render(args: argparse.Namespace) -> int:
 
     releases = load_releases(args.content, getattr(args, "release", None))
     try:
-        render_site(releases, cache=args.cache, out=args.out, theme=args.theme, quiet=args.quiet)
+        render_site(releases, cache=args.cache, out=args.out, theme=args.theme, quiet=args.quiet, dtype=args.dtype)
     except OSError as e:
         raise AtlasError(f"writing the site failed: {e}; the previous site in {args.out} is unchanged") from e
     return 0
@@ -87,8 +87,17 @@ def cmd_dump(args: argparse.Namespace) -> int:
     from generator.cache import dump_feature
 
     releases = load_content(args.content)
-    record = dump_feature(releases, args.cache, args.feature)
+    record = dump_feature(releases, args.cache, args.feature, args.dtype)
     sys.stdout.buffer.write(orjson.dumps(record, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY) + b"\n")
+    return 0
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from generator.scaffold import init_manifest
+
+    path, sc = init_manifest(args.sae_lens, args.layers, args.out, args.content, args.corpus)
+    n_saes = sum(len(s.saes) for s in sc.sets)
+    print(f"wrote {path}: {len(sc.sets)} set(s), {n_saes} SAE(s); edit it (see its comments), then run `sae-atlas check`", file=sys.stderr)
     return 0
 
 

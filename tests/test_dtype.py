@@ -26,17 +26,7 @@ def _compute(content, cache, dtype: str) -> dict:
     releases = load_content(content)
     compute_releases(releases, cache, ComputeOptions(device="cpu", dtype=dtype, quiet=True, pca_map=True, batch_size=4))
     store = CacheStore(cache)
-    out = {}
-    for spec in releases[0].saes():
-        keys = {k for k in (sae_key(releases[0], spec, dtype) if _takes_dtype() else sae_key(releases[0], spec),)}
-        out[spec.id] = store.sae_entry(keys.pop())
-    return out
-
-
-def _takes_dtype() -> bool:
-    import inspect
-
-    return "dtype" in inspect.signature(sae_key).parameters
+    return {spec.id: store.sae_entry(sae_key(releases[0], spec, dtype)) for spec in releases[0].saes()}
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +42,7 @@ def test_half_precision_agrees_with_float32_within_tolerance(float32, dtype):
     got = _compute(content, root / f"cache-{dtype}", dtype)
     for sae_id, w in want.items():
         g = got[sae_id]
+        assert (g.meta["dtype"], w.meta["dtype"]) == (dtype, "float32")
         assert not np.array_equal(g["max_activation"], w["max_activation"]), f"{sae_id}: {dtype} gave the float32 numbers"
         assert np.abs(g["density"] - w["density"]).max() <= 0.03, sae_id
         scale = float(np.max(w["max_activation"]))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -17,6 +18,7 @@ from generator.errors import AtlasError
 from generator.manifest import ComputeSettings, load_content
 from generator.render import render_site, shards
 from generator.render.markup import render_markdown, safe_href
+from generator.render.sitemodel import neuronpedia_href
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
@@ -70,7 +72,6 @@ def _hostile_release(**overrides):
 @pytest.fixture()
 def synthetic(tmp_path):
     """A small synthetic cache with hostile token strings, title, description and explanations."""
-    import dataclasses
 
     release, kw = _hostile_release()
     expl = tmp_path / "explanations.jsonl"
@@ -379,3 +380,109 @@ def test_serve_injects_live_reload_and_re_renders_on_theme_change(synthetic, tmp
     finally:
         server.shutdown()
         server.server_close()
+
+
+# --- dtype, hooks, registry links ------------------------------------------------------------------
+
+
+def test_sae_keys_differ_per_dtype_and_default_to_float32():
+    release, _ = _hostile_release()
+    spec = release.saes()[0]
+    keys = {dtype: sae_key(release, spec, dtype) for dtype in ("float32", "bfloat16", "float16")}
+    assert len(set(keys.values())) == 3
+    assert sae_key(release, spec) == keys["float32"]
+
+
+def _move_to_dtype(cache: Path, release, dtype: str) -> None:
+    """Re-file every SAE entry of a float32 cache as computed with `dtype` (meta included)."""
+    store = CacheStore(cache)
+    for spec in release.saes():
+        src, dst = store.sae_dir(sae_key(release, spec)), store.sae_dir(sae_key(release, spec, dtype))
+        src.rename(dst)
+        meta = json.loads((dst / "meta.json").read_text())
+        (dst / "meta.json").write_text(json.dumps({**meta, "dtype": dtype}))
+
+
+def test_render_and_dump_use_the_entries_of_the_requested_dtype(synthetic, tmp_path):
+    release, cache = synthetic
+    _move_to_dtype(cache, release, "bfloat16")
+    spec = release.saes()[0]
+    with pytest.raises(AtlasError) as e:
+        render_site([release], cache=cache, out=tmp_path / "site", quiet=True)
+    assert spec.id in str(e.value) and "--dtype bfloat16" in str(e.value)
+    with pytest.raises(AtlasError) as e:
+        dump_feature([release], cache, f"{spec.id}:0", dtype="float16")
+    assert "--dtype float16" in str(e.value) and "computed with --dtype bfloat16" in str(e.value)
+
+    render_site([release], cache=cache, out=tmp_path / "site", quiet=True, dtype="bfloat16")
+    page = (tmp_path / "site" / spec.model_id / f"{spec.layer}-{spec.set_id}" / "index.html").read_text()
+    assert '<tr><th scope="row">dtype</th><td>bfloat16</td></tr>' in page
+    assert dump_feature([release], cache, f"{spec.id}:0", dtype="bfloat16")["index"] == 0
+
+
+def test_cli_render_and_dump_name_the_dtype_that_was_computed(computed, tmp_path):
+    releases, cache, site = computed
+    content = releases[0].source.parent.parent
+    from tests.conftest import sae_atlas
+
+    run = sae_atlas("render", "--quiet", "--content", content, "--cache", cache, "--out", tmp_path / "s", "--dtype", "bfloat16")
+    assert run.returncode == 1 and "--dtype float32" in run.stderr and "Traceback" not in run.stderr
+    assert not (tmp_path / "s").exists()
+    sae = releases[0].saes()[0]
+    run = sae_atlas("dump", f"{sae.id}:0", "--content", content, "--cache", cache, "--dtype", "float16")
+    assert run.returncode == 1 and "computed with --dtype float32" in run.stderr
+    run = sae_atlas("dump", f"{sae.id}:0", "--content", content, "--cache", cache, "--dtype", "float32")
+    assert run.returncode == 0 and json.loads(run.stdout)["sae"] == sae.id
+    page = (site / sae.model_id / f"{sae.layer}-{sae.set_id}" / "index.html").read_text()
+    assert '<tr><th scope="row">dtype</th><td>float32</td></tr>' in page
+
+
+def test_sae_page_says_reads_and_writes_for_a_transcoder(synthetic, tmp_path):
+    release, cache = synthetic
+    store = CacheStore(cache)
+    transcoder, plain = release.saes()
+    entry = store.sae_dir(sae_key(release, transcoder))
+    meta = json.loads((entry / "meta.json").read_text())
+    meta.update(hook=transcoder.hook, hook_out=f"blocks.{transcoder.layer}.hook_mlp_out", architecture="transcoder")
+    (entry / "meta.json").write_text(json.dumps(meta))
+    out = tmp_path / "site"
+    render_site([release], cache=cache, out=out, quiet=True)
+
+    def page(spec):
+        return (out / spec.model_id / f"{spec.layer}-{spec.set_id}" / "index.html").read_text()
+
+    reads_writes = f"reads <code>{transcoder.hook}</code>, writes <code>blocks.{transcoder.layer}.hook_mlp_out</code>"
+    assert page(transcoder).count(reads_writes) == 2  # the heading line and the configuration table
+    assert f"reads <code>{plain.hook}</code>" in page(plain) and "writes" not in page(plain)
+
+
+def _registry() -> dict:
+    """SAELens's pretrained_saes.yaml, read directly."""
+    import importlib.util
+
+    import yaml
+
+    (location,) = importlib.util.find_spec("sae_lens").submodule_search_locations
+    return yaml.safe_load((Path(location) / "pretrained_saes.yaml").read_text())
+
+
+def test_sae_pages_link_to_neuronpedia_where_the_registry_gives_an_id(tmp_path):
+    settings = ComputeSettings(top_k=3, intervals=2, per_interval=2, logits=3, neighbours=3, context_before=2, context_after=1)
+    # The synthetic release's SAEs are `sae_lens: {release: gpt2-small-res-jb, id: blocks.L.hook_resid_pre}`.
+    release = synthetic_release.synthetic_release(
+        n_saes=2, d_sae=8, prompts=6, context=8, vocab_size=50, settings=settings, model_id="gpt2-small", set_id="res-jb"
+    )
+    assert {s.sae_lens.release for s in release.saes()} == {"gpt2-small-res-jb"}
+    cache, out = tmp_path / "cache", tmp_path / "site"
+    synthetic_release.build_synthetic_cache(cache, release, d_sae=8, vocab_size=50)
+    render_site([release], cache=cache, out=out, quiet=True)
+    registry = {e["id"]: e for e in _registry()["gpt2-small-res-jb"]["saes"]}
+    for spec in release.saes():
+        expected = "https://www.neuronpedia.org/" + registry[spec.sae_lens.id]["neuronpedia"]
+        page = (out / spec.model_id / f"{spec.layer}-{spec.set_id}" / "index.html").read_text()
+        assert f'<a href="{expected}" rel="noopener">Neuronpedia</a>' in page
+        assert expected.endswith(f"/gpt2-small/{spec.layer}-res-jb")
+    # A release the registry does not know gets no link (nor does a local SAE).
+    hostile, _ = _hostile_release()
+    assert all(neuronpedia_href(s) is None for s in hostile.saes())
+    assert neuronpedia_href(dataclasses.replace(release.saes()[0], sae_lens=None, path=tmp_path)) is None

@@ -79,12 +79,12 @@ class ComputeReport:
     recomputed: int = 0  # (SAE, batch) pairs of pass 2 that ran the model and the encoder again
 
 
-def plan_jobs(releases: list[Release]) -> list[SaeJob]:
+def plan_jobs(releases: list[Release], dtype: str = "float32") -> list[SaeJob]:
     """Every SAE of every release, once, sorted by id (the order --shard slices)."""
     jobs: dict[str, SaeJob] = {}
     for release in releases:
         for spec in release.saes():
-            jobs.setdefault(spec.id, SaeJob(release, spec, sae_key(release, spec)))
+            jobs.setdefault(spec.id, SaeJob(release, spec, sae_key(release, spec, dtype)))
     return [jobs[k] for k in sorted(jobs)]
 
 
@@ -99,7 +99,7 @@ def compute_releases(releases: list[Release], cache_root: Path, options: Compute
     options = options or ComputeOptions()
     store = CacheStore(Path(cache_root))
     report = ComputeReport()
-    all_jobs = plan_jobs(releases)
+    all_jobs = plan_jobs(releases, options.dtype)
     jobs = shard_slice(all_jobs, options.shard)
 
     groups: dict[tuple[str, str], list[SaeJob]] = {}
@@ -435,7 +435,7 @@ def _finish(r: _Running, model, corpus: Corpus, store: CacheStore, ce: tuple[flo
         "d_sae": sae.d_sae,
         "d_out": sae.d_out,
         "model_kwargs": sae.model_kwargs,
-        "dtype": "float32",
+        "dtype": options.dtype,
         "n_tokens": n_tokens,
         "n_prompts": corpus.n_prompts,
         "context": corpus.context,

@@ -165,6 +165,8 @@ def sae_context(r: ReleaseModel, s: SetModel, sae: SaeModel) -> dict:
         {"title": f"Release: {r.release.title}", "href": ids.relative(page, r.page)},
         {"title": f"Set: {s.model_id}/{s.id}", "href": ids.relative(page, s.page)},
     ] + [{"title": link.title, "href": link.href} for link in r.links]
+    if sae.neuronpedia:
+        links.append({"title": "Neuronpedia", "href": sae.neuronpedia})
     return {
         "title": sae.id,
         "root": _root(page),
@@ -176,7 +178,8 @@ def sae_context(r: ReleaseModel, s: SetModel, sae: SaeModel) -> dict:
             "release": r.id,
             "set": s.id,
             "set_title": s.spec.title,
-            "hook": sae.spec.hook,
+            "hook": sae.hook_in,
+            "hook_out": sae.hook_out,
             "layer": sae.spec.layer,
             "architecture": meta.get("architecture"),
             "d_in": meta.get("d_in"),
@@ -236,7 +239,8 @@ def search_documents(site: SiteModel) -> dict:
                         "kind": "sae",
                         "title": sae.id,
                         "text": " ".join(
-                            str(x) for x in (sae.spec.hook, s.spec.title, r.id, sae.meta.get("architecture") or "", sae.d_sae)
+                            str(x)
+                            for x in dict.fromkeys((sae.hook_in, sae.hook_out, s.spec.title, r.id, sae.meta.get("architecture") or "", sae.d_sae))
                         ),
                         "href": sae.page,
                     }

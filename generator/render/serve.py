@@ -115,7 +115,7 @@ def serve(args: argparse.Namespace) -> None:
 
     def render() -> None:
         releases = load_releases(args.content, getattr(args, "release", None))
-        render_site(releases, cache=args.cache, out=args.out, theme=args.theme, quiet=True)
+        render_site(releases, cache=args.cache, out=args.out, theme=args.theme, quiet=True, dtype=args.dtype)
 
     render()
     live = LiveState()

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 
+from generator.cache import vocab_covering
 from generator.render.markup import clean_text
 from generator.render.write import SiteWriter
 
@@ -103,6 +104,14 @@ def load_vocab(corpus_dir: str) -> tuple[str, ...]:
 
         vocab = json.loads(raw)
     return tuple(clean_text(str(s)) for s in vocab)
+
+
+def display_vocab(corpus_dir: str, *token_arrays: np.ndarray) -> tuple[str, ...]:
+    """`load_vocab` extended to the largest id in `token_arrays`, so that every id indexes it:
+    ids past the tokenizer (a padded d_vocab) read `<id N>`."""
+    vocab = load_vocab(corpus_dir)
+    top = max((int(np.max(a)) for a in token_arrays if a.size), default=-1)
+    return vocab if top < len(vocab) else tuple(vocab_covering(vocab, [top]))
 
 
 def _open_array(directory: str, name: str) -> np.ndarray | None:
@@ -309,8 +318,8 @@ def _write_sae_data(job: SaeDataJob, site_root: str) -> tuple[int, int]:
         if arr is None:
             raise FileNotFoundError(f"{job.sae_id}: cache entry lacks {name}.npy")
         arrays[name] = arr
-    vocab = load_vocab(job.corpus_dir)
     tokens = np.load(Path(job.corpus_dir, "tokens.npy"), mmap_mode="r", allow_pickle=False)
+    vocab = display_vocab(job.corpus_dir, tokens, arrays["pos_logit_token"], arrays["neg_logit_token"])
     d_sae = int(arrays["max_activation"].shape[0])
 
     summary = summary_object(job, arrays, vocab, tokens)
@@ -332,9 +341,8 @@ def _write_sae_data(job: SaeDataJob, site_root: str) -> tuple[int, int]:
 def write_corpus(corpus_dir: str, site_dir: str, prompts_per_shard: int, site_root: str) -> tuple[int, int]:
     """Token strings of every prompt, `prompts_per_shard` prompts per file."""
     writer = SiteWriter(Path(site_root))
-    vocab = load_vocab(corpus_dir)
-    encoded = [to_json(s) for s in vocab]
     tokens = np.load(Path(corpus_dir, "tokens.npy"), mmap_mode="r", allow_pickle=False)
+    encoded = [to_json(s) for s in display_vocab(corpus_dir, tokens)]
     n_prompts = tokens.shape[0]
     lookup = operator.itemgetter
     for shard, lo in enumerate(range(0, n_prompts, prompts_per_shard)):

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 
+from generator.cache import DEFAULT_DTYPE
 from generator.errors import AtlasError
 from generator.manifest import Release
 from generator.render import pages, shards
@@ -78,11 +79,13 @@ def render_site(
     theme: Path | None = None,
     quiet: bool = False,
     workers: int | None = None,
+    dtype: str = DEFAULT_DTYPE,
 ) -> RenderReport:
-    """Render every release from the cache into `out` (replaced atomically; on failure untouched)."""
+    """Render every release from the cache (the entries computed with `dtype`) into `out`
+    (replaced atomically; on failure untouched)."""
     if theme is not None and not Path(theme).is_dir():
         raise AtlasError(f"theme directory {theme} does not exist; expected a dir with templates/ and/or static/")
-    site = build_site_model(releases, Path(cache))
+    site = build_site_model(releases, Path(cache), dtype)
     env = pages.make_environment(theme)
     n_features = sum(sae.d_sae for sae in site.saes)
     if workers is None:

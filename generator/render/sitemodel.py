@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+from urllib.parse import quote
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,14 +17,16 @@ import numpy as np
 from markupsafe import Markup
 
 from generator import ids
-from generator.cache import CacheStore, corpus_key, sae_key, set_key
+from generator.cache import DEFAULT_DTYPE, CacheStore, corpus_key, missing_entry_hint, sae_key, set_key
 from generator.sources.explanations import load_explanations
 from generator.errors import AtlasError
 from generator.ids import SaeId
 from generator.manifest import Release, SaeSpec, SetSpec
 from generator.render import shards
 from generator.render.markup import clean_text, plain_text, render_markdown, safe_href
+from generator.sources.configs import pretrained_saes_directory
 
+NEURONPEDIA = "https://www.neuronpedia.org/"
 STAT_KEYS = ("l0", "dead", "dense", "explained_variance", "mse", "ce_loss_clean", "ce_loss_spliced", "ce_loss_delta")
 
 
@@ -48,6 +51,17 @@ class SaeModel:
     shard_size: int
     explanations: dict[int, list[dict]] = field(default_factory=dict)
     cross: shards.CrossNeighbours | None = None
+    neuronpedia: str | None = None  # the SAE's Neuronpedia page, where SAELens's registry names one
+
+    @property
+    def hook_in(self) -> str:
+        """The hook the SAE reads (encodes)."""
+        return str(self.meta.get("hook") or self.spec.hook)
+
+    @property
+    def hook_out(self) -> str:
+        """The hook the SAE writes (reconstructs): another hook for transcoders, else `hook_in`."""
+        return str(self.meta.get("hook_out") or self.hook_in)
 
     @property
     def sae_id(self) -> SaeId:
@@ -222,6 +236,19 @@ def _snippet(release: Release, spec: SaeSpec) -> str:
     return clean_text(f"from sae_lens import SAE\n\nsae = {call}")
 
 
+def neuronpedia_href(spec: SaeSpec) -> str | None:
+    """Link to the SAE's page on Neuronpedia when SAELens's registry gives its id (a link only:
+    the site itself never requests anything from another host)."""
+    if spec.sae_lens is None:
+        return None
+    release = pretrained_saes_directory().get(spec.sae_lens.release) or {}
+    for entry in release.get("saes") or ():
+        if str(entry.get("id")) == spec.sae_lens.id:
+            np_id = entry.get("neuronpedia")
+            return safe_href(NEURONPEDIA + quote(str(np_id), safe="/")) if np_id else None
+    return None
+
+
 def _corpus_label(release: Release) -> str:
     c = release.corpus
     name = c.path.name if c.path is not None else str(c.dataset)
@@ -264,7 +291,8 @@ def sibling_link(from_page: str, to_page: str) -> str:
     return posixpath.relpath(to_page, posixpath.dirname(from_page) or ".")
 
 
-def build_site_model(releases: list[Release], cache: Path) -> SiteModel:
+def build_site_model(releases: list[Release], cache: Path, dtype: str = DEFAULT_DTYPE) -> SiteModel:
+    """The site model of the SAE entries computed with model dtype `dtype`."""
     store = CacheStore(Path(cache))
     missing: list[str] = []
     corpora: dict[str, CorpusModel] = {}
@@ -290,10 +318,10 @@ def build_site_model(releases: list[Release], cache: Path) -> SiteModel:
         for set_spec in release.sets:
             sae_models = []
             for spec in sorted(set_spec.saes, key=lambda s: s.layer):
-                key = sae_key(release, spec)
+                key = sae_key(release, spec, dtype)
                 entry = store.sae_entry(key)
                 if entry is None:
-                    missing.append(f"SAE {spec.id} (release {release.id})")
+                    missing.append(f"SAE {spec.id} (release {release.id}){missing_entry_hint(store, release, spec, dtype)}")
                     continue
                 sae_models.append(
                     SaeModel(
@@ -307,6 +335,7 @@ def build_site_model(releases: list[Release], cache: Path) -> SiteModel:
                         corpus_label=_corpus_label(release),
                         stats=_stats(entry.meta),
                         snippet=_snippet(release, spec),
+                        neuronpedia=neuronpedia_href(spec),
                         shard_size=shard_size,
                         explanations={
                             index: _explanation_records(entries) for index, entries in sorted(by_sae.get(spec.id, {}).items())
@@ -323,7 +352,7 @@ def build_site_model(releases: list[Release], cache: Path) -> SiteModel:
         raise AtlasError(
             "no computed statistics in the cache for "
             + "; ".join(missing)
-            + f" (cache {cache}); run `sae-atlas compute` first"
+            + f" (cache {cache}, --dtype {dtype}); run `sae-atlas compute` first"
         )
     by_model: dict[str, list[ReleaseModel]] = defaultdict(list)
     for r in release_models:
