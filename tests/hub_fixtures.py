@@ -35,6 +35,11 @@ KK_RELEASE, KK_REPO = "gpt2-small-hook-z-kk", "ckkissane/attn-saes-gpt2-small-al
 DL_RELEASE, DL_REPO = "sae_bench_pythia70m_sweep_standard_ctx128_0712", "canrager/lm_sae"
 DATASET = "NeelNanda/pile-10k"
 
+# Paths inside the repos, as SAELens's registry (pretrained_saes.yaml) names them; written out so that
+# laying out the cache needs no SAELens import.
+KK_PATHS = {5: "gpt2-small_L5_Hcat_z_lr1.20e-03_l11.00e+00_ds49152_bs4096_dc1.00e-06_rsanthropic_rie25000_nr4_v9.pt"}
+DL_FOLDERS = {10: "pythia70m_sweep_standard_ctx128_0712/resid_post_layer_3/trainer_10"}
+
 GPT2_LAYERS, GPT2_D_MODEL, GPT2_HEADS = 10, 32, 4
 PYTHIA_LAYERS, PYTHIA_D_MODEL, PYTHIA_HEADS = 4, 32, 4
 PYTHIA_VOCAB_PADDING = 20  # config vocab_size = tokenizer size + this, as Pythia pads 50,277 to 50,304
@@ -261,9 +266,7 @@ def add_res_jb(hub: HubCache, layers: tuple[int, ...] = (8, 9), d_sae: int = 64,
 
 def kk_path(layer: int) -> str:
     """The registry's file name for layer `layer` of `gpt2-small-hook-z-kk`."""
-    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
-
-    return get_pretrained_saes_directory()[KK_RELEASE].saes_map[f"blocks.{layer}.hook_z"]
+    return KK_PATHS[layer]
 
 
 def add_hook_z_kk(hub: HubCache, layer: int = 5, d_sae: int = 64, seed: int = 20) -> None:
@@ -273,7 +276,7 @@ def add_hook_z_kk(hub: HubCache, layer: int = 5, d_sae: int = 64, seed: int = 20
     d_in = GPT2_D_MODEL  # n_heads * d_head
     cfg = {
         "seed": 49, "batch_size": 4096, "buffer_mult": 384, "lr": 0.0012, "num_tokens": 2000000000,
-        "l1_coeff": 1.8, "beta1": 0.9, "beta2": 0.99, "dict_mult": d_sae // d_in, "seq_len": 128,
+        "l1_coeff": 1.0, "beta1": 0.9, "beta2": 0.99, "dict_mult": d_sae // d_in, "seq_len": 128,
         "enc_dtype": "fp32", "model_name": "gpt2-small", "site": "z", "layer": layer, "device": "cuda",
         "reinit": "reinit", "head": "cat", "concat_heads": True, "resample_scheme": "anthropic",
         "anthropic_neuron_resample_scale": 0.2, "dead_direction_cutoff": 1e-06, "re_init_every": 25000,
@@ -297,10 +300,8 @@ def add_dictionary_learning(hub: HubCache, trainer: int = 10, d_sae: int = 64, s
     """One SAE of `sae_bench_pythia70m_sweep_standard_ctx128_0712` (layer 3): dictionary_learning's
     AutoEncoder `ae.pt` (encoder.weight [d_sae, d_in], encoder.bias, decoder.weight [d_in, d_sae], bias)
     and its `config.json` ({trainer, buffer}). Returns the SAE id."""
-    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
-
     sae_id = dl_sae_id(3, trainer)
-    folder = get_pretrained_saes_directory()[DL_RELEASE].saes_map[sae_id]
+    folder = DL_FOLDERS[trainer]
     w = _sae_weights(PYTHIA_D_MODEL, d_sae, seed)
     ae = {"bias": w["b_dec"], "encoder.weight": w["W_enc"].T.contiguous(), "encoder.bias": w["b_enc"], "decoder.weight": w["W_dec"].T.contiguous()}
     config = {
