@@ -249,18 +249,37 @@ def test_dump_prints_top_examples_density_and_logits_matching_brute_force(hub, c
         assert np.allclose([x["value"] for x in record["positive_logits"]], logits[index, top], rtol=1e-4, atol=1e-5)
 
 
-def test_a_dataset_missing_from_the_offline_cache_is_one_clear_line(hub, tmp_path):
-    content = _content(tmp_path, _manifest("missing", "gpt2-small", dict(list(GPT2_SAES.items())[:1]), dataset=MISSING_DATASET))
+def _one_line_input_error(hub, tmp_path: Path, dataset: str) -> str:
+    """`sae-atlas compute` of a release whose corpus is `dataset`: exit 2, one line at the manifest's
+    `dataset:` value, no traceback, nothing computed. Returns that line."""
+    content = _content(tmp_path, _manifest("bad-corpus", "gpt2-small", dict(list(GPT2_SAES.items())[:1]), dataset=dataset))
     run = sae_atlas("compute", "--quiet", "--device", "cpu", "--content", content, "--cache", tmp_path / "cache", cwd=tmp_path, env=hub[0].env())
     assert run.returncode == 2, run.output[-3000:]
     assert "Traceback" not in run.stderr
-    lines = [line for line in run.stderr.splitlines() if MISSING_DATASET in line]
+    lines = [line for line in run.stderr.splitlines() if dataset in line]
     assert len(lines) == 1, run.stderr
-    manifest = content / "releases" / "missing.yaml"
-    line_no = next(i for i, text in enumerate(manifest.read_text().splitlines(), 1) if MISSING_DATASET in text)
+    manifest = content / "releases" / "bad-corpus.yaml"
+    line_no = next(i for i, text in enumerate(manifest.read_text().splitlines(), 1) if dataset in text)
     assert lines[0].startswith(f"{manifest}:{line_no}:"), lines[0]
-    assert f"hf download {MISSING_DATASET} --repo-type dataset" in lines[0]
     assert not list((tmp_path / "cache").glob("sae/*"))
+    return lines[0]
+
+
+def test_a_dataset_missing_from_the_offline_cache_is_one_clear_line(hub, tmp_path):
+    line = _one_line_input_error(hub, tmp_path, MISSING_DATASET)
+    assert "not in the Hugging Face cache" in line
+    assert f"hf download {MISSING_DATASET} --repo-type dataset" in line
+
+
+def test_a_dataset_without_a_text_column_is_one_clear_line(hub, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "train.parquet"
+    pq.write_table(pa.table({"content": ["no text column here"] * 8}), path)
+    hub[0].add_file("nobody/code-corpus", "data/train-00000-of-00001.parquet", path, repo_type="dataset")
+    line = _one_line_input_error(hub, tmp_path, "nobody/code-corpus")
+    assert 'no "text" string column' in line
 
 
 def test_the_tokenizer_is_the_one_transformer_lens_names(hub, tmp_path):
