@@ -283,7 +283,8 @@ def test_a_dataset_without_a_text_column_is_one_clear_line(hub, tmp_path):
 
 
 def test_the_tokenizer_is_the_one_transformer_lens_names(hub, tmp_path):
-    """By name, the tokenizer is TransformerLens's `tokenizer_name`; a model that names none is an input error."""
+    """By name, the tokenizer is TransformerLens's `tokenizer_name`; a model that names none, or one missing
+    from the offline cache, is an input error."""
     hub_cache, _ = hub
     # A TransformerLens-format model config (as NeelNanda's repos have) without a tokenizer name.
     neel = {"d_model": 16, "n_layers": 1, "d_mlp": 64, "d_head": 4, "n_heads": 4, "n_ctx": 32, "d_vocab": 50,
@@ -298,15 +299,18 @@ def test_the_tokenizer_is_the_one_transformer_lens_names(hub, tmp_path):
         "got = load_tokenizer(ModelSpec(id='g', transformer_lens='gpt2-small'))\n"
         "want = AutoTokenizer.from_pretrained('gpt2')\n"
         "assert got.get_vocab() == want.get_vocab() and got.bos_token_id == want.bos_token_id, 'gpt2 tokenizer differs'\n"
-        "try:\n"
-        "    load_tokenizer(ModelSpec(id='n', transformer_lens='attn-only-1l'))\n"
-        "except InputError as e:\n"
-        "    print(e)\n"
+        "for name in ('attn-only-1l', 'gpt2-medium'):\n"
+        "    try:\n"
+        "        load_tokenizer(ModelSpec(id='m', transformer_lens=name))\n"
+        "    except InputError as e:\n"
+        "        print(e)\n"
     )
     done = subprocess.run([sys.executable, "-c", script], env={**os.environ, "PYTHONPATH": str(ROOT), **hub_cache.env()},
                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "'attn-only-1l' names no tokenizer" in done.stdout, done.stdout + done.stderr[-2000:]
+    # A model that is not in the cache, offline: an input error naming it, not a traceback.
+    assert "cannot load the tokenizer of TransformerLens model 'gpt2-medium'" in done.stdout, done.stdout + done.stderr[-2000:]
 
 
 def test_build_of_a_registry_release_from_the_hub_cache(hub, computed, reference, tmp_path):

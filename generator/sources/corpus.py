@@ -175,9 +175,7 @@ def _dataset_documents(name: str, mark: Mark) -> Iterator[str]:
             if not isinstance(text, str):
                 raise InputError([_at(mark, f"dataset '{name}' has no \"text\" string column; expected a text dataset")])
             yield text
-    except InputError:
-        raise
-    except (OSError, ValueError, ConnectionError) as e:  # not found, unreachable, unreadable data files
+    except (OSError, ValueError) as e:  # not found, unreachable (ConnectionError is an OSError), unreadable data files
         raise InputError([_at(mark, f"cannot load dataset '{name}' ({_first_line(e)}); expected a dataset on the Hugging Face hub with a train split")]) from e
 
 
