@@ -62,7 +62,8 @@ def read_local_config(directory: Path) -> dict:
 
 
 def load_tokenizer(spec: ModelSpec):
-    """The model's Hugging Face tokenizer, as TransformerLens would load it for this model."""
+    """The model's Hugging Face tokenizer: a local model's own, or for a TransformerLens name the one
+    TransformerLens loads (its config's `tokenizer_name`, not the architecture)."""
     from transformers import AutoTokenizer
 
     if spec.path is not None:
@@ -70,15 +71,18 @@ def load_tokenizer(spec: ModelSpec):
             return AutoTokenizer.from_pretrained(str(spec.path))
         except (OSError, ValueError) as e:
             raise InputError([problem_at(spec.path, f"cannot load tokenizer ({e}); expected files written by save_pretrained")]) from e
-    from transformer_lens.loading_from_pretrained import get_official_model_name, get_pretrained_model_config
+    from transformer_lens.loading_from_pretrained import NON_HF_HOSTED_MODEL_NAMES, get_pretrained_model_config
 
-    official = get_official_model_name(spec.transformer_lens)
-    cfg = get_pretrained_model_config(official)
-    name = getattr(cfg, "tokenizer_name", None) or official
+    mark = spec.mark_of("transformer_lens")
     try:
-        return AutoTokenizer.from_pretrained(name)
-    except (OSError, ValueError) as e:
-        raise AtlasError(f"cannot load the tokenizer of {spec.transformer_lens} ({name}) from the hub ({e}); check the connection or the hub cache (HF_HOME)") from e
+        cfg = get_pretrained_model_config(spec.transformer_lens)
+        name = cfg.tokenizer_name
+        if name is None or name in NON_HF_HOSTED_MODEL_NAMES:
+            raise InputError([problem_at(mark.file, f"TransformerLens model '{spec.transformer_lens}' names no tokenizer on the hub; expected a model with a tokenizer, or a local model with `path:`", mark.line, mark.col)])
+        return AutoTokenizer.from_pretrained(name, trust_remote_code=cfg.trust_remote_code)
+    except OSError as e:  # not in the hub cache offline, or the hub unreachable
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise InputError([problem_at(mark.file, f"cannot load the tokenizer of TransformerLens model '{spec.transformer_lens}' ({first}); expected it on the Hugging Face hub or in its cache", mark.line, mark.col)]) from e
 
 
 class TransformerLensBackend:

@@ -6,6 +6,10 @@
   BOS when the tokenizer has one.
 - `.jsonl` with `tokens`: pre-tokenized prompts, used exactly as given (the first `context` ids of
   each line; no BOS added).
+- `dataset: NAME`: the `text` column of the Hugging Face dataset's `train` split, streamed in order and
+  packed like text files. With the hub offline (HF_HUB_OFFLINE=1) it is read from the hub cache's
+  snapshot of the dataset repo; a dataset that is not there is an input error naming the command
+  that fetches it.
 Prompts are numbered from 0 in corpus order. `vocab` is the display string of every token id
 (each id decoded alone).
 """
@@ -22,7 +26,7 @@ import orjson
 
 from generator.cache import CacheStore, corpus_key, write_entry
 from generator.errors import InputError, Problem, problem_at
-from generator.manifest import Release
+from generator.manifest import Mark, Release
 
 
 @dataclass
@@ -146,10 +150,10 @@ def tokenize_corpus(release: Release, tokenizer, d_vocab: int | None = None) -> 
     documents: Iterable[str]
     if c.path is not None:
         documents = read_text_documents(c.path)
-        where: Path | str = c.path
+        short = problem_at(c.path, f"corpus has fewer than {c.context} tokens; expected enough text for at least one prompt")
     else:
-        documents = _dataset_documents(str(c.dataset))
-        where = str(c.dataset)
+        documents = _dataset_documents(str(c.dataset), c.mark_of("dataset"))
+        short = _at(c.mark_of("dataset"), f"dataset '{c.dataset}' has fewer than {c.context} tokens; expected enough text for at least one prompt")
     from generator.sources.configs import release_prepend_bos
 
     bos = tokenizer.bos_token_id if release_prepend_bos(release) else None
@@ -157,16 +161,47 @@ def tokenize_corpus(release: Release, tokenizer, d_vocab: int | None = None) -> 
     encoded = (tokenizer(doc, add_special_tokens=False)["input_ids"] for doc in documents)
     tokens = pack_documents(encoded, c.prompts, c.context, bos, separator)
     if len(tokens) == 0:
-        raise InputError([problem_at(where, f"corpus has fewer than {c.context} tokens; expected enough text for at least one prompt")])
+        raise InputError([short])
     return tokens
 
 
-def _dataset_documents(name: str) -> Iterator[str]:
-    """Streamed `text` column of a Hugging Face dataset (needs the hub)."""
+def _dataset_documents(name: str, mark: Mark) -> Iterator[str]:
+    """Streamed `text` column of a Hugging Face dataset's train split (the hub, or its cache offline)."""
     from datasets import load_dataset
 
-    for row in load_dataset(name, split="train", streaming=True):
-        yield row["text"]
+    source = _dataset_source(name, mark)
+    try:
+        rows = iter(load_dataset(source, split="train", streaming=True))
+        for row in rows:
+            text = row.get("text") if isinstance(row, dict) else None
+            if not isinstance(text, str):
+                raise InputError([_at(mark, f"dataset '{name}' has no \"text\" string column; expected a text dataset")])
+            yield text
+    except (OSError, ValueError) as e:  # not found, unreachable (ConnectionError is an OSError), unreadable data files
+        raise InputError([_at(mark, f"cannot load dataset '{name}' ({_first_line(e)}); expected a dataset on the Hugging Face hub with a train split")]) from e
+
+
+def _dataset_source(name: str, mark: Mark) -> str:
+    """What `load_dataset` reads: the hub name online; offline, the cached snapshot directory."""
+    import datasets.config
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    if not datasets.config.HF_HUB_OFFLINE:
+        return name
+    try:
+        return snapshot_download(name, repo_type="dataset", local_files_only=True)
+    except (LocalEntryNotFoundError, OSError, ValueError) as e:
+        raise InputError([_at(mark, f"dataset '{name}' is not in the Hugging Face cache and the hub is offline (HF_HUB_OFFLINE); fetch it first with `hf download {name} --repo-type dataset`")]) from e
+
+
+def _at(mark: Mark, message: str) -> Problem:
+    return problem_at(mark.file, message, mark.line, mark.col)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
 
 
 def load_corpus(release: Release, cache_root: Path, tokenizer_loader: Callable[[], object]) -> Corpus:
