@@ -19,6 +19,7 @@ from generator.errors import InputError, Problem
 from generator.manifest import Mark, ModelSpec, Release, SaeLensRef, SaeSpec, load_content
 from generator.sources.configs import (
     ConfigError,
+    HubFileMissing,
     hook_width,
     read_model_config,
     read_sae_config,
@@ -28,6 +29,7 @@ from generator.sources.configs import (
     valid_hooks,
 )
 from generator.sources.validate import validate_sources
+from tests.hubcache import HubCache
 
 WORDS = [f"w{i}" for i in range(40)]
 CONFIG = {
@@ -404,12 +406,24 @@ def _gpt2_sets(release_name: str, sae_id: str, layer: int = 1) -> list[dict]:
 GPT2 = {"id": "gpt2-small", "transformer_lens": "gpt2-small"}
 
 
-def test_sae_lens_reference_to_a_known_sae_passes(tmp_path):
+@pytest.fixture
+def hub(tmp_path, monkeypatch) -> HubCache:
+    """A hub cache holding the configs of gpt2, pythia-70m-deduped and gpt2-small-res-jb SAEs, offline."""
+    from tests.test_validate_names import HF_CONFIGS, gpt2_hub
+
+    cache = gpt2_hub(tmp_path)
+    cache.add("EleutherAI/pythia-70m-deduped", "config.json", json.dumps(HF_CONFIGS["EleutherAI/pythia-70m-deduped"]).encode())
+    for key, value in cache.env().items():
+        monkeypatch.setenv(key, value)
+    return cache
+
+
+def test_sae_lens_reference_to_a_known_sae_passes(tmp_path, hub):
     content = make_content(tmp_path, model=GPT2, sets=_gpt2_sets("gpt2-small-res-jb", "blocks.1.hook_resid_pre"))
     assert check(content)[1] == []
 
 
-def test_unknown_sae_lens_release_and_id(tmp_path):
+def test_unknown_sae_lens_release_and_id(tmp_path, hub):
     sets = _gpt2_sets("gpt2-small-res-jbb", "x")
     sets[0]["saes"].append({"layer": 2, "sae_lens": {"release": "gpt2-small-res-jb", "id": "blocks.2.hook_resid_pree"}})
     release, problems = check(make_content(tmp_path, model=GPT2, sets=sets))
@@ -420,7 +434,7 @@ def test_unknown_sae_lens_release_and_id(tmp_path):
     ]
 
 
-def test_sae_lens_release_of_another_model(tmp_path):
+def test_sae_lens_release_of_another_model(tmp_path, hub):
     model = {"id": "p70d", "transformer_lens": "pythia-70m-deduped"}
     release, problems = check(make_content(tmp_path, model=model, sets=_gpt2_sets("gpt2-small-res-jb", "blocks.1.hook_resid_pre")))
     assert [p.message for p in problems] == [
@@ -428,12 +442,12 @@ def test_sae_lens_release_of_another_model(tmp_path):
     ]
 
 
-def test_layers_of_known_transformer_lens_models_are_checked(tmp_path):
+def test_layers_of_known_transformer_lens_models_are_checked(tmp_path, hub):
     release, problems = check(make_content(tmp_path, model=GPT2, sets=_gpt2_sets("gpt2-small-res-jb", "blocks.1.hook_resid_pre", layer=12)))
     assert [p.message for p in problems] == ["layer 12 is outside model 'gpt2-small', which has 12 layers; expected 0 to 11"]
 
 
-def test_unknown_transformer_lens_model(tmp_path):
+def test_unknown_transformer_lens_model(tmp_path, hub):
     model = {"id": "gpt2-small", "transformer_lens": "gpt2-smal"}
     release, problems = check(make_content(tmp_path, model=model, sets=_gpt2_sets("gpt2-small-res-jb", "blocks.1.hook_resid_pre")))
     assert problems == [at(release.model.mark_of("transformer_lens"), "model.transformer_lens 'gpt2-smal' is not a TransformerLens model; did you mean 'gpt2-small'?")]
@@ -523,18 +537,24 @@ def test_safetensors_header_rejects_trailing_bytes(tmp_path):
         safetensors_header(path)
 
 
-def test_read_sae_config_of_a_pretrained_reference():
+def test_read_sae_config_of_a_pretrained_reference(hub):
     spec = SaeSpec("gpt2-small", "res-jb", 3, "blocks.3.hook_resid_pre", sae_lens=SaeLensRef("gpt2-small-res-jb", "blocks.3.hook_resid_pre"))
     cfg = read_sae_config(spec)
     assert cfg is not None and cfg["model"] == "gpt2-small" and cfg["pretrained"] is True
+    # The pre-6 cfg.json upgraded as SAELens upgrades it, with the registry's overrides applied.
+    assert sae_hook_name(cfg) == "blocks.3.hook_resid_pre" and cfg["d_in"] == 768 and cfg["architecture"] == "standard"
+    assert cfg["metadata"]["model_from_pretrained_kwargs"] == {"center_writing_weights": True}
     assert read_sae_config(SaeSpec("m", "s", 0, "h", sae_lens=SaeLensRef("no-such-release", "x"))) is None
 
 
-def test_transformer_lens_names_resolve_aliases_without_importing_it():
+def test_transformer_lens_names_resolve_aliases_without_importing_it(hub):
     assert transformer_lens_official_name("gpt2-small") == "gpt2"
     assert transformer_lens_official_name("nope-model") is None
     assert read_model_config(ModelSpec("g", transformer_lens="gpt2-small"))["n_layers"] == 12
-    assert read_model_config(ModelSpec("x", transformer_lens="meta-llama/Llama-2-7b-hf")) is None
+    assert read_model_config(ModelSpec("x", transformer_lens="nope-model")) is None
+    with pytest.raises(HubFileMissing, match="HF_HUB_OFFLINE") as missing:
+        read_model_config(ModelSpec("x", transformer_lens="meta-llama/Llama-2-7b-hf"))
+    assert (missing.value.repo_id, missing.value.filename) == ("meta-llama/Llama-2-7b-hf", "config.json")
 
 
 def test_token_count_agrees_with_the_corpus_loader(real_release, tmp_path):

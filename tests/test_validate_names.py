@@ -1,0 +1,374 @@
+"""`check` on models and SAEs named by the hub (TransformerLens names, `sae_lens:` registry refs).
+
+The hub cache is laid out by the test (tests/hubcache.py) with config files only, which is all
+`check` reads. The conversion of Hugging Face configs is compared with TransformerLens's own
+`convert_hf_model_config` and, for the hooks and their widths, with the activations a tiny
+HookedTransformer of the same layout actually produces.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+from generator.sources.configs import convert_hf_config, hook_width, valid_hooks
+from tests.conftest import ROOT, sae_atlas
+from tests.hubcache import HubCache
+
+# config.json of each repo as the hub serves it (the keys these architectures' real configs carry).
+HF_CONFIGS: dict[str, dict] = {
+    "gpt2": {
+        "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "n_ctx": 1024, "n_embd": 768, "n_head": 12,
+        "n_layer": 12, "n_positions": 1024, "vocab_size": 50257, "activation_function": "gelu_new", "layer_norm_epsilon": 1e-05,
+    },
+    "EleutherAI/pythia-70m-deduped": {
+        "architectures": ["GPTNeoXForCausalLM"], "model_type": "gpt_neox", "hidden_size": 512, "intermediate_size": 2048,
+        "num_attention_heads": 8, "num_hidden_layers": 6, "max_position_embeddings": 2048, "vocab_size": 50304,
+        "hidden_act": "gelu", "rotary_pct": 0.25, "rotary_emb_base": 10000, "use_parallel_residual": True, "layer_norm_eps": 1e-05,
+    },
+    "EleutherAI/gpt-neo-125M": {
+        "architectures": ["GPTNeoForCausalLM"], "model_type": "gpt_neo", "hidden_size": 768, "num_heads": 12, "num_layers": 12,
+        "max_position_embeddings": 2048, "vocab_size": 50257, "activation_function": "gelu_new", "window_size": 256,
+        "attention_types": [[["global", "local"], 6]], "layer_norm_epsilon": 1e-05,
+    },
+    "EleutherAI/gpt-j-6B": {
+        "architectures": ["GPTJForCausalLM"], "model_type": "gptj", "n_embd": 4096, "n_head": 16, "n_layer": 28,
+        "n_positions": 2048, "rotary_dim": 64, "vocab_size": 50400, "activation_function": "gelu_new", "layer_norm_epsilon": 1e-05,
+    },
+    "facebook/opt-125m": {
+        "architectures": ["OPTForCausalLM"], "model_type": "opt", "hidden_size": 768, "ffn_dim": 3072, "num_attention_heads": 12,
+        "num_hidden_layers": 12, "max_position_embeddings": 2048, "vocab_size": 50272, "activation_function": "relu",
+        "word_embed_proj_dim": 768, "do_layer_norm_before": True,
+    },
+    "meta-llama/Llama-3.2-1B": {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 2048, "intermediate_size": 8192,
+        "num_attention_heads": 32, "num_hidden_layers": 16, "num_key_value_heads": 8, "head_dim": 64,
+        "max_position_embeddings": 131072, "vocab_size": 128256, "hidden_act": "silu", "rms_norm_eps": 1e-05, "rope_theta": 500000.0,
+    },
+    "mistralai/Mistral-7B-v0.1": {
+        "architectures": ["MistralForCausalLM"], "model_type": "mistral", "hidden_size": 4096, "intermediate_size": 14336,
+        "num_attention_heads": 32, "num_hidden_layers": 32, "num_key_value_heads": 8, "max_position_embeddings": 32768,
+        "vocab_size": 32000, "hidden_act": "silu", "rms_norm_eps": 1e-05, "rope_theta": 10000.0, "sliding_window": 4096,
+    },
+    "Qwen/Qwen2.5-0.5B": {
+        "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": 896, "intermediate_size": 4864,
+        "num_attention_heads": 14, "num_hidden_layers": 24, "num_key_value_heads": 2, "max_position_embeddings": 32768,
+        "vocab_size": 151936, "hidden_act": "silu", "rms_norm_eps": 1e-06, "rope_theta": 1000000.0, "initializer_range": 0.02,
+        "tie_word_embeddings": True,
+    },
+    "Qwen/Qwen3-0.6B": {
+        "architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "hidden_size": 1024, "head_dim": 128,
+        "intermediate_size": 3072, "num_attention_heads": 16, "num_hidden_layers": 28, "num_key_value_heads": 8,
+        "max_position_embeddings": 40960, "vocab_size": 151936, "hidden_act": "silu", "rms_norm_eps": 1e-06,
+        "rope_theta": 1000000, "initializer_range": 0.02, "tie_word_embeddings": True,
+    },
+    "google/gemma-2b": {
+        "architectures": ["GemmaForCausalLM"], "model_type": "gemma", "hidden_size": 2048, "intermediate_size": 16384,
+        "num_attention_heads": 8, "num_hidden_layers": 18, "num_key_value_heads": 1, "head_dim": 256,
+        "max_position_embeddings": 8192, "vocab_size": 256000, "hidden_act": "gelu", "rms_norm_eps": 1e-06,
+    },
+    "google/gemma-2-2b": {
+        "architectures": ["Gemma2ForCausalLM"], "model_type": "gemma2", "hidden_size": 2304, "intermediate_size": 9216,
+        "num_attention_heads": 8, "num_hidden_layers": 26, "num_key_value_heads": 4, "head_dim": 256,
+        "max_position_embeddings": 8192, "vocab_size": 256000, "hidden_act": "gelu_pytorch_tanh",
+        "hidden_activation": "gelu_pytorch_tanh", "rms_norm_eps": 1e-06, "sliding_window": 4096,
+        "attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0, "query_pre_attn_scalar": 256,
+    },
+    "google/gemma-3-1b-pt": {
+        "architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text", "hidden_size": 1152, "intermediate_size": 6912,
+        "num_attention_heads": 4, "num_hidden_layers": 26, "num_key_value_heads": 1, "head_dim": 256,
+        "max_position_embeddings": 32768, "vocab_size": 262144, "hidden_activation": "gelu_pytorch_tanh",
+        "rms_norm_eps": 1e-06, "sliding_window": 512,
+    },
+    "google/gemma-3-4b-pt": {  # multimodal: the text model's config is nested and leaves defaults out
+        "architectures": ["Gemma3ForConditionalGeneration"], "model_type": "gemma3",
+        "text_config": {
+            "hidden_size": 2560, "intermediate_size": 10240, "model_type": "gemma3_text", "num_hidden_layers": 34,
+            "rope_scaling": {"factor": 8.0, "rope_type": "linear"}, "sliding_window": 1024,
+        },
+        "vision_config": {"hidden_size": 1152, "model_type": "siglip_vision_model"},
+    },
+}  # fmt: skip
+
+# Fields that decide the hooks and their widths (and n_ctx, d_vocab for corpus checks).
+FIELDS = (
+    "n_layers", "d_model", "d_head", "n_heads", "d_mlp", "d_vocab", "n_ctx", "act_fn", "positional_embedding_type",
+    "parallel_attn_mlp", "attn_only", "gated_mlp", "use_normalization_before_and_after", "use_qk_norm", "original_architecture",
+)  # fmt: skip
+
+# Small sizes with the same layout, for building a real HookedTransformer of each architecture.
+SMALL = {"n_layers": 2, "d_model": 16, "d_head": 4, "n_heads": 4, "d_mlp": 24, "d_vocab": 30, "n_ctx": 8}
+
+
+def shrink(cfg: dict) -> dict:
+    """The same layout at SMALL sizes (grouped-query attention kept as 2 kv heads)."""
+    small = dict(cfg, **SMALL)
+    grouped = cfg.get("n_key_value_heads") not in (None, cfg.get("n_heads"))
+    small["n_key_value_heads"] = 2 if grouped else None
+    for key in ("attn_types",):
+        if isinstance(small.get(key), list):
+            small[key] = small[key][:2]
+    if small.get("window_size"):
+        small["window_size"] = 4
+    if small.get("rotary_dim"):
+        small["rotary_dim"] = 4
+    return small
+
+
+ORACLE = r"""
+import json, sys, warnings
+warnings.simplefilter("ignore")
+import torch
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+from transformer_lens.loading_from_pretrained import convert_hf_model_config
+from tests.test_validate_names import FIELDS, shrink
+
+out = {}
+for name in json.loads(sys.argv[1]):
+    cfg = convert_hf_model_config(name)
+    full = HookedTransformerConfig.from_dict({k: v for k, v in cfg.items() if k not in ("tokenizer_name", "quantization_method")})
+    fields = {f: getattr(full, f) for f in FIELDS}
+    fields["n_key_value_heads"] = full.n_key_value_heads or full.n_heads
+    fields["normalization_type"] = full.normalization_type
+    small = shrink({k: v for k, v in cfg.items() if k not in ("tokenizer_name", "quantization_method")})
+    model = HookedTransformer(HookedTransformerConfig.from_dict(dict(small, init_weights=True, device="cpu")))
+    widths = {}
+    def record(act, hook):
+        shape = list(act.shape)
+        widths[hook.name] = shape[2] * shape[3] if len(shape) == 4 and hook.name.split(".")[-1] in ("hook_q", "hook_k", "hook_v", "hook_z", "hook_rot_q", "hook_rot_k") else shape[-1] if len(shape) == 3 else None
+    model.run_with_hooks(torch.tensor([[1, 2, 3]]), fwd_hooks=[(lambda n: True, record)])
+    out[name] = {"fields": fields, "hooks": widths}
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def oracle(tmp_path_factory) -> dict:
+    """TransformerLens's conversion of each config (read from a hub cache) and the hooks that fire."""
+    hub = HubCache(tmp_path_factory.mktemp("oracle-hub"))
+    for repo, cfg in HF_CONFIGS.items():
+        hub.add(repo, "config.json", json.dumps(cfg).encode())
+    env = {**os.environ, **hub.env(), "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", ORACLE, json.dumps(list(HF_CONFIGS))], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("name", list(HF_CONFIGS))
+def test_hf_config_converts_as_transformer_lens_does(oracle, name):
+    ours = convert_hf_config(name, HF_CONFIGS[name])
+    theirs = oracle[name]["fields"]
+    for field in FIELDS:
+        assert bool(ours.get(field)) == bool(theirs[field]) if isinstance(theirs[field], bool) else ours.get(field) == theirs[field], field
+    assert ours["n_key_value_heads"] == theirs["n_key_value_heads"]
+    assert ours["normalization_type"] == theirs["normalization_type"]
+
+
+@pytest.mark.parametrize("name", list(HF_CONFIGS))
+def test_hooks_and_widths_are_those_a_model_of_the_layout_fires(oracle, name):
+    small = shrink(convert_hf_config(name, HF_CONFIGS[name]))
+    fired = oracle[name]["hooks"]
+    assert valid_hooks(small) == set(fired)
+    for hook, width in fired.items():
+        ours = hook_width(small, hook)
+        assert ours is None or ours == width, hook
+
+
+# --- check on a hub cache ------------------------------------------------------------------------
+
+
+def _cfg_json(**fields) -> bytes:
+    return json.dumps(fields).encode()
+
+
+def legacy_cfg(hook: str, d_in: int, d_sae: int = 24576, model: str = "gpt2-small") -> bytes:
+    """A pre-6 SAELens cfg.json (hook_point, no metadata), as the older registry repos hold."""
+    return _cfg_json(
+        model_name=model, hook_point=hook, hook_point_layer=int(hook.split(".")[1]), hook_point_head_index=None, d_in=d_in,
+        d_sae=d_sae, dtype="torch.float32", device="cuda", context_size=128, prepend_bos=True, apply_b_dec_to_input=True,
+    )  # fmt: skip
+
+
+def sae6_cfg(hook: str, d_in: int, d_sae: int = 32, architecture: str = "standard", **metadata) -> bytes:
+    return _cfg_json(
+        d_in=d_in, d_sae=d_sae, dtype="float32", device="cpu", apply_b_dec_to_input=True, normalize_activations="none",
+        architecture=architecture, metadata={"sae_lens_version": "6.0.0", "hook_name": hook, **metadata},
+    )  # fmt: skip
+
+
+def write_local_sae(directory: Path, cfg: bytes) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "cfg.json").write_bytes(cfg)
+    c = json.loads(cfg)
+    d_out = c.get("d_out", c["d_in"])
+    tensors = {"W_enc": np.zeros((c["d_in"], c["d_sae"]), np.float32), "W_dec": np.zeros((c["d_sae"], d_out), np.float32)}
+    save_file(tensors, str(directory / "sae_weights.safetensors"))
+
+
+def write_content(root: Path, manifest: str) -> Path:
+    content = root / "content"
+    (content / "releases").mkdir(parents=True)
+    (content / "corpus").mkdir()
+    (content / "corpus/c.txt").write_text("one two three four five six seven eight nine ten\n")
+    (content / "releases/names.yaml").write_text(textwrap.dedent(manifest))
+    return content
+
+
+def at(content: Path, manifest: str, needle: str, nth: int = 0) -> str:
+    """`file:line:col` of the nth occurrence of `needle` in the manifest text."""
+    text, start = textwrap.dedent(manifest), -1
+    for _ in range(nth + 1):
+        start = text.index(needle, start + 1)
+    line = text.count("\n", 0, start) + 1
+    col = start - (text.rfind("\n", 0, start) + 1) + 1
+    return f"{content / 'releases/names.yaml'}:{line}:{col}"
+
+
+def problem_lines(run) -> list[str]:
+    assert "Traceback" not in run.stderr, run.stderr
+    return [line for line in run.stderr.splitlines() if not line.startswith("sae-atlas:")]
+
+
+GPT2_NAMED = """\
+    release: names
+    model: {id: gpt2-small, transformer_lens: gpt2-small}
+    corpus: {path: ../corpus/c.txt, prompts: 2, context: 4}
+    sets:
+      - id: res
+        hook: blocks.{layer}.hook_resid_pre
+        saes:
+          - {layer: 1, sae_lens: {release: gpt2-small-res-jb, id: blocks.1.hook_resid_pre}}
+          - {layer: 12, sae_lens: {release: gpt2-small-res-jb, id: blocks.11.hook_resid_pre}}
+          - {layer: 2, sae_lens: {release: gpt2-small-res-jb, id: blocks.3.hook_resid_pre}}
+      - id: att
+        hook: blocks.{layer}.hook_attn_out
+        saes:
+          - {layer: 0, sae_lens: {release: gpt2-small-attn-out-v5-32k, id: blocks.0.hook_attn_out}}
+"""
+GPT2_MANIFEST = GPT2_NAMED + """\
+      - id: mlp
+        hook: blocks.{layer}.hook_mlp_outt
+        saes:
+          - {layer: 0, path: ../saes/mlp0}
+      - id: tc
+        hook: blocks.{layer}.ln2.hook_normalized
+        saes:
+          - {layer: 4, path: ../saes/tc4}
+          - {layer: 5, path: ../saes/tc5}
+"""
+
+
+def gpt2_hub(root: Path) -> HubCache:
+    hub = HubCache(root / "hf")
+    hub.add("gpt2", "config.json", json.dumps(HF_CONFIGS["gpt2"]).encode())
+    for layer in (1, 3, 11):
+        hook = f"blocks.{layer}.hook_resid_pre"
+        hub.add("jbloom/GPT2-Small-SAEs-Reformatted", f"{hook}/cfg.json", legacy_cfg(hook, 768))
+    # Wrong on purpose: the hook_attn_out of gpt2 is 768 wide.
+    hub.add("jbloom/GPT2-Small-OAI-v5-32k-attn-out-SAEs", "v5_32k_layer_0/cfg.json", sae6_cfg("blocks.0.hook_attn_out", 512, model_name="gpt2-small"))
+    return hub
+
+
+def test_check_reports_every_mistake_against_hub_configs_at_its_manifest_position(tmp_path):
+    content = write_content(tmp_path, GPT2_MANIFEST)
+    write_local_sae(content / "saes/mlp0", sae6_cfg("blocks.0.hook_mlp_out", 768))
+    tc = {"architecture": "transcoder", "d_sae": 8, "metadata": {"sae_lens_version": "6.0.0"}}
+    tc4 = dict(tc, d_in=768, d_out=3072, metadata=dict(tc["metadata"], hook_name="blocks.4.ln2.hook_normalized", hook_name_out="blocks.4.hook_mlp_out"))
+    tc5 = dict(tc, d_in=768, d_out=768, metadata=dict(tc["metadata"], hook_name="blocks.5.ln2.hook_normalized", hook_name_out="blocks.5.hook_mlp_outt"))
+    write_local_sae(content / "saes/tc4", json.dumps(tc4).encode())
+    write_local_sae(content / "saes/tc5", json.dumps(tc5).encode())
+    run = sae_atlas("check", "--content", content, env=gpt2_hub(tmp_path).env())
+    assert run.returncode == 2
+    m = GPT2_MANIFEST
+    assert problem_lines(run) == sorted(
+        [
+            f"{at(content, m, '12,')}: layer 12 is outside model 'gpt2-small', which has 12 layers; expected 0 to 11",
+            f"{at(content, m, 'blocks.3.hook_resid_pre')}: SAELens SAE 'gpt2-small-res-jb/blocks.3.hook_resid_pre' says it reads "
+            "'blocks.3.hook_resid_pre' but set 'res' puts it on 'blocks.2.hook_resid_pre'; expected the same hook (check the layer and the set's hook)",
+            f"{at(content, m, 'blocks.0.hook_attn_out}')}: SAELens SAE 'gpt2-small-attn-out-v5-32k/blocks.0.hook_attn_out' d_in is 512 "
+            "but hook 'blocks.0.hook_attn_out' of model 'gpt2-small' has width 768; expected d_in = 768",
+            f"{at(content, m, 'blocks.{layer}.hook_mlp_outt')}: hook 'blocks.0.hook_mlp_outt' does not exist in model 'gpt2-small'; "
+            "did you mean 'blocks.0.hook_mlp_out'?",
+            f"{at(content, m, '../saes/tc4')}: SAE d_out is 3072 but output hook 'blocks.4.hook_mlp_out' of model 'gpt2-small' has width 768; "
+            "expected d_out = 768",
+            f"{at(content, m, '../saes/tc5')}: SAE cfg.json: the output hook 'blocks.5.hook_mlp_outt' does not exist in model 'gpt2-small'; "
+            "did you mean 'blocks.5.hook_mlp_out'?",
+        ],
+        key=_position,
+    )
+
+
+def _position(line: str) -> tuple:
+    file, row, col, message = line.split(":", 3)
+    return file, int(row), int(col), message
+
+
+def test_a_release_named_from_the_hub_passes_with_only_configs_cached(tmp_path):
+    manifest = """\
+        release: names
+        model: {id: gpt2-small, transformer_lens: gpt2-small}
+        corpus: {path: ../corpus/c.txt, prompts: 2, context: 4}
+        sets:
+          - id: res
+            hook: blocks.{layer}.hook_resid_pre
+            saes:
+              - {layer: 1, sae_lens: {release: gpt2-small-res-jb, id: blocks.1.hook_resid_pre}}
+              - {layer: 11, sae_lens: {release: gpt2-small-res-jb, id: blocks.11.hook_resid_pre}}
+    """
+    run = sae_atlas("check", "--content", write_content(tmp_path, manifest), env=gpt2_hub(tmp_path).env())
+    assert run.returncode == 0, run.stderr
+    assert "ok: 1 release(s), 2 SAE(s)" in run.stderr
+
+
+def test_offline_with_nothing_cached_names_each_missing_repo_and_its_fetch_command(tmp_path):
+    content = write_content(tmp_path, GPT2_NAMED)
+    hub = HubCache(tmp_path / "empty-hf")
+    run = sae_atlas("check", "--content", content, env=hub.env())
+    assert run.returncode == 2
+    lines = problem_lines(run)
+    m, cache = GPT2_NAMED, hub.hub
+    offline = f"not in the hub cache ({cache}) and HF_HUB_OFFLINE forbids fetching it; expected it in the hub cache: fetch it with"
+    assert lines == sorted(
+        [
+            f"{at(content, m, 'gpt2-small}')}: model 'gpt2-small' needs config.json from hub repo 'gpt2', {offline} `hf download gpt2 config.json`",
+            f"{at(content, m, 'blocks.1.hook_resid_pre')}: the config of SAELens SAE 'gpt2-small-res-jb/blocks.1.hook_resid_pre' needs "
+            "blocks.1.hook_resid_pre/cfg.json, blocks.11.hook_resid_pre/cfg.json, blocks.3.hook_resid_pre/cfg.json from hub repo "
+            f"'jbloom/GPT2-Small-SAEs-Reformatted', {offline} `hf download jbloom/GPT2-Small-SAEs-Reformatted "
+            "blocks.1.hook_resid_pre/cfg.json blocks.11.hook_resid_pre/cfg.json blocks.3.hook_resid_pre/cfg.json`",
+            f"{at(content, m, 'blocks.0.hook_attn_out}')}: the config of SAELens SAE 'gpt2-small-attn-out-v5-32k/blocks.0.hook_attn_out' "
+            f"needs v5_32k_layer_0/cfg.json from hub repo 'jbloom/GPT2-Small-OAI-v5-32k-attn-out-SAEs', {offline} "
+            "`hf download jbloom/GPT2-Small-OAI-v5-32k-attn-out-SAEs v5_32k_layer_0/cfg.json`",
+        ],
+        key=_position,
+    )
+
+
+def test_the_fetch_command_is_one_the_installed_hub_client_has():
+    hf = Path(sys.executable).parent / "hf"
+    done = subprocess.run([str(hf), "download", "--help"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "REPO_ID" in done.stdout and "FILENAMES" in done.stdout
+
+
+def test_check_does_not_import_torch(tmp_path):
+    content = write_content(tmp_path, GPT2_NAMED)
+    code = (
+        "import sys\n"
+        "from generator.cli import main\n"
+        f"rc = main(['check', '--content', {str(content)!r}])\n"
+        "assert rc == 2, rc\n"
+        "assert 'torch' not in sys.modules, 'check imported torch'\n"
+        "assert 'transformer_lens' not in sys.modules and 'sae_lens' not in sys.modules\n"
+    )
+    env = {**os.environ, **gpt2_hub(tmp_path).env(), "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
