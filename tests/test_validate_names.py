@@ -372,3 +372,101 @@ def test_check_does_not_import_torch(tmp_path):
     env = {**os.environ, **gpt2_hub(tmp_path).env(), "PYTHONPATH": str(ROOT)}
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr
+
+
+# --- SAE configs of registry refs, against SAELens's own config getters ------------------------------
+
+CONNOR_ROB = "gpt2-small_L0_Hcat_z_lr1.20e-03_l11.80e+00_ds24576_bs4096_dc1.00e-06_rsanthropic_rie25000_nr4_v9"
+
+# (release, id) -> the files of its repo that SAELens's config getter reads, as the repos hold them.
+REGISTRY_CASES: dict[tuple[str, str], dict[str, bytes]] = {
+    ("gpt2-small-res-jb", "blocks.3.hook_resid_pre"): {"blocks.3.hook_resid_pre/cfg.json": legacy_cfg("blocks.3.hook_resid_pre", 768)},
+    ("gpt2-small-attn-out-v5-32k", "blocks.0.hook_attn_out"): {
+        "v5_32k_layer_0/cfg.json": sae6_cfg("blocks.0.hook_attn_out", 768, 32768, "topk", model_name="gpt2-small", prepend_bos=True)
+    },
+    ("gpt2-small-hook-z-kk", "blocks.0.hook_z"): {
+        f"{CONNOR_ROB}_cfg.json": _cfg_json(act_size=768, dict_size=24576, act_name="blocks.0.attn.hook_z", l1_coeff=1.8)
+    },
+    ("gemma-scope-2b-pt-res", "layer_3/width_16k/average_l0_14"): {},
+    ("gemma-scope-2b-pt-res", "embedding/width_4k/average_l0_6"): {},
+    ("gemma-scope-2b-pt-att", "layer_0/width_16k/average_l0_104"): {},
+    ("gemma-scope-2b-pt-transcoders", "layer_3/width_16k/average_l0_54"): {},
+    ("sae_bench_gemma-2-2b_topk_width-2pow12_date-1109", "blocks.12.hook_resid_post__trainer_0"): {
+        "gemma-2-2b_topk_width-2pow12_date-1109/resid_post_layer_12/trainer_0/config.json": _cfg_json(
+            trainer={"dict_class": "AutoEncoderTopK", "activation_dim": 2304, "dict_size": 4096, "k": 20, "layer": 12, "lm_name": "google/gemma-2-2b"},
+            buffer={"ctx_len": 128, "d_submodule": 2304},
+        )
+    },
+    ("temporal-sae-gemma-2-2b", "blocks.12.hook_resid_post"): {
+        "gemma-2-2B/layer_12/temporal/conf.yaml": textwrap.dedent("""\
+            llm: {dimin: 2304}
+            sae: {exp_factor: 4, n_heads: 4, n_attn_layers: 1, bottleneck_factor: 1, sae_diff_type: topk, kval_topk: 192,
+                  tied_weights: true, scaling_factor: 0.0067}
+            data: {dtype: float32}
+        """).encode()
+    },
+    ("llama_scope_lxa_32x", "l0a_32x"): {
+        "Llama3_1-8B-Base-L0A-32x/hyperparams.json": _cfg_json(
+            d_model=4096, d_sae=131072, hook_point_in="blocks.0.hook_attn_out", hook_point_out="blocks.0.hook_attn_out",
+            jump_relu_threshold=0.5, dataset_average_activation_norm={"in": 10.0, "out": 10.0},
+        )
+    },
+    ("llama_scope_r1_distill", "l0r_800m_slimpajama"): {
+        "800M-Slimpajama-0-OpenR1-Math-220k/L0R/config.json": _cfg_json(d_model=4096, expansion_factor=8, hook_point_in="blocks.0.hook_resid_post")
+    },
+    ("mwhanna-qwen3-0.6b-transcoders-lowl0", "layer_0"): {
+        "wandb-config.yaml": b"d_model: {value: 1024}\nd_feature: {value: 163840}\nbatch_size: {value: 4096}\n",
+        "config.yaml": b"model_name: Qwen/Qwen3-0.6B\nfeature_input_hook: mlp.hook_in\n",
+    },
+    ("deepseek-r1-distill-llama-8b-qresearch", "blocks.19.hook_resid_post"): {},
+    ("goodfire-llama-3.3-70b-instruct", "layer_50"): {},
+    ("qwen-scope-3-1.7b-base-w32k-l50", "layer0"): {},
+}
+
+SAE_ORACLE = r"""
+import json, sys, warnings
+warnings.simplefilter("ignore")
+from sae_lens.loading.pretrained_sae_loaders import load_sae_config_from_huggingface
+out = {}
+for release, sae_id in json.loads(sys.argv[1]):
+    out[f"{release}|{sae_id}"] = load_sae_config_from_huggingface(release, sae_id, device="cpu")
+print(json.dumps(out, default=str))
+"""
+
+
+def registry_hub(root: Path) -> HubCache:
+    from generator.sources.configs import pretrained_sae_entry
+
+    hub = HubCache(root)
+    for (release, sae_id), files in REGISTRY_CASES.items():
+        entry, _ = pretrained_sae_entry(release, sae_id)
+        for path, data in files.items():
+            hub.add(entry["repo_id"], path, data)
+    return hub
+
+
+@pytest.fixture(scope="module")
+def sae_oracle(tmp_path_factory) -> tuple[HubCache, dict]:
+    """SAELens's config of each registry case, built by SAELens from the same hub cache."""
+    hub = registry_hub(tmp_path_factory.mktemp("sae-oracle-hub"))
+    env = {**os.environ, **hub.env()}
+    done = subprocess.run([sys.executable, "-c", SAE_ORACLE, json.dumps(list(REGISTRY_CASES))], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return hub, json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("case", list(REGISTRY_CASES), ids="|".join)
+def test_registry_sae_config_is_the_one_sae_lens_builds(sae_oracle, monkeypatch, case):
+    from generator.sources.configs import pretrained_sae_config, sae_architecture, sae_hook_name, sae_hook_out_name, sae_metadata
+
+    hub, oracle = sae_oracle
+    for key, value in hub.env().items():
+        monkeypatch.setenv(key, value)
+    ours, theirs = pretrained_sae_config(*case), oracle["|".join(case)]
+    meta = theirs.get("metadata") or {}
+    assert (ours["d_in"], ours["d_sae"], ours.get("d_out")) == (theirs["d_in"], theirs["d_sae"], theirs.get("d_out"))
+    assert sae_architecture(ours) == theirs["architecture"]
+    assert sae_hook_name(ours) == meta.get("hook_name")
+    assert sae_hook_out_name(ours) == meta.get("hook_name_out")
+    for key in ("model_name", "hook_head_index", "model_from_pretrained_kwargs"):
+        assert sae_metadata(ours, key) == meta.get(key), key

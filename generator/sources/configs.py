@@ -728,9 +728,11 @@ def _read_dictionary_learning_1(repo_id: str, path: str) -> dict[str, Any]:
     trainer = hub_json(repo_id, f"{path}/config.json")["trainer"]
     kind = trainer["dict_class"]
     architecture = {"GatedAutoEncoder": "gated", "MatryoshkaBatchTopKSAE": "jumprelu", "BatchTopKSAE": "jumprelu", "JumpReluAutoEncoder": "jumprelu"}.get(kind, "standard")
+    topk = kind == "AutoEncoderTopK"  # an activation_fn SAELens upgrades to the topk architecture
     return {
         "architecture": architecture, "d_in": trainer["activation_dim"], "d_sae": trainer["dict_size"],
         "model_name": str(trainer["lm_name"]).split("/")[-1], "hook_name": f"blocks.{trainer['layer']}.hook_resid_post",
+        "activation_fn": "topk" if topk else "relu", "activation_fn_kwargs": {"k": trainer["k"]} if topk else {},
     }  # fmt: skip
 
 
