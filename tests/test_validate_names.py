@@ -470,3 +470,100 @@ def test_registry_sae_config_is_the_one_sae_lens_builds(sae_oracle, monkeypatch,
     assert sae_hook_out_name(ours) == meta.get("hook_name_out")
     for key in ("model_name", "hook_head_index", "model_from_pretrained_kwargs"):
         assert sae_metadata(ours, key) == meta.get(key), key
+
+
+# --- conversion loaders and refused architectures through `check` -----------------------------------
+
+GEMMA_MANIFEST = """\
+    release: gemma
+    model: {id: gemma-2-2b, transformer_lens: gemma-2-2b}
+    corpus: {path: ../corpus/c.txt, prompts: 2, context: 4}
+    sets:
+      - id: res
+        hook: blocks.{layer}.hook_resid_post
+        saes:
+          - {layer: 3, sae_lens: {release: gemma-scope-2b-pt-res, id: layer_3/width_16k/average_l0_14}}
+          - {layer: 12, sae_lens: {release: temporal-sae-gemma-2-2b, id: blocks.12.hook_resid_post}}
+      - id: npz
+        hook: blocks.{layer}.hook_resid_post
+        saes:
+          - {layer: 3, sae_lens: {release: gemma-scope-2b-pt-res, id: layer_3/width_16k/average_l0_142}}
+      - id: dl
+        hook: blocks.{layer}.hook_resid_post
+        saes:
+          - {layer: 12, sae_lens: {release: sae_bench_gemma-2-2b_topk_width-2pow12_date-1109, id: blocks.12.hook_resid_post__trainer_0}}
+      - id: tc
+        hook: blocks.{layer}.ln2.hook_normalized
+        saes:
+          - {layer: 3, sae_lens: {release: gemma-scope-2b-pt-transcoders, id: layer_3/width_16k/average_l0_54}}
+      - id: loc
+        hook: blocks.{layer}.hook_resid_post
+        saes:
+          - {layer: 5, path: ../saes/temporal5}
+"""
+
+
+def npz_bytes(**arrays: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def test_conversion_loaders_and_refused_architectures_are_checked_from_config_files(tmp_path):
+    from generator.sources.architectures import ARCHITECTURES
+
+    content = write_content(tmp_path, GEMMA_MANIFEST)
+    write_local_sae(content / "saes/temporal5", sae6_cfg("blocks.5.hook_resid_post", 2304, architecture="temporal"))
+    hub = registry_hub(tmp_path / "hf")
+    hub.add("google/gemma-2-2b", "config.json", json.dumps(HF_CONFIGS["google/gemma-2-2b"]).encode())
+    # Gemma Scope's weights are here for this one: the width comes from the npz headers (wrong on purpose).
+    params = npz_bytes(W_enc=np.zeros((2048, 16), np.float32), W_dec=np.zeros((16, 2048), np.float32), threshold=np.zeros(16, np.float32))
+    hub.add("google/gemma-scope-2b-pt-res", "layer_3/width_16k/average_l0_142/params.npz", params)
+    run = sae_atlas("check", "--content", content, env=hub.env())
+    assert run.returncode == 2
+    m, temporal = GEMMA_MANIFEST, ARCHITECTURES["temporal"].refused
+    assert problem_lines(run) == sorted(
+        [
+            f"{at(content, m, 'blocks.12.hook_resid_post}')}: SAELens SAE 'temporal-sae-gemma-2-2b/blocks.12.hook_resid_post' has architecture "
+            f"'temporal', which SAE Atlas refuses: {temporal}; expected an SAE of a supported architecture",
+            f"{at(content, m, 'layer_3/width_16k/average_l0_142')}: SAELens SAE 'gemma-scope-2b-pt-res/layer_3/width_16k/average_l0_142' "
+            "d_in is 2048 but hook 'blocks.3.hook_resid_post' of model 'gemma-2-2b' has width 2304; expected d_in = 2304",
+            f"{at(content, m, '../saes/temporal5')}: SAE cfg.json has architecture 'temporal', which SAE Atlas refuses: {temporal}; "
+            "expected an SAE of a supported architecture",
+        ],
+        key=_position,
+    )
+
+
+GEMMA_3_MANIFEST = """\
+    release: gemma3
+    model: {id: gemma-3-1b, transformer_lens: google/gemma-3-1b-pt}
+    corpus: {path: ../corpus/c.txt, prompts: 2, context: 4}
+    sets:
+      - id: res
+        hook: blocks.{layer}.hook_resid_post
+        saes:
+          - {layer: 13, sae_lens: {release: gemma-scope-2-1b-pt-res, id: layer_13_width_16k_l0_big}}
+      - id: tc
+        hook: blocks.{layer}.hook_mlp_in
+        saes:
+          - {layer: 13, sae_lens: {release: gemma-scope-2-1b-pt-transcoders, id: transcoder/layer_13_width_16k_l0_big}}
+"""
+
+
+def test_hooks_behind_a_flag_and_weights_headers_that_are_not_cached(tmp_path):
+    content = write_content(tmp_path, GEMMA_3_MANIFEST)
+    hub = HubCache(tmp_path / "hf")
+    hub.add("google/gemma-3-1b-pt", "config.json", json.dumps(HF_CONFIGS["google/gemma-3-1b-pt"]).encode())
+    run = sae_atlas("check", "--content", content, env=hub.env())
+    assert run.returncode == 2
+    m, cache = GEMMA_3_MANIFEST, hub.hub
+    files = [f"{p}/config.json" for p in ("resid_post/layer_13_width_16k_l0_big", "transcoder/layer_13_width_16k_l0_big")]
+    files = [files[0], files[0].replace("config.json", "params.safetensors"), files[1], files[1].replace("config.json", "params.safetensors")]
+    assert problem_lines(run) == [
+        f"{at(content, m, 'layer_13_width_16k_l0_big}')}: the config of SAELens SAE 'gemma-scope-2-1b-pt-res/layer_13_width_16k_l0_big' "
+        f"needs {', '.join(files)} from hub repo 'google/gemma-scope-2-1b-pt', not in the hub cache ({cache}) and HF_HUB_OFFLINE forbids "
+        f"fetching it; expected it in the hub cache: fetch it with `hf download google/gemma-scope-2-1b-pt {' '.join(files)}`",
+        f"{at(content, m, 'blocks.{layer}.hook_mlp_in')}: hook 'blocks.13.hook_mlp_in' of model 'gemma-3-1b' fires only when "
+        "TransformerLens's use_hook_mlp_in is set, which SAE Atlas does not set; expected a hook that fires by default",
+    ]

@@ -225,9 +225,10 @@ class HubFileMissing(ConfigError):
 
     `absent` says the hub itself has no such file (as opposed to offline, unreachable or refused)."""
 
-    def __init__(self, repo_id: str, filename: str, reason: str, absent: bool = False):
+    def __init__(self, repo_id: str, filename: str, reason: str, absent: bool = False, also: tuple[str, ...] = ()):
         self.repo_id, self.filename, self.reason, self.absent = repo_id, filename, reason, absent
-        super().__init__(f"{repo_id}/{filename}: {reason}")
+        self.filenames = (filename, *also)  # every file of the repo known to be needed and missing
+        super().__init__(f"{repo_id}/{', '.join(self.filenames)}: {reason}")
 
 
 def hub_cache_dir() -> Path:
@@ -266,11 +267,16 @@ def hub_file(repo_id: str, filename: str) -> Path:
         return Path(found)
     if found is not None:  # the hub said before that the file does not exist, and that is cached
         raise HubFileMissing(repo_id, filename, "the hub has no such file", absent=True)
+    _check_fetchable(repo_id, filename, cache)
+    return _fetch(repo_id, filename, cache)
+
+
+def _check_fetchable(repo_id: str, filename: str, cache: Path) -> None:
+    """HubFileMissing when an uncached file cannot be fetched now (offline, or the hub unreachable)."""
     if hub_offline():
         raise HubFileMissing(repo_id, filename, f"not in the hub cache ({cache}) and HF_HUB_OFFLINE forbids fetching it")
     if _HUB_UNREACHABLE:
         raise HubFileMissing(repo_id, filename, f"not in the hub cache ({cache}) and the hub cannot be reached ({_HUB_UNREACHABLE[0]})")
-    return _fetch(repo_id, filename, cache)
 
 
 def _fetch(repo_id: str, filename: str, cache: Path) -> Path:
@@ -325,12 +331,12 @@ def hub_yaml(repo_id: str, filename: str) -> dict[str, Any]:
 
 
 def hub_safetensors_shapes(repo_id: str, filename: str) -> dict[str, list[int]]:
-    """{tensor: shape} from a safetensors header: the cached file's, or (online) its first bytes alone."""
-    try:
-        return {k: v["shape"] for k, v in safetensors_header(hub_file(repo_id, filename)).items()}
-    except HubFileMissing as missing:
-        if missing.absent or hub_offline() or _HUB_UNREACHABLE or "cannot be reached" not in missing.reason:
-            raise
+    """{tensor: shape} from a safetensors header: the cached file's, or (online) its first bytes alone,
+    never the whole (weights) file."""
+    cached = hub_cached(repo_id, filename)
+    if cached is not None:
+        return {k: v["shape"] for k, v in safetensors_header(cached).items()}
+    _check_fetchable(repo_id, filename, hub_cache_dir())
     return _remote_safetensors_shapes(repo_id, filename)
 
 
@@ -702,18 +708,26 @@ def _read_gemma_2_transcoder(repo_id: str, path: str) -> dict[str, Any]:
 
 def _read_gemma_3(repo_id: str, path: str) -> dict[str, Any]:
     transcoder = "transcoder" in path or "clt" in path
+    config_missing = None
     try:
         raw = hub_json(repo_id, f"{path}/config.json")
     except HubFileMissing as missing:
         if not missing.absent:
-            raise
+            config_missing = missing  # go on, so that the weights header is listed as missing too
         raw = {"model_name": repo_id.replace("gemma-scope-2", "gemma-3"), "affine_connection": "affine" in path}
     layer = _layer_in(path)
     kinds = (("resid_post", f"blocks.{layer}.hook_resid_post"), ("attn_out", f"blocks.{layer}.attn.hook_z"), ("mlp_out", f"blocks.{layer}.hook_mlp_out"))
     hook = f"blocks.{layer}.hook_mlp_in" if transcoder else next((h for k, h in kinds if k in path), None)
     if hook is None:
         raise ConfigError(f"no hook kind in '{path}'")
-    shapes = hub_safetensors_shapes(repo_id, f"{path}.safetensors" if "clt" in path else f"{path}/params.safetensors")
+    try:
+        shapes = hub_safetensors_shapes(repo_id, f"{path}.safetensors" if "clt" in path else f"{path}/params.safetensors")
+    except HubFileMissing as missing:
+        if config_missing is None or missing.absent:
+            raise
+        raise HubFileMissing(repo_id, config_missing.filename, config_missing.reason, also=(missing.filename,)) from None
+    if config_missing is not None:
+        raise config_missing
     d_in, d_sae = shapes["w_enc"]
     model = str(raw["model_name"])
     model = (model if "google" in model else "google/" + model).replace("-v3", "-3")

@@ -459,8 +459,7 @@ class _ReleaseCheck:
             self.at(mark, f"{what} needs {missing.filename} of hub repo '{missing.repo_id}': {missing.reason}; expected the file the name refers to")
             return
         found = self.missing.setdefault(missing.repo_id, _MissingRepo(mark, what, missing.reason))
-        if missing.filename not in found.files:
-            found.files.append(missing.filename)
+        found.files.extend(f for f in missing.filenames if f not in found.files)
 
     def report_hub_missing(self) -> None:
         for repo_id, found in self.missing.items():
