@@ -567,3 +567,69 @@ def test_hooks_behind_a_flag_and_weights_headers_that_are_not_cached(tmp_path):
         f"{at(content, m, 'blocks.{layer}.hook_mlp_in')}: hook 'blocks.13.hook_mlp_in' of model 'gemma-3-1b' fires only when "
         "TransformerLens's use_hook_mlp_in is set, which SAE Atlas does not set; expected a hook that fires by default",
     ]
+
+
+# --- hub failures during compute -----------------------------------------------------------------
+
+
+def test_a_model_the_hub_cannot_give_is_named_with_its_fetch_command_not_as_a_cache_failure(tmp_path):
+    manifest = """\
+        release: names
+        model: {id: gpt2-small, transformer_lens: gpt2-small}
+        corpus: {path: ../corpus/c.txt, prompts: 2, context: 4}
+        sets:
+          - id: res
+            hook: blocks.{layer}.hook_resid_pre
+            saes:
+              - {layer: 1, sae_lens: {release: gpt2-small-res-jb, id: blocks.1.hook_resid_pre}}
+    """
+    content = write_content(tmp_path, manifest)
+    hub = gpt2_hub(tmp_path)  # configs only: `check` passes, the weights are not there
+    tokenizer = tmp_path / "tokenizer"
+    tokenizer.mkdir()
+    from tests.test_validate import WORDS, write_tokenizer
+
+    write_tokenizer(tokenizer)
+    config = json.loads((tokenizer / "tokenizer_config.json").read_text())
+    (tokenizer / "tokenizer_config.json").write_text(json.dumps({**config, "tokenizer_class": "PreTrainedTokenizerFast"}))
+    hub.add_dir("gpt2", "", tokenizer)
+    (content / "corpus/c.txt").write_text(" ".join(WORDS * 3) + "\n")
+    run = sae_atlas("compute", "--content", content, "--cache", tmp_path / "cache", "--quiet", env=hub.env())
+    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
+    assert "writing the cache failed" not in run.stderr
+    [line] = run.stderr.strip().splitlines()
+    assert line.startswith(f"sae-atlas: error: loading hub repo 'gpt2' failed: it is not in the hub cache ({hub.hub}) and HF_HUB_OFFLINE forbids fetching it (")
+    assert line.endswith("; fetch it with `hf download gpt2` where the hub can be reached, then rerun (finished cache entries are kept)")
+
+
+HUB_FAILURE = r"""
+import sys, warnings
+warnings.simplefilter("ignore")
+from generator.sources.configs import hub_failure
+from sae_lens import SAE
+try:
+    SAE.from_pretrained("gpt2-small-res-jb", "blocks.1.hook_resid_pre")
+except Exception as e:
+    print(hub_failure(e))
+try:
+    raise OSError("disk full")
+except OSError as e:
+    print(hub_failure(e))
+"""
+
+
+def test_an_sae_the_hub_cannot_give_names_its_repo_and_file(tmp_path):
+    hub = HubCache(tmp_path / "hf")
+    env = {**os.environ, **hub.env(), "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", HUB_FAILURE], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    sae_line, other = done.stdout.strip().splitlines()[-2:]
+    assert sae_line.startswith(
+        "loading 'blocks.1.hook_resid_pre/cfg.json' of hub repo 'jbloom/GPT2-Small-SAEs-Reformatted' failed: "
+        f"it is not in the hub cache ({hub.hub}) and HF_HUB_OFFLINE forbids fetching it ("
+    )
+    assert sae_line.endswith(
+        "; fetch it with `hf download jbloom/GPT2-Small-SAEs-Reformatted --include 'blocks.1.hook_resid_pre/*'` "
+        "where the hub can be reached, then rerun (finished cache entries are kept)"
+    )
+    assert other == "None"  # an error that is not the hub's stays what it is

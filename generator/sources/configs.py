@@ -305,6 +305,58 @@ def _hub_error(repo_id: str, filename: str, error: Exception) -> HubFileMissing:
     return HubFileMissing(repo_id, filename, f"not in the hub cache and the hub cannot be reached ({reason})")
 
 
+def hub_failure(error: BaseException) -> str | None:
+    """What to tell the user when `error`, or an error that caused it, is a failure to get a file
+    from the hub (the hub client's errors, or transformers's OSError for files it cannot find): the
+    repo, the file where known, why, and the command that fetches it. None for other errors."""
+    chain: list[BaseException] = []
+    while error is not None and error not in chain:
+        chain.append(error)
+        error = error.__cause__ or error.__context__  # type: ignore[assignment]
+    hub_errors = [e for e in chain if type(e).__module__.split(".")[0] in ("huggingface_hub", "httpx", "httpx2", "requests")]
+    repo_id, filename, repo_type = _failed_download(chain)
+    if not hub_errors and not (repo_id and any(isinstance(e, OSError) for e in chain)):
+        return None
+    cause = hub_errors[-1] if hub_errors else chain[-1]
+    what = f"'{filename}' of hub repo '{repo_id}'" if repo_id and filename else f"hub repo '{repo_id}'" if repo_id else "a file from the hub"
+    name, detail = type(cause).__name__, (str(cause).splitlines() or ["no detail"])[0]
+    if "Gated" in name or getattr(getattr(cause, "response", None), "status_code", None) in (401, 403):
+        why = "is in a gated or private repo: accept its terms on the hub and run `hf auth login`"
+    elif "NotFound" in name and "Local" not in name:
+        why = "does not exist on the hub; expected the name the model or SAE registry gives"
+    elif hub_offline():
+        why = f"is not in the hub cache ({hub_cache_dir()}) and HF_HUB_OFFLINE forbids fetching it ({detail})"
+    else:
+        why = f"could not be fetched ({name}: {detail})"
+    fetch = ""
+    if repo_id:
+        command = ["hf download", shlex.quote(repo_id)] + (["--repo-type", repo_type] if repo_type and repo_type != "model" else [])
+        if filename and "/" in filename:
+            command += ["--include", shlex.quote(filename.rsplit("/", 1)[0] + "/*")]
+        fetch = f"; fetch it with `{' '.join(command)}` where the hub can be reached, then rerun"
+    return f"loading {what} failed: it {why}{fetch} (finished cache entries are kept)"
+
+
+def _failed_download(chain: list[BaseException]) -> tuple[str | None, str | None, str | None]:
+    """(repo_id, filename, repo_type) of the innermost hub download in the errors' tracebacks; else
+    (the model name, None, None) of a transformers from_pretrained that failed on a hub name."""
+    download: tuple[str | None, str | None, str | None] = (None, None, None)
+    loading: str | None = None
+    for error in chain:
+        tb = error.__traceback__
+        while tb is not None:
+            module, local = str(tb.tb_frame.f_globals.get("__name__", "")), tb.tb_frame.f_locals
+            repo = local.get("repo_id", local.get("path_or_repo_id"))
+            if module.startswith(("huggingface_hub", "transformers.utils.hub")) and isinstance(repo, str):
+                filename, repo_type = local.get("filename"), local.get("repo_type")
+                download = (repo, filename if isinstance(filename, str) else None, repo_type if isinstance(repo_type, str) else None)
+            name = local.get("pretrained_model_name_or_path")
+            if module.startswith("transformers") and isinstance(name, str) and not os.path.isdir(name):
+                loading = name
+            tb = tb.tb_next
+    return download if download[0] is not None else (loading, None, None)
+
+
 def hub_cached(repo_id: str, filename: str) -> Path | None:
     """The cached path of a file, never fetching; None when it is not cached."""
     try:
