@@ -238,6 +238,73 @@ def test_sae_config_hook_must_match_the_set_hook(tmp_path):
     ]
 
 
+def write_transcoder(directory: Path, hook: str, hook_out: str, d_in: int, d_out: int, architecture: str = "transcoder") -> None:
+    """A transcoder as SAELens 6 `save_model` writes it: d_out, metadata.hook_name_out, W_dec [d_sae, d_out]."""
+    write_sae(directory, d_in, hook, architecture=architecture)
+    cfg = json.loads((directory / "cfg.json").read_text())
+    cfg["d_out"] = d_out
+    cfg["metadata"]["hook_name_out"] = hook_out
+    (directory / "cfg.json").write_text(json.dumps(cfg))
+    tensors = {"W_enc": np.zeros((d_in, 8), np.float32), "W_dec": np.zeros((8, d_out), np.float32), "b_enc": np.zeros(8, np.float32), "b_dec": np.zeros(d_out, np.float32)}
+    save_file(tensors, str(directory / "sae_weights.safetensors"))
+
+
+def test_transcoder_output_hook_and_width_are_checked(tmp_path):
+    sets = [{"id": "tc", "hook": "blocks.{layer}.ln2.hook_normalized", "saes": [{"layer": 0, "path": "../saes/tc0"}, {"layer": 1, "path": "../saes/tc1"}]}]
+    content = tmp_path / "content"
+    write_transcoder(content / "saes/tc0", "blocks.0.ln2.hook_normalized", "blocks.0.hook_mlp_out", 16, 32)  # hook_mlp_out is d_model = 16 wide
+    write_transcoder(content / "saes/tc1", "blocks.1.ln2.hook_normalized", "blocks.1.hook_mlp_outt", 16, 16, "jumprelu_skip_transcoder")
+    release, problems = check(make_content(tmp_path, sets=sets))
+    assert problems == [
+        at(sae(release, "tc", 0).mark_of("path"), "SAE d_out is 32 but output hook 'blocks.0.hook_mlp_out' of model 'tiny' has width 16; expected d_out = 16"),
+        at(
+            sae(release, "tc", 1).mark_of("path"),
+            "SAE cfg.json: the output hook 'blocks.1.hook_mlp_outt' does not exist in model 'tiny'; did you mean 'blocks.1.hook_mlp_out'?",
+        ),
+    ]
+
+
+def test_a_transcoder_that_fits_passes(tmp_path):
+    sets = [{"id": "tc", "hook": "blocks.{layer}.ln2.hook_normalized", "saes": [{"layer": 1, "path": "../saes/tc1"}]}]
+    write_transcoder(tmp_path / "content/saes/tc1", "blocks.1.ln2.hook_normalized", "blocks.1.hook_mlp_out", 16, 16, "skip_transcoder")
+    assert check(make_content(tmp_path, sets=sets))[1] == []
+
+
+def test_refused_and_unknown_architectures_are_named_with_the_reason(tmp_path):
+    from generator.sources.architectures import ARCHITECTURES, architecture_info
+
+    content = make_content(tmp_path)
+    write_sae(content / "saes/res/0", 16, "blocks.0.hook_resid_pre", architecture="temporal")
+    write_sae(content / "saes/res/1", 16, "blocks.1.hook_resid_pre", architecture="hypersparse")
+    release, problems = check(content)
+    assert problems == [
+        at(
+            sae(release, "res", 0).mark_of("path"),
+            f"SAE cfg.json has architecture 'temporal', which SAE Atlas refuses: {ARCHITECTURES['temporal'].refused}; expected an SAE of a supported architecture",
+        ),
+        at(
+            sae(release, "res", 1).mark_of("path"),
+            f"SAE cfg.json has architecture 'hypersparse', which SAE Atlas refuses: {architecture_info('hypersparse').refused}; "
+            "expected an SAE of a supported architecture",
+        ),
+    ]
+    assert "does not know this architecture" in problems[1].message
+
+
+def test_an_sae_on_one_head_reads_d_head_wide_activations(tmp_path):
+    sets = [{"id": "att", "hook": "blocks.{layer}.attn.hook_z", "saes": [{"layer": 0, "path": "../saes/h0"}, {"layer": 1, "path": "../saes/h1"}]}]
+    content = tmp_path / "content"
+    for layer, d_in in ((0, CONFIG["d_head"]), (1, CONFIG["d_head"] * CONFIG["n_heads"])):
+        write_sae(content / f"saes/h{layer}", d_in, f"blocks.{layer}.attn.hook_z")
+        cfg = json.loads((content / f"saes/h{layer}/cfg.json").read_text())
+        cfg["metadata"]["hook_head_index"] = 2
+        (content / f"saes/h{layer}/cfg.json").write_text(json.dumps(cfg))
+    release, problems = check(make_content(tmp_path, sets=sets))
+    assert problems == [
+        at(sae(release, "att", 1).mark_of("path"), "SAE d_in is 16 but head 2 of hook 'blocks.1.attn.hook_z' of model 'tiny' has width 4; expected d_in = 4")
+    ]
+
+
 def test_missing_sae_config(tmp_path):
     content = make_content(tmp_path)
     (content / "saes/res/0/cfg.json").unlink()
