@@ -302,7 +302,7 @@ def _hub_error(repo_id: str, filename: str, error: Exception) -> HubFileMissing:
     reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else 'no detail'}"
     if not isinstance(error, errors.HfHubHTTPError):
         _HUB_UNREACHABLE.append(reason)
-    return HubFileMissing(repo_id, filename, f"not in the hub cache and the hub cannot be reached ({reason})")
+    return HubFileMissing(repo_id, filename, f"not in the hub cache ({hub_cache_dir()}) and the hub cannot be reached ({reason})")
 
 
 def hub_failure(error: BaseException) -> str | None:
