@@ -57,6 +57,8 @@ def cmd_compute(args: argparse.Namespace) -> int:
     )
     try:
         compute_releases(releases, args.cache, options)
+    except AtlasError:
+        raise
     except Exception as e:
         from generator.sources.configs import hub_failure
 
