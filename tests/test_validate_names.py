@@ -633,3 +633,26 @@ def test_an_sae_the_hub_cannot_give_names_its_repo_and_file(tmp_path):
         "where the hub can be reached, then rerun (finished cache entries are kept)"
     )
     assert other == "None"  # an error that is not the hub's stays what it is
+
+
+def test_a_model_of_an_architecture_this_check_does_not_convert_is_left_to_transformer_lens(tmp_path):
+    from generator.sources.configs import convert_hf_config
+
+    phi = {"architectures": ["PhiForCausalLM"], "model_type": "phi", "hidden_size": 2560, "num_hidden_layers": 32}
+    assert convert_hf_config("microsoft/phi-2", phi) is None
+    manifest = """\
+        release: phi
+        model: {id: phi-2, transformer_lens: microsoft/phi-2}
+        corpus: {path: ../corpus/c.txt, prompts: 2, context: 4}
+        sets:
+          - id: res
+            hook: blocks.{layer}.hook_resid_pre
+            saes:
+              - {layer: 99, path: ../saes/r}
+    """
+    content = write_content(tmp_path, manifest)
+    write_local_sae(content / "saes/r", sae6_cfg("blocks.99.hook_resid_pre", 2560))
+    hub = HubCache(tmp_path / "hf")
+    hub.add("microsoft/phi-2", "config.json", json.dumps(phi).encode())
+    run = sae_atlas("check", "--content", content, env=hub.env())
+    assert run.returncode == 0, run.stderr

@@ -603,17 +603,17 @@ HF_ARCHITECTURES = {
 _TRANSFORMER_LENS_FORMAT_PREFIXES = ("NeelNanda/", "ArthurConmy/", "Baidicoot/")
 
 
-def convert_hf_config(official_name: str, hf_config: dict[str, Any]) -> dict[str, Any]:
+def convert_hf_config(official_name: str, hf_config: dict[str, Any]) -> dict[str, Any] | None:
     """HookedTransformerConfig fields from a model repo's config.json, as TransformerLens derives them
-    (the fields hooks and widths depend on), with its derived defaults filled in."""
+    (the fields hooks and widths depend on), with its derived defaults filled in; None for an
+    architecture not in HF_ARCHITECTURES (TransformerLens checks it when it loads)."""
     if official_name.startswith(_TRANSFORMER_LENS_FORMAT_PREFIXES):
         return normalise_model_config(hf_config)
     architectures = hf_config.get("architectures")
     architecture = architectures[0] if isinstance(architectures, list) and architectures else None
     convert = HF_ARCHITECTURES.get(str(architecture))
     if convert is None:
-        known = ", ".join(HF_ARCHITECTURES)
-        raise ConfigError(f"{official_name}/{MODEL_CONFIG} has architecture {architecture!r}, which this check cannot read (it reads {known})")
+        return None
     # HookedTransformerConfig's defaults, for the fields an architecture leaves alone.
     cfg = {"positional_embedding_type": "standard", "parallel_attn_mlp": False, "attn_only": False, "gated_mlp": False}
     cfg.update(convert(_HfConfig(official_name, hf_config)))
@@ -625,13 +625,15 @@ def convert_hf_config(official_name: str, hf_config: dict[str, Any]) -> dict[str
 
 
 @functools.lru_cache(maxsize=32)
-def _transformer_lens_config(official_name: str, cache: str) -> dict[str, Any]:
+def _transformer_lens_config(official_name: str, cache: str) -> dict[str, Any] | None:
     return convert_hf_config(official_name, hub_json(official_name, MODEL_CONFIG))
 
 
-def transformer_lens_config(official_name: str) -> dict[str, Any]:
-    """The converted hub config of a TransformerLens model (HubFileMissing when it cannot be had)."""
-    return dict(_transformer_lens_config(official_name, str(hub_cache_dir())))
+def transformer_lens_config(official_name: str) -> dict[str, Any] | None:
+    """The converted hub config of a TransformerLens model (HubFileMissing when it cannot be had,
+    None when its architecture is not one this module converts)."""
+    config = _transformer_lens_config(official_name, str(hub_cache_dir()))
+    return dict(config) if config is not None else None
 
 
 # --- SAE configs: SAELens's cfg.json and its conversion loaders ------------------------------------
