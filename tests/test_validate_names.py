@@ -656,3 +656,86 @@ def test_a_model_of_an_architecture_this_check_does_not_convert_is_left_to_trans
     hub.add("microsoft/phi-2", "config.json", json.dumps(phi).encode())
     run = sae_atlas("check", "--content", content, env=hub.env())
     assert run.returncode == 0, run.stderr
+
+
+# --- online: only the config files are fetched ------------------------------------------------------
+
+
+class _Hub:
+    """A local stand-in for the hub's file endpoint (`/{repo}/resolve/{revision}/{path}`) that logs requests."""
+
+    def __init__(self, files: dict[tuple[str, str], bytes]):
+        import hashlib
+        import http.server
+        import threading
+
+        self.requests: list[tuple[str, str]] = []
+        hub = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):  # keep the test output clean
+                pass
+
+            def _serve(self, body: bool) -> None:
+                hub.requests.append((self.command, self.path))
+                repo_path = self.path.split("?")[0].lstrip("/")
+                repo, _, rest = repo_path.partition("/resolve/")
+                data = files.get((repo, rest.partition("/")[2]))
+                if data is None:
+                    self.send_response(404)
+                    self.send_header("X-Error-Code", "EntryNotFound")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                self.send_response(200)
+                self.send_header("X-Repo-Commit", hashlib.sha1(repo.encode()).hexdigest())
+                self.send_header("ETag", f'"{hashlib.sha256(data).hexdigest()}"')
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if body:
+                    self.wfile.write(data)
+
+            def do_HEAD(self):
+                self._serve(False)
+
+            def do_GET(self):
+                self._serve(True)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_online_check_fetches_the_config_files_alone_into_the_hub_cache(tmp_path):
+    manifest = """\
+        release: names
+        model: {id: gpt2-small, transformer_lens: gpt2-small}
+        corpus: {path: ../corpus/c.txt, prompts: 2, context: 4}
+        sets:
+          - id: res
+            hook: blocks.{layer}.hook_resid_pre
+            saes:
+              - {layer: 1, sae_lens: {release: gpt2-small-res-jb, id: blocks.1.hook_resid_pre}}
+    """
+    files = {
+        ("gpt2", "config.json"): json.dumps(HF_CONFIGS["gpt2"]).encode(),
+        ("gpt2", "model.safetensors"): b"weights that must not be fetched",
+        ("jbloom/GPT2-Small-SAEs-Reformatted", "blocks.1.hook_resid_pre/cfg.json"): legacy_cfg("blocks.1.hook_resid_pre", 768),
+        ("jbloom/GPT2-Small-SAEs-Reformatted", "blocks.1.hook_resid_pre/sae_weights.safetensors"): b"nor these",
+    }
+    server = _Hub(files)
+    hub = HubCache(tmp_path / "hf")
+    env = {**hub.env(), "HF_HUB_OFFLINE": "0", "TRANSFORMERS_OFFLINE": "0", "HF_ENDPOINT": server.url, "HF_HUB_DISABLE_XET": "1"}
+    try:
+        run = sae_atlas("check", "--content", write_content(tmp_path, manifest), env=env)
+    finally:
+        server.close()
+    assert run.returncode == 0, run.stderr
+    fetched = {path.split("/resolve/main/")[1] for method, path in server.requests if method == "GET"}
+    assert fetched == {"config.json", "blocks.1.hook_resid_pre/cfg.json"}
+    snapshot = next((hub.repo_dir("gpt2") / "snapshots").iterdir())
+    assert json.loads((snapshot / "config.json").read_text()) == HF_CONFIGS["gpt2"]

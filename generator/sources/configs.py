@@ -255,6 +255,11 @@ def fetch_command(repo_id: str, filenames: list[str] | tuple[str, ...]) -> str:
 _HUB_UNREACHABLE: list[str] = []
 
 
+def forget_unreachable_hub() -> None:
+    """Try the network again on the next fetch (a new check, e.g. when `serve` reloads)."""
+    _HUB_UNREACHABLE.clear()
+
+
 def hub_file(repo_id: str, filename: str) -> Path:
     """The cached path of `filename` in a model repo; fetched (that file alone) when online and not cached."""
     try:

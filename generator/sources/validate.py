@@ -25,6 +25,7 @@ from generator.sources.configs import (
     ConfigError,
     HubFileMissing,
     fetch_command,
+    forget_unreachable_hub,
     hook_needs_flag,
     hook_width,
     is_int,
@@ -50,6 +51,7 @@ _TOKENIZE_BATCH = 256
 
 def validate_sources(releases: list[Release]) -> None:
     """Raise InputError with every problem found in the files the releases name."""
+    forget_unreachable_hub()
     problems: list[Problem] = []
     for release in releases:
         problems.extend(_ReleaseCheck(release).run())
