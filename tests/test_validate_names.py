@@ -739,3 +739,14 @@ def test_online_check_fetches_the_config_files_alone_into_the_hub_cache(tmp_path
     assert fetched == {"config.json", "blocks.1.hook_resid_pre/cfg.json"}
     snapshot = next((hub.repo_dir("gpt2") / "snapshots").iterdir())
     assert json.loads((snapshot / "config.json").read_text()) == HF_CONFIGS["gpt2"]
+
+
+def test_a_repo_two_releases_need_is_one_line(tmp_path):
+    content = write_content(tmp_path, GPT2_NAMED)
+    second = textwrap.dedent(GPT2_NAMED).replace("release: names", "release: again").replace("id: res", "id: res2").replace("id: att", "id: att2")
+    (content / "releases/again.yaml").write_text(second)
+    run = sae_atlas("check", "--content", content, env=HubCache(tmp_path / "hf").env())
+    assert run.returncode == 2
+    gpt2 = [line for line in problem_lines(run) if "hub repo 'gpt2'" in line]
+    assert len(gpt2) == 1 and gpt2[0].startswith(str(content / "releases/again.yaml"))  # where it is first needed
+    assert len(problem_lines(run)) == 3

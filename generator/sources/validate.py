@@ -53,8 +53,10 @@ def validate_sources(releases: list[Release]) -> None:
     """Raise InputError with every problem found in the files the releases name."""
     forget_unreachable_hub()
     problems: list[Problem] = []
+    missing: dict[str, _MissingRepo] = {}  # shared: one line per hub repo, whichever releases need it
     for release in releases:
-        problems.extend(_ReleaseCheck(release).run())
+        problems.extend(_ReleaseCheck(release, missing).run())
+    problems.extend(_hub_missing_problems(missing))
     if problems:
         raise InputError(list(dict.fromkeys(problems)))
 
@@ -72,14 +74,26 @@ class _MissingRepo:
     files: list[str] = field(default_factory=list)
 
 
+def _hub_missing_problems(missing: dict[str, _MissingRepo]) -> list[Problem]:
+    """One problem per hub repo with files that cannot be had, with the command that fetches them."""
+    problems = []
+    for repo_id, found in missing.items():
+        message = (
+            f"{found.what} needs {', '.join(found.files)} from hub repo '{repo_id}', {found.reason}; "
+            f"expected it in the hub cache: fetch it with `{fetch_command(repo_id, found.files)}`"
+        )
+        problems.append(Problem(found.mark.file, found.mark.line, found.mark.col, message))
+    return problems
+
+
 class _ReleaseCheck:
-    def __init__(self, release: Release):
+    def __init__(self, release: Release, missing: dict[str, _MissingRepo]):
         self.release = release
         self.problems: list[Problem] = []
         self.config: dict[str, Any] | None = None  # the model's normalised config, when knowable
         self.tokenizer_file: Path | None = None
         self.d_sae: dict[str, int] = {}  # SAE id -> d_sae, where known
-        self.missing: dict[str, _MissingRepo] = {}  # hub repo -> the files of it that cannot be had
+        self.missing = missing  # hub repo -> the files of it that cannot be had
         self.registry_model_reported = False  # the current SAE's registry model was reported as wrong
 
     def at(self, mark: Mark, message: str) -> None:
@@ -94,7 +108,6 @@ class _ReleaseCheck:
                 hook_reported = self.check_sae(spec, sae, hook_reported)
         if self.release.explanations is not None:
             self.check_explanations(self.release.explanations)
-        self.report_hub_missing()
         return self.problems
 
     # -- model
@@ -456,21 +469,12 @@ class _ReleaseCheck:
     # -- files on the hub
 
     def hub_missing(self, missing: HubFileMissing, mark: Mark, what: str) -> None:
-        """Collects a hub file that cannot be had; reported once per repo (`report_hub_missing`)."""
+        """Collects a hub file that cannot be had; reported once per repo (`_hub_missing_problems`)."""
         if missing.absent:
             self.at(mark, f"{what} needs {missing.filename} of hub repo '{missing.repo_id}': {missing.reason}; expected the file the name refers to")
             return
         found = self.missing.setdefault(missing.repo_id, _MissingRepo(mark, what, missing.reason))
         found.files.extend(f for f in missing.filenames if f not in found.files)
-
-    def report_hub_missing(self) -> None:
-        for repo_id, found in self.missing.items():
-            files = ", ".join(found.files)
-            self.at(
-                found.mark,
-                f"{found.what} needs {files} from hub repo '{repo_id}', {found.reason}; "
-                f"expected it in the hub cache: fetch it with `{fetch_command(repo_id, found.files)}`",
-            )
 
     # -- explanations
 
