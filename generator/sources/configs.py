@@ -1,8 +1,15 @@
-"""Torch-free readers of what a manifest names: model configs, SAE configs, safetensors headers and
-the TransformerLens hook names (with their widths) that a model config implies.
+"""Torch-free readers of what a manifest names: model configs, SAE configs, safetensors and npz
+headers and the TransformerLens hook names (with their widths) that a model config implies.
 
 Used by `validate.py` to check a release before any model is loaded. Nothing here imports torch,
-transformer_lens or sae_lens; their packaged name lists are read as data files when installed.
+transformer_lens or sae_lens; their packaged data (supported model names, the SAE registry, one
+table of Qwen Scope widths) is read as data files when installed.
+
+Names are resolved through the Hugging Face hub cache the environment names (HF_HOME,
+HF_HUB_CACHE), reading config files only: a model repo's config.json (converted as TransformerLens
+converts it) and the small files each SAELens loader builds its config from. When a file is not
+cached and HF_HUB_OFFLINE is not set, that file alone is fetched (weights headers by range request,
+never whole); otherwise HubFileMissing says which file of which repo is missing and why.
 """
 
 from __future__ import annotations

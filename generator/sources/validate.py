@@ -1,7 +1,9 @@
 """Checks of releases against the files they name, before any model is loaded (no torch).
 
 Every problem is reported at the manifest position of the entry that names the file, with the file
-(and its line, for corpora and explanations) in the message, all of them in one InputError.
+(and its line, for corpora and explanations) in the message, all of them in one InputError. Models
+and SAEs named by the hub are checked from their config files in the hub cache (configs.py); the
+files that cannot be had are reported once per hub repo, with the command that fetches them.
 """
 
 from __future__ import annotations
