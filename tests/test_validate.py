@@ -668,3 +668,21 @@ def test_file_problems_of_good_manifests_are_reported_with_another_manifests_mis
     text = "\n".join(str(p) for p in caught.value.problems)
     assert "other.yaml:2:1: unknown key 'bogus'" in text
     assert "tiny-demo.yaml" in text and "truncated" in text.lower()
+
+
+def test_a_local_sae_trained_on_another_model_is_reported(tmp_path, hub):
+    sets = [{"id": "res", "hook": "blocks.{layer}.hook_resid_pre", "saes": [{"layer": 1, "path": "../saes/p1"}, {"layer": 2, "path": "../saes/g2"}]}]
+    content = tmp_path / "content"
+    write_sae(content / "saes/p1", 512, "blocks.1.hook_resid_pre")
+    write_sae(content / "saes/g2", 768, "blocks.2.hook_resid_pre")
+    for name, model in (("p1", "pythia-70m-deduped"), ("g2", "gpt2-small")):
+        cfg = json.loads((content / f"saes/{name}/cfg.json").read_text())
+        cfg["metadata"]["model_name"] = model
+        (content / f"saes/{name}/cfg.json").write_text(json.dumps(cfg))
+    release, problems = check(make_content(tmp_path, model=GPT2, sets=sets))
+    assert problems == [
+        at(
+            sae(release, "res", 1).mark_of("path"),
+            "SAE cfg.json was trained on model 'pythia-70m-deduped' but this release uses 'gpt2-small'; expected SAEs of the release's model",
+        )
+    ]
