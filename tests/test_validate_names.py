@@ -669,7 +669,7 @@ class _Hub:
         import http.server
         import threading
 
-        self.requests: list[tuple[str, str]] = []
+        self.requests: list[tuple[str, str, str | None]] = []  # (method, path, Range header)
         hub = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -677,7 +677,7 @@ class _Hub:
                 pass
 
             def _serve(self, body: bool) -> None:
-                hub.requests.append((self.command, self.path))
+                hub.requests.append((self.command, self.path, self.headers.get("Range")))
                 repo_path = self.path.split("?")[0].lstrip("/")
                 repo, _, rest = repo_path.partition("/resolve/")
                 data = files.get((repo, rest.partition("/")[2]))
@@ -687,9 +687,14 @@ class _Hub:
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
-                self.send_response(200)
+                etag = hashlib.sha256(data).hexdigest()
+                span = self.headers.get("Range")
+                if span:  # bytes=A-B, as range requests for headers send it
+                    first, last = (int(x) for x in span.removeprefix("bytes=").split("-"))
+                    data = data[first : last + 1]
+                self.send_response(206 if span else 200)
                 self.send_header("X-Repo-Commit", hashlib.sha1(repo.encode()).hexdigest())
-                self.send_header("ETag", f'"{hashlib.sha256(data).hexdigest()}"')
+                self.send_header("ETag", f'"{etag}"')
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 if body:
@@ -735,7 +740,7 @@ def test_online_check_fetches_the_config_files_alone_into_the_hub_cache(tmp_path
     finally:
         server.close()
     assert run.returncode == 0, run.stderr
-    fetched = {path.split("/resolve/main/")[1] for method, path in server.requests if method == "GET"}
+    fetched = {path.split("/resolve/main/")[1] for method, path, _ in server.requests if method == "GET"}
     assert fetched == {"config.json", "blocks.1.hook_resid_pre/cfg.json"}
     snapshot = next((hub.repo_dir("gpt2") / "snapshots").iterdir())
     assert json.loads((snapshot / "config.json").read_text()) == HF_CONFIGS["gpt2"]
@@ -750,3 +755,56 @@ def test_a_repo_two_releases_need_is_one_line(tmp_path):
     gpt2 = [line for line in problem_lines(run) if "hub repo 'gpt2'" in line]
     assert len(gpt2) == 1 and gpt2[0].startswith(str(content / "releases/again.yaml"))  # where it is first needed
     assert len(problem_lines(run)) == 3
+
+
+GEMMA_SCOPE_2 = r"""
+import json, sys, warnings
+warnings.simplefilter("ignore")
+from generator.sources.configs import pretrained_sae_config
+cases = json.loads(sys.argv[1])
+ours = {"|".join(c): pretrained_sae_config(*c) for c in cases}
+print(json.dumps(ours))
+from sae_lens.loading.pretrained_sae_loaders import load_sae_config_from_huggingface
+print(json.dumps({"|".join(c): load_sae_config_from_huggingface(*c, device="cpu") for c in cases}, default=str))
+"""
+
+
+def small_safetensors(**shapes: tuple[int, ...]) -> bytes:
+    from safetensors.numpy import save
+
+    return save({name: np.zeros(shape, np.float32) for name, shape in shapes.items()})
+
+
+def test_gemma_scope_2_configs_read_weights_headers_by_range_as_sae_lens_does(tmp_path):
+    """Gemma Scope 2 widths come from the params.safetensors header: fetched by range, never whole."""
+    d, width = 1152, 16
+    params = small_safetensors(w_enc=(d, width), w_dec=(width, d), b_enc=(width,), b_dec=(d,), threshold=(width,))
+    files = {
+        ("google/gemma-scope-2-1b-pt", "resid_post/layer_13_width_16k_l0_big/config.json"): _cfg_json(
+            architecture="jump_relu", model_name="gemma-v3-1b-pt", hf_hook_point_in="model.layers.13.output"
+        ),
+        ("google/gemma-scope-2-1b-pt", "resid_post/layer_13_width_16k_l0_big/params.safetensors"): params,
+        # No config.json here: both infer it from the names (an affine transcoder).
+        ("google/gemma-scope-2-1b-pt", "transcoder/layer_13_width_16k_l0_big_affine/params.safetensors"): params,
+    }
+    cases = [("gemma-scope-2-1b-pt-res", "layer_13_width_16k_l0_big"), ("gemma-scope-2-1b-pt-transcoders", "transcoder/layer_13_width_16k_l0_big_affine")]
+    server = _Hub(files)
+    hub = HubCache(tmp_path / "hf")
+    env = {**os.environ, **hub.env(), "HF_HUB_OFFLINE": "0", "TRANSFORMERS_OFFLINE": "0", "HF_ENDPOINT": server.url, "HF_HUB_DISABLE_XET": "1", "PYTHONPATH": str(ROOT)}
+    try:
+        done = subprocess.run([sys.executable, "-c", GEMMA_SCOPE_2, json.dumps(cases)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    finally:
+        server.close()
+    assert done.returncode == 0, done.stderr[-3000:]
+    ours, theirs = (json.loads(line) for line in done.stdout.strip().splitlines()[-2:])
+    from generator.sources.configs import sae_architecture, sae_hook_name, sae_hook_out_name, sae_metadata
+
+    for key, cfg in ours.items():
+        meta = theirs[key].get("metadata") or {}
+        assert (cfg["d_in"], cfg["d_sae"], cfg.get("d_out")) == (theirs[key]["d_in"], theirs[key]["d_sae"], theirs[key].get("d_out"))
+        assert (sae_architecture(cfg), sae_hook_name(cfg), sae_hook_out_name(cfg)) == (theirs[key]["architecture"], meta.get("hook_name"), meta.get("hook_name_out"))
+        assert sae_metadata(cfg, "model_name") == meta.get("model_name")
+    assert sae_architecture(ours["|".join(cases[1])]) == "jumprelu_skip_transcoder"
+    weights = [(m, r) for m, path, r in server.requests if path.endswith("params.safetensors") and m == "GET"]
+    assert weights and all(r is not None for _, r in weights)  # only ever a range
+    assert not any(p.name == "params.safetensors" for p in hub.hub.rglob("*"))
