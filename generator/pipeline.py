@@ -57,8 +57,17 @@ def cmd_compute(args: argparse.Namespace) -> int:
     )
     try:
         compute_releases(releases, args.cache, options)
-    except OSError as e:
-        raise AtlasError(f"writing the cache failed: {e}; finished entries are kept, rerun to resume") from e
+    except AtlasError:
+        raise
+    except Exception as e:
+        from generator.sources.configs import hub_failure
+
+        hub = hub_failure(e)  # a model, SAE or corpus the hub could not give, not the cache
+        if hub is not None:
+            raise AtlasError(hub) from e
+        if isinstance(e, OSError):
+            raise AtlasError(f"writing the cache failed: {e}; finished entries are kept, rerun to resume") from e
+        raise
     return 0
 
 

@@ -19,6 +19,7 @@ from generator.errors import InputError, Problem
 from generator.manifest import Mark, ModelSpec, Release, SaeLensRef, SaeSpec, load_content
 from generator.sources.configs import (
     ConfigError,
+    HubFileMissing,
     hook_width,
     read_model_config,
     read_sae_config,
@@ -28,6 +29,7 @@ from generator.sources.configs import (
     valid_hooks,
 )
 from generator.sources.validate import validate_sources
+from tests.hubcache import HubCache
 
 WORDS = [f"w{i}" for i in range(40)]
 CONFIG = {
@@ -236,6 +238,73 @@ def test_sae_config_hook_must_match_the_set_hook(tmp_path):
     ]
 
 
+def write_transcoder(directory: Path, hook: str, hook_out: str, d_in: int, d_out: int, architecture: str = "transcoder") -> None:
+    """A transcoder as SAELens 6 `save_model` writes it: d_out, metadata.hook_name_out, W_dec [d_sae, d_out]."""
+    write_sae(directory, d_in, hook, architecture=architecture)
+    cfg = json.loads((directory / "cfg.json").read_text())
+    cfg["d_out"] = d_out
+    cfg["metadata"]["hook_name_out"] = hook_out
+    (directory / "cfg.json").write_text(json.dumps(cfg))
+    tensors = {"W_enc": np.zeros((d_in, 8), np.float32), "W_dec": np.zeros((8, d_out), np.float32), "b_enc": np.zeros(8, np.float32), "b_dec": np.zeros(d_out, np.float32)}
+    save_file(tensors, str(directory / "sae_weights.safetensors"))
+
+
+def test_transcoder_output_hook_and_width_are_checked(tmp_path):
+    sets = [{"id": "tc", "hook": "blocks.{layer}.ln2.hook_normalized", "saes": [{"layer": 0, "path": "../saes/tc0"}, {"layer": 1, "path": "../saes/tc1"}]}]
+    content = tmp_path / "content"
+    write_transcoder(content / "saes/tc0", "blocks.0.ln2.hook_normalized", "blocks.0.hook_mlp_out", 16, 32)  # hook_mlp_out is d_model = 16 wide
+    write_transcoder(content / "saes/tc1", "blocks.1.ln2.hook_normalized", "blocks.1.hook_mlp_outt", 16, 16, "jumprelu_skip_transcoder")
+    release, problems = check(make_content(tmp_path, sets=sets))
+    assert problems == [
+        at(sae(release, "tc", 0).mark_of("path"), "SAE d_out is 32 but output hook 'blocks.0.hook_mlp_out' of model 'tiny' has width 16; expected d_out = 16"),
+        at(
+            sae(release, "tc", 1).mark_of("path"),
+            "SAE cfg.json: the output hook 'blocks.1.hook_mlp_outt' does not exist in model 'tiny'; did you mean 'blocks.1.hook_mlp_out'?",
+        ),
+    ]
+
+
+def test_a_transcoder_that_fits_passes(tmp_path):
+    sets = [{"id": "tc", "hook": "blocks.{layer}.ln2.hook_normalized", "saes": [{"layer": 1, "path": "../saes/tc1"}]}]
+    write_transcoder(tmp_path / "content/saes/tc1", "blocks.1.ln2.hook_normalized", "blocks.1.hook_mlp_out", 16, 16, "skip_transcoder")
+    assert check(make_content(tmp_path, sets=sets))[1] == []
+
+
+def test_refused_and_unknown_architectures_are_named_with_the_reason(tmp_path):
+    from generator.sources.architectures import ARCHITECTURES, architecture_info
+
+    content = make_content(tmp_path)
+    write_sae(content / "saes/res/0", 16, "blocks.0.hook_resid_pre", architecture="temporal")
+    write_sae(content / "saes/res/1", 16, "blocks.1.hook_resid_pre", architecture="hypersparse")
+    release, problems = check(content)
+    assert problems == [
+        at(
+            sae(release, "res", 0).mark_of("path"),
+            f"SAE cfg.json has architecture 'temporal', which SAE Atlas refuses: {ARCHITECTURES['temporal'].refused}; expected an SAE of a supported architecture",
+        ),
+        at(
+            sae(release, "res", 1).mark_of("path"),
+            f"SAE cfg.json has architecture 'hypersparse', which SAE Atlas refuses: {architecture_info('hypersparse').refused}; "
+            "expected an SAE of a supported architecture",
+        ),
+    ]
+    assert "does not know this architecture" in problems[1].message
+
+
+def test_an_sae_on_one_head_reads_d_head_wide_activations(tmp_path):
+    sets = [{"id": "att", "hook": "blocks.{layer}.attn.hook_z", "saes": [{"layer": 0, "path": "../saes/h0"}, {"layer": 1, "path": "../saes/h1"}]}]
+    content = tmp_path / "content"
+    for layer, d_in in ((0, CONFIG["d_head"]), (1, CONFIG["d_head"] * CONFIG["n_heads"])):
+        write_sae(content / f"saes/h{layer}", d_in, f"blocks.{layer}.attn.hook_z")
+        cfg = json.loads((content / f"saes/h{layer}/cfg.json").read_text())
+        cfg["metadata"]["hook_head_index"] = 2
+        (content / f"saes/h{layer}/cfg.json").write_text(json.dumps(cfg))
+    release, problems = check(make_content(tmp_path, sets=sets))
+    assert problems == [
+        at(sae(release, "att", 1).mark_of("path"), "SAE d_in is 16 but head 2 of hook 'blocks.1.attn.hook_z' of model 'tiny' has width 4; expected d_in = 4")
+    ]
+
+
 def test_missing_sae_config(tmp_path):
     content = make_content(tmp_path)
     (content / "saes/res/0/cfg.json").unlink()
@@ -404,12 +473,24 @@ def _gpt2_sets(release_name: str, sae_id: str, layer: int = 1) -> list[dict]:
 GPT2 = {"id": "gpt2-small", "transformer_lens": "gpt2-small"}
 
 
-def test_sae_lens_reference_to_a_known_sae_passes(tmp_path):
+@pytest.fixture
+def hub(tmp_path, monkeypatch) -> HubCache:
+    """A hub cache holding the configs of gpt2, pythia-70m-deduped and gpt2-small-res-jb SAEs, offline."""
+    from tests.test_validate_names import HF_CONFIGS, gpt2_hub
+
+    cache = gpt2_hub(tmp_path)
+    cache.add("EleutherAI/pythia-70m-deduped", "config.json", json.dumps(HF_CONFIGS["EleutherAI/pythia-70m-deduped"]).encode())
+    for key, value in cache.env().items():
+        monkeypatch.setenv(key, value)
+    return cache
+
+
+def test_sae_lens_reference_to_a_known_sae_passes(tmp_path, hub):
     content = make_content(tmp_path, model=GPT2, sets=_gpt2_sets("gpt2-small-res-jb", "blocks.1.hook_resid_pre"))
     assert check(content)[1] == []
 
 
-def test_unknown_sae_lens_release_and_id(tmp_path):
+def test_unknown_sae_lens_release_and_id(tmp_path, hub):
     sets = _gpt2_sets("gpt2-small-res-jbb", "x")
     sets[0]["saes"].append({"layer": 2, "sae_lens": {"release": "gpt2-small-res-jb", "id": "blocks.2.hook_resid_pree"}})
     release, problems = check(make_content(tmp_path, model=GPT2, sets=sets))
@@ -420,7 +501,7 @@ def test_unknown_sae_lens_release_and_id(tmp_path):
     ]
 
 
-def test_sae_lens_release_of_another_model(tmp_path):
+def test_sae_lens_release_of_another_model(tmp_path, hub):
     model = {"id": "p70d", "transformer_lens": "pythia-70m-deduped"}
     release, problems = check(make_content(tmp_path, model=model, sets=_gpt2_sets("gpt2-small-res-jb", "blocks.1.hook_resid_pre")))
     assert [p.message for p in problems] == [
@@ -428,12 +509,12 @@ def test_sae_lens_release_of_another_model(tmp_path):
     ]
 
 
-def test_layers_of_known_transformer_lens_models_are_checked(tmp_path):
+def test_layers_of_known_transformer_lens_models_are_checked(tmp_path, hub):
     release, problems = check(make_content(tmp_path, model=GPT2, sets=_gpt2_sets("gpt2-small-res-jb", "blocks.1.hook_resid_pre", layer=12)))
     assert [p.message for p in problems] == ["layer 12 is outside model 'gpt2-small', which has 12 layers; expected 0 to 11"]
 
 
-def test_unknown_transformer_lens_model(tmp_path):
+def test_unknown_transformer_lens_model(tmp_path, hub):
     model = {"id": "gpt2-small", "transformer_lens": "gpt2-smal"}
     release, problems = check(make_content(tmp_path, model=model, sets=_gpt2_sets("gpt2-small-res-jb", "blocks.1.hook_resid_pre")))
     assert problems == [at(release.model.mark_of("transformer_lens"), "model.transformer_lens 'gpt2-smal' is not a TransformerLens model; did you mean 'gpt2-small'?")]
@@ -523,18 +604,24 @@ def test_safetensors_header_rejects_trailing_bytes(tmp_path):
         safetensors_header(path)
 
 
-def test_read_sae_config_of_a_pretrained_reference():
+def test_read_sae_config_of_a_pretrained_reference(hub):
     spec = SaeSpec("gpt2-small", "res-jb", 3, "blocks.3.hook_resid_pre", sae_lens=SaeLensRef("gpt2-small-res-jb", "blocks.3.hook_resid_pre"))
     cfg = read_sae_config(spec)
     assert cfg is not None and cfg["model"] == "gpt2-small" and cfg["pretrained"] is True
+    # The pre-6 cfg.json upgraded as SAELens upgrades it, with the registry's overrides applied.
+    assert sae_hook_name(cfg) == "blocks.3.hook_resid_pre" and cfg["d_in"] == 768 and cfg["architecture"] == "standard"
+    assert cfg["metadata"]["model_from_pretrained_kwargs"] == {"center_writing_weights": True}
     assert read_sae_config(SaeSpec("m", "s", 0, "h", sae_lens=SaeLensRef("no-such-release", "x"))) is None
 
 
-def test_transformer_lens_names_resolve_aliases_without_importing_it():
+def test_transformer_lens_names_resolve_aliases_without_importing_it(hub):
     assert transformer_lens_official_name("gpt2-small") == "gpt2"
     assert transformer_lens_official_name("nope-model") is None
     assert read_model_config(ModelSpec("g", transformer_lens="gpt2-small"))["n_layers"] == 12
-    assert read_model_config(ModelSpec("x", transformer_lens="meta-llama/Llama-2-7b-hf")) is None
+    assert read_model_config(ModelSpec("x", transformer_lens="nope-model")) is None
+    with pytest.raises(HubFileMissing, match="HF_HUB_OFFLINE") as missing:
+        read_model_config(ModelSpec("x", transformer_lens="meta-llama/Llama-2-7b-hf"))
+    assert (missing.value.repo_id, missing.value.filename) == ("meta-llama/Llama-2-7b-hf", "config.json")
 
 
 def test_token_count_agrees_with_the_corpus_loader(real_release, tmp_path):
@@ -581,3 +668,21 @@ def test_file_problems_of_good_manifests_are_reported_with_another_manifests_mis
     text = "\n".join(str(p) for p in caught.value.problems)
     assert "other.yaml:2:1: unknown key 'bogus'" in text
     assert "tiny-demo.yaml" in text and "truncated" in text.lower()
+
+
+def test_a_local_sae_trained_on_another_model_is_reported(tmp_path, hub):
+    sets = [{"id": "res", "hook": "blocks.{layer}.hook_resid_pre", "saes": [{"layer": 1, "path": "../saes/p1"}, {"layer": 2, "path": "../saes/g2"}]}]
+    content = tmp_path / "content"
+    write_sae(content / "saes/p1", 512, "blocks.1.hook_resid_pre")
+    write_sae(content / "saes/g2", 768, "blocks.2.hook_resid_pre")
+    for name, model in (("p1", "pythia-70m-deduped"), ("g2", "gpt2-small")):
+        cfg = json.loads((content / f"saes/{name}/cfg.json").read_text())
+        cfg["metadata"]["model_name"] = model
+        (content / f"saes/{name}/cfg.json").write_text(json.dumps(cfg))
+    release, problems = check(make_content(tmp_path, model=GPT2, sets=sets))
+    assert problems == [
+        at(
+            sae(release, "res", 1).mark_of("path"),
+            "SAE cfg.json was trained on model 'pythia-70m-deduped' but this release uses 'gpt2-small'; expected SAEs of the release's model",
+        )
+    ]

@@ -1,7 +1,9 @@
 """Checks of releases against the files they name, before any model is loaded (no torch).
 
 Every problem is reported at the manifest position of the entry that names the file, with the file
-(and its line, for corpora and explanations) in the message, all of them in one InputError.
+(and its line, for corpora and explanations) in the message, all of them in one InputError. Models
+and SAEs named by the hub are checked from their config files in the hub cache (configs.py); the
+files that cannot be had are reported once per hub repo, with the command that fetches them.
 """
 
 from __future__ import annotations
@@ -9,11 +11,13 @@ from __future__ import annotations
 import difflib
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from generator.errors import InputError, Problem
 from generator.manifest import Mark, Release, SaeSpec, SetSpec
+from generator.sources.architectures import architecture_info
 from generator.sources.configs import (
     MODEL_CONFIG,
     MODEL_WEIGHTS,
@@ -21,14 +25,22 @@ from generator.sources.configs import (
     SAE_WEIGHTS,
     TOKENIZER_FILE,
     ConfigError,
+    HubFileMissing,
+    fetch_command,
+    forget_unreachable_hub,
+    hook_needs_flag,
     hook_width,
     is_int,
     model_config_problems,
+    pretrained_sae_config,
     pretrained_saes_directory,
     read_model_config,
     read_sae_config,
     safetensors_header,
+    sae_architecture,
     sae_hook_name,
+    sae_hook_out_name,
+    sae_metadata,
     transformer_lens_names_known,
     transformer_lens_official_name,
     valid_hooks,
@@ -41,9 +53,12 @@ _TOKENIZE_BATCH = 256
 
 def validate_sources(releases: list[Release]) -> None:
     """Raise InputError with every problem found in the files the releases name."""
+    forget_unreachable_hub()
     problems: list[Problem] = []
+    missing: dict[str, _MissingRepo] = {}  # shared: one line per hub repo, whichever releases need it
     for release in releases:
-        problems.extend(_ReleaseCheck(release).run())
+        problems.extend(_ReleaseCheck(release, missing).run())
+    problems.extend(_hub_missing_problems(missing))
     if problems:
         raise InputError(list(dict.fromkeys(problems)))
 
@@ -53,13 +68,35 @@ def _suggest(word: str, choices: list[str] | set[str]) -> str:
     return f"did you mean '{close[0]}'?" if close else ""
 
 
+@dataclass
+class _MissingRepo:
+    mark: Mark  # where the first name needing the repo is
+    what: str  # what needs it, e.g. "model 'gpt2'"
+    reason: str  # why it cannot be had (offline, unreachable, refused)
+    files: list[str] = field(default_factory=list)
+
+
+def _hub_missing_problems(missing: dict[str, _MissingRepo]) -> list[Problem]:
+    """One problem per hub repo with files that cannot be had, with the command that fetches them."""
+    problems = []
+    for repo_id, found in missing.items():
+        message = (
+            f"{found.what} needs {', '.join(found.files)} from hub repo '{repo_id}', {found.reason}; "
+            f"expected it in the hub cache: fetch it with `{fetch_command(repo_id, found.files)}`"
+        )
+        problems.append(Problem(found.mark.file, found.mark.line, found.mark.col, message))
+    return problems
+
+
 class _ReleaseCheck:
-    def __init__(self, release: Release):
+    def __init__(self, release: Release, missing: dict[str, _MissingRepo]):
         self.release = release
         self.problems: list[Problem] = []
         self.config: dict[str, Any] | None = None  # the model's normalised config, when knowable
         self.tokenizer_file: Path | None = None
         self.d_sae: dict[str, int] = {}  # SAE id -> d_sae, where known
+        self.missing = missing  # hub repo -> the files of it that cannot be had
+        self.registry_model_reported = False  # the current SAE's registry model was reported as wrong
 
     def at(self, mark: Mark, message: str) -> None:
         self.problems.append(Problem(mark.file, mark.line, mark.col, message))
@@ -88,7 +125,12 @@ class _ReleaseCheck:
                 hint = _suggest(model.transformer_lens, known) or "see TransformerLens's list of supported models"
                 self.at(mark, f"model.transformer_lens '{model.transformer_lens}' is not a TransformerLens model; {hint}")
                 return
-            self.config = read_model_config(model)
+            try:
+                self.config = read_model_config(model)
+            except HubFileMissing as missing:
+                self.hub_missing(missing, mark, f"model '{model.transformer_lens}'")
+            except ConfigError as e:
+                self.at(mark, f"model '{model.transformer_lens}': {e}; expected a hub config TransformerLens can convert")
 
     def check_local_model(self, directory: Path, mark: Mark) -> None:
         if not (directory / MODEL_CONFIG).is_file():
@@ -266,29 +308,103 @@ class _ReleaseCheck:
 
     def check_sae(self, spec: SetSpec, sae: SaeSpec, hook_reported: bool) -> bool:
         """Checks one SAE; returns whether the set's hook has been reported (reported once per set)."""
-        model_id = self.release.model.id
-        config = self.config
         hook_ok = True
-        if config is not None:
-            n_layers = config["n_layers"]
+        if self.config is not None:
+            n_layers = self.config["n_layers"]
             if sae.layer >= n_layers:
-                self.at(sae.mark_of("layer"), f"layer {sae.layer} is outside model '{model_id}', which has {n_layers} layers; expected 0 to {n_layers - 1}")
+                self.at(sae.mark_of("layer"), f"layer {sae.layer} is outside model '{self.release.model.id}', which has {n_layers} layers; expected 0 to {n_layers - 1}")
                 hook_ok = False
             else:
-                hooks = valid_hooks(config)
-                if sae.hook not in hooks:
+                hook_problem = self.hook_problem(sae.hook)
+                if hook_problem is not None:
                     hook_ok = False
                     if not hook_reported:
-                        hint = _suggest(sae.hook, hooks) or "expected a TransformerLens hook name such as blocks.{layer}.hook_resid_pre"
-                        self.at(spec.mark_of("hook"), f"hook '{sae.hook}' does not exist in model '{model_id}'; {hint}")
+                        self.at(spec.mark_of("hook"), hook_problem)
                         hook_reported = True
         if sae.path is not None:
-            self.check_local_sae(spec, sae, hook_ok)
-        elif sae.sae_lens is not None:
-            self.check_pretrained_sae(sae)
+            cfg = self.check_local_sae(sae)
+            where, mark = f"SAE {SAE_CONFIG}", sae.mark_of("path")
+        else:
+            cfg = self.check_pretrained_sae(sae)
+            where, mark = f"SAELens SAE '{sae.sae_lens.release}/{sae.sae_lens.id}'", sae.mark_of("sae_lens.id")  # type: ignore[union-attr]
+        if cfg is not None:
+            self.check_sae_config(spec, sae, cfg, hook_ok, where, mark)
         return hook_reported
 
-    def check_local_sae(self, spec: SetSpec, sae: SaeSpec, hook_ok: bool) -> None:
+    def hook_problem(self, hook: str, what: str = "hook") -> str | None:
+        """Why `hook` cannot be read in the model (None when it can): unknown, or firing only behind a flag."""
+        assert self.config is not None
+        hooks = valid_hooks(self.config)
+        if hook in hooks:
+            return None
+        model_id = self.release.model.id
+        flag = hook_needs_flag(self.config, hook)
+        if flag is not None:
+            return f"{what} '{hook}' of model '{model_id}' fires only when TransformerLens's {flag} is set, which SAE Atlas does not set; expected a hook that fires by default"
+        hint = _suggest(hook, hooks) or "expected a TransformerLens hook name such as blocks.{layer}.hook_resid_pre"
+        return f"{what} '{hook}' does not exist in model '{model_id}'; {hint}"
+
+    def check_sae_config(self, spec: SetSpec, sae: SaeSpec, cfg: dict[str, Any], hook_ok: bool, where: str, mark: Mark) -> None:
+        """What an SAE's config says against the manifest and the model: architecture, hooks, widths."""
+        who = "SAE" if sae.path is not None else where
+        name = sae_architecture(cfg)
+        info = architecture_info(name)
+        if info.refused:
+            self.at(mark, f"{where} has architecture '{name}', which SAE Atlas refuses: {info.refused}; expected an SAE of a supported architecture")
+            return
+        d_in, d_sae, d_out = cfg.get("d_in"), cfg.get("d_sae"), cfg.get("d_out")
+        for key, value in (("d_in", d_in), ("d_sae", d_sae)) + ((("d_out", d_out),) if info.transcoder else ()):
+            if not is_int(value) or value < 1:
+                self.at(mark, f"{where} has {key} = {value!r}; expected a whole number >= 1")
+        if is_int(d_sae) and d_sae >= 1:
+            self.d_sae[sae.id] = d_sae
+        cfg_hook = sae_hook_name(cfg)
+        if cfg_hook is not None and cfg_hook != sae.hook:
+            if hook_ok:
+                self.at(mark, f"{where} says it reads '{cfg_hook}' but set '{spec.id}' puts it on '{sae.hook}'; expected the same hook (check the layer and the set's hook)")
+            return
+        if self.check_sae_model(sae, cfg, where, mark) or not hook_ok or self.config is None:
+            return  # widths of another model's SAE say nothing new
+        head = sae_metadata(cfg, "hook_head_index")
+        width = self.config.get("d_head") if is_int(head) else hook_width(self.config, sae.hook)
+        if is_int(head) and head >= self.config.get("n_heads", 0):
+            self.at(mark, f"{where} reads head {head} but model '{self.release.model.id}' has {self.config['n_heads']} heads; expected hook_head_index below {self.config['n_heads']}")
+        elif is_int(d_in) and is_int(width) and width != d_in:
+            reads = f"head {head} of hook '{sae.hook}'" if is_int(head) else f"hook '{sae.hook}'"
+            self.at(mark, f"{who} d_in is {d_in} but {reads} of model '{self.release.model.id}' has width {width}; expected d_in = {width}")
+        if info.transcoder:
+            self.check_transcoder_output(cfg, d_out, who, where, mark)
+
+    def check_transcoder_output(self, cfg: dict[str, Any], d_out: Any, who: str, where: str, mark: Mark) -> None:
+        assert self.config is not None
+        hook_out = sae_hook_out_name(cfg)
+        if hook_out is None:
+            self.at(mark, f"{where} is a transcoder ({sae_architecture(cfg)}) without metadata.hook_name_out; expected the hook it writes")
+            return
+        problem = self.hook_problem(hook_out, "the output hook")
+        if problem is not None:
+            self.at(mark, f"{where}: {problem}")
+            return
+        width = hook_width(self.config, hook_out)
+        if is_int(d_out) and is_int(width) and width != d_out:
+            self.at(mark, f"{who} d_out is {d_out} but output hook '{hook_out}' of model '{self.release.model.id}' has width {width}; expected d_out = {width}")
+
+    def check_sae_model(self, sae: SaeSpec, cfg: dict[str, Any], where: str, mark: Mark) -> bool:
+        """Whether the SAE is for another model than the release's (both resolved to TransformerLens
+        names), reported here or as the registry's model."""
+        if sae.sae_lens is not None and self.registry_model_reported:
+            return True
+        model = self.release.model
+        theirs = sae_metadata(cfg, "model_name")
+        if not model.transformer_lens or not isinstance(theirs, str):
+            return False
+        ours, official = transformer_lens_official_name(model.transformer_lens), transformer_lens_official_name(theirs)
+        if ours is not None and official is not None and ours != official:
+            self.at(mark, f"{where} was trained on model '{theirs}' but this release uses '{model.transformer_lens}'; expected SAEs of the release's model")
+            return True
+        return False
+
+    def check_local_sae(self, sae: SaeSpec) -> dict[str, Any] | None:
         assert sae.path is not None
         mark = sae.mark_of("path")
         cfg: dict[str, Any] | None = None
@@ -299,65 +415,68 @@ class _ReleaseCheck:
                 cfg = read_sae_config(sae)
             except ConfigError as e:
                 self.at(mark, f"SAE {e}; expected the {SAE_CONFIG} SAELens save_model writes")
-        d_in = d_sae = None
-        if cfg is not None:
-            d_in, d_sae = cfg.get("d_in"), cfg.get("d_sae")
-            for key, value in (("d_in", d_in), ("d_sae", d_sae)):
-                if not is_int(value) or value < 1:
-                    self.at(mark, f"SAE {SAE_CONFIG} has {key} = {value!r}; expected a whole number >= 1")
-            if not (is_int(d_in) and is_int(d_sae)):
-                d_in = d_sae = None
-            else:
-                self.d_sae[sae.id] = d_sae
-            cfg_hook = sae_hook_name(cfg)
-            if cfg_hook is not None and cfg_hook != sae.hook and hook_ok:
-                self.at(
-                    mark,
-                    f"SAE {SAE_CONFIG} says it reads '{cfg_hook}' but set '{spec.id}' puts it on '{sae.hook}'; "
-                    "expected the same hook (check the layer and the set's hook)",
-                )
-            elif d_in is not None and hook_ok and self.config is not None:
-                width = hook_width(self.config, sae.hook)
-                if width is not None and width != d_in:
-                    self.at(mark, f"SAE d_in is {d_in} but hook '{sae.hook}' of model '{self.release.model.id}' has width {width}; expected d_in = {width}")
         weights = sae.path / SAE_WEIGHTS
         if not weights.is_file():
             self.at(mark, f"SAE directory has no {SAE_WEIGHTS}; expected a directory written by SAELens save_model")
-            return
+            return cfg
         try:
             tensors = safetensors_header(weights)
         except ConfigError as e:
             self.at(mark, f"SAE weights: {e}; expected a complete safetensors file")
-            return
+            return cfg
         w_enc = tensors.get("W_enc")
-        if w_enc is not None and d_in is not None and list(w_enc["shape"]) != [d_in, d_sae]:
+        d_in, d_sae = (cfg.get("d_in"), cfg.get("d_sae")) if cfg is not None else (None, None)
+        if w_enc is not None and is_int(d_in) and is_int(d_sae) and list(w_enc["shape"]) != [d_in, d_sae]:
             self.at(mark, f"SAE W_enc has shape {w_enc['shape']} but {SAE_CONFIG} says d_in={d_in}, d_sae={d_sae}; expected [{d_in}, {d_sae}]")
+        return cfg
 
-    def check_pretrained_sae(self, sae: SaeSpec) -> None:
+    def check_pretrained_sae(self, sae: SaeSpec) -> dict[str, Any] | None:
+        """Checks a `sae_lens:` reference against SAELens's registry; returns the SAE's config when it can be read."""
         assert sae.sae_lens is not None
+        self.registry_model_reported = False
         directory = pretrained_saes_directory()
         if not directory:
-            return  # SAELens not installed here: checked when it loads
+            return None  # SAELens not installed here: checked when it loads
         ref = sae.sae_lens
         entry = directory.get(ref.release)
         if entry is None:
             hint = _suggest(ref.release, list(directory)) or "expected a release from SAELens's pretrained_saes.yaml"
             self.at(sae.mark_of("sae_lens.release"), f"'{ref.release}' is not a SAELens release; {hint}")
-            return
+            return None
         ids = [str(x.get("id")) for x in entry.get("saes") or ()]
         if ref.id not in ids:
             hint = _suggest(ref.id, ids) or f"expected one of the {len(ids)} ids of release '{ref.release}'"
             self.at(sae.mark_of("sae_lens.id"), f"'{ref.id}' is not an SAE of SAELens release '{ref.release}'; {hint}")
-            return
+            return None
         model = self.release.model
         if model.transformer_lens and entry.get("model"):
             ours = transformer_lens_official_name(model.transformer_lens)
             theirs = transformer_lens_official_name(str(entry["model"])) or str(entry["model"])
             if ours is not None and ours != theirs:
+                self.registry_model_reported = True
                 self.at(
                     sae.mark_of("sae_lens.release"),
                     f"SAELens release '{ref.release}' is for model '{entry['model']}' but this release uses '{model.transformer_lens}'; expected SAEs of the release's model",
                 )
+        try:
+            cfg = pretrained_sae_config(ref.release, ref.id)
+        except HubFileMissing as missing:
+            self.hub_missing(missing, sae.mark_of("sae_lens.id"), f"the config of SAELens SAE '{ref.release}/{ref.id}'")
+            return None
+        except ConfigError as e:
+            self.at(sae.mark_of("sae_lens.id"), f"SAELens SAE '{ref.release}/{ref.id}': {e}; expected the config files SAELens reads for it")
+            return None
+        return cfg
+
+    # -- files on the hub
+
+    def hub_missing(self, missing: HubFileMissing, mark: Mark, what: str) -> None:
+        """Collects a hub file that cannot be had; reported once per repo (`_hub_missing_problems`)."""
+        if missing.absent:
+            self.at(mark, f"{what} needs {missing.filename} of hub repo '{missing.repo_id}': {missing.reason}; expected the file the name refers to")
+            return
+        found = self.missing.setdefault(missing.repo_id, _MissingRepo(mark, what, missing.reason))
+        found.files.extend(f for f in missing.filenames if f not in found.files)
 
     # -- explanations
 
