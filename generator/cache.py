@@ -81,10 +81,8 @@ def model_identity(release: Release) -> str:
 def corpus_key(release: Release) -> str:
     c = release.corpus
     source = "file:" + _memo_digest(c.path) if c.path is not None else "dataset:" + str(c.dataset)
-    from generator.sources.configs import release_prepend_bos
-
-    # Prompts without BOS (SAEs trained with prepend_bos false) are another corpus.
-    bos = [] if release_prepend_bos(release) else ["no-bos"]
+    # Prompts without BOS (for SAEs trained with prepend_bos false) are another corpus.
+    bos = [] if c.prepend_bos else ["no-bos"]
     return _key("corpus", CACHE_FORMAT, source, c.prompts, c.context, model_identity(release), *bos)
 
 

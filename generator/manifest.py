@@ -68,6 +68,8 @@ class CorpusSpec(_HasMarks):
     dataset: str | None = None
     prompts: int = 4096
     context: int = 128
+    # Text prompts start with BOS, as SAELens's `prepend_bos` (the default) trains SAEs.
+    prepend_bos: bool = True
     mark: Mark = NO_MARK
     marks: Marks = _marks()
 
@@ -153,7 +155,7 @@ class Release(_HasMarks):
 
 TOP_KEYS = ("release", "title", "description", "authors", "links", "model", "corpus", "sets", "explanations", "compute")
 MODEL_KEYS = ("id", "transformer_lens", "path")
-CORPUS_KEYS = ("path", "dataset", "prompts", "context")
+CORPUS_KEYS = ("path", "dataset", "prompts", "context", "prepend_bos")
 SET_KEYS = ("id", "title", "description", "hook", "saes")
 SAE_KEYS = ("layer", "path", "sae_lens")
 SAE_LENS_KEYS = ("release", "id")
@@ -305,6 +307,12 @@ class _Reader:
             return None
         return value
 
+    def boolean(self, node: Node, name: str) -> bool | None:
+        if not isinstance(node, ScalarNode) or node.tag != _BOOL:
+            self.problem(node, f"{name} is {_describe(node)}; expected true or false")
+            return None
+        return bool(SafeConstructor().construct_yaml_bool(node))
+
     def path(self, node: Node, name: str, kind: str, expected: str) -> Path | None:
         """A path relative to the manifest's directory that must exist as a `file` or `dir`."""
         value = self.text(node, name, f"a path relative to the manifest, to {expected}")
@@ -406,6 +414,11 @@ def _read_corpus(r: _Reader, node: Node) -> CorpusSpec | None:
         # A prompt is the BOS token plus at least one token of text.
         context = r.integer(items["context"][1], "corpus.context", 2)
         ok &= context is not None
+    prepend_bos = True
+    if "prepend_bos" in items:
+        value = r.boolean(items["prepend_bos"][1], "corpus.prepend_bos")
+        ok &= value is not None
+        prepend_bos = bool(value)
     source = r.exactly_one(node, items, "corpus", "path", "dataset", "path: corpus/stories.txt or dataset: NAME")
     corpus_path = dataset = None
     if source == "path":
@@ -424,6 +437,7 @@ def _read_corpus(r: _Reader, node: Node) -> CorpusSpec | None:
         dataset=dataset,
         prompts=prompts if prompts is not None else defaults.prompts,
         context=context if context is not None else defaults.context,
+        prepend_bos=prepend_bos,
         mark=r.mark(node),
         marks=marks,
     )

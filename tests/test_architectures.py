@@ -284,12 +284,15 @@ def test_refused_architectures_are_refused_by_name(arch, tmp_path):
     assert str(e.value).startswith(str(manifest_path))
 
 
-def _text_release(tmp_path: Path, prepend_bos: list[bool]) -> Path:
-    """A text-corpus release with one standard SAE per entry of `prepend_bos` (SAELens metadata)."""
+def _text_release(tmp_path: Path, prepend_bos: list[bool], corpus_bos: bool | None = None) -> Path:
+    """A text-corpus release with one standard SAE per entry of `prepend_bos` (SAELens metadata);
+    `corpus_bos`: the manifest's corpus.prepend_bos (None: not given)."""
     content = build_fixture_content(tmp_path, n_prompts=6, context=8, corpus="txt", sets=(), explanations=False)
     cfg = json.loads((content / "models" / "tiny-2l" / "config.json").read_text())
     manifest_path = content / "releases" / "tiny-demo.yaml"
     manifest = yaml.safe_load(manifest_path.read_text())
+    if corpus_bos is not None:
+        manifest["corpus"]["prepend_bos"] = corpus_bos
     for i, bos in enumerate(prepend_bos):
         sae = _make_sae("standard", cfg["d_model"], cfg["d_model"], seed=i)
         sae.cfg.metadata.hook_name = f"blocks.{i}.hook_resid_post"
@@ -300,12 +303,12 @@ def _text_release(tmp_path: Path, prepend_bos: list[bool]) -> Path:
     return content
 
 
-def test_prepend_bos_false_gives_prompts_without_bos(tmp_path):
+def test_corpus_prepend_bos_false_gives_prompts_without_bos(tmp_path):
     from transformers import AutoTokenizer
 
     firsts = {}
     for flag in (True, False):
-        content = _text_release(tmp_path / str(flag), [flag, flag])
+        content = _text_release(tmp_path / str(flag), [flag, flag], corpus_bos=None if flag else False)
         releases = load_content(content)
         compute_releases(releases, tmp_path / str(flag) / "cache", ComputeOptions(device="cpu", quiet=True, pca_map=True))
         tokens = np.asarray(CacheStore(tmp_path / str(flag) / "cache").corpus(corpus_key(releases[0]))["tokens"])
@@ -315,8 +318,15 @@ def test_prepend_bos_false_gives_prompts_without_bos(tmp_path):
     assert not (firsts[False] == bos).any()
 
 
-def test_saes_that_disagree_on_prepend_bos_are_an_input_error(tmp_path):
+def test_an_sae_trained_without_bos_on_a_bos_corpus_is_an_input_error_before_weights_load(tmp_path):
+    from tests.conftest import sae_atlas
+
     content = _text_release(tmp_path, [True, False])
+    line = next(i for i, text in enumerate((content / "releases" / "tiny-demo.yaml").read_text().splitlines(), 1) if "../saes/s1" in text)
+    want = "was trained with prepend_bos: false but corpus.prepend_bos is true; expected corpus.prepend_bos: false"
+    run = sae_atlas("check", "--content", content)
+    assert run.returncode == 2 and want in run.stderr and f"tiny-demo.yaml:{line}:" in run.stderr, run.output
+    assert "s0" not in run.stderr.replace("res-0", "")  # the SAE trained with BOS is fine
     with pytest.raises(InputError) as e:
         compute_releases(load_content(content), tmp_path / "cache", ComputeOptions(device="cpu", quiet=True, pca_map=True))
-    assert "tiny-2l@1-res-1 was trained with prepend_bos: false" in str(e.value)
+    assert "tiny-2l@1-res-1 was trained with prepend_bos: false but corpus.prepend_bos is true" in str(e.value)

@@ -49,7 +49,6 @@ from generator.compute.weights import (
 )
 from generator.errors import AtlasError, InputError, Problem
 from generator.manifest import Release, SaeSpec, SetSpec
-from generator.sources.configs import release_prepend_bos
 from generator.sources.corpus import Corpus, is_pretokenized, load_corpus
 from generator.sources.model import load_model, load_tokenizer, resolve_device
 from generator.sources.sae import load_sae
@@ -214,17 +213,17 @@ def _report_replay(model_id: str, replay: Replay, report: ComputeReport, options
 
 
 def _check_prepend_bos(release: Release, running: list["_Running"]) -> None:
-    """A text corpus starts its prompts with BOS as the release's SAEs were trained (SAELens's
-    `prepend_bos`); SAEs that disagree cannot share one corpus."""
+    """A text corpus starts its prompts with BOS when `corpus.prepend_bos` (the default) says so;
+    each SAE must have been trained that way (SAELens's `prepend_bos`)."""
     c = release.corpus
     if c.path is not None and is_pretokenized(c.path):
         return  # pre-tokenized prompts are used exactly as given
-    bos = release_prepend_bos(release)
     problems = []
     for r in running:
-        if r.sae.prepend_bos != bos:
+        if r.sae.prepend_bos != c.prepend_bos:
             m = r.job.spec.mark
-            problems.append(Problem(m.file, m.line, m.col, f"SAE {r.job.id} was trained with prepend_bos: {str(r.sae.prepend_bos).lower()}, other SAEs of release {release.id!r} with prepend_bos: {str(bos).lower()}; expected SAEs that agree (put the others in a release of their own)"))
+            want = str(r.sae.prepend_bos).lower()
+            problems.append(Problem(m.file, m.line, m.col, f"SAE {r.job.id} was trained with prepend_bos: {want} but corpus.prepend_bos is {str(c.prepend_bos).lower()}; expected corpus.prepend_bos: {want} (SAEs trained otherwise go in a release of their own)"))
     if problems:
         raise InputError(problems)
 

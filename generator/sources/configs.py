@@ -1148,22 +1148,3 @@ def sae_prepend_bos(cfg: dict[str, Any] | None) -> bool | None:
     if value is None:
         value = cfg.get("prepend_bos")
     return None if value is None else bool(value)
-
-
-def release_prepend_bos(release) -> bool:
-    """Whether a text corpus's prompts start with BOS: as the release's SAEs were trained
-    (SAELens's `prepend_bos`, true unless every SAE that says so says false)."""
-    return _prepend_bos_of(tuple(release.saes()))
-
-
-@functools.lru_cache(maxsize=256)
-def _prepend_bos_of(specs: tuple[SaeSpec, ...]) -> bool:
-    said = set()
-    for spec in specs:
-        try:
-            value = sae_prepend_bos(read_sae_config(spec))
-        except ConfigError:
-            value = None
-        if value is not None:
-            said.add(value)
-    return said != {False}

@@ -154,9 +154,7 @@ def tokenize_corpus(release: Release, tokenizer, d_vocab: int | None = None) -> 
     else:
         documents = _dataset_documents(str(c.dataset), c.mark_of("dataset"))
         short = _at(c.mark_of("dataset"), f"dataset '{c.dataset}' has fewer than {c.context} tokens; expected enough text for at least one prompt")
-    from generator.sources.configs import release_prepend_bos
-
-    bos = tokenizer.bos_token_id if release_prepend_bos(release) else None
+    bos = tokenizer.bos_token_id if c.prepend_bos else None
     separator = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else bos
     encoded = (tokenizer(doc, add_special_tokens=False)["input_ids"] for doc in documents)
     tokens = pack_documents(encoded, c.prompts, c.context, bos, separator)

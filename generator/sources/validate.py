@@ -18,6 +18,7 @@ from typing import Any
 from generator.errors import InputError, Problem
 from generator.manifest import Mark, Release, SaeSpec, SetSpec
 from generator.sources.architectures import architecture_info
+from generator.sources.corpus import is_pretokenized
 from generator.sources.configs import (
     MODEL_CONFIG,
     MODEL_WEIGHTS,
@@ -41,6 +42,7 @@ from generator.sources.configs import (
     sae_hook_name,
     sae_hook_out_name,
     sae_metadata,
+    sae_prepend_bos,
     transformer_lens_names_known,
     transformer_lens_official_name,
     valid_hooks,
@@ -358,6 +360,7 @@ class _ReleaseCheck:
                 self.at(mark, f"{where} has {key} = {value!r}; expected a whole number >= 1")
         if is_int(d_sae) and d_sae >= 1:
             self.d_sae[sae.id] = d_sae
+        self.check_prepend_bos(cfg, where, mark)
         cfg_hook = sae_hook_name(cfg)
         if cfg_hook is not None and cfg_hook != sae.hook:
             if hook_ok:
@@ -374,6 +377,15 @@ class _ReleaseCheck:
             self.at(mark, f"{who} d_in is {d_in} but {reads} of model '{self.release.model.id}' has width {width}; expected d_in = {width}")
         if info.transcoder:
             self.check_transcoder_output(cfg, d_out, who, where, mark)
+
+    def check_prepend_bos(self, cfg: dict[str, Any], where: str, mark: Mark) -> None:
+        """A text corpus's BOS as the SAE was trained (SAELens's `prepend_bos`, default true)."""
+        corpus = self.release.corpus
+        trained = sae_prepend_bos(cfg)
+        if trained is None or trained == corpus.prepend_bos or (corpus.path is not None and is_pretokenized(corpus.path)):
+            return
+        want = str(trained).lower()
+        self.at(mark, f"{where} was trained with prepend_bos: {want} but corpus.prepend_bos is {str(corpus.prepend_bos).lower()}; expected corpus.prepend_bos: {want} (SAEs trained otherwise go in a release of their own)")
 
     def check_transcoder_output(self, cfg: dict[str, Any], d_out: Any, who: str, where: str, mark: Mark) -> None:
         assert self.config is not None
