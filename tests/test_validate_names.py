@@ -572,6 +572,17 @@ def test_hooks_behind_a_flag_and_weights_headers_that_are_not_cached(tmp_path):
 # --- hub failures during compute -----------------------------------------------------------------
 
 
+def _add_sae_weights(hub: HubCache, repo: str, folder: str) -> None:
+    """Random weights of the shapes the cached cfg.json gives, as SAELens's default loader reads them."""
+    import torch
+    from safetensors.torch import save
+
+    cfg = json.loads((hub.repo_dir(repo) / "snapshots" / hub.commit_of(repo) / folder / "cfg.json").read_text())
+    d_in, d_sae = cfg["d_in"], cfg["d_sae"]
+    tensors = {"W_enc": torch.randn(d_in, d_sae), "b_enc": torch.zeros(d_sae), "W_dec": torch.randn(d_sae, d_in), "b_dec": torch.zeros(d_in)}
+    hub.add(repo, f"{folder}/sae_weights.safetensors", save(tensors))
+
+
 def test_a_model_the_hub_cannot_give_is_named_with_its_fetch_command_not_as_a_cache_failure(tmp_path):
     manifest = """\
         release: names
@@ -593,6 +604,7 @@ def test_a_model_the_hub_cannot_give_is_named_with_its_fetch_command_not_as_a_ca
     config = json.loads((tokenizer / "tokenizer_config.json").read_text())
     (tokenizer / "tokenizer_config.json").write_text(json.dumps({**config, "tokenizer_class": "PreTrainedTokenizerFast"}))
     hub.add_dir("gpt2", "", tokenizer)
+    _add_sae_weights(hub, "jbloom/GPT2-Small-SAEs-Reformatted", "blocks.1.hook_resid_pre")  # the SAE loads: the model is what fails
     (content / "corpus/c.txt").write_text(" ".join(WORDS * 3) + "\n")
     run = sae_atlas("compute", "--content", content, "--cache", tmp_path / "cache", "--quiet", env=hub.env())
     assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr

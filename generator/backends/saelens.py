@@ -10,11 +10,12 @@ that one head of a per-head hook (`attn.hook_z`, `hook_q`, ...).
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
 
-from generator.errors import AtlasError, InputError, Problem, problem_at
+from generator.errors import InputError, Problem, problem_at
 from generator.manifest import SaeSpec
 from generator.sources.architectures import architecture_info
 
@@ -100,6 +101,18 @@ def architecture_name(sae) -> str:
 
 def load_sae(spec: SaeSpec, device: str = "cpu", dtype: str = "float32") -> SaeLensSae:
     """The SAE (any architecture SAELens knows and the engine supports), in eval mode on `device`."""
+    with warnings.catch_warnings():
+        # SAELens warns that the model should load with the SAE's model_from_pretrained_kwargs: it does.
+        warnings.filterwarnings("ignore", message=r"\s*This SAE has non-empty model_from_pretrained_kwargs")
+        sae = SaeLensSae(_load_module(spec, device, dtype), spec.hook)
+    refused = architecture_info(sae.architecture).refused
+    if refused:
+        m = spec.mark
+        raise InputError([Problem(m.file, m.line, m.col, f"SAE architecture '{sae.architecture}' is not supported: {refused}; expected one of the supported architectures")])
+    return sae
+
+
+def _load_module(spec: SaeSpec, device: str, dtype: str):
     from sae_lens import SAE
 
     if spec.path is not None:
@@ -109,15 +122,8 @@ def load_sae(spec: SaeSpec, device: str = "cpu", dtype: str = "float32") -> SaeL
             raise InputError([problem_at(spec.path, f"cannot load SAE ({e}); expected a SAELens save_model directory")]) from e
     else:
         ref = spec.sae_lens
-        try:
-            module = SAE.from_pretrained(ref.release, ref.id, device=device, dtype=dtype)  # type: ignore[union-attr]
-        except (OSError, ValueError) as e:
-            raise AtlasError(f"cannot load SAE {ref.release}/{ref.id} from the hub ({e}); check the connection or the hub cache (HF_HOME), or fetch it first") from e  # type: ignore[union-attr]
+        # A hub failure propagates: the CLI names the repo, the file and the command that fetches it.
+        module = SAE.from_pretrained(ref.release, ref.id, device=device, dtype=dtype)  # type: ignore[union-attr]
         if isinstance(module, tuple):  # older SAELens returned (sae, cfg, sparsity)
             module = module[0]
-    sae = SaeLensSae(module, spec.hook)
-    refused = architecture_info(sae.architecture).refused
-    if refused:
-        m = spec.mark
-        raise InputError([Problem(m.file, m.line, m.col, f"SAE architecture '{sae.architecture}' is not supported: {refused}; expected one of the supported architectures")])
-    return sae
+    return module

@@ -79,10 +79,13 @@ def load_tokenizer(spec: ModelSpec):
         name = cfg.tokenizer_name
         if name is None or name in NON_HF_HOSTED_MODEL_NAMES:
             raise InputError([problem_at(mark.file, f"TransformerLens model '{spec.transformer_lens}' names no tokenizer on the hub; expected a model with a tokenizer, or a local model with `path:`", mark.line, mark.col)])
-        return AutoTokenizer.from_pretrained(name, trust_remote_code=cfg.trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=cfg.trust_remote_code)
     except OSError as e:  # not in the hub cache offline, or the hub unreachable
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise InputError([problem_at(mark.file, f"cannot load the tokenizer of TransformerLens model '{spec.transformer_lens}' ({first}); expected it on the Hugging Face hub or in its cache", mark.line, mark.col)]) from e
+    if len(tokenizer) < 2:  # transformers builds an empty tokenizer when only the config is cached
+        raise InputError([problem_at(mark.file, f"the tokenizer of TransformerLens model '{spec.transformer_lens}' has no vocabulary: its files are not in the hub cache; expected them there (fetch with `hf download {name}`)", mark.line, mark.col)])
+    return tokenizer
 
 
 class TransformerLensBackend:
@@ -107,10 +110,8 @@ class TransformerLensBackend:
 
         kwargs = {k: v for k, v in (kwargs or {}).items() if k not in _PLACEMENT_KWARGS}
         if spec.path is None:
-            try:
-                model = HookedTransformer.from_pretrained_no_processing(spec.transformer_lens, device=device, dtype=torch_dtype(dtype), **kwargs)
-            except (OSError, ValueError) as e:
-                raise AtlasError(f"cannot load model {spec.transformer_lens} from the hub ({e}); check the connection or the hub cache (HF_HOME)") from e
+            # A hub failure propagates: the CLI names the repo, the file and the command that fetches it.
+            model = HookedTransformer.from_pretrained_no_processing(spec.transformer_lens, device=device, dtype=torch_dtype(dtype), **kwargs)
             return cls(model)
         from safetensors.torch import load_file
 
