@@ -14,6 +14,7 @@ import yaml
 
 from tests.conftest import sae_atlas
 from tests.fixtures import fixture_text
+from tests.hub_fixtures import add_gpt2, add_res_jb
 from tests.hubcache import HubCache
 
 
@@ -50,7 +51,13 @@ def test_init_writes_a_manifest_for_layers_8_9_that_check_accepts(tmp_path, regi
     assert {f"blocks.{layer}.hook_resid_pre" for layer in (8, 9)} <= {e["id"] for e in entry["saes"]}
     assert "# " in path.read_text()  # comments say what to edit
 
-    check = sae_atlas("check", "--content", content, cwd=tmp_path)
+    # check reads the model's and the SAEs' configs from the hub cache: offline, only they are there.
+    # The cached stand-in for gpt2 has n_ctx 64, so the prompts are made shorter than init's 128.
+    path.write_text(path.read_text().replace("context: 128", "context: 32"))
+    hub = HubCache(tmp_path / "hf")
+    add_gpt2(hub)
+    add_res_jb(hub, layers=(8, 9))
+    check = sae_atlas("check", "--content", content, cwd=tmp_path, env=hub.env())
     assert check.returncode == 0, check.stderr
     assert "1 release(s), 2 SAE(s)" in check.stderr
 

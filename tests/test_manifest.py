@@ -183,7 +183,7 @@ def test_unknown_key_suggests_the_closest_one(tmp_path):
 
 def test_unknown_key_without_a_close_match_lists_the_known_keys(tmp_path):
     path = write(tmp_path, edit("  prompts: 64", "  prompts: 64\n  xyzzy: 1"))
-    assert only_problem(path) == at(path, 12, 3, "unknown key 'xyzzy' in corpus; expected one of: path, dataset, prompts, context")
+    assert only_problem(path) == at(path, 12, 3, "unknown key 'xyzzy' in corpus; expected one of: path, dataset, prompts, context, prepend_bos")
 
 
 def test_unknown_key_in_an_sae_entry(tmp_path):
@@ -544,3 +544,12 @@ def test_check_exits_2_listing_every_problem_and_writes_nothing(tmp_path, capsys
     assert f"{path}:11:12: corpus.prompts is the text 'lots'; expected a whole number >= 1" in err
     assert err.strip().endswith("2 problems found; nothing was written")
     assert sorted(p for p in tmp_path.rglob("*")) == before
+
+
+def test_corpus_prepend_bos_is_a_boolean_defaulting_to_true(tmp_path):
+    from generator.manifest import load_release
+
+    assert load_release(write(tmp_path, VALID)).corpus.prepend_bos is True
+    assert load_release(write(tmp_path, edit("  prompts: 64", "  prompts: 64\n  prepend_bos: false"))).corpus.prepend_bos is False
+    path = write(tmp_path, edit("  prompts: 64", "  prompts: 64\n  prepend_bos: maybe"))
+    assert only_problem(path) == at(path, 12, 16, "corpus.prepend_bos is the text 'maybe'; expected true or false")
