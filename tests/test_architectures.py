@@ -43,7 +43,9 @@ def _hooks(arch: str, d_model: int, d_mlp: int) -> tuple[str, str, int, int]:
     info = architecture_info(arch)
     if not info.transcoder:
         return f"blocks.{LAYER}.hook_resid_post", f"blocks.{LAYER}.hook_resid_post", d_model, d_model
-    if info.skip:  # as Gemma Scope 2 and circuit-tracer transcoders: MLP in -> MLP out
+    if arch == "jumprelu_skip_transcoder":  # as Gemma Scope 2: hook_mlp_in (fires only when enabled) -> MLP out
+        return f"blocks.{LAYER}.hook_mlp_in", f"blocks.{LAYER}.hook_mlp_out", d_model, d_model
+    if info.skip:  # as circuit-tracer transcoders: the MLP's normalized input -> MLP out
         return f"blocks.{LAYER}.ln2.hook_normalized", f"blocks.{LAYER}.hook_mlp_out", d_model, d_model
     # d_out != d_in, written through W_out: the output hook's map is not the identity
     return f"blocks.{LAYER}.ln2.hook_normalized", f"blocks.{LAYER}.mlp.hook_post", d_model, d_mlp
@@ -126,6 +128,7 @@ def _model(content: Path, kwargs: dict | None = None):
     model.load_state_dict(load_file(str(content / "models" / "tiny-2l" / "model.safetensors")), strict=False)
     if kwargs:
         model.process_weights_(fold_ln=False, center_writing_weights=bool(kwargs.get("center_writing_weights")), center_unembed=False)
+    model.set_use_hook_mlp_in(True)  # so that blocks.L.hook_mlp_in fires
     return model.eval()
 
 
@@ -330,3 +333,29 @@ def test_an_sae_trained_without_bos_on_a_bos_corpus_is_an_input_error_before_wei
     with pytest.raises(InputError) as e:
         compute_releases(load_content(content), tmp_path / "cache", ComputeOptions(device="cpu", quiet=True, pca_map=True))
     assert "tiny-2l@1-res-1 was trained with prepend_bos: false but corpus.prepend_bos is true" in str(e.value)
+
+
+def test_check_accepts_every_supported_architecture_before_any_weights_load(built):
+    from tests.conftest import sae_atlas
+
+    content = built[0]
+    run = sae_atlas("check", "--content", content)
+    assert run.returncode == 0, run.output
+    assert f"1 release(s), {len(built[1])} SAE(s)" in run.stderr
+
+
+def test_check_finds_a_transcoder_whose_d_out_does_not_fit_its_output_hook(built, tmp_path):
+    import shutil
+
+    from tests.conftest import sae_atlas
+
+    content = tmp_path / "content"
+    shutil.copytree(built[0], content)
+    f = next(f for f in built[1] if f["hook_out"].endswith("mlp.hook_post"))
+    cfg_path = content / "saes" / f["set"] / "cfg.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["d_out"] = f["d_out"] + 1
+    cfg_path.write_text(json.dumps(cfg))
+    run = sae_atlas("check", "--content", content)
+    assert run.returncode == 2 and "d_out" in run.stderr and f["hook_out"] in run.stderr, run.output
+    assert len(run.stderr.strip().splitlines()) == 2  # the problem, then the count

@@ -57,6 +57,8 @@ class ModelBackend(Protocol):
     n_layers: int
     hook_names: set[str]
 
+    def enable_hooks(self, hooks: list[str]) -> None: ...  # make hooks that fire only on request fire
+
     def capture(self, tokens: Any, hooks: list[str]) -> dict[str, Any]: ...
 
     def output_map(self, hook: str, head_index: int | None = None) -> Any | None: ...

@@ -137,6 +137,12 @@ class TransformerLensBackend:
 
     # -- the corpus passes
 
+    def enable_hooks(self, hooks) -> None:
+        """Turn on what makes `hooks` fire: `blocks.L.hook_mlp_in` (read by Gemma Scope 2
+        transcoders) fires only with TransformerLens's use_hook_mlp_in set."""
+        if any(_BLOCK_HOOK.match(h) and h.endswith(".hook_mlp_in") for h in hooks) and not self.model.cfg.use_hook_mlp_in:
+            self.model.set_use_hook_mlp_in(True)
+
     def stop_layer(self, hooks: list[str]) -> int | None:
         """The first block the capturing forward need not run (None: run the whole model). A
         `blocks.L.hook_resid_pre` needs only blocks < L; any other hook of block L needs block L."""

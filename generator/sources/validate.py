@@ -53,6 +53,10 @@ MAX_LINE_PROBLEMS = 5
 _TOKENIZE_BATCH = 256
 
 
+# TransformerLens flags the engine sets when an SAE's hook needs them (ModelBackend.enable_hooks).
+ENGINE_FLAGS = ("use_hook_mlp_in",)
+
+
 def validate_sources(releases: list[Release]) -> None:
     """Raise InputError with every problem found in the files the releases name."""
     forget_unreachable_hub()
@@ -333,6 +337,11 @@ class _ReleaseCheck:
             self.check_sae_config(spec, sae, cfg, hook_ok, where, mark)
         return hook_reported
 
+    def hook_width(self, hook: str) -> int | None:
+        """The width of `hook` in the model as the engine runs it (with ENGINE_FLAGS set)."""
+        assert self.config is not None
+        return hook_width({**self.config, **{flag: True for flag in ENGINE_FLAGS if not (flag == "use_hook_mlp_in" and self.config.get("attn_only"))}}, hook)
+
     def hook_problem(self, hook: str, what: str = "hook") -> str | None:
         """Why `hook` cannot be read in the model (None when it can): unknown, or firing only behind a flag."""
         assert self.config is not None
@@ -341,6 +350,8 @@ class _ReleaseCheck:
             return None
         model_id = self.release.model.id
         flag = hook_needs_flag(self.config, hook)
+        if flag in ENGINE_FLAGS:
+            return None
         if flag is not None:
             return f"{what} '{hook}' of model '{model_id}' fires only when TransformerLens's {flag} is set, which SAE Atlas does not set; expected a hook that fires by default"
         hint = _suggest(hook, hooks) or "expected a TransformerLens hook name such as blocks.{layer}.hook_resid_pre"
@@ -369,7 +380,7 @@ class _ReleaseCheck:
         if self.check_sae_model(sae, cfg, where, mark) or not hook_ok or self.config is None:
             return  # widths of another model's SAE say nothing new
         head = sae_metadata(cfg, "hook_head_index")
-        width = self.config.get("d_head") if is_int(head) else hook_width(self.config, sae.hook)
+        width = self.config.get("d_head") if is_int(head) else self.hook_width(sae.hook)
         if is_int(head) and head >= self.config.get("n_heads", 0):
             self.at(mark, f"{where} reads head {head} but model '{self.release.model.id}' has {self.config['n_heads']} heads; expected hook_head_index below {self.config['n_heads']}")
         elif is_int(d_in) and is_int(width) and width != d_in:
@@ -397,7 +408,7 @@ class _ReleaseCheck:
         if problem is not None:
             self.at(mark, f"{where}: {problem}")
             return
-        width = hook_width(self.config, hook_out)
+        width = self.hook_width(hook_out)
         if is_int(d_out) and is_int(width) and width != d_out:
             self.at(mark, f"{who} d_out is {d_out} but output hook '{hook_out}' of model '{self.release.model.id}' has width {width}; expected d_out = {width}")
 
