@@ -97,15 +97,15 @@ def make_tokenizer(directory: Path, text: str, vocab_size: int = 320):
     return fast
 
 
-def make_model_dir(directory: Path, text: str | None = None, seed: int = 0, n_ctx: int = 64):
-    """A random 2-layer HookedTransformer in the local model format. Returns (model, tokenizer)."""
+def make_model_dir(directory: Path, text: str | None = None, seed: int = 0, n_ctx: int = 64, n_layers: int = 2):
+    """A random HookedTransformer (2 layers unless told) in the local model format. Returns (model, tokenizer)."""
     import torch
     from safetensors.torch import save_file
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
     directory = Path(directory)
     tokenizer = make_tokenizer(directory, text or fixture_text())
-    cfg_dict = model_config(d_vocab=len(tokenizer), n_ctx=n_ctx)
+    cfg_dict = model_config(d_vocab=len(tokenizer), n_ctx=n_ctx, n_layers=n_layers)
     torch.manual_seed(seed)
     model = HookedTransformer(HookedTransformerConfig(**cfg_dict))
     with torch.no_grad():
@@ -292,34 +292,13 @@ def load_reference_sae(directory: Path):
     return SAE.load_from_disk(str(directory), device="cpu", dtype="float32").eval()
 
 
-def make_model_dir_with_layers(directory: Path, text: str, n_layers: int, seed: int = 0, n_ctx: int = 64):
-    """Like make_model_dir, with n_layers blocks. Returns (model, tokenizer)."""
-    import torch
-    from safetensors.torch import save_file
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
-
-    directory = Path(directory)
-    tokenizer = make_tokenizer(directory, text)
-    torch.manual_seed(seed)
-    model = HookedTransformer(HookedTransformerConfig(**model_config(d_vocab=len(tokenizer), n_ctx=n_ctx, n_layers=n_layers)))
-    with torch.no_grad():
-        for _, p in model.named_parameters():
-            if p.ndim >= 2:
-                p.normal_(0.0, 0.3)
-    model.eval()
-    full = {k: v for k, v in model.cfg.to_dict().items() if _json_ok(v)}
-    (directory / "config.json").write_text(json.dumps(full, indent=1, sort_keys=True, default=str))
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(directory / "model.safetensors"))
-    return model, tokenizer
-
-
 def build_wide_content(root: Path, n_prompts: int = 12, context: int = 8, sets: tuple = WIDE_SETS, compute: dict | None = None) -> Path:
     """root/content with one release (WIDE_RELEASE_ID) on a random 3-layer model: Sets whose SAEs
     differ in width per layer (WIDE_SETS), over a pre-tokenized corpus with repeated prompts."""
     content = Path(root) / "content"
     text = fixture_text(n_docs=12)
     n_layers = 1 + max(layer for *_, entries in sets for layer, _ in entries)
-    model, _ = make_model_dir_with_layers(content / "models" / WIDE_MODEL_ID, text, n_layers, n_ctx=max(64, context))
+    model, _ = make_model_dir(content / "models" / WIDE_MODEL_ID, text, n_ctx=max(64, context), n_layers=n_layers)
     cfg = model.cfg
     rows = random_token_rows(n_prompts, context, cfg.d_vocab, seed=5, repeat=min(2, n_prompts // 4))
     make_corpus(content / "corpus" / "tokens.jsonl", "tokens", tokens=rows)

@@ -73,36 +73,32 @@ def _assert_same_entries(a: dict, b: dict) -> None:
             np.testing.assert_array_equal(a[sae_id][name], b[sae_id][name], err_msg=f"{sae_id} {name}")
 
 
+def _computed(root: Path, content: Path, batch_size: int):
+    """(root, content, releases, cache, report) after computing `content` into root/cache."""
+    releases = load_content(content)
+    cache = root / "cache"
+    report = compute_releases(releases, cache, _options(batch_size=batch_size))
+    return root, content, releases, cache, report
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     root = tmp_path_factory.mktemp("compute")
-    content = build_fixture_content(root, n_prompts=N_PROMPTS, context=CONTEXT, d_sae=D_SAE, corpus="tokens", sets=SETS)
-    releases = load_content(content)
-    cache = root / "cache"
-    report = compute_releases(releases, cache, _options(batch_size=3))
-    return root, content, releases, cache, report
+    return _computed(root, build_fixture_content(root, n_prompts=N_PROMPTS, context=CONTEXT, d_sae=D_SAE, corpus="tokens", sets=SETS), 3)
 
 
 @pytest.fixture(scope="module")
 def wide(tmp_path_factory):
     """A 3-layer release with SAEs of several widths, on mlp.hook_post among others (see WIDE_SETS)."""
     root = tmp_path_factory.mktemp("wide")
-    content = build_wide_content(root, n_prompts=N_PROMPTS, context=CONTEXT, compute=WIDE_COMPUTE)
-    releases = load_content(content)
-    cache = root / "cache"
-    report = compute_releases(releases, cache, _options(batch_size=5))
-    return root, content, releases, cache, report
+    return _computed(root, build_wide_content(root, n_prompts=N_PROMPTS, context=CONTEXT, compute=WIDE_COMPUTE), 5)
 
 
 @pytest.fixture(scope="module")
 def pre(tmp_path_factory):
     """A release whose forward stops before the last block (see PRE_SETS)."""
     root = tmp_path_factory.mktemp("pre")
-    content = build_wide_content(root, n_prompts=N_PROMPTS, context=CONTEXT, sets=PRE_SETS, compute=WIDE_COMPUTE)
-    releases = load_content(content)
-    cache = root / "cache"
-    report = compute_releases(releases, cache, _options(batch_size=4))
-    return root, content, releases, cache, report
+    return _computed(root, build_wide_content(root, n_prompts=N_PROMPTS, context=CONTEXT, sets=PRE_SETS, compute=WIDE_COMPUTE), 4)
 
 
 # -- the brute-force reference ----------------------------------------------------------------------
