@@ -201,3 +201,43 @@ def _rewrite(entry_dir: Path, name: str, data: bytes) -> None:
     meta = json.loads((entry_dir / "meta.json").read_text())
     meta["files"][name] = hashlib.sha256(data).hexdigest()
     (entry_dir / "meta.json").write_text(json.dumps(meta))
+
+
+def test_a_pretokenized_corpus_with_padded_ids_computes_and_dumps_them(tmp_path):
+    """Ids past the tokenizer but below the model's d_vocab are valid model input: `check`,
+    `compute` and `dump` accept them, and the examples show them as `<id N>`."""
+    content = tmp_path / "content"
+    text = fixture_text(n_docs=20)
+    model, tokenizer = make_padded_model_dir(content / "models" / "pad-2l", text)
+    n_tok = len(tokenizer)
+    rng = np.random.default_rng(0)
+    rows = [[int(t) for t in rng.integers(1, n_tok + PADDING, size=12)] for _ in range(8)]
+    rows[0][5] = n_tok + 2  # a padded id for sure
+    make_corpus(content / "corpus" / "tokens.jsonl", "tokens", tokens=rows)
+    make_sae_dir(content / "saes" / "res" / str(LAYER), model.cfg.d_model, 16, "standard", HOOK, seed=3)
+    manifest = {
+        "release": "padded-tokens",
+        "title": "Padded ids in the corpus",
+        "model": {"id": "pad-2l", "path": "../models/pad-2l"},
+        "corpus": {"path": "../corpus/tokens.jsonl", "prompts": 8, "context": 12},
+        "sets": [{"id": "res-pd", "hook": "blocks.{layer}.hook_resid_post", "saes": [{"layer": LAYER, "path": f"../saes/res/{LAYER}"}]}],
+        "compute": {"top_k": 30, "context_before": 11, "context_after": 0, "umap_neighbours": 4, "ce_prompts": 0},
+    }
+    (content / "releases").mkdir(parents=True)
+    (content / "releases" / "padded-tokens.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+    cache = tmp_path / "cache"
+    assert sae_atlas("check", "--content", content).returncode == 0
+    run = sae_atlas("compute", "--content", content, "--cache", cache, "--quiet", "--device", "cpu")
+    assert run.returncode == 0, run.stderr[-3000:]
+    seen = {}
+    for index in range(16):
+        dump = sae_atlas("dump", f"pad-2l@{LAYER}-res-pd:{index}", "--content", content, "--cache", cache)
+        assert dump.returncode == 0, dump.stderr
+        for example in json.loads(dump.stdout)["top_examples"]:
+            row = rows[example["prompt"]]
+            start = example["position"] - len(example["tokens"]) + 1
+            assert example["tokens"] == row[start : example["position"] + 1]
+            seen.update(zip(example["tokens"], example["token_strings"]))
+    padded = {t: s for t, s in seen.items() if t >= n_tok}
+    assert padded and all(s == f"<id {t}>" for t, s in padded.items())
+    assert all(s == expected_string(tokenizer, t) for t, s in seen.items() if t < n_tok)

@@ -202,6 +202,19 @@ def _first_line(e: BaseException) -> str:
     return text[0] if text else type(e).__name__
 
 
+def _model_vocab(release: Release) -> int | None:
+    """The model's d_vocab from its config (torch-free), which a padded vocabulary makes larger
+    than the tokenizer; None when the config cannot be read (the tokenizer's size is used)."""
+    from generator.sources.configs import ConfigError, read_model_config
+
+    try:
+        config = read_model_config(release.model)
+    except ConfigError:
+        return None
+    d_vocab = (config or {}).get("d_vocab")
+    return d_vocab if isinstance(d_vocab, int) and d_vocab > 0 else None
+
+
 def load_corpus(release: Release, cache_root: Path, tokenizer_loader: Callable[[], object]) -> Corpus:
     """The release's corpus from the cache, tokenizing (and caching) it first if needed."""
     store = CacheStore(cache_root)
@@ -210,7 +223,7 @@ def load_corpus(release: Release, cache_root: Path, tokenizer_loader: Callable[[
     if entry is not None:
         return Corpus(key, np.asarray(entry["tokens"]), store.vocab(key))
     tokenizer = tokenizer_loader()
-    tokens = tokenize_corpus(release, tokenizer)
+    tokens = tokenize_corpus(release, tokenizer, _model_vocab(release))
     vocab = vocab_strings(tokenizer)
     meta = {
         "corpus": str(release.corpus.path.name if release.corpus.path else release.corpus.dataset),
