@@ -10,7 +10,9 @@ with `process_weights_`, other keyword arguments override config fields.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import json
 import re
 from pathlib import Path
@@ -88,6 +90,22 @@ def load_tokenizer(spec: ModelSpec):
     return tokenizer
 
 
+@contextlib.contextmanager
+def _quiet_loading(quiet: bool):
+    """With `quiet`, no progress bars from the hub clients and no "Loaded pretrained model" line."""
+    if not quiet:
+        yield
+        return
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        transformers_logging.enable_progress_bar()
+
+
 class TransformerLensBackend:
     """A HookedTransformer in eval mode behind the engine's model interface."""
 
@@ -105,7 +123,12 @@ class TransformerLensBackend:
     # -- loading
 
     @classmethod
-    def load(cls, spec: ModelSpec, device: str, dtype: str, kwargs: dict[str, Any] | None = None) -> "TransformerLensBackend":
+    def load(cls, spec: ModelSpec, device: str, dtype: str, kwargs: dict[str, Any] | None = None, quiet: bool = False) -> "TransformerLensBackend":
+        with _quiet_loading(quiet):
+            return cls._load(spec, device, dtype, kwargs)
+
+    @classmethod
+    def _load(cls, spec: ModelSpec, device: str, dtype: str, kwargs: dict[str, Any] | None) -> "TransformerLensBackend":
         from transformer_lens import HookedTransformer, HookedTransformerConfig
 
         kwargs = {k: v for k, v in (kwargs or {}).items() if k not in _PLACEMENT_KWARGS}

@@ -165,7 +165,7 @@ def _compute_group(jobs: list[SaeJob], corpus: Corpus, store: CacheStore, option
                 for kwargs, members in groups.items():
                     print(f"{release.model.id}: loading the model with {kwargs} for {', '.join(r.job.id for r in members)}", file=sys.stderr)
             for members in groups.values():
-                model = load_model(release.model, device, options.dtype, members[0].sae.model_kwargs)
+                model = load_model(release.model, device, options.dtype, members[0].sae.model_kwargs, options.quiet)
                 model.enable_hooks(sorted({h for r in members for h in (r.sae.hook_in, r.sae.hook_out)}))
                 _check_hooks(model, members)
                 _compute_saes(model, members, corpus, store, options, batch_size, report)

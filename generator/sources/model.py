@@ -36,12 +36,12 @@ def load_tokenizer(spec: ModelSpec):
     return load(spec)
 
 
-def load_model(spec: ModelSpec, device: str = "cpu", dtype: str = "float32", kwargs: dict[str, Any] | None = None):
+def load_model(spec: ModelSpec, device: str = "cpu", dtype: str = "float32", kwargs: dict[str, Any] | None = None, quiet: bool = False):
     """The model's backend (`generator.backends.ModelBackend`) in eval mode on `device`, loaded with
-    the SAEs' from-pretrained keyword arguments `kwargs`."""
+    the SAEs' from-pretrained keyword arguments `kwargs` (`quiet`: without the loaders' progress output)."""
     from generator.backends.transformer_lens import TransformerLensBackend
 
-    return TransformerLensBackend.load(spec, device, dtype, kwargs)
+    return TransformerLensBackend.load(spec, device, dtype, kwargs, quiet)
 
 
 def model_identity_parts(spec: ModelSpec) -> list:
