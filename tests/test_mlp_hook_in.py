@@ -249,3 +249,55 @@ def test_check_accepts_them_and_finds_a_wrong_d_in(built, tmp_path):
     want = f"SAE d_in is 17 but hook '{HOOK_IN}' of model '{MODEL_ID}' has width 16; expected d_in = 16"
     assert run.returncode == 2 and want in run.stderr, run.output
     assert "tc-skip-transcoder" not in run.stderr, run.output
+
+
+@pytest.mark.parametrize("own_forward", [False, True], ids=["fused", "transformer-lens-loss"])
+def test_ce_splices_at_and_from_the_mlp_input(built, own_forward):
+    """The CE loss of the backend's model, fused or TransformerLens's own: a transcoder reading the
+    MLP's input, and a plain SAE on it whose reconstruction replaces what the MLP receives."""
+    from transformer_lens import HookedTransformer
+
+    from generator.backends import CeSae
+    from generator.backends import transformer_lens_ce as ce
+    from generator.backends.saelens import SaeLensSae
+    from generator.backends.transformer_lens import TransformerLensBackend
+    from generator.sources.corpus import Corpus
+    from tests.fixtures import make_sae
+
+    class OwnForward(HookedTransformer):
+        def forward(self, *args, **kwargs):
+            return super().forward(*args, **kwargs)
+
+    content, dirs, tokens, _ = built
+    reference = load_reference_model(content / "models" / MODEL_ID)
+    model = load_reference_model(content / "models" / MODEL_ID)
+    if own_forward:
+        model = OwnForward(reference.cfg)
+        model.load_state_dict(reference.state_dict())
+    model = TransformerLensBackend(model).model
+    assert ce._fused(model) != own_forward
+    transcoder = load_reference_sae(dirs["tc-skip-transcoder"])
+    plain = make_sae(reference.cfg.d_model, D_SAE, "standard", HOOK_IN, seed=7)
+    saes = [CeSae("tc", SaeLensSae(transcoder), CE_PROMPTS), CeSae("sae", SaeLensSae(plain), CE_PROMPTS)]
+    got = ce.ce_losses(model, Corpus("test", tokens.numpy().astype(np.int32), []), saes, 3, "cpu")
+
+    def mlp_input_hook(fn):
+        return reference.blocks[LAYER].mlp.register_forward_pre_hook(fn)
+
+    ce_tokens = tokens[:CE_PROMPTS]
+    with torch.inference_mode():
+        clean = float(reference(ce_tokens, return_type="loss", loss_per_token=True).double().mean())
+        saved = {}
+        handle = mlp_input_hook(lambda module, args: saved.update(x=args[0]))
+        try:
+            tc = reference.run_with_hooks(ce_tokens, return_type="loss", loss_per_token=True, fwd_hooks=[(HOOK_OUT, lambda act, hook: transcoder(saved["x"]))])
+        finally:
+            handle.remove()
+        handle = mlp_input_hook(lambda module, args: (plain.decode(plain.encode(args[0])),))
+        try:
+            sae = reference(ce_tokens, return_type="loss", loss_per_token=True)
+        finally:
+            handle.remove()
+    np.testing.assert_allclose(got["tc"], (clean, float(tc.double().mean())), rtol=1e-5)
+    np.testing.assert_allclose(got["sae"], (clean, float(sae.double().mean())), rtol=1e-5)
+    assert abs(got["sae"][1] - clean) > 1e-3 and abs(got["tc"][1] - clean) > 1e-3  # the splices change the loss
