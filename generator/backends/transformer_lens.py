@@ -8,9 +8,9 @@ HookedTransformerConfig and its state dict; the same processing keyword argument
 with `process_weights_`, other keyword arguments override config fields.
 
 Besides TransformerLens's own hooks, every block with an MLP gets `blocks.L.mlp.hook_in`: the
-tensor the MLP module receives (ln2's output, its weight applied), the hook circuit-tracer
-transcoders read (TransformerBridge's name for it). It is a HookPoint fired by a forward pre-hook
-on `blocks[L].mlp`, so it reads and splices like any TransformerLens hook.
+tensor the MLP module receives (in a pre-norm block, ln2's output with its weight applied), the hook
+circuit-tracer transcoders read (TransformerBridge's name for it). It is a HookPoint fired by a forward
+pre-hook on `blocks[L].mlp`, so it reads and splices like any TransformerLens hook.
 """
 
 from __future__ import annotations
