@@ -131,6 +131,7 @@ warnings.simplefilter("ignore")
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 from transformer_lens.loading_from_pretrained import convert_hf_model_config
+from generator.backends.transformer_lens import add_mlp_input_hooks
 from tests.test_validate_names import FIELDS, shrink
 
 out = {}
@@ -142,6 +143,7 @@ for name in json.loads(sys.argv[1]):
     fields["normalization_type"] = full.normalization_type
     small = shrink({k: v for k, v in cfg.items() if k not in ("tokenizer_name", "quantization_method")})
     model = HookedTransformer(HookedTransformerConfig.from_dict(dict(small, init_weights=True, device="cpu")))
+    add_mlp_input_hooks(model)  # the engine's model has blocks.L.mlp.hook_in too
     widths = {}
     def record(act, hook):
         shape = list(act.shape)

@@ -6,6 +6,11 @@ Loading follows SAELens: a model by name is `HookedTransformer.from_pretrained_n
 `center_writing_weights` ... apply exactly when the SAE asks for them). A local directory holds a
 HookedTransformerConfig and its state dict; the same processing keyword arguments are applied to it
 with `process_weights_`, other keyword arguments override config fields.
+
+Besides TransformerLens's own hooks, every block with an MLP gets `blocks.L.mlp.hook_in`: the
+tensor the MLP module receives (in a pre-norm block, ln2's output with its weight applied), the hook
+circuit-tracer transcoders read (TransformerBridge's name for it). It is a HookPoint fired by a forward
+pre-hook on `blocks[L].mlp`, so it reads and splices like any TransformerLens hook.
 """
 
 from __future__ import annotations
@@ -63,6 +68,29 @@ def read_local_config(directory: Path) -> dict:
     return cfg
 
 
+def add_mlp_input_hooks(model) -> None:
+    """Give each block's MLP a HookPoint `hook_in` that sees (and may replace) the MLP's input,
+    named `blocks.L.mlp.hook_in` in the model's hook_dict. Idempotent; attention-only blocks are left
+    as they are."""
+    from transformer_lens.hook_points import HookPoint
+
+    added = False
+    for block in model.blocks:
+        mlp = getattr(block, "mlp", None)
+        if mlp is None or hasattr(mlp, "hook_in"):
+            continue
+        mlp.hook_in = HookPoint()  # [batch, pos, d_model]
+        mlp.register_forward_pre_hook(_fire_mlp_input_hook)
+        added = True
+    if added:
+        model.setup()  # name the new HookPoints and put them in hook_dict / mod_dict
+
+
+def _fire_mlp_input_hook(mlp, args):
+    # Called before mlp.forward(x): pass x through the HookPoint, which returns x or what a hook put there.
+    return (mlp.hook_in(args[0]), *args[1:])
+
+
 def load_tokenizer(spec: ModelSpec):
     """The model's Hugging Face tokenizer: a local model's own, or for a TransformerLens name the one
     TransformerLens loads (its config's `tokenizer_name`, not the architecture)."""
@@ -112,6 +140,7 @@ class TransformerLensBackend:
     name = "transformer_lens"
 
     def __init__(self, model):
+        add_mlp_input_hooks(model)
         self.model = model.eval()
         cfg = model.cfg
         self.d_model, self.n_layers = int(cfg.d_model), int(cfg.n_layers)
@@ -168,7 +197,8 @@ class TransformerLensBackend:
 
     def stop_layer(self, hooks: list[str]) -> int | None:
         """The first block the capturing forward need not run (None: run the whole model). A
-        `blocks.L.hook_resid_pre` needs only blocks < L; any other hook of block L needs block L."""
+        `blocks.L.hook_resid_pre` needs only blocks < L; any other hook of block L (`blocks.L.mlp.hook_in`
+        included: block L runs up to its MLP) needs block L."""
         needs = []
         for h in hooks:
             layer = hook_layer(h)

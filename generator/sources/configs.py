@@ -1019,7 +1019,8 @@ def safetensors_header(path: Path) -> dict[str, Any]:
 
 
 def valid_hooks(config: dict[str, Any]) -> set[str]:
-    """Every hook name a HookedTransformer built from `config` fires during a forward pass."""
+    """Every hook name a HookedTransformer built from `config` fires during a forward pass, plus
+    `blocks.L.mlp.hook_in` (the MLP's input, ln2 applied) that the engine's backend adds to each MLP."""
     return set(_hook_widths(_freeze(config)))
 
 
@@ -1116,6 +1117,7 @@ def _hook_widths(frozen: tuple) -> dict[str, int | None]:
         per_block.update({f"attn.{n}_norm.{h}": None for n in ("q", "k") for h in ("hook_scale", "hook_normalized")})
     if not attn_only:
         per_block.update({"hook_mlp_out": d_model, "mlp.hook_pre": d_mlp, "mlp.hook_post": d_mlp})
+        per_block["mlp.hook_in"] = d_model  # added by the backend (circuit-tracer transcoders read it)
         if not parallel:
             per_block["hook_resid_mid"] = d_model
         if cfg.get("use_hook_mlp_in"):
