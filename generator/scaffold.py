@@ -118,8 +118,13 @@ def _kind_of_hook(hook: str) -> str:
     return "tc" if hook.startswith("ln2.") else "res"
 
 
-def parse_registry_id(release: str, sae_id: str) -> RegistrySae | None:
-    """Layer, hook, kind and variant of one registry SAE; None when the id names no layer."""
+# The hook a conversion loader's transcoders read, where its ids do not name one (SAELens's loaders).
+CONVERSION_TRANSCODER_HOOKS = {"mwhanna_transcoder": "mlp.hook_in", "gemma_2_transcoder": "ln2.hook_normalized"}
+
+
+def parse_registry_id(release: str, sae_id: str, conversion: str | None = None) -> RegistrySae | None:
+    """Layer, hook, kind and variant of one registry SAE; None when the id names no layer.
+    `conversion`: the release's conversion loader, which fixes some transcoders' hook."""
     transcoders = _kind_of_words(release) == "tc"
     m = _BLOCK_ID.match(sae_id)
     if m:
@@ -139,6 +144,8 @@ def parse_registry_id(release: str, sae_id: str) -> RegistrySae | None:
         hook = "hook_resid_post"
     elif llama and kind == "att":
         hook = "hook_attn_out"  # Llama Scope's attention SAEs read the attention output
+    if kind == "tc" and conversion in CONVERSION_TRANSCODER_HOOKS:
+        return RegistrySae(layer, CONVERSION_TRANSCODER_HOOKS[conversion], kind, variant, sae_id, True)
     return RegistrySae(layer, hook, kind, variant, sae_id, False)
 
 
@@ -219,7 +226,7 @@ def scaffold(release: str, layers: set[int] | None = None) -> Scaffold:
     entry = registry_release(release)
     parsed, skipped = [], []
     for item in entry.get("saes") or ():
-        sae = parse_registry_id(release, str(item.get("id")))
+        sae = parse_registry_id(release, str(item.get("id")), entry.get("conversion_func"))
         if sae is None:
             skipped.append(str(item.get("id")))
         else:

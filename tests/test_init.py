@@ -118,7 +118,7 @@ def test_the_corpus_is_the_dataset_the_registry_or_the_cached_sae_config_names(t
     [
         ("gpt2-small-hook-z-kk", "3", "att-kk", "blocks.{layer}.attn.hook_z"),
         ("gpt2-small-mlp-tm", "3", "mlp-tm", "blocks.{layer}.hook_mlp_out"),
-        ("mwhanna-qwen3-4b-transcoders", "3", "tc-mwhanna", "blocks.{layer}.ln2.hook_normalized"),
+        ("mwhanna-qwen3-4b-transcoders", "3", "tc-mwhanna", "blocks.{layer}.mlp.hook_in"),  # as SAELens's mwhanna loader says
     ],
 )
 def test_sets_are_named_by_hook_kind_and_the_release(tmp_path, registry, release, layers, set_id, hook):
