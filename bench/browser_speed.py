@@ -129,7 +129,7 @@ def percentile(values: list[float], p: float) -> float:
 
 
 def build(work: Path, prompts: int) -> Path:
-    from generator.render import render_site
+    from sae_atlas.render import render_site
     from synthetic_release import build_synthetic_cache, synthetic_release
 
     release = synthetic_release(1, D_SAE, prompts, CONTEXT, VOCAB)

@@ -240,9 +240,9 @@ def extrapolate_dashboard(result: dict, all_features: int) -> float:
 # What the engine spends its time on: (module or class, attribute, label). Exclusive time: a stage's
 # time excludes the stages it calls. Functions missing from the engine are skipped.
 def _stage_targets() -> list[tuple[object, str, str]]:
-    import generator.backends.transformer_lens_ce as ce
-    import generator.compute.engine as engine
-    import generator.compute.stats as stats
+    import sae_atlas.backends.transformer_lens_ce as ce
+    import sae_atlas.compute.engine as engine
+    import sae_atlas.compute.stats as stats
     from sae_lens import StandardSAE
 
     targets = [
@@ -323,7 +323,7 @@ def write_release(inputs: dict, n_sae: int, n_prompts: int) -> Path:
     """A one-SAE release manifest over the benchmark inputs, in the content format."""
     root = inputs["root"]
     name = f"bench-{n_prompts}-{n_sae}"
-    from generator.backends.transformer_lens import hook_layer
+    from sae_atlas.backends.transformer_lens import hook_layer
 
     layer = hook_layer(inputs["hook"])
     site = inputs["hook"].removeprefix(f"blocks.{layer}.")
@@ -349,12 +349,12 @@ def measure_floor(inputs: dict, n_sae: int, n_prompts: int, repeat: int = 2) -> 
     the encoder's bare matrix product (x @ W_enc, no bias, no activation function, nothing kept),
     in the engine's CPU batches and row blocks. Best of `repeat`."""
     import torch
-    from generator.compute.engine import _forward_capture
-    from generator.compute.options import chunk_elements
-    from generator.compute.options import default_batch_size
-    from generator.manifest import load_release
-    from generator.sources.model import load_model
-    from generator.sources.sae import load_sae
+    from sae_atlas.compute.engine import _forward_capture
+    from sae_atlas.compute.options import chunk_elements
+    from sae_atlas.compute.options import default_batch_size
+    from sae_atlas.manifest import load_release
+    from sae_atlas.sources.model import load_model
+    from sae_atlas.sources.sae import load_sae
 
     release = load_release(write_release(inputs, n_sae, n_prompts))
     spec = release.saes()[0]
@@ -391,9 +391,9 @@ def like_for_like(r: dict) -> float:
 def run_ours(inputs: dict, n_sae: int, n_prompts: int, cache: Path, device: str = "cpu") -> dict:
     """compute_releases on a one-SAE release with a fresh cache; seconds exclude loading the model and
     the corpus (as on SAEDashboard's side) but include everything else, UMAP and writing the entry."""
-    from generator.cache import CacheStore, sae_key
-    from generator.compute import ComputeOptions, compute_releases
-    from generator.manifest import load_release
+    from sae_atlas.cache import CacheStore, sae_key
+    from sae_atlas.compute import ComputeOptions, compute_releases
+    from sae_atlas.manifest import load_release
 
     release = load_release(write_release(inputs, n_sae, n_prompts))
     spec = release.saes()[0]
@@ -453,7 +453,7 @@ def line(label: str, tokens: int, features: int, seconds: float) -> str:
 
 def warm_umap(n_points: int) -> None:
     import torch
-    from generator.compute.weights import umap_coords
+    from sae_atlas.compute.weights import umap_coords
 
     umap_coords(torch.randn(n_points, D_MODEL, generator=torch.Generator().manual_seed(0)), 15, 0)
 
@@ -522,7 +522,7 @@ def main() -> None:
                 flush=True,
             )
 
-        print("\nSAE Atlas (generator.compute.compute_releases, device cpu, default compute settings):", flush=True)
+        print("\nSAE Atlas (sae_atlas.compute.compute_releases, device cpu, default compute settings):", flush=True)
         # Warm-up: UMAP compiles its numba code on first use in a process (exact neighbours below 4,096
         # points, NN-descent from 4,096 up); that one-time cost is shown, not charged to a size.
         t0 = time.perf_counter()

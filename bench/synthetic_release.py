@@ -22,8 +22,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from generator.cache import CacheStore, corpus_key, sae_key, set_key, write_entry  # noqa: E402
-from generator.manifest import ComputeSettings, CorpusSpec, ModelSpec, Release, SaeLensRef, SaeSpec, SetSpec  # noqa: E402
+from sae_atlas.cache import CacheStore, corpus_key, sae_key, set_key, write_entry  # noqa: E402
+from sae_atlas.manifest import ComputeSettings, CorpusSpec, ModelSpec, Release, SaeLensRef, SaeSpec, SetSpec  # noqa: E402
 
 HOSTILE_TOKENS = ("</script><script>alert(1)</script>", "<b>", "&amp;", "\u2028", "\u2029", "\ud800", "\x00", '"\\')
 
@@ -259,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.keep and cache.exists()):
         build_synthetic_cache(cache, release, d_sae, vocab_size)
     t_cache = time.perf_counter()
-    from generator.render import render_site
+    from sae_atlas.render import render_site
 
     # Removing a previous 1 GB site is timed apart: on disks mounted with online discard it alone
     # can take a minute; render_site does the same removal after its swap.

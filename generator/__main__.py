@@ -1,3 +1,3 @@
-from generator.cli import main
+from sae_atlas.cli import main
 
 raise SystemExit(main())

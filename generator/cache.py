@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from generator.errors import AtlasError
-from generator.ids import parse_feature_id
-from generator.manifest import Release, SaeSpec, SetSpec
+from sae_atlas.errors import AtlasError
+from sae_atlas.ids import parse_feature_id
+from sae_atlas.manifest import Release, SaeSpec, SetSpec
 
 CACHE_FORMAT = 1
 KEY_LENGTH = 24
@@ -73,7 +73,7 @@ def model_identity(release: Release) -> str:
     m = release.model
     if m.path is not None:
         return "path:" + _memo_digest(m.path)
-    from generator.backends.transformer_lens import identity
+    from sae_atlas.backends.transformer_lens import identity
 
     return "tl:" + orjson.dumps(identity(m)).decode()
 
@@ -368,7 +368,7 @@ def dump_feature(releases: list[Release], cache_root: Path, feature: str, dtype:
                         f"{sae_id} is not computed with --dtype {dtype} in {cache_root}{hint or '; run `sae-atlas compute` first'}"
                     )
                 # The site's token strings (cleaned of lone surrogates and NUL, which JSON cannot carry).
-                from generator.render.shards import load_vocab
+                from sae_atlas.render.shards import load_vocab
 
                 vocab = load_vocab(str(store.corpus_dir(corpus_key(release))))
                 return feature_record(entry, np.asarray(corpus["tokens"]), vocab, index)

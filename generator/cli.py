@@ -1,4 +1,4 @@
-"""Command line: argument parsing only. Every command calls one function of `generator.pipeline`."""
+"""Command line: argument parsing only. Every command calls one function of `sae_atlas.pipeline`."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from generator.cache import COMPUTE_DTYPES, DEFAULT_DTYPE
-from generator.errors import AtlasError, InputError
+from sae_atlas.cache import COMPUTE_DTYPES, DEFAULT_DTYPE
+from sae_atlas.errors import AtlasError, InputError
 
 DEFAULT_CONTENT = Path("content")
 DEFAULT_OUT = Path("build/site")
@@ -100,7 +100,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from generator import pipeline
+    from sae_atlas import pipeline
 
     try:
         return getattr(pipeline, f"cmd_{args.command}")(args) or 0

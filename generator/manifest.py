@@ -19,8 +19,8 @@ import yaml
 from yaml.constructor import ConstructorError, SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from generator.errors import InputError, Problem
-from generator.ids import SLUG, SaeId
+from sae_atlas.errors import InputError, Problem
+from sae_atlas.ids import SLUG, SaeId
 
 
 @dataclass(frozen=True)

@@ -9,13 +9,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from generator.errors import AtlasError, InputError
-from generator.manifest import Release, load_content
+from sae_atlas.errors import AtlasError, InputError
+from sae_atlas.manifest import Release, load_content
 
 
 def load_releases(content: Path, only: list[str] | None = None) -> list[Release]:
     """Parse and validate every manifest (all problems at once), then check them against their files."""
-    from generator.sources.validate import validate_sources
+    from sae_atlas.sources.validate import validate_sources
 
     try:
         releases = load_content(content)
@@ -45,7 +45,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_compute(args: argparse.Namespace) -> int:
     releases = load_releases(args.content, args.release)  # before importing torch: bad input fails fast
-    from generator.compute import ComputeOptions, compute_releases
+    from sae_atlas.compute import ComputeOptions, compute_releases
 
     if getattr(args, "threads", None):
         import torch
@@ -60,7 +60,7 @@ def cmd_compute(args: argparse.Namespace) -> int:
     except AtlasError:
         raise
     except Exception as e:
-        from generator.sources.configs import hub_failure
+        from sae_atlas.sources.configs import hub_failure
 
         hub = hub_failure(e)  # a model, SAE or corpus the hub could not give, not the cache
         if hub is not None:
@@ -72,7 +72,7 @@ def cmd_compute(args: argparse.Namespace) -> int:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from generator.render import render_site
+    from sae_atlas.render import render_site
 
     releases = load_releases(args.content, getattr(args, "release", None))
     try:
@@ -93,7 +93,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 def cmd_dump(args: argparse.Namespace) -> int:
     import orjson
 
-    from generator.cache import dump_feature
+    from sae_atlas.cache import dump_feature
 
     releases = load_content(args.content)
     record = dump_feature(releases, args.cache, args.feature, args.dtype)
@@ -102,7 +102,7 @@ def cmd_dump(args: argparse.Namespace) -> int:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from generator.scaffold import init_manifest
+    from sae_atlas.scaffold import init_manifest
 
     path, sc = init_manifest(args.sae_lens, args.layers, args.out, args.content, args.corpus)
     n_saes = sum(len(s.saes) for s in sc.sets)
@@ -111,7 +111,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from generator.render.serve import serve
+    from sae_atlas.render.serve import serve
 
     serve(args)
     return 0

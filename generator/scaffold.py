@@ -18,9 +18,9 @@ from pathlib import Path
 
 import yaml
 
-from generator.errors import AtlasError
-from generator.manifest import CORPUS_SUFFIXES, CorpusSpec
-from generator.sources.configs import ConfigError, pretrained_saes_directory, read_json_object
+from sae_atlas.errors import AtlasError
+from sae_atlas.manifest import CORPUS_SUFFIXES, CorpusSpec
+from sae_atlas.sources.configs import ConfigError, pretrained_saes_directory, read_json_object
 
 # Hooks inside a block, as registry ids write them (longest first, so `hook_resid_pre_768` splits
 # into the hook and a variant). `hook_z` is SAELens's short form of `attn.hook_z`.
@@ -175,7 +175,7 @@ def _ranges(layers: list[int]) -> str:
 
 
 def slugify(text: str) -> str:
-    """A valid id (generator.ids.SLUG) from any text: lowercase, runs of other characters as '-'."""
+    """A valid id (sae_atlas.ids.SLUG) from any text: lowercase, runs of other characters as '-'."""
     slug = re.sub(r"[^a-z0-9_.]+", "-", text.lower()).strip("-._")
     return slug or "x"
 

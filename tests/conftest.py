@@ -41,7 +41,7 @@ class BuiltSite:
 
 def sae_atlas(*args: object, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 900) -> CliRun:
     """Run `sae-atlas ARGS` in a fresh interpreter (from `cwd`, not the repository) and capture it."""
-    argv = [sys.executable, "-m", "generator", *(str(a) for a in args)]
+    argv = [sys.executable, "-m", "sae_atlas", *(str(a) for a in args)]
     python_path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
     started = time.perf_counter()
     done = subprocess.run(

@@ -2,7 +2,7 @@
 release manifest. Plain functions so that any test (compute, render, browser) can build them.
 
     content = build_fixture_content(tmp_path)            # -> tmp_path/content (releases/tiny.yaml ...)
-    releases = generator.manifest.load_content(content)
+    releases = sae_atlas.manifest.load_content(content)
 
 Everything is seeded: the same arguments give byte-identical files.
 """

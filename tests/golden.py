@@ -13,8 +13,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from generator.manifest import ComputeSettings
-from generator.render import render_site
+from sae_atlas.manifest import ComputeSettings
+from sae_atlas.render import render_site
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPECTED = Path(__file__).parent / "golden" / "expected"

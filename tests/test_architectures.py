@@ -18,11 +18,11 @@ import pytest
 import torch
 import yaml
 
-from generator.cache import CacheStore, corpus_key, sae_key
-from generator.compute import ComputeOptions, compute_releases
-from generator.errors import InputError
-from generator.manifest import load_content
-from generator.sources.architectures import architecture_info
+from sae_atlas.cache import CacheStore, corpus_key, sae_key
+from sae_atlas.compute import ComputeOptions, compute_releases
+from sae_atlas.errors import InputError
+from sae_atlas.manifest import load_content
+from sae_atlas.sources.architectures import architecture_info
 from tests.fixtures import build_fixture_content
 
 N_PROMPTS, CONTEXT, D_SAE, CE_PROMPTS = 10, 8, 24, 4

@@ -294,9 +294,9 @@ def test_the_tokenizer_is_the_one_transformer_lens_names(hub, tmp_path):
     script = (
         "import sys\n"
         "from transformers import AutoTokenizer\n"
-        "from generator.errors import InputError\n"
-        "from generator.manifest import ModelSpec\n"
-        "from generator.sources.model import load_tokenizer\n"
+        "from sae_atlas.errors import InputError\n"
+        "from sae_atlas.manifest import ModelSpec\n"
+        "from sae_atlas.sources.model import load_tokenizer\n"
         "got = load_tokenizer(ModelSpec(id='g', transformer_lens='gpt2-small'))\n"
         "want = AutoTokenizer.from_pretrained('gpt2')\n"
         "assert got.get_vocab() == want.get_vocab() and got.bos_token_id == want.bos_token_id, 'gpt2 tokenizer differs'\n"

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from generator.cache import CacheStore, CorruptEntry, feature_record, read_entry, sae_key, set_key, write_entry
-from generator.errors import AtlasError
-from generator.manifest import ComputeSettings, CorpusSpec, ModelSpec, Release, SaeSpec, SetSpec
+from sae_atlas.cache import CacheStore, CorruptEntry, feature_record, read_entry, sae_key, set_key, write_entry
+from sae_atlas.errors import AtlasError
+from sae_atlas.manifest import ComputeSettings, CorpusSpec, ModelSpec, Release, SaeSpec, SetSpec
 
 
 def _release(tmp_path: Path, settings: ComputeSettings = ComputeSettings()) -> Release:
@@ -60,7 +60,7 @@ def test_keys_follow_settings_and_weights(tmp_path):
     before_set, before_b = set_key(release, release.sets[0]), sae_key(release, b)
     key_a = sae_key(release, a)
     (tmp_path / "sae1" / "cfg.json").write_text('{"layer": 1, "changed": true}')
-    from generator import cache
+    from sae_atlas import cache
 
     cache._digest_memo.clear()
     assert set_key(release, release.sets[0]) != before_set
@@ -118,7 +118,7 @@ def test_feature_record_clips_windows_to_the_prompt(tmp_path):
 
 
 def test_dump_rejects_malformed_and_unknown_ids(tmp_path):
-    from generator.cache import dump_feature
+    from sae_atlas.cache import dump_feature
 
     release = _release(tmp_path)
     with pytest.raises(AtlasError, match="not a feature id"):

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from generator.backends import transformer_lens_ce as ce
-from generator.backends.saelens import SaeLensSae
-from generator.backends import CeSae
-from generator.backends.transformer_lens_ce import ce_losses
-from generator.sources.corpus import Corpus
+from sae_atlas.backends import transformer_lens_ce as ce
+from sae_atlas.backends.saelens import SaeLensSae
+from sae_atlas.backends import CeSae
+from sae_atlas.backends.transformer_lens_ce import ce_losses
+from sae_atlas.sources.corpus import Corpus
 from tests.fixtures import make_sae, model_config
 
 D_VOCAB, N_CTX, D_MODEL, N_PROMPTS, CONTEXT, D_SAE = 2000, 24, 32, 7, 20, 48

@@ -20,11 +20,11 @@ import pytest
 import torch
 import yaml
 
-from generator.cache import CacheStore, corpus_key, dump_feature, sae_key, set_key
-from generator.compute import ComputeOptions, compute_releases
-from generator.backends.saelens import SaeLensSae
-from generator.errors import AtlasError
-from generator.manifest import load_content
+from sae_atlas.cache import CacheStore, corpus_key, dump_feature, sae_key, set_key
+from sae_atlas.compute import ComputeOptions, compute_releases
+from sae_atlas.backends.saelens import SaeLensSae
+from sae_atlas.errors import AtlasError
+from sae_atlas.manifest import load_content
 from tests.fixtures import (
     FIXTURE_COMPUTE,
     build_fixture_content,
@@ -342,7 +342,7 @@ def test_results_do_not_depend_on_batch_size(built, tmp_path):
 
 
 def _count_forwards(monkeypatch) -> list[int]:
-    import generator.compute.engine as engine
+    import sae_atlas.compute.engine as engine
 
     calls = []
     real = engine._forward_capture
@@ -373,7 +373,7 @@ def test_pass_two_replays_kept_batches_and_recomputes_the_rest_with_identical_re
 
 @pytest.mark.parametrize("replay_memory", [0, None])
 def test_encoding_a_batch_in_parts_gives_identical_results(built, tmp_path, monkeypatch, replay_memory):
-    import generator.compute.engine as engine
+    import sae_atlas.compute.engine as engine
 
     _, _, releases, cache, _ = built
     monkeypatch.setattr(engine, "chunk_elements", lambda device: 2 * CONTEXT * D_SAE)  # 2 prompts per encoder call
@@ -382,7 +382,7 @@ def test_encoding_a_batch_in_parts_gives_identical_results(built, tmp_path, monk
 
 
 def test_sparse_windows_equal_the_dense_activations_around_each_token():
-    from generator.compute.stats import SparseActs
+    from sae_atlas.compute.stats import SparseActs
 
     g = torch.Generator().manual_seed(3)
     acts = torch.rand(4, 10, 7, generator=g)
@@ -403,7 +403,7 @@ def test_sparse_windows_equal_the_dense_activations_around_each_token():
 
 
 def test_sparse_decode_is_used_when_it_equals_the_dense_decode(brute):
-    import generator.compute.engine as engine
+    import sae_atlas.compute.engine as engine
 
     _, _, per_sae = brute
     for sae_id, (acts, x, sae, hook) in per_sae.items():
@@ -511,7 +511,7 @@ def test_corrupt_entry_is_detected_and_recomputed(built, tmp_path, capsys):
 
 def test_cached_models_are_not_loaded_and_shards_are_disjoint(built, monkeypatch, tmp_path):
     _, _, releases, cache, _ = built
-    import generator.compute.engine as engine
+    import sae_atlas.compute.engine as engine
 
     def no_load(*a, **k):
         raise AssertionError("model loaded although every SAE is cached")
@@ -549,7 +549,7 @@ def test_dump_prints_the_feature_record(built):
     f = int(np.argmax(entry["nonzero_count"]))
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     out = subprocess.run(
-        [sys.executable, "-m", "generator", "dump", f"{sae_id}:{f}", "--content", str(content), "--cache", str(cache)],
+        [sys.executable, "-m", "sae_atlas", "dump", f"{sae_id}:{f}", "--content", str(content), "--cache", str(cache)],
         capture_output=True, text=True, env=env, cwd=ROOT, check=True,
     )
     record = json.loads(out.stdout)
@@ -571,7 +571,7 @@ def test_dump_prints_the_feature_record(built):
     assert all(ex["activation"] > 0 for iv in record["interval_examples"] for ex in iv["examples"])
 
     bad = subprocess.run(
-        [sys.executable, "-m", "generator", "dump", "tiny-2l@1-nope:0", "--content", str(content), "--cache", str(cache)],
+        [sys.executable, "-m", "sae_atlas", "dump", "tiny-2l@1-nope:0", "--content", str(content), "--cache", str(cache)],
         capture_output=True, text=True, env=env, cwd=ROOT,
     )
     assert bad.returncode == 1 and "unknown SAE tiny-2l@1-nope" in bad.stderr
@@ -585,7 +585,7 @@ def test_dump_of_an_uncomputed_sae_says_so(built, tmp_path):
 
 def test_out_of_memory_names_the_batch_size_option(built, monkeypatch, tmp_path):
     _, _, releases, _, _ = built
-    import generator.compute.stats as stats
+    import sae_atlas.compute.stats as stats
 
     def oom(*a, **k):
         raise torch.OutOfMemoryError("CUDA out of memory")

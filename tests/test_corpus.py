@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from generator.cache import CacheStore, corpus_key
-from generator.errors import InputError
-from generator.manifest import CorpusSpec, ModelSpec, Release
-from generator.sources.corpus import load_corpus, pack_documents, read_text_documents, tokenize_corpus
-from generator.sources.explanations import Explanation, load_explanations
-from generator.sources.model import load_tokenizer
+from sae_atlas.cache import CacheStore, corpus_key
+from sae_atlas.errors import InputError
+from sae_atlas.manifest import CorpusSpec, ModelSpec, Release
+from sae_atlas.sources.corpus import load_corpus, pack_documents, read_text_documents, tokenize_corpus
+from sae_atlas.sources.explanations import Explanation, load_explanations
+from sae_atlas.sources.model import load_tokenizer
 from tests.fixtures import fixture_text, make_corpus, make_tokenizer
 
 TEXT = "the cat sat\non the mat\n\n\nTom saw a dog\n\ncafé <b>naïve</b> & \"quoted\"\n"
@@ -102,7 +102,7 @@ def test_corpus_entry_is_cached_with_vocab(tmp_path, model_dir):
 def test_vocab_strings_round_trip_unicode(model_dir):
     tok = load_tokenizer(ModelSpec("m", path=model_dir))
     ids = tok("café naïve", add_special_tokens=False)["input_ids"]
-    from generator.sources.corpus import vocab_strings
+    from sae_atlas.sources.corpus import vocab_strings
 
     vocab = vocab_strings(tok)
     assert tok.decode(ids) == "café naïve"

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import yaml
 
-from generator.cache import dump_feature
-from generator.compute import ComputeOptions, compute_releases
-from generator.manifest import load_content
+from sae_atlas.cache import dump_feature
+from sae_atlas.compute import ComputeOptions, compute_releases
+from sae_atlas.manifest import load_content
 from tests.conftest import sae_atlas
 from tests.fixtures import WIDE_MODEL_ID, build_wide_content, load_reference_sae
 from tests.test_e2e import data_call

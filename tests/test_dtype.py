@@ -11,9 +11,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from generator.cache import CacheStore, sae_key
-from generator.compute import ComputeOptions, compute_releases
-from generator.manifest import load_content
+from sae_atlas.cache import CacheStore, sae_key
+from sae_atlas.compute import ComputeOptions, compute_releases
+from sae_atlas.manifest import load_content
 from tests.fixtures import build_fixture_content
 
 SETS = (

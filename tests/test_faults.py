@@ -1,7 +1,7 @@
 """Faults lose nothing: failed or killed renders leave the previous site as it was, corrupt cache
 entries are reported and recomputed, a killed compute resumes to the same site, running out of
 device memory names --batch-size, and bad input exits 2 with `path:line:col:` lines and writes
-nothing. Every build here is the real CLI (`generator.cli.main`, in process or as a subprocess)."""
+nothing. Every build here is the real CLI (`sae_atlas.cli.main`, in process or as a subprocess)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from generator.cli import main as cli_main
+from sae_atlas.cli import main as cli_main
 from tests.fixtures import build_fixture_content, make_sae_dir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,7 +59,7 @@ def build(content: Path, cache: Path, out: Path, *extra: str, command: str = "bu
 
 
 def cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "generator", *args]
+    return [sys.executable, "-m", "sae_atlas", *args]
 
 
 def run_and_kill(argv: list[str], kill_when, timeout: float = 120.0) -> bool:
@@ -159,7 +159,7 @@ def fail_after(calls: int, original, exc: BaseException):
     ids=["page-error", "disk-full-in-data", "ctrl-c-in-data"],
 )
 def test_a_render_failing_midway_leaves_the_previous_site_byte_for_byte(content, reference, tmp_path, monkeypatch, capsys, where, exc):
-    from generator.render import pages, shards
+    from sae_atlas.render import pages, shards
 
     out = tmp_path / "site"
     before = previous_site(reference[1], out)
@@ -187,9 +187,9 @@ def test_a_killed_render_leaves_the_previous_site_byte_for_byte(content, referen
     args = ["render", "--content", str(content), "--cache", str(reference[0]), "--out", str(out), "--quiet"]
     # Each written file takes a few ms longer, so that the kills land mid-render on any machine.
     slow_render = (
-        "import sys, time; from generator.render import write; original = write.SiteWriter.write\n"
+        "import sys, time; from sae_atlas.render import write; original = write.SiteWriter.write\n"
         "def slow(self, *a): time.sleep(0.01); return original(self, *a)\n"
-        "write.SiteWriter.write = slow; from generator.cli import main; sys.exit(main(sys.argv[1:]))"
+        "write.SiteWriter.write = slow; from sae_atlas.cli import main; sys.exit(main(sys.argv[1:]))"
     )
     argv = [sys.executable, "-c", slow_render, *args]
 
@@ -255,9 +255,9 @@ def test_render_alone_refuses_a_corrupt_entry_and_keeps_the_site(content, refere
 # corpus has several checkpoints per pass.
 FREQUENT_CHECKPOINTS = (
     "import functools, sys\n"
-    "import generator.compute as compute\n"
+    "import sae_atlas.compute as compute\n"
     "compute.ComputeOptions = functools.partial(compute.ComputeOptions, checkpoint_every=2)\n"
-    "from generator.cli import main\n"
+    "from sae_atlas.cli import main\n"
     "sys.exit(main(sys.argv[1:]))\n"
 )
 
@@ -297,7 +297,7 @@ def test_a_killed_compute_resumes_to_a_byte_identical_site(content, reference, t
 def test_out_of_memory_names_the_batch_size_setting(content, tmp_path, monkeypatch, capsys):
     import torch
 
-    from generator.compute import engine
+    from sae_atlas.compute import engine
 
     original = engine.load_sae
 
@@ -368,7 +368,7 @@ BAD_INPUTS = {
 
 @pytest.fixture(scope="module")
 def bad_input_runs(content, tmp_path_factory) -> dict[str, tuple[Path, str, subprocess.CompletedProcess]]:
-    """Every bad-input case through `python -m generator build`, run side by side."""
+    """Every bad-input case through `python -m sae_atlas build`, run side by side."""
     root = tmp_path_factory.mktemp("bad-input")
     procs = {}
     for name, spoil in BAD_INPUTS.items():

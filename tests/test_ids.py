@@ -6,7 +6,7 @@ import posixpath
 
 import pytest
 
-from generator.ids import (
+from sae_atlas.ids import (
     SLUG,
     SaeId,
     feature_path,

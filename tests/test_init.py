@@ -131,7 +131,7 @@ def test_sets_are_named_by_hook_kind_and_the_release(tmp_path, registry, release
 
 
 def test_a_registry_whose_ids_are_not_hooks_gets_layers_from_the_ids_and_a_hook_to_check(tmp_path, registry):
-    from generator.scaffold import scaffold
+    from sae_atlas.scaffold import scaffold
 
     release = "gemma-scope-2b-pt-res-canonical"
     sc = scaffold(release)
@@ -153,8 +153,8 @@ def test_pages_of_an_initialised_release_link_to_neuronpedia(tmp_path, registry)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
     import synthetic_release
 
-    from generator.manifest import load_content
-    from generator.render import render_site
+    from sae_atlas.manifest import load_content
+    from sae_atlas.render import render_site
 
     content = tmp_path / "content"
     corpus = _corpus(tmp_path)

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from generator.cli import main
-from generator.errors import InputError, Problem
-from generator.ids import SaeId
-from generator.manifest import ComputeSettings, Mark, SaeLensRef, load_content, load_release
+from sae_atlas.cli import main
+from sae_atlas.errors import InputError, Problem
+from sae_atlas.ids import SaeId
+from sae_atlas.manifest import ComputeSettings, Mark, SaeLensRef, load_content, load_release
 
 VALID = """\
 release: demo
@@ -547,7 +547,7 @@ def test_check_exits_2_listing_every_problem_and_writes_nothing(tmp_path, capsys
 
 
 def test_corpus_prepend_bos_is_a_boolean_defaulting_to_true(tmp_path):
-    from generator.manifest import load_release
+    from sae_atlas.manifest import load_release
 
     assert load_release(write(tmp_path, VALID)).corpus.prepend_bos is True
     assert load_release(write(tmp_path, edit("  prompts: 64", "  prompts: 64\n  prepend_bos: false"))).corpus.prepend_bos is False

@@ -11,9 +11,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from generator.cli import main
-from generator.errors import InputError
-from generator.manifest import load_release
+from sae_atlas.cli import main
+from sae_atlas.errors import InputError
+from sae_atlas.manifest import load_release
 from tests.test_manifest import VALID, _content
 
 SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])

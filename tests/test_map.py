@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from generator.compute.weights import cluster_ids, umap_coords
+from sae_atlas.compute.weights import cluster_ids, umap_coords
 
 
 def _clustered_directions(n_clusters: int = 4, per_cluster: int = 40, d: int = 32, seed: int = 0) -> tuple[torch.Tensor, np.ndarray]:
@@ -39,7 +39,7 @@ def test_umap_map_of_few_features_uses_all_of_them_as_neighbours():
 
 
 def test_umap_map_from_a_shared_neighbour_search_is_the_same_map():
-    from generator.compute.weights import cosine_neighbours
+    from sae_atlas.compute.weights import cosine_neighbours
 
     w_dec, _ = _clustered_directions(n_clusters=3, per_cluster=30)
     wide = cosine_neighbours(w_dec, w_dec, 20, exclude_self=True)  # more than the map needs: the first 14 are used

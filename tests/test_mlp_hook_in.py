@@ -19,10 +19,10 @@ import pytest
 import torch
 import yaml
 
-from generator.cache import CacheStore, corpus_key, sae_key
-from generator.compute import ComputeOptions, compute_releases
-from generator.manifest import load_content
-from generator.sources.configs import hook_width, valid_hooks
+from sae_atlas.cache import CacheStore, corpus_key, sae_key
+from sae_atlas.compute import ComputeOptions, compute_releases
+from sae_atlas.manifest import load_content
+from sae_atlas.sources.configs import hook_width, valid_hooks
 from tests.conftest import sae_atlas
 from tests.fixtures import MODEL_ID, _json_ok, build_fixture_content, load_reference_model, load_reference_sae, model_config
 
@@ -206,7 +206,7 @@ def test_reading_ln2_hook_normalized_would_give_other_numbers(built):
 
 
 def test_the_backend_captures_the_mlp_input_stopping_after_its_block(built):
-    from generator.backends.transformer_lens import TransformerLensBackend
+    from sae_atlas.backends.transformer_lens import TransformerLensBackend
 
     content, _, tokens, _ = built
     backend = TransformerLensBackend(load_reference_model(content / "models" / MODEL_ID))
@@ -257,11 +257,11 @@ def test_ce_splices_at_and_from_the_mlp_input(built, own_forward):
     MLP's input, and a plain SAE on it whose reconstruction replaces what the MLP receives."""
     from transformer_lens import HookedTransformer
 
-    from generator.backends import CeSae
-    from generator.backends import transformer_lens_ce as ce
-    from generator.backends.saelens import SaeLensSae
-    from generator.backends.transformer_lens import TransformerLensBackend
-    from generator.sources.corpus import Corpus
+    from sae_atlas.backends import CeSae
+    from sae_atlas.backends import transformer_lens_ce as ce
+    from sae_atlas.backends.saelens import SaeLensSae
+    from sae_atlas.backends.transformer_lens import TransformerLensBackend
+    from sae_atlas.sources.corpus import Corpus
     from tests.fixtures import make_sae
 
     class OwnForward(HookedTransformer):

@@ -94,8 +94,8 @@ def data_payload(path: Path) -> list:
 
 
 def test_dump_names_exactly_the_padded_ids_and_matches_brute_force_logits(padded_build):
-    from generator.cache import dump_feature
-    from generator.manifest import load_content
+    from sae_atlas.cache import dump_feature
+    from sae_atlas.manifest import load_content
 
     content, cache, site, tokenizer = padded_build
     top, bottom = expected_logit_ids(content)
@@ -150,9 +150,9 @@ def test_render_accepts_corpus_token_ids_past_the_tokenizer(tmp_path):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
     import synthetic_release
 
-    from generator.cache import CacheStore, corpus_key, sae_key
-    from generator.manifest import ComputeSettings
-    from generator.render import render_site
+    from sae_atlas.cache import CacheStore, corpus_key, sae_key
+    from sae_atlas.manifest import ComputeSettings
+    from sae_atlas.render import render_site
 
     settings = ComputeSettings(top_k=3, intervals=2, per_interval=2, logits=3, neighbours=3, context_before=2, context_after=1)
     release = synthetic_release.synthetic_release(n_saes=1, d_sae=8, prompts=6, context=8, vocab_size=50, settings=settings)

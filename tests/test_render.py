@@ -13,12 +13,12 @@ import numpy as np
 import orjson
 import pytest
 
-from generator.cache import CacheStore, corpus_key, dump_feature, sae_key
-from generator.errors import AtlasError
-from generator.manifest import ComputeSettings, load_content
-from generator.render import render_site, shards
-from generator.render.markup import render_markdown, safe_href
-from generator.render.sitemodel import neuronpedia_href
+from sae_atlas.cache import CacheStore, corpus_key, dump_feature, sae_key
+from sae_atlas.errors import AtlasError
+from sae_atlas.manifest import ComputeSettings, load_content
+from sae_atlas.render import render_site, shards
+from sae_atlas.render.markup import render_markdown, safe_href
+from sae_atlas.render.sitemodel import neuronpedia_href
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
@@ -39,7 +39,7 @@ def data_payload(path: Path) -> tuple[str, list]:
 def computed_site(tmp_path_factory) -> tuple[list, Path, Path]:
     """(releases, cache, site) of the fixture release, computed for real and rendered once per run."""
     if "computed" not in _BUILT:
-        from generator.compute import ComputeOptions, compute_releases
+        from sae_atlas.compute import ComputeOptions, compute_releases
         from tests.fixtures import build_fixture_content
 
         root = tmp_path_factory.mktemp("computed")
@@ -310,7 +310,7 @@ def test_render_does_not_import_torch(computed, tmp_path):
     content = releases[0].source.parent.parent
     code = (
         "import sys\n"
-        "from generator.cli import main\n"
+        "from sae_atlas.cli import main\n"
         f"rc = main(['render', '--quiet', '--content', {str(content)!r}, '--cache', {str(cache)!r}, '--out', {str(tmp_path / 'site')!r}])\n"
         "assert rc == 0, rc\n"
         "assert 'torch' not in sys.modules, 'render imported torch'\n"
@@ -350,7 +350,7 @@ def test_serve_injects_live_reload_and_re_renders_on_theme_change(synthetic, tmp
     import threading
     import urllib.request
 
-    from generator.render.serve import LiveState, Watcher, make_server
+    from sae_atlas.render.serve import LiveState, Watcher, make_server
 
     release, cache = synthetic
     out, theme = tmp_path / "site", tmp_path / "theme"

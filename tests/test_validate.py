@@ -15,9 +15,9 @@ import pytest
 import yaml
 from safetensors.numpy import save_file
 
-from generator.errors import InputError, Problem
-from generator.manifest import Mark, ModelSpec, Release, SaeLensRef, SaeSpec, load_content
-from generator.sources.configs import (
+from sae_atlas.errors import InputError, Problem
+from sae_atlas.manifest import Mark, ModelSpec, Release, SaeLensRef, SaeSpec, load_content
+from sae_atlas.sources.configs import (
     ConfigError,
     HubFileMissing,
     hook_width,
@@ -28,7 +28,7 @@ from generator.sources.configs import (
     transformer_lens_official_name,
     valid_hooks,
 )
-from generator.sources.validate import validate_sources
+from sae_atlas.sources.validate import validate_sources
 from tests.hubcache import HubCache
 
 WORDS = [f"w{i}" for i in range(40)]
@@ -271,7 +271,7 @@ def test_a_transcoder_that_fits_passes(tmp_path):
 
 
 def test_refused_and_unknown_architectures_are_named_with_the_reason(tmp_path):
-    from generator.sources.architectures import ARCHITECTURES, architecture_info
+    from sae_atlas.sources.architectures import ARCHITECTURES, architecture_info
 
     content = make_content(tmp_path)
     write_sae(content / "saes/res/0", 16, "blocks.0.hook_resid_pre", architecture="temporal")
@@ -629,8 +629,8 @@ def test_token_count_agrees_with_the_corpus_loader(real_release, tmp_path):
     import dataclasses
     import shutil
 
-    from generator.sources.corpus import tokenize_corpus
-    from generator.sources.model import load_tokenizer
+    from sae_atlas.sources.corpus import tokenize_corpus
+    from sae_atlas.sources.model import load_tokenizer
 
     [release] = load_content(real_release)
     tokenizer = load_tokenizer(release.model)
@@ -655,8 +655,8 @@ def test_token_count_agrees_with_the_corpus_loader(real_release, tmp_path):
 def test_file_problems_of_good_manifests_are_reported_with_another_manifests_mistakes(real_release, tmp_path):
     import shutil
 
-    from generator.errors import InputError
-    from generator.pipeline import load_releases
+    from sae_atlas.errors import InputError
+    from sae_atlas.pipeline import load_releases
 
     content = tmp_path / "content"
     shutil.copytree(real_release, content)

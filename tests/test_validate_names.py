@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from generator.sources.configs import convert_hf_config, hook_width, valid_hooks
+from sae_atlas.sources.configs import convert_hf_config, hook_width, valid_hooks
 from tests.conftest import ROOT, sae_atlas
 from tests.hubcache import HubCache
 
@@ -131,7 +131,7 @@ warnings.simplefilter("ignore")
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 from transformer_lens.loading_from_pretrained import convert_hf_model_config
-from generator.backends.transformer_lens import add_mlp_input_hooks
+from sae_atlas.backends.transformer_lens import add_mlp_input_hooks
 from tests.test_validate_names import FIELDS, shrink
 
 out = {}
@@ -365,7 +365,7 @@ def test_check_does_not_import_torch(tmp_path):
     content = write_content(tmp_path, GPT2_NAMED)
     code = (
         "import sys\n"
-        "from generator.cli import main\n"
+        "from sae_atlas.cli import main\n"
         f"rc = main(['check', '--content', {str(content)!r}])\n"
         "assert rc == 2, rc\n"
         "assert 'torch' not in sys.modules, 'check imported torch'\n"
@@ -437,7 +437,7 @@ print(json.dumps(out, default=str))
 
 
 def registry_hub(root: Path) -> HubCache:
-    from generator.sources.configs import pretrained_sae_entry
+    from sae_atlas.sources.configs import pretrained_sae_entry
 
     hub = HubCache(root)
     for (release, sae_id), files in REGISTRY_CASES.items():
@@ -459,7 +459,7 @@ def sae_oracle(tmp_path_factory) -> tuple[HubCache, dict]:
 
 @pytest.mark.parametrize("case", list(REGISTRY_CASES), ids="|".join)
 def test_registry_sae_config_is_the_one_sae_lens_builds(sae_oracle, monkeypatch, case):
-    from generator.sources.configs import pretrained_sae_config, sae_architecture, sae_hook_name, sae_hook_out_name, sae_metadata
+    from sae_atlas.sources.configs import pretrained_sae_config, sae_architecture, sae_hook_name, sae_hook_out_name, sae_metadata
 
     hub, oracle = sae_oracle
     for key, value in hub.env().items():
@@ -512,7 +512,7 @@ def npz_bytes(**arrays: np.ndarray) -> bytes:
 
 
 def test_conversion_loaders_and_refused_architectures_are_checked_from_config_files(tmp_path):
-    from generator.sources.architectures import ARCHITECTURES
+    from sae_atlas.sources.architectures import ARCHITECTURES
 
     content = write_content(tmp_path, GEMMA_MANIFEST)
     write_local_sae(content / "saes/temporal5", sae6_cfg("blocks.5.hook_resid_post", 2304, architecture="temporal"))
@@ -617,7 +617,7 @@ def test_a_model_the_hub_cannot_give_is_named_with_its_fetch_command_not_as_a_ca
 HUB_FAILURE = r"""
 import sys, warnings
 warnings.simplefilter("ignore")
-from generator.sources.configs import hub_failure
+from sae_atlas.sources.configs import hub_failure
 from sae_lens import SAE
 try:
     SAE.from_pretrained("gpt2-small-res-jb", "blocks.1.hook_resid_pre")
@@ -648,7 +648,7 @@ def test_an_sae_the_hub_cannot_give_names_its_repo_and_file(tmp_path):
 
 
 def test_a_model_of_an_architecture_this_check_does_not_convert_is_left_to_transformer_lens(tmp_path):
-    from generator.sources.configs import convert_hf_config
+    from sae_atlas.sources.configs import convert_hf_config
 
     phi = {"architectures": ["PhiForCausalLM"], "model_type": "phi", "hidden_size": 2560, "num_hidden_layers": 32}
     assert convert_hf_config("microsoft/phi-2", phi) is None
@@ -772,7 +772,7 @@ def test_a_repo_two_releases_need_is_one_line(tmp_path):
 GEMMA_SCOPE_2 = r"""
 import json, sys, warnings
 warnings.simplefilter("ignore")
-from generator.sources.configs import pretrained_sae_config
+from sae_atlas.sources.configs import pretrained_sae_config
 cases = json.loads(sys.argv[1])
 ours = {"|".join(c): pretrained_sae_config(*c) for c in cases}
 print(json.dumps(ours))
@@ -809,7 +809,7 @@ def test_gemma_scope_2_configs_read_weights_headers_by_range_as_sae_lens_does(tm
         server.close()
     assert done.returncode == 0, done.stderr[-3000:]
     ours, theirs = (json.loads(line) for line in done.stdout.strip().splitlines()[-2:])
-    from generator.sources.configs import sae_architecture, sae_hook_name, sae_hook_out_name, sae_metadata
+    from sae_atlas.sources.configs import sae_architecture, sae_hook_name, sae_hook_out_name, sae_metadata
 
     for key, cfg in ours.items():
         meta = theirs[key].get("metadata") or {}

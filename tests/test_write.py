@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from generator.render.write import atomic_directory
+from sae_atlas.render.write import atomic_directory
 
 
 def _site(path, text):

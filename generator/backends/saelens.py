@@ -1,4 +1,4 @@
-"""The SAE interface (`generator.backends.SaeModule`) for SAELens: a `save_model` directory or a
+"""The SAE interface (`sae_atlas.backends.SaeModule`) for SAELens: a `save_model` directory or a
 registry release/id, any registered architecture the engine supports
 (`generator/sources/architectures.py`).
 
@@ -15,9 +15,9 @@ from typing import Any
 
 import torch
 
-from generator.errors import InputError, Problem, problem_at
-from generator.manifest import SaeSpec
-from generator.sources.architectures import architecture_info
+from sae_atlas.errors import InputError, Problem, problem_at
+from sae_atlas.manifest import SaeSpec
+from sae_atlas.sources.architectures import architecture_info
 
 
 def _metadata(sae, key: str, default: Any = None) -> Any:

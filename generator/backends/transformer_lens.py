@@ -23,8 +23,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from generator.errors import AtlasError, InputError, problem_at
-from generator.manifest import ModelSpec
+from sae_atlas.errors import AtlasError, InputError, problem_at
+from sae_atlas.manifest import ModelSpec
 
 _BLOCK_HOOK = re.compile(r"^blocks\.(\d+)\.(.+)$")
 # Hooks whose activations live in the residual stream basis (output map = identity).
@@ -254,6 +254,6 @@ class TransformerLensBackend:
     # -- the CE loss
 
     def ce_losses(self, corpus, saes, batch_size: int, device: str, progress: str | None = None):
-        from generator.backends.transformer_lens_ce import ce_losses
+        from sae_atlas.backends.transformer_lens_ce import ce_losses
 
         return ce_losses(self.model, corpus, saes, batch_size, device, progress=progress)

@@ -20,10 +20,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from generator.compute.options import chunk_elements
-from generator.backends import CeSae
-from generator.backends.transformer_lens import hook_layer
-from generator.sources.corpus import Corpus
+from sae_atlas.compute.options import chunk_elements
+from sae_atlas.backends import CeSae
+from sae_atlas.backends.transformer_lens import hook_layer
+from sae_atlas.sources.corpus import Corpus
 
 
 # Rows per unembedding call are a multiple of this (the last chunk is padded with zero rows): a BLAS

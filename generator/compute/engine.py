@@ -24,7 +24,7 @@ import orjson
 import torch
 from tqdm import tqdm
 
-from generator.cache import (
+from sae_atlas.cache import (
     CacheStore,
     CorruptEntry,
     corpus_key,
@@ -34,11 +34,11 @@ from generator.cache import (
     set_key,
     write_entry,
 )
-from generator.compute.options import ComputeOptions, chunk_elements, default_batch_size
-from generator.compute.replay import Replay, replay_budget
-from generator.compute.stats import FeatureStats, SparseActs
-from generator.backends import CeSae
-from generator.compute.weights import (
+from sae_atlas.compute.options import ComputeOptions, chunk_elements, default_batch_size
+from sae_atlas.compute.replay import Replay, replay_budget
+from sae_atlas.compute.stats import FeatureStats, SparseActs
+from sae_atlas.backends import CeSae
+from sae_atlas.compute.weights import (
     cluster_ids,
     cosine_neighbours,
     density_histogram,
@@ -47,11 +47,11 @@ from generator.compute.weights import (
     umap_coords,
     umap_neighbour_count,
 )
-from generator.errors import AtlasError, InputError, Problem
-from generator.manifest import Release, SaeSpec, SetSpec
-from generator.sources.corpus import Corpus, is_pretokenized, load_corpus
-from generator.sources.model import load_model, load_tokenizer, resolve_device
-from generator.sources.sae import load_sae
+from sae_atlas.errors import AtlasError, InputError, Problem
+from sae_atlas.manifest import Release, SaeSpec, SetSpec
+from sae_atlas.sources.corpus import Corpus, is_pretokenized, load_corpus
+from sae_atlas.sources.model import load_model, load_tokenizer, resolve_device
+from sae_atlas.sources.sae import load_sae
 
 DENSE_THRESHOLD = 0.1  # a feature firing on more than this fraction of tokens counts as dense
 CROSS_NEIGHBOURS = 3
@@ -137,7 +137,7 @@ def compute_releases(releases: list[Release], cache_root: Path, options: Compute
 @dataclass
 class _Running:
     job: SaeJob
-    sae: object  # generator.backends.SaeModule
+    sae: object  # sae_atlas.backends.SaeModule
     stats: FeatureStats
     sparse_decode: bool | None = None  # decode from the sparse batch? decided on the first batch
 

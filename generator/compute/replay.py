@@ -12,7 +12,7 @@ import os
 
 import torch
 
-from generator.compute.stats import SparseActs
+from sae_atlas.compute.stats import SparseActs
 
 BUDGET_FRACTION = 0.4  # of the memory available when the passes start
 

@@ -24,7 +24,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from generator.manifest import ComputeSettings
+from sae_atlas.manifest import ComputeSettings
 
 LOW = (1 << 32) - 1
 # Fixed-point scales for order-independent sums (integer addition is associative).

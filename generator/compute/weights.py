@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import torch
 
-from generator.compute.options import chunk_elements
+from sae_atlas.compute.options import chunk_elements
 
 CHUNK = 1024
 

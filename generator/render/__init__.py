@@ -1,5 +1,5 @@
 """Render stage: cache + releases -> static site (pages, data shards, theme files), written atomically."""
 
-from generator.render.site import RenderReport, render_site
+from sae_atlas.render.site import RenderReport, render_site
 
 __all__ = ["RenderReport", "render_site"]

@@ -1,7 +1,7 @@
 """HTML pages: one Jinja2 Environment (templates parsed once), user theme first, default second.
 
 Each page gets `title`, `root`, `page_kind`, `crumbs` and its own objects (see docs/ARCHITECTURE.md,
-Templates). Links are page-relative and built with `generator.ids`.
+Templates). Links are page-relative and built with `sae_atlas.ids`.
 """
 
 from __future__ import annotations
@@ -10,11 +10,19 @@ from pathlib import Path
 
 import jinja2
 
-from generator import ids
-from generator.render.sitemodel import ReleaseModel, SaeModel, SetModel, SiteModel
-from generator.render.write import SiteWriter
+from sae_atlas import ids
+from sae_atlas.render.sitemodel import ReleaseModel, SaeModel, SetModel, SiteModel
+from sae_atlas.render.write import SiteWriter
 
-DEFAULT_THEME = Path(__file__).resolve().parents[2] / "themes" / "default"
+def _default_theme() -> Path:
+    """themes/default: inside the installed package (sae_atlas/themes/default), or beside the code
+    in a checkout (generator/ and themes/ side by side)."""
+    package = Path(__file__).resolve().parents[1]
+    installed = package / "themes" / "default"
+    return installed if installed.is_dir() else package.parent / "themes" / "default"
+
+
+DEFAULT_THEME = _default_theme()
 
 
 def theme_dirs(theme: Path | None) -> list[Path]:

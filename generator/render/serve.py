@@ -13,7 +13,7 @@ import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from generator.render.pages import theme_dirs
+from sae_atlas.render.pages import theme_dirs
 
 LIVE_RELOAD_JS = Path(__file__).with_name("live-reload.js")
 LIVE_PREFIX = "/__atlas/"
@@ -110,8 +110,8 @@ class Watcher:
 
 
 def serve(args: argparse.Namespace) -> None:
-    from generator.pipeline import load_releases
-    from generator.render import render_site
+    from sae_atlas.pipeline import load_releases
+    from sae_atlas.render import render_site
 
     def render() -> None:
         releases = load_releases(args.content, getattr(args, "release", None))

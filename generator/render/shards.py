@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from generator.cache import vocab_covering
-from generator.render.markup import clean_text
-from generator.render.write import SiteWriter
+from sae_atlas.cache import vocab_covering
+from sae_atlas.render.markup import clean_text
+from sae_atlas.render.write import SiteWriter
 
 SIGNIFICANT_DIGITS = 4
 # Sizing (see docs/BENCHMARKS.md): a feature shard of ~16 records is ~40 KB and a prompt shard of

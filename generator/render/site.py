@@ -9,12 +9,12 @@ from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 
-from generator.cache import DEFAULT_DTYPE
-from generator.errors import AtlasError
-from generator.manifest import Release
-from generator.render import pages, shards
-from generator.render.sitemodel import SiteModel, build_site_model
-from generator.render.write import SiteWriter, atomic_directory
+from sae_atlas.cache import DEFAULT_DTYPE
+from sae_atlas.errors import AtlasError
+from sae_atlas.manifest import Release
+from sae_atlas.render import pages, shards
+from sae_atlas.render.sitemodel import SiteModel, build_site_model
+from sae_atlas.render.write import SiteWriter, atomic_directory
 
 # Below this many features the process start-up costs more than it saves.
 PARALLEL_MIN_FEATURES = 50_000

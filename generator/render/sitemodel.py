@@ -16,15 +16,15 @@ from pathlib import Path
 import numpy as np
 from markupsafe import Markup
 
-from generator import ids
-from generator.cache import DEFAULT_DTYPE, CacheStore, corpus_key, missing_entry_hint, sae_key, set_key
-from generator.sources.explanations import load_explanations
-from generator.errors import AtlasError
-from generator.ids import SaeId
-from generator.manifest import Release, SaeSpec, SetSpec
-from generator.render import shards
-from generator.render.markup import clean_text, plain_text, render_markdown, safe_href
-from generator.sources.configs import pretrained_saes_directory
+from sae_atlas import ids
+from sae_atlas.cache import DEFAULT_DTYPE, CacheStore, corpus_key, missing_entry_hint, sae_key, set_key
+from sae_atlas.sources.explanations import load_explanations
+from sae_atlas.errors import AtlasError
+from sae_atlas.ids import SaeId
+from sae_atlas.manifest import Release, SaeSpec, SetSpec
+from sae_atlas.render import shards
+from sae_atlas.render.markup import clean_text, plain_text, render_markdown, safe_href
+from sae_atlas.sources.configs import pretrained_saes_directory
 
 NEURONPEDIA = "https://www.neuronpedia.org/"
 STAT_KEYS = ("l0", "dead", "dense", "explained_variance", "mse", "ce_loss_clean", "ce_loss_spliced", "ce_loss_delta")

@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from generator.manifest import ModelSpec, SaeSpec
+from sae_atlas.manifest import ModelSpec, SaeSpec
 
 MODEL_CONFIG = "config.json"
 MODEL_WEIGHTS = "model.safetensors"

@@ -24,9 +24,9 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 import orjson
 
-from generator.cache import CacheStore, corpus_key, write_entry
-from generator.errors import InputError, Problem, problem_at
-from generator.manifest import Mark, Release
+from sae_atlas.cache import CacheStore, corpus_key, write_entry
+from sae_atlas.errors import InputError, Problem, problem_at
+from sae_atlas.manifest import Mark, Release
 
 
 @dataclass
@@ -205,7 +205,7 @@ def _first_line(e: BaseException) -> str:
 def _model_vocab(release: Release) -> int | None:
     """The model's d_vocab from its config (torch-free), which a padded vocabulary makes larger
     than the tokenizer; None when the config cannot be read (the tokenizer's size is used)."""
-    from generator.sources.configs import ConfigError, read_model_config
+    from sae_atlas.sources.configs import ConfigError, read_model_config
 
     try:
         config = read_model_config(release.model)

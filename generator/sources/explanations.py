@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from generator.errors import InputError, Problem, problem_at
+from sae_atlas.errors import InputError, Problem, problem_at
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from generator.errors import AtlasError
-from generator.manifest import ModelSpec
+from sae_atlas.errors import AtlasError
+from sae_atlas.manifest import ModelSpec
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -31,21 +31,21 @@ def resolve_device(device: str = "auto") -> str:
 
 def load_tokenizer(spec: ModelSpec):
     """The model's Hugging Face tokenizer."""
-    from generator.backends.transformer_lens import load_tokenizer as load
+    from sae_atlas.backends.transformer_lens import load_tokenizer as load
 
     return load(spec)
 
 
 def load_model(spec: ModelSpec, device: str = "cpu", dtype: str = "float32", kwargs: dict[str, Any] | None = None, quiet: bool = False):
-    """The model's backend (`generator.backends.ModelBackend`) in eval mode on `device`, loaded with
+    """The model's backend (`sae_atlas.backends.ModelBackend`) in eval mode on `device`, loaded with
     the SAEs' from-pretrained keyword arguments `kwargs` (`quiet`: without the loaders' progress output)."""
-    from generator.backends.transformer_lens import TransformerLensBackend
+    from sae_atlas.backends.transformer_lens import TransformerLensBackend
 
     return TransformerLensBackend.load(spec, device, dtype, kwargs, quiet)
 
 
 def model_identity_parts(spec: ModelSpec) -> list:
     """The torch-free identity of a by-name model for cache keys."""
-    from generator.backends.transformer_lens import identity
+    from sae_atlas.backends.transformer_lens import identity
 
     return identity(spec)

@@ -1,9 +1,9 @@
 """Loading an SAE: a SAELens `save_model` directory or a pretrained release/id, behind the engine's
-SAE interface (`generator.backends.SaeModule`)."""
+SAE interface (`sae_atlas.backends.SaeModule`)."""
 
 from __future__ import annotations
 
-from generator.backends.saelens import architecture_name as architecture
-from generator.backends.saelens import load_sae
+from sae_atlas.backends.saelens import architecture_name as architecture
+from sae_atlas.backends.saelens import load_sae
 
 __all__ = ["architecture", "load_sae"]

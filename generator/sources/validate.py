@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from generator.errors import InputError, Problem
-from generator.manifest import Mark, Release, SaeSpec, SetSpec
-from generator.sources.architectures import architecture_info
-from generator.sources.corpus import is_pretokenized
-from generator.sources.configs import (
+from sae_atlas.errors import InputError, Problem
+from sae_atlas.manifest import Mark, Release, SaeSpec, SetSpec
+from sae_atlas.sources.architectures import architecture_info
+from sae_atlas.sources.corpus import is_pretokenized
+from sae_atlas.sources.configs import (
     MODEL_CONFIG,
     MODEL_WEIGHTS,
     SAE_CONFIG,

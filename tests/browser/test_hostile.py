@@ -143,9 +143,9 @@ def make_hostile_content(root: Path) -> Path:
 @pytest.fixture(scope="module")
 def hostile(tmp_path_factory):
     """(site, releases, cache) of the hostile release, validated, computed and rendered."""
-    from generator.compute import ComputeOptions, compute_releases
-    from generator.pipeline import load_releases
-    from generator.render import render_site
+    from sae_atlas.compute import ComputeOptions, compute_releases
+    from sae_atlas.pipeline import load_releases
+    from sae_atlas.render import render_site
 
     root = tmp_path_factory.mktemp("hostile")
     releases = load_releases(make_hostile_content(root))
@@ -156,7 +156,7 @@ def hostile(tmp_path_factory):
 
 def hostile_tokens(releases, cache: Path, sae: str, d_sae: int = 24) -> tuple[int, str]:
     """(feature, token string) of a feature whose top example has a token carrying a hostile string."""
-    from generator.cache import dump_feature
+    from sae_atlas.cache import dump_feature
 
     best = None
     for i in range(d_sae):
