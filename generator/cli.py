@@ -95,6 +95,14 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("feature", help="MODEL@LAYER-SET:INDEX")
     sp.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     dtype_opt(sp, "to print")
+    sp = sub.add_parser("deploy", help="publish the site as a commit on a gh-pages branch and push it")
+    sp.add_argument("--site", type=Path, default=DEFAULT_OUT, help="the rendered site (default: build/site)")
+    sp.add_argument("--branch", default="gh-pages", help="the branch to commit onto (default: gh-pages)")
+    sp.add_argument("--remote", default="origin", help="the remote to push to (default: origin)")
+    sp.add_argument("--message", "-m", default=None, help="commit message (default: Deploy site: RELEASES from COMMIT)")
+    sp.add_argument("--no-push", dest="push", action="store_false", help="only commit on the local branch")
+    sp.add_argument("--max-site-size", type=_size, default=None, help=argparse.SUPPRESS)  # tests lower the limits
+    sp.add_argument("--max-file-size", type=_size, default=None, help=argparse.SUPPRESS)
     return p
 
 

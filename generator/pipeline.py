@@ -115,3 +115,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     serve(args)
     return 0
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from sae_atlas.deploy import DeployOptions, deploy_site
+
+    deploy_site(DeployOptions(args.site, args.branch, args.remote, args.message, args.push, site_limit=args.max_site_size, file_limit=args.max_file_size))
+    return 0
