@@ -76,7 +76,9 @@ class _GitFailed(Exception):
     def __init__(self, args: tuple[str, ...], stderr: str):
         self.args_run, self.stderr = args, stderr
         lines = [line.strip() for line in stderr.splitlines() if line.strip()]
-        super().__init__(lines[-1] if lines else f"git {' '.join(args)} failed")
+        rejected = [line.lstrip("! ") for line in lines if line.startswith("! [")]  # push: the ref and why
+        errors = [line for line in lines if line.startswith(("fatal:", "error:"))]  # git's own reason, not its hints
+        super().__init__((rejected or errors or lines or [f"git {' '.join(args)} failed"])[0])
 
 
 def _git(repo: Path, *args: str, stdin: bytes | None = None, env: dict[str, str] | None = None, ok: tuple[int, ...] = (0,)) -> bytes:
@@ -248,7 +250,7 @@ def _commit(repo: Path, tree: str, parent: str | None, message: str) -> str:
     try:
         return _text(_git(repo, "commit-tree", tree, *parents, "-F", "-", stdin=message.encode()))
     except _GitFailed as e:
-        raise AtlasError(f"git could not make the deploy commit: {e}; nothing was deployed") from None
+        raise AtlasError(f"git could not make the deploy commit: {e} (are `git config user.name` and `user.email` set?); nothing was deployed") from None
 
 
 def _publish(repo: Path, options: DeployOptions, commit: str, local: str | None) -> None:
@@ -269,7 +271,8 @@ def deploy_site(options: DeployOptions) -> DeployReport:
     repo, site = Path(options.repo), Path(options.site)
     _check_repository(repo, options)
     files = scan_site(site)
-    check_limits(files, site, options.site_limit if options.site_limit is not None else SITE_LIMIT, options.file_limit if options.file_limit is not None else FILE_LIMIT)
+    site_limit = SITE_LIMIT if options.site_limit is None else options.site_limit  # read at call time: tests lower them
+    check_limits(files, site, site_limit, FILE_LIMIT if options.file_limit is None else options.file_limit)
     url = _remote_url(repo, options.remote) if options.push else None
     local = _commit_of(repo, f"refs/heads/{options.branch}")
     parent = _parent(repo, options, local, _remote_tip(repo, options) if options.push else None)

@@ -241,3 +241,13 @@ def test_limits_are_module_constants(repos: Repos, monkeypatch: pytest.MonkeyPat
     with pytest.raises(deploy.DeployRefused, match="publishes sites up to 1000 B"):
         deploy.deploy_site(deploy.DeployOptions(site=repos.site, repo=repos.user))
     assert repos.remote_refs() == ""
+
+
+def test_rejected_push_leaves_the_local_branch_as_it_was(repos: Repos):
+    hook = repos.remote / "hooks" / "pre-receive"
+    hook.write_text("#!/bin/sh\necho 'pages are frozen' >&2\nexit 1\n")
+    hook.chmod(0o755)
+    run = repos.deploy()
+    assert run.returncode == 1
+    assert "push to 'origin' failed: [remote rejected]" in run.stderr and "Traceback" not in run.stderr
+    assert repos.remote_refs() == "" and repos.git("for-each-ref", "refs/heads/gh-pages") == ""
