@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -266,6 +267,10 @@ def _publish(repo: Path, options: DeployOptions, commit: str, local: str | None)
         raise AtlasError(f"moving the local {options.branch} to {commit[:12]} failed: {e}") from None
 
 
+def _without_credentials(url: str) -> str:
+    return re.sub(r"//[^/@]*@", "//", url)  # a token in an https remote must not reach CI logs
+
+
 def deploy_site(options: DeployOptions) -> DeployReport:
     """Commit `options.site` on top of `options.branch` and push it to `options.remote` (see the module contract)."""
     repo, site = Path(options.repo), Path(options.site)
@@ -285,6 +290,6 @@ def deploy_site(options: DeployOptions) -> DeployReport:
         raise AtlasError(f"git could not store the site's files: {e}; nothing was deployed") from None
     commit = _commit(repo, tree, parent, options.message or default_message(repo, site))
     _publish(repo, options, commit, local)
-    where = f"pushed to {options.remote} ({url})" if url else f"not pushed (`git push {options.remote} {options.branch}` publishes it)"
+    where = f"pushed to {options.remote} ({_without_credentials(url)})" if url else f"not pushed (`git push {options.remote} {options.branch}` publishes it)"
     print(f"sae-atlas: deployed {n_files:,} files ({human_size(total)}) as commit {commit[:12]} on {options.branch}, {where}", file=sys.stderr)
     return DeployReport(commit, parent, options.branch, n_files, total, url)
