@@ -24,6 +24,8 @@ PROJECT = "sae-atlas"
 EXTRAS = "compute,test"
 # The torch build chooses these itself (CPU or one CUDA version); pinning them would pin the build.
 LEFT_OUT = re.compile(r"^(torch|triton|nvidia-.*)$")
+# pip installs; nothing depends on it (setuptools stays: torch requires it).
+TOOLS = {"pip"}
 HEADER = """\
 # Exact versions of every package `pip install .[{extras}]` brings, resolved on Python {python} ({platform}).
 # make build / make test / make install install with `pip install -c requirements.lock`, so these versions hold.
@@ -39,7 +41,7 @@ def normalize(name: str) -> str:
 
 
 def lock_lines(freeze: str) -> list[str]:
-    """`pip freeze` output -> sorted `name==version` lines, without torch, CUDA packages or the project itself."""
+    """`pip freeze` output -> sorted `name==version` lines, without torch, CUDA packages, pip or the project itself."""
     pins: dict[str, str] = {}
     for line in freeze.splitlines():
         line = line.strip()
@@ -49,7 +51,7 @@ def lock_lines(freeze: str) -> list[str]:
             raise ValueError(f"pip freeze gave a line that is not name==version: {line!r}")
         name, version = (part.strip() for part in line.split("==", 1))
         key = normalize(name)
-        if key == PROJECT or LEFT_OUT.match(key):
+        if key == PROJECT or key in TOOLS or LEFT_OUT.match(key):
             continue
         pins[key] = f"{key}=={version}"
     return [pins[k] for k in sorted(pins)]
@@ -68,7 +70,7 @@ def resolve(torch: str, torch_pip_args: list[str]) -> str:
         pip = [python, "-m", "pip", "--quiet"]
         subprocess.run([*pip, "install", torch, *torch_pip_args], check=True)
         subprocess.run([*pip, "install", "-e", f"{ROOT}[{EXTRAS}]"], check=True)
-        return subprocess.run([*pip, "freeze", "--exclude-editable"], check=True, capture_output=True, text=True).stdout
+        return subprocess.run([*pip, "freeze", "--all", "--exclude-editable"], check=True, capture_output=True, text=True).stdout
 
 
 def main(argv: list[str] | None = None) -> int:
