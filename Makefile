@@ -9,8 +9,10 @@ ARGS ?=
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
+# Exact versions of every dependency but torch, used as pip constraints; `make lock` regenerates it.
+LOCK := requirements.lock
 
-.PHONY: build test install chromium check render serve bench-compute bench-site bench-browser golden clean
+.PHONY: build test install lock chromium check render serve bench-compute bench-site bench-browser golden clean
 
 build: $(STAMP)
 	$(VENV)/bin/sae-atlas build $(ARGS)
@@ -23,17 +25,27 @@ install: $(STAMP)
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): pyproject.toml | $(PY)
+$(STAMP): pyproject.toml $(LOCK) | $(PY)
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet "$(TORCH)" $(TORCH_PIP_ARGS)
-	$(PIP) install --quiet -e ".[compute,test]"
+	$(PIP) install --quiet -c $(LOCK) "$(TORCH)" $(TORCH_PIP_ARGS)
+	$(PIP) install --quiet -c $(LOCK) -e ".[compute,test]"
 	touch $@
 
-# Headless Chromium for the browser tests, from the system packages (Playwright drives it).
-chromium:
-	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
-	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; }
+# Re-resolve every dependency from pyproject.toml in a temporary venv and pin the result.
+lock:
+	$(PYTHON) tools/lock.py --torch "$(TORCH)" --torch-pip-args "$(TORCH_PIP_ARGS)" --out $(LOCK)
+
+# Headless Chromium for the browser tests (Playwright drives it): a Chromium already installed, else the
+# system package where apt-get exists (Debian, Ubuntu), else Playwright's own build of Chromium.
+chromium: $(STAMP)
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 \
+	  || command -v google-chrome >/dev/null 2>&1 || { \
+	  if command -v apt-get >/dev/null 2>&1; then \
+	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	    $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; \
+	  else \
+	    $(PY) -m playwright install chromium; \
+	  fi; }
 
 check: $(STAMP)
 	$(VENV)/bin/sae-atlas check $(ARGS)

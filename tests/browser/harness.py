@@ -1,5 +1,9 @@
-"""Headless Chromium (the system package) driven by Playwright, with a guard that fails a test on
-any console error, page error, dialog, or request that leaves the site."""
+"""Headless Chromium driven by Playwright, with a guard that fails a test on any console error, page
+error, dialog, or request that leaves the site.
+
+The browser is a Chromium on PATH ($CHROMIUM, chromium, chromium-browser, google-chrome) where there is
+one, else Playwright's own build (`python -m playwright install chromium`, what `make chromium` does on
+systems without an apt-get Chromium)."""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import functools
 import http.server
 import os
 import shutil
+import sys
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -26,11 +31,39 @@ CHROMIUM_ARGS = [
 SCREENSHOTS = Path(__file__).parent / "screenshots"
 
 
-def chromium_path() -> str:
+def chromium_path() -> str | None:
+    """The Chromium on PATH to launch, or None to launch Playwright's own; RuntimeError when neither exists."""
     for candidate in (os.environ.get("CHROMIUM"), "chromium", "chromium-browser", "google-chrome"):
         if candidate and (found := shutil.which(candidate)):
             return found
-    raise RuntimeError("headless Chromium not found; `make test` installs the `chromium` system package")
+    if playwright_chromium_installed():
+        return None
+    raise RuntimeError(
+        "headless Chromium not found; `make chromium` installs the `chromium` system package (apt-get) "
+        "or Playwright's own (python -m playwright install chromium)"
+    )
+
+
+def playwright_browsers_dir() -> Path:
+    """Where `playwright install` puts browsers (PLAYWRIGHT_BROWSERS_PATH, else the user's cache)."""
+    configured = os.environ.get("PLAYWRIGHT_BROWSERS_PATH")
+    if configured == "0":  # inside the installed playwright package
+        import playwright
+
+        return Path(playwright.__file__).parent / "driver" / "package" / ".local-browsers"
+    if configured:
+        return Path(configured)
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Caches" / "ms-playwright"
+    if sys.platform == "win32":
+        return Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local") / "ms-playwright"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ms-playwright"
+
+
+def playwright_chromium_installed() -> bool:
+    # Headless launches use the headless shell; `playwright install chromium` brings it with Chromium.
+    found = playwright_browsers_dir()
+    return any(found.glob("chromium_headless_shell-*")) or any(found.glob("chromium-*"))
 
 
 @dataclass
@@ -106,7 +139,9 @@ def chromium():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+        system = chromium_path()
+        launch = {"executable_path": system} if system else {}  # else Playwright's own Chromium
+        browser = p.chromium.launch(args=CHROMIUM_ARGS, **launch)
         try:
             yield browser
         finally:
