@@ -115,3 +115,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     serve(args)
     return 0
+
+
+def cmd_new(args: argparse.Namespace) -> int:
+    from sae_atlas.new import new_project, next_steps
+
+    for path in new_project(args.dir):
+        print(f"wrote {path}", file=sys.stderr)
+    print(next_steps(args.dir), end="", file=sys.stderr)
+    return 0
