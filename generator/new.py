@@ -216,7 +216,7 @@ jobs:
 PROJECT_README = """\
 # My SAEs
 
-An atlas of sparse autoencoders, built with [SAE Atlas](https://pypi.org/project/sae-atlas/):
+An atlas of sparse autoencoders, built with SAE Atlas (`pip install sae-atlas`):
 every feature of every SAE as a static website.
 
 ## Set up
