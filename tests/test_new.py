@@ -1,5 +1,5 @@
-"""`sae-atlas new DIR`: the scaffold's files, its refusals (never overwriting), and that `check`
-accepts its example manifest once the model, SAE and corpus it names exist."""
+"""`sae-atlas new DIR`: the scaffold's files, its refusals (never overwriting), and that its example
+manifest passes `check` and builds once the model, SAE and corpus it names exist."""
 
 from __future__ import annotations
 
@@ -88,7 +88,7 @@ def test_workflow_offers_compute_in_ci_and_render_from_a_cache(tmp_path):
     assert any(u.startswith("actions/deploy-pages") for u in uses)
 
 
-def test_check_accepts_the_example_manifest_once_its_paths_exist(tmp_path):
+def test_the_example_manifest_checks_and_builds_once_its_paths_exist(tmp_path):
     assert sae_atlas("new", tmp_path).returncode == 0
     manifest = yaml.safe_load((tmp_path / MANIFEST).read_text())
     releases = tmp_path / MANIFEST.parent
@@ -107,3 +107,8 @@ def test_check_accepts_the_example_manifest_once_its_paths_exist(tmp_path):
     after = sae_atlas("check", cwd=tmp_path)
     assert after.returncode == 0, after.output
     assert "ok: 1 release(s), 1 SAE(s)" in after.stderr
+    # And the project builds with the commands its README gives, from its own folder.
+    built = sae_atlas("build", "--device", "cpu", "--quiet", cwd=tmp_path)
+    assert built.returncode == 0, built.output
+    assert (tmp_path / "build/site/index.html").is_file()
+    assert (tmp_path / f"build/site/{manifest['model']['id']}/{sae['layer']}-{res['id']}/index.html").is_file()
