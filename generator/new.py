@@ -118,6 +118,11 @@ PAGES_WORKFLOW = """\
 #            workflow run instead, replace the download step with actions/download-artifact@v4
 #            (its `run-id` and `github-token` inputs) and unpack it the same way.
 #            Render with the --dtype the cache was computed with (default float32).
+#
+# In both ways the files the manifests name by local path (model, SAEs, corpus) must be in the
+# repository (e.g. with Git LFS): check reads them and the cache keys are digests of them. Models,
+# SAEs and corpora named by TransformerLens, SAELens or dataset name need only their config files,
+# which are fetched.
 
 name: Publish the atlas
 
@@ -246,6 +251,9 @@ sae-atlas compute --device cuda
 tar -czf atlas-cache.tar.gz -C build/cache .
 gh release create atlas-cache atlas-cache.tar.gz
 ```
+Either way, what the manifest names by local path (model, SAEs, corpus) must be in the repository
+(e.g. with Git LFS): the cache entries are found by digests of those files. Models, SAEs and
+corpora named by TransformerLens, SAELens or dataset name need no files.
 """
 
 # Relative path -> text, in the order they are written and listed.
