@@ -53,12 +53,13 @@ def load_release(path: str | Path) -> Release:
     return release
 
 
-def load_content(content: str | Path = DEFAULT_CONTENT, releases: Sequence[str] | None = None) -> list[Release]:
-    """Every manifest of `content/releases/` (or only the releases with these ids), sorted by id,
-    parsed and checked against their files; all problems of all manifests in one InputError."""
+def load_content(content: str | Path = DEFAULT_CONTENT, only: Sequence[str] | None = None) -> list[Release]:
+    """Every manifest of `content/releases/` (or only the releases with these ids, as --release),
+    sorted by id, parsed and checked against their files; all problems of all manifests in one
+    InputError."""
     from sae_atlas.pipeline import load_releases
 
-    return load_releases(Path(content), list(releases) if releases else None)
+    return load_releases(Path(content), list(only) if only else None)
 
 
 def check(source: Releases = DEFAULT_CONTENT) -> list[Release]:

@@ -66,7 +66,7 @@ def test_load_release_and_check(tiny_content):
     assert sae_atlas.check(manifest) == [release]
     assert sae_atlas.check(release) == [release]
     with pytest.raises(AtlasError, match="unknown release nope"):
-        sae_atlas.load_content(tiny_content, releases=["nope"])
+        sae_atlas.load_content(tiny_content, only=["nope"])
 
 
 def test_bad_input_raises_input_error_with_every_problem(tmp_path, tiny_content):
