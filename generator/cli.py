@@ -90,6 +90,8 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", type=Path, default=None, help="the manifest to write (default: CONTENT/releases/RELEASE.yaml); never overwritten")
     sp.add_argument("--content", type=Path, default=DEFAULT_CONTENT, help="content dir whose releases/ gets the manifest")
     sp.add_argument("--corpus", default=None, metavar="PATH|DATASET", help="a local .txt/.jsonl file or a hub dataset name (default: the registry's, if it names one)")
+    sp = sub.add_parser("new", help="scaffold a project: example manifest, .gitignore, Pages workflow, README")
+    sp.add_argument("dir", type=Path, help="the project folder (created if missing); no file in it is overwritten")
     sp = sub.add_parser("dump", help="print one feature's computed record as JSON")
     common(sp)
     sp.add_argument("feature", help="MODEL@LAYER-SET:INDEX")

@@ -122,3 +122,12 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
     deploy_site(DeployOptions(args.site, args.branch, args.remote, args.message, args.push, site_limit=args.max_site_size, file_limit=args.max_file_size))
     return 0
+
+
+def cmd_new(args: argparse.Namespace) -> int:
+    from sae_atlas.new import new_project, next_steps
+
+    for path in new_project(args.dir):
+        print(f"wrote {path}", file=sys.stderr)
+    print(next_steps(args.dir), end="", file=sys.stderr)
+    return 0
