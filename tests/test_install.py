@@ -31,6 +31,10 @@ def _run(argv: list, cwd: Path, env: dict, timeout: float = 900) -> subprocess.C
     return done
 
 
+def _package_files(wheel: Path) -> list[str]:
+    return sorted(n for n in zipfile.ZipFile(wheel).namelist() if ".dist-info/" not in n)
+
+
 def _clean_env(venv: Path) -> dict:
     """The environment of a user of the installed tool: its venv first on PATH, no PYTHONPATH."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
@@ -72,6 +76,16 @@ def test_the_wheel_holds_the_package_the_theme_and_live_reload(wheel):
     assert theme <= names, sorted(theme - names)
     assert "sae_atlas/render/live-reload.js" in names
     assert not any(n.startswith(("generator/", "tests/", "content/")) for n in names)  # no generic top-level names
+
+
+def test_the_sdist_holds_the_theme_and_builds_a_complete_wheel(wheel, tmp_path):
+    """pip building from the sdist (as from a source download) gives the same package files."""
+    _run([sys.executable, "-c", f"import setuptools.build_meta as b; b.build_sdist({str(tmp_path)!r})"], cwd=ROOT, env=dict(os.environ))
+    (sdist,) = tmp_path.glob("sae_atlas-*.tar.gz")
+    out = tmp_path / "from-sdist"
+    _run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", out, sdist], cwd=tmp_path, env=dict(os.environ))
+    (rebuilt,) = out.glob("sae_atlas-*.whl")
+    assert _package_files(rebuilt) == _package_files(wheel)
 
 
 def test_installed_tool_scaffolds_builds_and_the_site_works_in_chromium(installed, tmp_path):
