@@ -44,41 +44,21 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_compute(args: argparse.Namespace) -> int:
+    from sae_atlas import api
+
     releases = load_releases(args.content, args.release)  # before importing torch: bad input fails fast
-    from sae_atlas.compute import ComputeOptions, compute_releases
-
-    if getattr(args, "threads", None):
-        import torch
-
-        torch.set_num_threads(max(1, args.threads))
-
-    options = ComputeOptions(
-        device=args.device, dtype=args.dtype, batch_size=args.batch_size, shard=args.shard, replay_memory=args.replay_memory, quiet=args.quiet
+    api.compute(
+        releases, args.cache, device=args.device, dtype=args.dtype, batch_size=args.batch_size, shard=args.shard,
+        replay_memory=args.replay_memory, threads=getattr(args, "threads", None), quiet=args.quiet,
     )
-    try:
-        compute_releases(releases, args.cache, options)
-    except AtlasError:
-        raise
-    except Exception as e:
-        from sae_atlas.sources.configs import hub_failure
-
-        hub = hub_failure(e)  # a model, SAE or corpus the hub could not give, not the cache
-        if hub is not None:
-            raise AtlasError(hub) from e
-        if isinstance(e, OSError):
-            raise AtlasError(f"writing the cache failed: {e}; finished entries are kept, rerun to resume") from e
-        raise
     return 0
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from sae_atlas.render import render_site
+    from sae_atlas import api
 
     releases = load_releases(args.content, getattr(args, "release", None))
-    try:
-        render_site(releases, cache=args.cache, out=args.out, theme=args.theme, quiet=args.quiet, dtype=args.dtype)
-    except OSError as e:
-        raise AtlasError(f"writing the site failed: {e}; the previous site in {args.out} is unchanged") from e
+    api.render(releases, args.cache, args.out, theme=args.theme, dtype=args.dtype, quiet=args.quiet)
     return 0
 
 
