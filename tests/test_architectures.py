@@ -23,6 +23,7 @@ from sae_atlas.compute import ComputeOptions, compute_releases
 from sae_atlas.errors import InputError
 from sae_atlas.manifest import load_content
 from sae_atlas.sources.architectures import architecture_info
+from tests.brute import assert_entry_matches_brute_force
 from tests.fixtures import build_fixture_content
 
 N_PROMPTS, CONTEXT, D_SAE, CE_PROMPTS = 10, 8, 24, 4
@@ -198,30 +199,7 @@ def test_each_supported_architecture_matches_brute_force(built):
         label = f"{f['set']} ({f['arch']})"
         m = entry.meta
         assert (m["architecture"], m["hook"], m["hook_out"], m["d_in"], m["d_out"]) == (f["arch"], f["hook"], f["hook_out"], f["d_in"], f["d_out"]), label
-        acts = want["acts"]
-        assert (acts > 0).any(), label  # the fixture fires
-        np.testing.assert_allclose(entry["density"], (acts > 0).mean(0), rtol=1e-6, err_msg=label)
-        np.testing.assert_allclose(entry["max_activation"], np.maximum(acts.max(0), 0), rtol=1e-5, atol=1e-6, err_msg=label)
-        # Top examples: each feature's largest activations over the corpus, at their (prompt, position).
-        k = entry["top_value"].shape[1]
-        for feature in range(D_SAE):
-            col = acts[:, feature]
-            order = np.argsort(-col, kind="stable")[:k]
-            order = order[col[order] > 0]
-            n = len(order)
-            np.testing.assert_allclose(entry["top_value"][feature, :n], col[order], rtol=1e-5, err_msg=label)
-            np.testing.assert_array_equal(entry["top_prompt"][feature, :n], order // CONTEXT, err_msg=label)
-            np.testing.assert_array_equal(entry["top_position"][feature, :n], order % CONTEXT, err_msg=label)
-            assert (entry["top_prompt"][feature, n:] == -1).all(), label
-        stats = m["stats"]
-        np.testing.assert_allclose(stats["mse"], want["mse"], rtol=1e-4, err_msg=label)
-        np.testing.assert_allclose(stats["explained_variance"], want["explained_variance"], rtol=1e-4, atol=1e-6, err_msg=label)
-        np.testing.assert_allclose((stats["ce_loss_clean"], stats["ce_loss_spliced"]), want["ce"], rtol=1e-5, err_msg=label)
-        logits = want["logits"]
-        n = entry["pos_logit_token"].shape[1]
-        np.testing.assert_array_equal(entry["pos_logit_token"], np.argsort(-logits, 1, kind="stable")[:, :n], err_msg=label)
-        np.testing.assert_allclose(entry["pos_logit_value"], -np.sort(-logits, 1)[:, :n], rtol=1e-4, atol=1e-5, err_msg=label)
-        np.testing.assert_array_equal(entry["neg_logit_token"], np.argsort(logits, 1, kind="stable")[:, :n], err_msg=label)
+        assert_entry_matches_brute_force(entry, want, CONTEXT, label)
 
 
 def test_skip_term_and_output_hook_matter(built):

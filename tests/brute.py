@@ -1,0 +1,35 @@
+"""Comparing a computed SAE cache entry with a brute-force recomputation done with TransformerLens
+and SAELens directly (the tests compute `want`; nothing here comes from the engine)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def assert_entry_matches_brute_force(entry, want: dict, context: int, label: str) -> None:
+    """`want`: {"acts" f32 [tokens, F] over the corpus in prompt order, "mse", "explained_variance",
+    "ce" (clean, spliced), "logits" f32 [F, d_vocab]}. Checks density, max, top examples (value,
+    prompt, position), the reconstruction and CE statistics and the top logits."""
+    acts = want["acts"]
+    assert (acts > 0).any(), label  # the fixture fires
+    np.testing.assert_allclose(entry["density"], (acts > 0).mean(0), rtol=1e-6, err_msg=label)
+    np.testing.assert_allclose(entry["max_activation"], np.maximum(acts.max(0), 0), rtol=1e-5, atol=1e-6, err_msg=label)
+    k = entry["top_value"].shape[1]
+    for feature in range(acts.shape[1]):
+        col = acts[:, feature]
+        order = np.argsort(-col, kind="stable")[:k]
+        order = order[col[order] > 0]
+        n = len(order)
+        np.testing.assert_allclose(entry["top_value"][feature, :n], col[order], rtol=1e-5, err_msg=label)
+        np.testing.assert_array_equal(entry["top_prompt"][feature, :n], order // context, err_msg=label)
+        np.testing.assert_array_equal(entry["top_position"][feature, :n], order % context, err_msg=label)
+        assert (entry["top_prompt"][feature, n:] == -1).all(), label
+    stats = entry.meta["stats"]
+    np.testing.assert_allclose(stats["mse"], want["mse"], rtol=1e-4, err_msg=label)
+    np.testing.assert_allclose(stats["explained_variance"], want["explained_variance"], rtol=1e-4, atol=1e-6, err_msg=label)
+    np.testing.assert_allclose((stats["ce_loss_clean"], stats["ce_loss_spliced"]), want["ce"], rtol=1e-5, err_msg=label)
+    logits = want["logits"]
+    n = entry["pos_logit_token"].shape[1]
+    np.testing.assert_array_equal(entry["pos_logit_token"], np.argsort(-logits, 1, kind="stable")[:, :n], err_msg=label)
+    np.testing.assert_allclose(entry["pos_logit_value"], -np.sort(-logits, 1)[:, :n], rtol=1e-4, atol=1e-5, err_msg=label)
+    np.testing.assert_array_equal(entry["neg_logit_token"], np.argsort(logits, 1, kind="stable")[:, :n], err_msg=label)
