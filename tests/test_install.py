@@ -88,7 +88,7 @@ def test_the_sdist_holds_the_theme_and_builds_a_complete_wheel(wheel, tmp_path):
     assert _package_files(rebuilt) == _package_files(wheel)
 
 
-def test_installed_tool_scaffolds_builds_and_the_site_works_in_chromium(installed, tmp_path):
+def test_installed_tool_scaffolds_builds_and_the_site_works_in_chromium(installed, tmp_path, chromium_browser):
     env, venv = installed["env"], installed["venv"]
     where = _run([venv / "bin" / "python", "-c", "import sae_atlas; print(sae_atlas.__file__)"], cwd=tmp_path, env=env).stdout.strip()
     assert Path(where).resolve().is_relative_to(venv.resolve()), where  # the installed copy, not the checkout
@@ -107,15 +107,18 @@ def test_installed_tool_scaffolds_builds_and_the_site_works_in_chromium(installe
     assert (site / "index.html").is_file() and (site / "static" / "app.js").is_file()
 
     pages = ["index.html", "tiny-demo/index.html", "tiny-2l/res-st/index.html", "tiny-2l/0-res-st/index.html", "tiny-2l/0-res-st/index.html#1"]
-    with harness.serve_site(site) as origin, harness.chromium() as browser:
-        page = browser.new_page()
+    with harness.serve_site(site) as origin:
+        page = chromium_browser.new_page()
         guard = harness.Guard(allowed_origin=origin.split("/repo/")[0])
         guard.attach(page)
-        for path in pages:
-            response = page.goto(origin + path)
-            assert response is None or response.ok, f"{path}: {response.status}"  # None: a change of #hash only
-            page.wait_for_selector("body[data-ready=true]" if "-res-st/" in path and "/0-" in path else "main")
-        page.wait_for_selector(".fv-examples .ex .tok")
+        try:
+            for path in pages:
+                response = page.goto(origin + path)
+                assert response is None or response.ok, f"{path}: {response.status}"  # None: a change of #hash only
+                page.wait_for_selector("body[data-ready=true]" if "-res-st/" in path and "/0-" in path else "main")
+            page.wait_for_selector(".fv-examples .ex .tok")
+        finally:
+            page.close()
         guard.assert_clean()
 
 
