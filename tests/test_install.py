@@ -121,6 +121,17 @@ def test_installed_tool_scaffolds_builds_and_the_site_works_in_chromium(installe
             page.close()
         guard.assert_clean()
 
+    # Published: the project is a git repository with a remote; deploy puts the site on gh-pages.
+    git_env = {**env, "GIT_AUTHOR_NAME": "Ada", "GIT_AUTHOR_EMAIL": "ada@example.org", "GIT_COMMITTER_NAME": "Ada",
+               "GIT_COMMITTER_EMAIL": "ada@example.org", "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": os.devnull}
+    remote = tmp_path / "remote.git"
+    _run(["git", "init", "--quiet", "--bare", remote], cwd=tmp_path, env=git_env)
+    for argv in (["init", "--quiet"], ["add", "content", ".gitignore", "README.md", ".github"], ["commit", "--quiet", "-m", "My SAEs"], ["remote", "add", "origin", remote]):
+        _run(["git", *argv], cwd=project, env=git_env)
+    _run([venv / "bin" / "sae-atlas", "deploy"], cwd=project, env=git_env)
+    published = _run(["git", "ls-tree", "-r", "--name-only", "gh-pages"], cwd=remote, env=git_env).stdout.split()
+    assert ".nojekyll" in published and set(published) - {".nojekyll"} == {p.relative_to(site).as_posix() for p in site.rglob("*") if p.is_file()}
+
 
 def test_the_installed_tool_is_not_the_checkout(installed):
     """The fresh venv runs without the repository: moving the checkout's code out of sight changes nothing."""
