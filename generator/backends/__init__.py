@@ -37,6 +37,9 @@ class SaeModule(Protocol):
     @property
     def W_dec(self) -> Any: ...  # [d_sae, d_out]
 
+    @property
+    def hooks(self) -> tuple[str, ...]: ...  # hook_in, then hook_out when it differs
+
     def read(self, activation: Any) -> Any: ...  # the hook's activation -> the SAE's input
 
     def encode(self, x: Any) -> Any: ...

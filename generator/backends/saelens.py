@@ -53,8 +53,9 @@ class SaeLensSae:
         return self.module.W_dec
 
     @property
-    def is_transcoder(self) -> bool:
-        return self.hook_out != self.hook_in or self.d_out != self.d_in or architecture_info(self.architecture).transcoder
+    def hooks(self) -> tuple[str, ...]:
+        """The hooks the SAE needs: what it reads, then (a transcoder) what it writes."""
+        return tuple(dict.fromkeys((self.hook_in, self.hook_out)))
 
     def read(self, activation: torch.Tensor) -> torch.Tensor:
         """The SAE's input from its hook's activation [..., heads, d_head] or [..., d]."""

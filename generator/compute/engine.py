@@ -49,7 +49,7 @@ from sae_atlas.compute.weights import (
 )
 from sae_atlas.errors import AtlasError, InputError, Problem
 from sae_atlas.manifest import Release, SaeSpec, SetSpec
-from sae_atlas.sources.corpus import Corpus, is_pretokenized, load_corpus
+from sae_atlas.sources.corpus import Corpus, load_corpus, prepend_bos_problem
 from sae_atlas.sources.model import load_model, load_tokenizer, resolve_device
 from sae_atlas.sources.sae import load_sae
 
@@ -141,11 +141,6 @@ class _Running:
     stats: FeatureStats
     sparse_decode: bool | None = None  # decode from the sparse batch? decided on the first batch
 
-    @property
-    def hook(self) -> str:
-        """The hook the SAE reads."""
-        return self.sae.hook_in
-
 
 def _compute_group(jobs: list[SaeJob], corpus: Corpus, store: CacheStore, options: ComputeOptions, device: str, report: ComputeReport) -> None:
     """The SAEs of one model and corpus. SAEs whose model must be loaded with different
@@ -166,7 +161,7 @@ def _compute_group(jobs: list[SaeJob], corpus: Corpus, store: CacheStore, option
                     print(f"{release.model.id}: loading the model with {kwargs} for {', '.join(r.job.id for r in members)}", file=sys.stderr)
             for members in groups.values():
                 model = load_model(release.model, device, options.dtype, members[0].sae.model_kwargs, options.quiet)
-                model.enable_hooks(sorted({h for r in members for h in (r.sae.hook_in, r.sae.hook_out)}))
+                model.enable_hooks(sorted({h for r in members for h in r.sae.hooks}))
                 _check_hooks(model, members)
                 _compute_saes(model, members, corpus, store, options, batch_size, report)
                 del model
@@ -177,7 +172,8 @@ def _compute_group(jobs: list[SaeJob], corpus: Corpus, store: CacheStore, option
 def _compute_saes(model, running: list["_Running"], corpus: Corpus, store: CacheStore, options: ComputeOptions, batch_size: int, report: ComputeReport) -> None:
     """Both corpus passes, the CE loss and the weights-only parts for SAEs sharing one model."""
     model_id = running[0].job.release.model.id
-    replay = Replay(replay_budget(model_device(model), options.replay_memory))
+    device = _model_device(model)
+    replay = Replay(replay_budget(device, options.replay_memory))
     started = time.perf_counter()
     done_tokens = _run_pass(1, model, running, corpus, store, options, batch_size, replay)
     done_tokens += _run_pass(2, model, running, corpus, store, options, batch_size, replay)
@@ -188,7 +184,7 @@ def _compute_saes(model, running: list["_Running"], corpus: Corpus, store: Cache
     replay.clear()
     ce_saes = [CeSae(r.job.id, r.sae, r.job.release.compute.ce_prompts) for r in running]
     ce_bar = None if options.quiet else f"{model_id} CE loss"
-    ce = model.ce_losses(corpus, ce_saes, batch_size, model_device(model), progress=ce_bar)
+    ce = model.ce_losses(corpus, ce_saes, batch_size, device, progress=ce_bar)
     desc = f"{model_id} logits, neighbours, map"
     with tqdm(running, desc=desc, unit="sae", disable=options.quiet, file=sys.stderr) as bar:
         for r in bar:
@@ -197,7 +193,7 @@ def _compute_saes(model, running: list["_Running"], corpus: Corpus, store: Cache
             report.computed.append(r.job.id)
 
 
-def model_device(model) -> str:
+def _model_device(model) -> str:
     return str(model.unembedding().device.type)
 
 
@@ -216,15 +212,12 @@ def _report_replay(model_id: str, replay: Replay, report: ComputeReport, options
 def _check_prepend_bos(release: Release, running: list["_Running"]) -> None:
     """A text corpus starts its prompts with BOS when `corpus.prepend_bos` (the default) says so;
     each SAE must have been trained that way (SAELens's `prepend_bos`)."""
-    c = release.corpus
-    if c.path is not None and is_pretokenized(c.path):
-        return  # pre-tokenized prompts are used exactly as given
     problems = []
     for r in running:
-        if r.sae.prepend_bos != c.prepend_bos:
+        problem = prepend_bos_problem(f"SAE {r.job.id}", r.sae.prepend_bos, release.corpus)
+        if problem is not None:
             m = r.job.spec.mark
-            want = str(r.sae.prepend_bos).lower()
-            problems.append(Problem(m.file, m.line, m.col, f"SAE {r.job.id} was trained with prepend_bos: {want} but corpus.prepend_bos is {str(c.prepend_bos).lower()}; expected corpus.prepend_bos: {want} (SAEs trained otherwise go in a release of their own)"))
+            problems.append(Problem(m.file, m.line, m.col, problem))
     if problems:
         raise InputError(problems)
 
@@ -233,7 +226,7 @@ def _check_hooks(model, running: list["_Running"]) -> None:
     problems = []
     for r in running:
         job = r.job
-        for hook in dict.fromkeys((r.sae.hook_in, r.sae.hook_out)):
+        for hook in r.sae.hooks:
             if hook not in model.hook_names:
                 m = job.spec.mark
                 problems.append(Problem(m.file, m.line, m.col, f"hook {hook!r} is not a hook of model {job.release.model.id!r}; expected e.g. blocks.0.hook_resid_post"))
@@ -317,7 +310,7 @@ def _run_pass(pass_no: int, model, running: list[_Running], corpus: Corpus, stor
         return 0
     n_prompts, context = corpus.n_prompts, corpus.context
     start = min(r.stats.prompts_done for r in active)
-    hooks = sorted({h for r in active for h in (r.sae.hook_in, r.sae.hook_out)})
+    hooks = sorted({h for r in active for h in r.sae.hooks})
     tokens_all = corpus.tokens
     device = active[0].stats.device
     bar = tqdm(

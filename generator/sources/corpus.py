@@ -26,7 +26,7 @@ import orjson
 
 from sae_atlas.cache import CacheStore, corpus_key, write_entry
 from sae_atlas.errors import InputError, Problem, problem_at
-from sae_atlas.manifest import Mark, Release
+from sae_atlas.manifest import CorpusSpec, Mark, Release
 
 
 @dataclass
@@ -84,6 +84,19 @@ def is_pretokenized(path: Path) -> bool:
     for _, obj in _jsonl(path):
         return isinstance(obj, dict) and "tokens" in obj
     return False
+
+
+def prepend_bos_problem(who: str, trained: bool | None, corpus: CorpusSpec) -> str | None:
+    """Why an SAE trained with SAELens's `prepend_bos` = `trained` (None: not said) cannot read this
+    corpus, or None: a text corpus starts its prompts with BOS as `corpus.prepend_bos` says, and
+    pre-tokenized prompts are used exactly as given."""
+    if trained is None or trained == corpus.prepend_bos or (corpus.path is not None and is_pretokenized(corpus.path)):
+        return None
+    want = str(trained).lower()
+    return (
+        f"{who} was trained with prepend_bos: {want} but corpus.prepend_bos is {str(corpus.prepend_bos).lower()}; "
+        f"expected corpus.prepend_bos: {want} (SAEs trained otherwise go in a release of their own)"
+    )
 
 
 def read_token_prompts(path: Path, prompts: int, context: int, d_vocab: int) -> np.ndarray:

@@ -9,9 +9,6 @@ from typing import Any
 from sae_atlas.errors import AtlasError
 from sae_atlas.manifest import ModelSpec
 
-DTYPES = ("float32", "bfloat16", "float16")
-
-
 def resolve_device(device: str = "auto") -> str:
     """auto picks cuda > mps > cpu; an explicit device that is unavailable is an error."""
     import torch
@@ -43,9 +40,3 @@ def load_model(spec: ModelSpec, device: str = "cpu", dtype: str = "float32", kwa
 
     return TransformerLensBackend.load(spec, device, dtype, kwargs, quiet)
 
-
-def model_identity_parts(spec: ModelSpec) -> list:
-    """The torch-free identity of a by-name model for cache keys."""
-    from sae_atlas.backends.transformer_lens import identity
-
-    return identity(spec)

@@ -3,7 +3,6 @@ SAE interface (`sae_atlas.backends.SaeModule`)."""
 
 from __future__ import annotations
 
-from sae_atlas.backends.saelens import architecture_name as architecture
 from sae_atlas.backends.saelens import load_sae
 
-__all__ = ["architecture", "load_sae"]
+__all__ = ["load_sae"]

@@ -18,7 +18,7 @@ from typing import Any
 from sae_atlas.errors import InputError, Problem
 from sae_atlas.manifest import Mark, Release, SaeSpec, SetSpec
 from sae_atlas.sources.architectures import architecture_info
-from sae_atlas.sources.corpus import is_pretokenized
+from sae_atlas.sources.corpus import prepend_bos_problem
 from sae_atlas.sources.configs import (
     MODEL_CONFIG,
     MODEL_WEIGHTS,
@@ -391,12 +391,9 @@ class _ReleaseCheck:
 
     def check_prepend_bos(self, cfg: dict[str, Any], where: str, mark: Mark) -> None:
         """A text corpus's BOS as the SAE was trained (SAELens's `prepend_bos`, default true)."""
-        corpus = self.release.corpus
-        trained = sae_prepend_bos(cfg)
-        if trained is None or trained == corpus.prepend_bos or (corpus.path is not None and is_pretokenized(corpus.path)):
-            return
-        want = str(trained).lower()
-        self.at(mark, f"{where} was trained with prepend_bos: {want} but corpus.prepend_bos is {str(corpus.prepend_bos).lower()}; expected corpus.prepend_bos: {want} (SAEs trained otherwise go in a release of their own)")
+        problem = prepend_bos_problem(where, sae_prepend_bos(cfg), self.release.corpus)
+        if problem is not None:
+            self.at(mark, problem)
 
     def check_transcoder_output(self, cfg: dict[str, Any], d_out: Any, who: str, where: str, mark: Mark) -> None:
         assert self.config is not None
