@@ -192,6 +192,8 @@ def test_the_backend_captures_the_mlp_input_stopping_after_its_block(built):
     content, _, tokens, _ = built
     backend = TransformerLensBackend(load_reference_model(content / "models" / MODEL_ID))
     reference = load_reference_model(content / "models" / MODEL_ID)
+    assert not {f"blocks.{layer}.mlp.hook_in" for layer in range(2)} & backend.hook_names  # added on request only
+    backend.enable_hooks(["blocks.0.mlp.hook_in"])  # as the engine does for the SAEs' hooks
     assert {f"blocks.{layer}.mlp.hook_in" for layer in range(2)} <= backend.hook_names
     assert backend.stop_layer(["blocks.0.mlp.hook_in"]) == 1 and backend.stop_layer(["blocks.1.hook_resid_pre", "blocks.0.mlp.hook_in"]) == 1
     with torch.inference_mode():
@@ -255,7 +257,9 @@ def test_ce_splices_at_and_from_the_mlp_input(built, own_forward):
     if own_forward:
         model = OwnForward(reference.cfg)
         model.load_state_dict(reference.state_dict())
-    model = TransformerLensBackend(model).model
+    backend = TransformerLensBackend(model)
+    backend.enable_hooks([HOOK_IN])
+    model = backend.model
     assert ce._fused(model) != own_forward
     transcoder = load_reference_sae(dirs["tc-skip-transcoder"])
     plain = make_sae(reference.cfg.d_model, D_SAE, "standard", HOOK_IN, seed=7)

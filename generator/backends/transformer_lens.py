@@ -140,7 +140,6 @@ class TransformerLensBackend:
     name = "transformer_lens"
 
     def __init__(self, model):
-        add_mlp_input_hooks(model)
         self.model = model.eval()
         cfg = model.cfg
         self.d_model, self.n_layers = int(cfg.d_model), int(cfg.n_layers)
@@ -190,10 +189,15 @@ class TransformerLensBackend:
     # -- the corpus passes
 
     def enable_hooks(self, hooks) -> None:
-        """Turn on what makes `hooks` fire: `blocks.L.hook_mlp_in` (read by Gemma Scope 2
-        transcoders) fires only with TransformerLens's use_hook_mlp_in set."""
-        if any(_BLOCK_HOOK.match(h) and h.endswith(".hook_mlp_in") for h in hooks) and not self.model.cfg.use_hook_mlp_in:
+        """Turn on what makes `hooks` fire, only when asked (each costs a call per block and forward):
+        `blocks.L.hook_mlp_in` (read by Gemma Scope 2 transcoders) fires only with TransformerLens's
+        use_hook_mlp_in set; `blocks.L.mlp.hook_in` (circuit-tracer transcoders) is added."""
+        block_hooks = [h for h in hooks if _BLOCK_HOOK.match(h)]
+        if any(h.endswith(".hook_mlp_in") for h in block_hooks) and not self.model.cfg.use_hook_mlp_in:
             self.model.set_use_hook_mlp_in(True)
+        if any(h.endswith(".mlp.hook_in") for h in block_hooks):
+            add_mlp_input_hooks(self.model)
+            self.hook_names = set(self.model.hook_dict)
 
     def stop_layer(self, hooks: list[str]) -> int | None:
         """The first block the capturing forward need not run (None: run the whole model). A
