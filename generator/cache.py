@@ -12,7 +12,7 @@ import hashlib
 import os
 import shutil
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -273,9 +273,8 @@ def token_string(vocab: Sequence[str], token: int) -> str:
     return vocab[token] if 0 <= token < len(vocab) else f"<id {token}>"
 
 
-def vocab_covering(vocab: Sequence[str], tokens: Iterable[int]) -> list[str]:
-    """`vocab` extended so that every id in `tokens` indexes it (padded ids as `token_string`)."""
-    top = max((int(t) for t in tokens), default=-1)
+def vocab_covering(vocab: Sequence[str], top: int) -> list[str]:
+    """`vocab` extended so that every id up to `top` indexes it (padded ids as `token_string`)."""
     return list(vocab) + [token_string(vocab, t) for t in range(len(vocab), top + 1)]
 
 

@@ -111,7 +111,7 @@ def display_vocab(corpus_dir: str, *token_arrays: np.ndarray) -> tuple[str, ...]
     ids past the tokenizer (a padded d_vocab) read `<id N>`."""
     vocab = load_vocab(corpus_dir)
     top = max((int(np.max(a)) for a in token_arrays if a.size), default=-1)
-    return vocab if top < len(vocab) else tuple(vocab_covering(vocab, [top]))
+    return vocab if top < len(vocab) else tuple(vocab_covering(vocab, top))
 
 
 def _open_array(directory: str, name: str) -> np.ndarray | None:
