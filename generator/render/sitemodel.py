@@ -24,7 +24,7 @@ from sae_atlas.ids import SaeId
 from sae_atlas.manifest import Release, SaeSpec, SetSpec
 from sae_atlas.render import shards
 from sae_atlas.render.markup import clean_text, plain_text, render_markdown, safe_href
-from sae_atlas.sources.configs import pretrained_saes_directory
+from sae_atlas.sources.configs import pretrained_sae_entry
 
 NEURONPEDIA = "https://www.neuronpedia.org/"
 STAT_KEYS = ("l0", "dead", "dense", "explained_variance", "mse", "ce_loss_clean", "ce_loss_spliced", "ce_loss_delta")
@@ -239,14 +239,9 @@ def _snippet(release: Release, spec: SaeSpec) -> str:
 def neuronpedia_href(spec: SaeSpec) -> str | None:
     """Link to the SAE's page on Neuronpedia when SAELens's registry gives its id (a link only:
     the site itself never requests anything from another host)."""
-    if spec.sae_lens is None:
-        return None
-    release = pretrained_saes_directory().get(spec.sae_lens.release) or {}
-    for entry in release.get("saes") or ():
-        if str(entry.get("id")) == spec.sae_lens.id:
-            np_id = entry.get("neuronpedia")
-            return safe_href(NEURONPEDIA + quote(str(np_id), safe="/")) if np_id else None
-    return None
+    found = pretrained_sae_entry(spec.sae_lens.release, spec.sae_lens.id) if spec.sae_lens is not None else None
+    np_id = found[1].get("neuronpedia") if found else None
+    return safe_href(NEURONPEDIA + quote(str(np_id), safe="/")) if np_id else None
 
 
 def _corpus_label(release: Release) -> str:
