@@ -46,6 +46,20 @@ def make_padded_model_dir(directory: Path, text: str):
     return model, tokenizer
 
 
+def write_padded_release(content: Path, release: str, title: str, corpus: dict, compute: dict) -> None:
+    """content/releases/<release>.yaml: the padded model and its one SAE (res-pd, layer LAYER) on `corpus`."""
+    manifest = {
+        "release": release,
+        "title": title,
+        "model": {"id": "pad-2l", "path": "../models/pad-2l"},
+        "corpus": corpus,
+        "sets": [{"id": "res-pd", "hook": "blocks.{layer}.hook_resid_post", "saes": [{"layer": LAYER, "path": f"../saes/res/{LAYER}"}]}],
+        "compute": compute,
+    }
+    (content / "releases").mkdir(parents=True, exist_ok=True)
+    (content / "releases" / f"{release}.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+
+
 @pytest.fixture(scope="module")
 def padded_build(tmp_path_factory):
     root = tmp_path_factory.mktemp("padded")
@@ -54,17 +68,10 @@ def padded_build(tmp_path_factory):
     model, tokenizer = make_padded_model_dir(content / "models" / "pad-2l", text)
     make_corpus(content / "corpus" / "stories.txt", "txt", text=text)
     make_sae_dir(content / "saes" / "res" / str(LAYER), model.cfg.d_model, 32, "standard", HOOK, seed=3)
-    manifest = {
-        "release": "padded",
-        "title": "Padded vocabulary",
-        "model": {"id": "pad-2l", "path": "../models/pad-2l"},
-        "corpus": {"path": "../corpus/stories.txt", "prompts": 12, "context": 16},
-        "sets": [{"id": "res-pd", "hook": "blocks.{layer}.hook_resid_post", "saes": [{"layer": LAYER, "path": f"../saes/res/{LAYER}"}]}],
-        "compute": {"top_k": 4, "intervals": 2, "per_interval": 2, "histogram_bins": 6, "logits": LOGITS,
-                    "neighbours": 3, "context_before": 3, "context_after": 2, "umap_neighbours": 5, "ce_prompts": 2},
-    }
-    (content / "releases").mkdir(parents=True)
-    (content / "releases" / "padded.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+    write_padded_release(content, "padded", "Padded vocabulary", {"path": "../corpus/stories.txt", "prompts": 12, "context": 16}, {
+        "top_k": 4, "intervals": 2, "per_interval": 2, "histogram_bins": 6, "logits": LOGITS,
+        "neighbours": 3, "context_before": 3, "context_after": 2, "umap_neighbours": 5, "ce_prompts": 2,
+    })
     cache, site = root / "cache", root / "site"
     run = sae_atlas("build", "--content", content, "--cache", cache, "--out", site, "--quiet", "--device", "cpu", cwd=root)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -215,16 +222,8 @@ def test_a_pretokenized_corpus_with_padded_ids_computes_and_dumps_them(tmp_path)
     rows[0][5] = n_tok + 2  # a padded id for sure
     make_corpus(content / "corpus" / "tokens.jsonl", "tokens", tokens=rows)
     make_sae_dir(content / "saes" / "res" / str(LAYER), model.cfg.d_model, 16, "standard", HOOK, seed=3)
-    manifest = {
-        "release": "padded-tokens",
-        "title": "Padded ids in the corpus",
-        "model": {"id": "pad-2l", "path": "../models/pad-2l"},
-        "corpus": {"path": "../corpus/tokens.jsonl", "prompts": 8, "context": 12},
-        "sets": [{"id": "res-pd", "hook": "blocks.{layer}.hook_resid_post", "saes": [{"layer": LAYER, "path": f"../saes/res/{LAYER}"}]}],
-        "compute": {"top_k": 30, "context_before": 11, "context_after": 0, "umap_neighbours": 4, "ce_prompts": 0},
-    }
-    (content / "releases").mkdir(parents=True)
-    (content / "releases" / "padded-tokens.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+    write_padded_release(content, "padded-tokens", "Padded ids in the corpus", {"path": "../corpus/tokens.jsonl", "prompts": 8, "context": 12},
+                         {"top_k": 30, "context_before": 11, "context_after": 0, "umap_neighbours": 4, "ce_prompts": 0})
     cache = tmp_path / "cache"
     assert sae_atlas("check", "--content", content).returncode == 0
     run = sae_atlas("compute", "--content", content, "--cache", cache, "--quiet", "--device", "cpu")
