@@ -33,3 +33,19 @@ def assert_entry_matches_brute_force(entry, want: dict, context: int, label: str
     np.testing.assert_array_equal(entry["pos_logit_token"], np.argsort(-logits, 1, kind="stable")[:, :n], err_msg=label)
     np.testing.assert_allclose(entry["pos_logit_value"], -np.sort(-logits, 1)[:, :n], rtol=1e-4, atol=1e-5, err_msg=label)
     np.testing.assert_array_equal(entry["neg_logit_token"], np.argsort(logits, 1, kind="stable")[:, :n], err_msg=label)
+
+
+def compute_and_read(content, cache) -> tuple:
+    """Compute `content` (one release) into `cache` as the engine does in tests (CPU, PCA map,
+    batches of 4) and read back (the corpus tokens [prompts, context] as a torch tensor, {set id: entry})."""
+    import torch
+
+    from sae_atlas.cache import CacheStore, corpus_key, sae_key
+    from sae_atlas.compute import ComputeOptions, compute_releases
+    from sae_atlas.manifest import load_content
+
+    releases = load_content(content)
+    compute_releases(releases, cache, ComputeOptions(device="cpu", quiet=True, pca_map=True, batch_size=4))
+    store, release = CacheStore(cache), releases[0]
+    tokens = torch.from_numpy(np.array(store.corpus(corpus_key(release))["tokens"])).long()
+    return tokens, {spec.set_id: store.sae_entry(sae_key(release, spec)) for spec in release.saes()}

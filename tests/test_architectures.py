@@ -18,12 +18,12 @@ import pytest
 import torch
 import yaml
 
-from sae_atlas.cache import CacheStore, corpus_key, sae_key
+from sae_atlas.cache import CacheStore, corpus_key
 from sae_atlas.compute import ComputeOptions, compute_releases
 from sae_atlas.errors import InputError
 from sae_atlas.manifest import load_content
 from sae_atlas.sources.architectures import architecture_info
-from tests.brute import assert_entry_matches_brute_force
+from tests.brute import assert_entry_matches_brute_force, compute_and_read
 from tests.fixtures import build_fixture_content
 
 N_PROMPTS, CONTEXT, D_SAE, CE_PROMPTS = 10, 8, 24, 4
@@ -108,13 +108,7 @@ def built(tmp_path_factory):
         sae.save_model(str(f["dir"]))
         manifest["sets"].append({"id": f["set"], "title": f["arch"], "hook": f["hook"].replace(f".{LAYER}.", ".{layer}.", 1), "saes": [{"layer": LAYER, "path": f"../saes/{f['set']}"}]})
     manifest_path.write_text(yaml.safe_dump(manifest, sort_keys=False))
-    releases = load_content(content)
-    cache = root / "cache"
-    compute_releases(releases, cache, ComputeOptions(device="cpu", quiet=True, pca_map=True, batch_size=4))
-    store = CacheStore(cache)
-    release = releases[0]
-    tokens = torch.from_numpy(np.array(store.corpus(corpus_key(release))["tokens"])).long()
-    entries = {spec.set_id: store.sae_entry(sae_key(release, spec)) for spec in release.saes()}
+    tokens, entries = compute_and_read(content, root / "cache")
     return content, fixtures, tokens, entries
 
 

@@ -19,11 +19,8 @@ import pytest
 import torch
 import yaml
 
-from sae_atlas.cache import CacheStore, corpus_key, sae_key
-from sae_atlas.compute import ComputeOptions, compute_releases
-from sae_atlas.manifest import load_content
 from sae_atlas.sources.configs import hook_width, valid_hooks
-from tests.brute import assert_entry_matches_brute_force
+from tests.brute import assert_entry_matches_brute_force, compute_and_read
 from tests.conftest import sae_atlas
 from tests.fixtures import MODEL_ID, _json_ok, build_fixture_content, load_reference_model, load_reference_sae, model_config
 
@@ -90,13 +87,7 @@ def built(tmp_path_factory):
         _make_transcoder(arch, d_model, seed).save_model(str(dirs[set_id]))
         manifest["sets"].append({"id": set_id, "title": arch, "hook": "blocks.{layer}.mlp.hook_in", "saes": [{"layer": LAYER, "path": f"../saes/{set_id}"}]})
     manifest_path.write_text(yaml.safe_dump(manifest, sort_keys=False))
-    releases = load_content(content)
-    cache = root / "cache"
-    compute_releases(releases, cache, ComputeOptions(device="cpu", quiet=True, pca_map=True, batch_size=4))
-    store = CacheStore(cache)
-    release = releases[0]
-    tokens = torch.from_numpy(np.array(store.corpus(corpus_key(release))["tokens"])).long()
-    entries = {spec.set_id: store.sae_entry(sae_key(release, spec)) for spec in release.saes()}
+    tokens, entries = compute_and_read(content, root / "cache")
     return content, dirs, tokens, entries
 
 
