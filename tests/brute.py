@@ -49,3 +49,19 @@ def compute_and_read(content, cache) -> tuple:
     store, release = CacheStore(cache), releases[0]
     tokens = torch.from_numpy(np.array(store.corpus(corpus_key(release))["tokens"])).long()
     return tokens, {spec.set_id: store.sae_entry(sae_key(release, spec)) for spec in release.saes()}
+
+
+def brute_force_result(acts, target, recon, logits, ce: tuple) -> dict:
+    """The `want` of `assert_entry_matches_brute_force` from torch tensors computed directly:
+    acts [..., F], the activation the SAE writes `target` and its reconstruction `recon` [..., d],
+    logits [F, d_vocab], ce = (clean, spliced) mean losses."""
+    t = target.reshape(-1, target.shape[-1]).double()
+    r = recon.reshape(t.shape).double()
+    sse = float(((t - r) ** 2).sum())
+    return {
+        "acts": acts.reshape(-1, acts.shape[-1]).numpy(),
+        "mse": sse / t.numel(),
+        "explained_variance": 1.0 - sse / float(((t - t.mean(0)) ** 2).sum()),
+        "logits": logits.numpy(),
+        "ce": (float(ce[0]), float(ce[1])),
+    }

@@ -23,7 +23,7 @@ from sae_atlas.compute import ComputeOptions, compute_releases
 from sae_atlas.errors import InputError
 from sae_atlas.manifest import load_content
 from sae_atlas.sources.architectures import architecture_info
-from tests.brute import assert_entry_matches_brute_force, compute_and_read
+from tests.brute import assert_entry_matches_brute_force, brute_force_result, compute_and_read
 from tests.fixtures import build_fixture_content
 
 N_PROMPTS, CONTEXT, D_SAE, CE_PROMPTS = 10, 8, 24, 4
@@ -164,16 +164,7 @@ def _brute(content: Path, f: dict, tokens: torch.Tensor) -> dict:
         ce_tokens = tokens[:CE_PROMPTS]
         clean = model(ce_tokens, return_type="loss", loss_per_token=True).double().mean()
         spliced = model.run_with_hooks(ce_tokens, return_type="loss", loss_per_token=True, fwd_hooks=[(f["hook"], keep), (f["hook_out"], splice)]).double().mean()
-    t = target.reshape(-1, target.shape[-1]).double()
-    r = recon.reshape(t.shape).double()
-    sse = float(((t - r) ** 2).sum())
-    return {
-        "acts": acts.reshape(-1, acts.shape[-1]).numpy(),
-        "mse": sse / t.numel(),
-        "explained_variance": 1.0 - sse / float(((t - t.mean(0)) ** 2).sum()),
-        "logits": logits.numpy(),
-        "ce": (float(clean), float(spliced)),
-    }
+    return brute_force_result(acts, target, recon, logits, (clean, spliced))
 
 
 def test_every_registered_architecture_is_supported_or_refused():

@@ -20,7 +20,7 @@ import torch
 import yaml
 
 from sae_atlas.sources.configs import hook_width, valid_hooks
-from tests.brute import assert_entry_matches_brute_force, compute_and_read
+from tests.brute import assert_entry_matches_brute_force, brute_force_result, compute_and_read
 from tests.conftest import sae_atlas
 from tests.fixtures import MODEL_ID, _json_ok, build_fixture_content, load_reference_model, load_reference_sae, model_config
 
@@ -140,16 +140,7 @@ def _brute(content: Path, sae_dir: Path, tokens: torch.Tensor, read: str = "mlp_
         finally:
             if read == "mlp_input":
                 handle.remove()
-    t = target.reshape(-1, target.shape[-1]).double()
-    r = recon.reshape(t.shape).double()
-    sse = float(((t - r) ** 2).sum())
-    return {
-        "acts": acts.reshape(-1, acts.shape[-1]).numpy(),
-        "mse": sse / t.numel(),
-        "explained_variance": 1.0 - sse / float(((t - t.mean(0)) ** 2).sum()),
-        "logits": logits.numpy(),
-        "ce": (float(clean), float(spliced)),
-    }
+    return brute_force_result(acts, target, recon, logits, (clean, spliced))
 
 
 def test_transcoders_on_the_mlp_input_match_brute_force(built):
