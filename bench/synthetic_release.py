@@ -11,6 +11,7 @@ features/s, and the transfer for opening one feature (its shard + the prompt sha
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -22,6 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from sae_atlas import stats as statistics  # noqa: E402
 from sae_atlas.cache import CacheStore, corpus_key, sae_key, set_key, write_entry  # noqa: E402
 from sae_atlas.manifest import ComputeSettings, CorpusSpec, ModelSpec, Release, SaeLensRef, SaeSpec, SetSpec  # noqa: E402
 
@@ -85,67 +87,14 @@ def write_corpus(store: CacheStore, release: Release, vocab_size: int, seed: int
     )
 
 
-def _windows(values: np.ndarray, positions: np.ndarray, used: np.ndarray, s: ComputeSettings, context: int, rng) -> np.ndarray:
-    """f16 windows: the peak at the centre plus a few smaller activations nearby (~8% of slots)."""
-    w = s.window
-    shape = values.shape + (w,)
-    extra = (rng.random(shape) < 0.08) * rng.random(shape) * values[..., None]
-    extra[..., s.context_before] = values
-    token = positions[..., None] - s.context_before + np.arange(w)
-    extra[(token < 0) | (token >= context) | ~used[..., None]] = 0
-    return extra.astype(np.float16)
-
-
 def write_sae(store: CacheStore, release: Release, spec: SaeSpec, d_sae: int, vocab_size: int, seed: int) -> None:
+    """An SAE entry as compute writes it, with every statistic's arrays from its `fake`."""
     rng = np.random.default_rng(seed)
     s, c = release.compute, release.corpus
     n_tokens = c.prompts * c.context
-    dead = rng.random(d_sae) < 0.02
-    density = np.where(dead, 0.0, 10 ** rng.uniform(-5, -1, d_sae)).astype(np.float32)
-    nonzero = np.round(density.astype(np.float64) * n_tokens).astype(np.int64)
-    density = (nonzero / n_tokens).astype(np.float32)
-    dead = nonzero == 0
-    max_act = np.where(dead, 0, rng.lognormal(1.5, 0.8, d_sae)).astype(np.float32)
-    used_top = (np.arange(s.top_k)[None, :] < np.minimum(nonzero, s.top_k)[:, None])
-    top_value = np.sort(rng.uniform(0.4, 1.0, (d_sae, s.top_k)), axis=1)[:, ::-1] * max_act[:, None]
-    top_value[:, 0] = max_act
-    top_value = np.where(used_top, top_value, 0).astype(np.float32)
-    top_prompt = np.where(used_top, rng.integers(0, c.prompts, (d_sae, s.top_k)), -1).astype(np.int32)
-    top_position = np.where(used_top, rng.integers(0, c.context, (d_sae, s.top_k)), 0).astype(np.int32)
-    shape = (d_sae, s.intervals, s.per_interval)
-    used_int = np.broadcast_to(~dead[:, None, None], shape)
-    frac = (np.arange(s.intervals)[None, :, None] + rng.random(shape)) / s.intervals
-    int_value = np.where(used_int, frac * max_act[:, None, None], 0).astype(np.float32)
-    int_prompt = np.where(used_int, rng.integers(0, c.prompts, shape), -1).astype(np.int32)
-    int_position = np.where(used_int, rng.integers(0, c.context, shape), 0).astype(np.int32)
-    histogram = np.where(dead[:, None], 0, rng.poisson(200, (d_sae, s.histogram_bins)) * np.exp(-np.arange(s.histogram_bins) / 8))
-    centres = rng.normal(0, 6, (40, 2))
-    cluster = rng.integers(0, 40, d_sae).astype(np.int32)
-    umap = (centres[cluster] + rng.normal(0, 1, (d_sae, 2))).astype(np.float32)
-    logit_shape = (d_sae, s.logits)
-    arrays = {
-        "max_activation": max_act,
-        "nonzero_count": nonzero,
-        "density": density,
-        "top_value": top_value,
-        "top_prompt": top_prompt,
-        "top_position": top_position,
-        "top_window": _windows(top_value, top_position, used_top, s, c.context, rng),
-        "interval_value": int_value,
-        "interval_prompt": int_prompt,
-        "interval_position": int_position,
-        "interval_window": _windows(int_value, int_position, used_int, s, c.context, rng),
-        "histogram": histogram.astype(np.int64),
-        "pos_logit_token": rng.integers(0, vocab_size, logit_shape).astype(np.int32),
-        "pos_logit_value": np.sort(rng.uniform(0.2, 1.5, logit_shape), axis=1)[:, ::-1].astype(np.float32),
-        "neg_logit_token": rng.integers(0, vocab_size, logit_shape).astype(np.int32),
-        "neg_logit_value": np.sort(-rng.uniform(0.2, 1.5, logit_shape), axis=1).astype(np.float32),
-        "neighbour_index": rng.integers(0, d_sae, (d_sae, s.neighbours)).astype(np.int32),
-        "neighbour_cosine": np.sort(rng.uniform(0.05, 0.7, (d_sae, s.neighbours)), axis=1)[:, ::-1].astype(np.float32),
-        "umap": umap,
-        "cluster": cluster,
-    }
-    counts, edges = np.histogram(np.log10(density[~dead]), bins=50)
+    ctx = statistics.FakeContext(rng, d_sae, s, c.prompts, c.context, vocab_size)
+    arrays = statistics.fake_arrays(ctx)
+    density, dead = arrays["density"], arrays["nonzero_count"] == 0
     meta = {
         "sae_id": spec.id,
         "release": release.id,
@@ -153,13 +102,18 @@ def write_sae(store: CacheStore, release: Release, spec: SaeSpec, d_sae: int, vo
         "set": spec.set_id,
         "layer": spec.layer,
         "hook": spec.hook,
+        "hook_out": spec.hook,
         "architecture": "standard",
         "d_in": 768,
         "d_sae": d_sae,
+        "d_out": 768,
         "dtype": "float32",
         "n_tokens": n_tokens,
+        "n_prompts": c.prompts,
+        "context": c.context,
         "corpus_key": corpus_key(release),
-        "settings": {k: getattr(s, k) for k in s.__dataclass_fields__},
+        "settings": dataclasses.asdict(s),
+        "map": "umap",
         "stats": {
             "l0": float(density.sum()),
             "dead": int(dead.sum()),
@@ -170,8 +124,8 @@ def write_sae(store: CacheStore, release: Release, spec: SaeSpec, d_sae: int, vo
             "ce_loss_spliced": 3.4,
             "ce_loss_delta": 0.1,
         },
-        "density_histogram": {"edges": edges.tolist(), "counts": counts.tolist()},
     }
+    meta["statistics"] = statistics.signatures(statistics.wanted(meta, s), s)
     write_entry(store.sae_dir(sae_key(release, spec)), meta, arrays)
 
 

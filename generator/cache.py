@@ -7,7 +7,6 @@ entry is corrupt: it is reported and treated as missing (so it is recomputed, ne
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import os
 import shutil
@@ -19,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 
+from sae_atlas import stats as statistics
 from sae_atlas.errors import AtlasError
 from sae_atlas.ids import parse_feature_id
 from sae_atlas.manifest import Release, SaeSpec, SetSpec
@@ -93,7 +93,9 @@ def sae_identity(sae: SaeSpec) -> str:
 
 
 def sae_key(release: Release, sae: SaeSpec, dtype: str = DEFAULT_DTYPE) -> str:
-    """Key of an SAE's statistics; `dtype` is the model's compute dtype (results differ per dtype)."""
+    """Key of an SAE's statistics; `dtype` is the model's compute dtype (results differ per dtype).
+    It covers what the corpus passes depend on; the statistics computed after them are recorded
+    with their versions and settings in the entry (`sae_atlas.stats.stale`)."""
     weights = sae_identity(sae)
     return _key(
         "sae",
@@ -102,7 +104,8 @@ def sae_key(release: Release, sae: SaeSpec, dtype: str = DEFAULT_DTYPE) -> str:
         weights,
         corpus_key(release),
         sae.hook,
-        dataclasses.asdict(release.compute),
+        statistics.corpus_settings(release.compute),
+        statistics.corpus_signature(),
         dtype,
     )
 
@@ -278,75 +281,15 @@ def vocab_covering(vocab: Sequence[str], top: int) -> list[str]:
     return list(vocab) + [token_string(vocab, t) for t in range(len(vocab), top + 1)]
 
 
-def _clip_window(entry: Entry, tokens: np.ndarray, vocab: list[str], prompt: int, position: int, value: float, window: np.ndarray) -> dict:
-    """One example as in `sae-atlas dump`: the stored window clipped to its prompt."""
-    before = int(entry.meta["settings"]["context_before"])
-    context = tokens.shape[1]
-    start = max(0, position - before)
-    stop = min(context, position - before + len(window))
-    ids = [int(t) for t in tokens[prompt, start:stop]]
-    return {
-        "prompt": prompt,
-        "position": position,
-        "activation": float(value),
-        "tokens": ids,
-        "token_strings": [token_string(vocab, t) for t in ids],
-        "activations": [float(a) for a in window[start - (position - before) : stop - (position - before)]],
-    }
-
-
 def feature_record(entry: Entry, tokens: np.ndarray, vocab: list[str], index: int) -> dict:
-    """The computed record of feature `index` of an SAE entry (the `sae-atlas dump` format)."""
+    """The computed record of feature `index` of an SAE entry (the `sae-atlas dump` format): each
+    statistic's keys (`sae_atlas.stats`), in registry order."""
     m = entry.meta
     d_sae = int(m["d_sae"])
     if not 0 <= index < d_sae:
         raise AtlasError(f"feature index {index} out of range for {m['sae_id']}; expected 0 <= index < {d_sae}")
-    a = entry.arrays
-    mx = float(a["max_activation"][index])
-
-    def examples(value: np.ndarray, prompt: np.ndarray, position: np.ndarray, window: np.ndarray) -> list[dict]:
-        return [
-            _clip_window(entry, tokens, vocab, int(prompt[j]), int(position[j]), float(value[j]), np.asarray(window[j], np.float32))
-            for j in range(len(prompt))
-            if prompt[j] >= 0
-        ]
-
-    intervals = int(m["settings"]["intervals"])
-    interval_examples = [
-        {
-            "lo": mx * i / intervals,
-            "hi": mx * (i + 1) / intervals,
-            "examples": examples(a["interval_value"][index, i], a["interval_prompt"][index, i], a["interval_position"][index, i], a["interval_window"][index, i]),
-        }
-        for i in range(intervals)
-    ]
-    counts = [int(c) for c in a["histogram"][index]]
-    bins = len(counts)
-
-    def logits(token: np.ndarray, value: np.ndarray) -> list[dict]:
-        return [
-            {"token": int(t), "token_string": token_string(vocab, int(t)), "value": float(v)}
-            for t, v in zip(token, value)
-            if t >= 0
-        ]
-
-    return {
-        "sae": m["sae_id"],
-        "index": index,
-        "max_activation": mx,
-        "density": float(a["density"][index]),
-        "top_examples": examples(a["top_value"][index], a["top_prompt"][index], a["top_position"][index], a["top_window"][index]),
-        "interval_examples": interval_examples,
-        "histogram": {"edges": [mx * i / bins for i in range(bins + 1)], "counts": counts},
-        "positive_logits": logits(a["pos_logit_token"][index], a["pos_logit_value"][index]),
-        "negative_logits": logits(a["neg_logit_token"][index], a["neg_logit_value"][index]),
-        "neighbours": [
-            {"index": int(i), "cosine": float(c)}
-            for i, c in zip(a["neighbour_index"][index], a["neighbour_cosine"][index])
-            if i >= 0
-        ],
-        "umap": {"x": float(a["umap"][index, 0]), "y": float(a["umap"][index, 1]), "cluster": int(a["cluster"][index])},
-    }
+    ctx = statistics.DumpContext(m, tokens, vocab)
+    return {"sae": m["sae_id"], "index": index, **statistics.dump(entry.arrays, index, ctx)}
 
 
 def dump_feature(releases: list[Release], cache_root: Path, feature: str, dtype: str = DEFAULT_DTYPE) -> dict:

@@ -125,6 +125,8 @@ class ComputeSettings:
     umap_epochs: int = 200  # umap-learn's own default above 10,000 points (500 below)
     seed: int = 0
     ce_prompts: int = 32
+    prompt_view: int = 256  # the first N corpus prompts get each token's strongest features (prompt view)
+    prompt_features: int = 3  # features kept per token and SAE for the prompt view
 
     @property
     def window(self) -> int:
@@ -174,6 +176,8 @@ COMPUTE_MINIMUM = {
     "umap_epochs": 1,
     "seed": 0,
     "ce_prompts": 0,
+    "prompt_view": 0,
+    "prompt_features": 1,
 }
 # Top-level names the site itself uses; a release or model with one of these ids would overwrite them.
 RESERVED_IDS = frozenset({"static", "corpus", "index.html", "search-index.js"})

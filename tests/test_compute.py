@@ -43,7 +43,7 @@ SETS = (
     ("att-st", "blocks.{layer}.attn.hook_z", "standard", (1,)),
 )
 # The wide release samples intervals with a seed other than 0 (seed 0 zeroes terms of the hash).
-WIDE_COMPUTE = dict(FIXTURE_COMPUTE, seed=7)
+WIDE_COMPUTE = dict(FIXTURE_COMPUTE, seed=7, prompt_view=5, prompt_features=2)
 # Only hooks that end at block 2's input: the capturing forward stops there and blocks.2.hook_resid_pre
 # is what it returns (that hook never fires).
 PRE_SETS = (
@@ -219,8 +219,6 @@ def test_max_density_and_reconstruction_stats_match_brute_force(case):
         assert stats["dead"] == int(((flat > 0).sum(0) == 0).sum())
         assert entry.meta["n_tokens"] == N_PROMPTS * CONTEXT == n
         assert (entry.meta["d_in"], entry.meta["d_sae"]) == (xf.shape[1], d_sae)
-        hist = entry.meta["density_histogram"]
-        assert sum(hist["counts"]) + hist["dead"] == d_sae
 
 
 def test_top_examples_follow_the_documented_order_with_windows(case):
@@ -245,6 +243,23 @@ def test_top_examples_follow_the_documented_order_with_windows(case):
                 expected = padded[t : t + before + 1 + after].astype(np.float16)
                 np.testing.assert_array_equal(entry["top_window"][f, j], expected)
     assert ties_seen > 0  # the fixture corpus repeats prompts, so exact ties occur
+
+
+def test_prompt_view_keeps_each_tokens_strongest_features(case):
+    s = case.release.compute
+    for sae_id, entry in case.entries.items():
+        acts = case.acts[sae_id][0].numpy()
+        p_count, t_count, _ = acts.shape
+        n_view = min(s.prompt_view, p_count)
+        assert entry["prompt_feature"].shape == entry["prompt_value"].shape == (n_view, t_count, s.prompt_features)
+        for p in range(n_view):
+            for t in range(t_count):
+                a = acts[p, t]
+                order = sorted((f for f in range(a.size) if a[f] > 0), key=lambda f: (-a[f], f))[: s.prompt_features]
+                n = len(order)
+                np.testing.assert_array_equal(entry["prompt_feature"][p, t, :n], order, err_msg=f"{sae_id} {p} {t}")
+                np.testing.assert_array_equal(entry["prompt_value"][p, t, :n], a[order])
+                assert (entry["prompt_feature"][p, t, n:] == -1).all() and (entry["prompt_value"][p, t, n:] == 0).all()
 
 
 def test_histogram_counts_the_firing_activations_in_equal_bins_up_to_the_max(case):
@@ -553,8 +568,8 @@ def test_dump_prints_the_feature_record(built):
         capture_output=True, text=True, env=env, cwd=ROOT, check=True,
     )
     record = json.loads(out.stdout)
-    assert list(record) == ["sae", "index", "max_activation", "density", "top_examples", "interval_examples",
-                            "histogram", "positive_logits", "negative_logits", "neighbours", "umap"]
+    assert list(record) == ["sae", "index", "max_activation", "density", "histogram", "positive_logits",
+                            "negative_logits", "neighbours", "top_examples", "interval_examples", "umap"]
     assert record["sae"] == sae_id and record["index"] == f
     assert record["max_activation"] == pytest.approx(float(entry["max_activation"][f]))
     tokens = np.asarray(CacheStore(cache).corpus(corpus_key(releases[0]))["tokens"])

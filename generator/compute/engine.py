@@ -38,20 +38,13 @@ from sae_atlas.compute.options import ComputeOptions, chunk_elements, default_ba
 from sae_atlas.compute.replay import Replay, replay_budget
 from sae_atlas.compute.stats import FeatureStats, SparseActs
 from sae_atlas.backends import CeSae
-from sae_atlas.compute.weights import (
-    cluster_ids,
-    cosine_neighbours,
-    density_histogram,
-    logit_effects,
-    map_method,
-    umap_coords,
-    umap_neighbour_count,
-)
+from sae_atlas.compute.weights import cosine_neighbours, umap_neighbour_count
 from sae_atlas.errors import AtlasError, InputError, Problem
 from sae_atlas.manifest import Release, SaeSpec, SetSpec
 from sae_atlas.sources.corpus import Corpus, load_corpus, prepend_bos_problem
 from sae_atlas.sources.model import load_model, load_tokenizer, resolve_device
 from sae_atlas.sources.sae import load_sae
+from sae_atlas import stats as statistics
 
 DENSE_THRESHOLD = 0.1  # a feature firing on more than this fraction of tokens counts as dense
 CROSS_NEIGHBOURS = 3
@@ -109,18 +102,25 @@ def compute_releases(releases: list[Release], cache_root: Path, options: Compute
     for group in groups.values():
         release = group[0].release
         corpus = load_corpus(release, store.root, lambda: load_tokenizer(release.model))
-        pending = []
+        pending, top_up = [], []
         for job in group:
-            if store.sae_entry(job.key) is not None:
-                report.cached.append(job.id)
-                # A run killed between writing the entry and deleting its checkpoint leaves both.
-                shutil.rmtree(store.partial_dir(job.key), ignore_errors=True)
-            else:
+            entry = store.sae_entry(job.key)
+            if entry is None:
                 pending.append(job)
-        if not pending:
+                continue
+            # A run killed between writing the entry and deleting its checkpoint leaves both.
+            shutil.rmtree(store.partial_dir(job.key), ignore_errors=True)
+            if statistics.stale(entry.meta, job.release.compute):
+                top_up.append((job, entry))
+            else:
+                report.cached.append(job.id)
+        if not pending and not top_up:
             continue  # every SAE of this model is cached: the model is not loaded
         device = device or resolve_device(options.device)
-        _compute_group(pending, corpus, store, options, device, report)
+        if pending:
+            _compute_group(pending, corpus, store, options, device, report)
+        if top_up:
+            _top_up(top_up, corpus, store, options, device, report)
 
     owned = {job.id for job in jobs}
     for release in releases:
@@ -379,30 +379,57 @@ def _forward_capture(model, tokens: torch.Tensor, hooks: list[str]) -> dict[str,
 # -- finishing an SAE -----------------------------------------------------------------------------
 
 
+@dataclass
+class StatContext:
+    """What a weights- or model-stage statistic (`sae_atlas.stats`) computes from: the SAE, its
+    model, the settings, the entry's arrays so far and its meta (which a statistic may extend)."""
+
+    sae: object  # sae_atlas.backends.SaeModule
+    model: object  # sae_atlas.backends.ModelBackend
+    settings: object  # ComputeSettings
+    arrays: dict
+    meta: dict
+    corpus: Corpus
+    options: ComputeOptions
+    memo: dict = field(default_factory=dict)
+
+    @property
+    def pca_map(self) -> bool:
+        return self.options.pca_map
+
+    @functools.cached_property
+    def w_dec(self) -> torch.Tensor:
+        return self.sae.W_dec.detach().float()
+
+    def output_map(self) -> torch.Tensor | None:
+        """The map of the SAE's output hook into the residual stream (None when there is none)."""
+        out_map = self.model.output_map(self.sae.hook_out, self.sae.head_index)
+        return None if out_map is not None and out_map.shape[0] != self.w_dec.shape[1] else out_map
+
+    def decoder_knn(self) -> tuple[np.ndarray, np.ndarray]:
+        """Each feature's nearest other features by decoder cosine, as many as the neighbours shown
+        and the map's neighbour graph need (one search serves both)."""
+        if "knn" not in self.memo:
+            s = self.settings
+            k_map = umap_neighbour_count(self.w_dec.shape[0], s.umap_neighbours)
+            self.memo["knn"] = cosine_neighbours(self.w_dec, self.w_dec, max(s.neighbours, k_map - 1), exclude_self=True)
+        return self.memo["knn"]
+
+
+def _compute_later_stats(ctx: StatContext, todo: list[statistics.Statistic]) -> None:
+    """The weights- and model-stage statistics in `todo`, added to ctx.arrays."""
+    for stat in todo:
+        made = stat.compute(ctx)
+        missing = set(stat.arrays) - set(made)
+        if missing:
+            raise AtlasError(f"statistic {stat.name} did not compute {', '.join(sorted(missing))}")
+        ctx.arrays.update(made)
+
+
 def _finish(r: _Running, model, corpus: Corpus, store: CacheStore, ce: tuple[float | None, float | None], options: ComputeOptions) -> None:
     job, s, sae = r.job, r.job.release.compute, r.sae
     arrays = r.stats.feature_arrays()
     n_tokens = int(r.stats.n_tokens)
-    w_dec = sae.W_dec.detach().float()
-
-    # Logit effects of what the SAE writes, through the map of its output hook into the residual stream.
-    out_map = model.output_map(sae.hook_out, sae.head_index)
-    if out_map is not None and out_map.shape[0] != w_dec.shape[1]:
-        out_map = None
-    pos_t, pos_v, neg_t, neg_v = logit_effects(w_dec, out_map, model.unembedding(), s.logits)
-    # One decoder-cosine search serves the neighbours shown and the map's neighbour graph.
-    k_map = umap_neighbour_count(w_dec.shape[0], s.umap_neighbours)
-    nb_index, nb_cos = cosine_neighbours(w_dec, w_dec, max(s.neighbours, k_map - 1), exclude_self=True)
-    method = map_method(w_dec.shape[0], options.pca_map)
-    knn = (nb_index[:, : k_map - 1], nb_cos[:, : k_map - 1])
-    coords = umap_coords(w_dec.cpu(), s.umap_neighbours, s.seed, method, epochs=s.umap_epochs, knn=knn)
-    nb_index, nb_cos = np.ascontiguousarray(nb_index[:, : s.neighbours]), np.ascontiguousarray(nb_cos[:, : s.neighbours])
-    arrays.update(
-        pos_logit_token=pos_t, pos_logit_value=pos_v, neg_logit_token=neg_t, neg_logit_value=neg_v,
-        neighbour_index=nb_index, neighbour_cosine=nb_cos,
-        umap=coords, cluster=cluster_ids(coords, s.seed),
-    )
-
     ce_clean, ce_spliced = ce
     stats = r.stats.reconstruction_stats()
     density = arrays["density"]
@@ -435,11 +462,48 @@ def _finish(r: _Running, model, corpus: Corpus, store: CacheStore, ce: tuple[flo
         "corpus_key": corpus.key,
         "settings": dataclasses.asdict(s),
         "stats": stats,
-        "density_histogram": density_histogram(density, n_tokens),
-        "map": method,
     }
+    wanted = statistics.wanted(meta, s)
+    ctx = StatContext(sae, model, s, arrays, meta, corpus, options)
+    _compute_later_stats(ctx, [stat for stat in wanted if stat.stage not in statistics.CORPUS_STAGES])
+    meta["statistics"] = statistics.signatures(wanted, s)
     write_entry(store.sae_dir(job.key), meta, arrays)
     shutil.rmtree(store.partial_dir(job.key), ignore_errors=True)
+
+
+def _top_up(jobs: list[tuple[SaeJob, object]], corpus: Corpus, store: CacheStore, options: ComputeOptions, device: str, report: ComputeReport) -> None:
+    """Entries whose corpus passes are current but which lack statistics computed after them (new,
+    of another version, or of other settings): those alone are computed, and the entry rewritten."""
+    by_kwargs: dict[str, list] = {}
+    with torch.inference_mode():
+        for job, entry in jobs:
+            sae = load_sae(job.spec, device, "float32")
+            by_kwargs.setdefault(orjson.dumps(sae.model_kwargs, option=orjson.OPT_SORT_KEYS).decode(), []).append((job, entry, sae))
+        for members in by_kwargs.values():
+            release = members[0][0].release
+            model = load_model(release.model, device, options.dtype, members[0][2].model_kwargs, options.quiet)
+            for job, entry, sae in members:
+                settings = job.release.compute
+                todo = statistics.stale(entry.meta, settings)
+                if any(stat.stage in statistics.CORPUS_STAGES for stat in todo):
+                    raise AtlasError(f"{job.id}: cache entry {entry.path} lacks corpus statistics its key covers; delete it to recompute")
+                if not options.quiet:
+                    print(f"{job.id}: computing {', '.join(s.name for s in todo)} (the corpus passes are cached)", file=sys.stderr)
+                arrays = {name: np.asarray(a) for name, a in entry.arrays.items()}
+                meta = {k: v for k, v in entry.meta.items() if k not in ("format", "files")}
+                meta["settings"] = dataclasses.asdict(settings)
+                ctx = StatContext(sae, model, settings, arrays, meta, corpus, options)
+                _compute_later_stats(ctx, todo)
+                kept = statistics.wanted(meta, settings)
+                names = set(statistics.arrays_of(kept))
+                meta["statistics"] = statistics.signatures(kept, settings)
+                write_entry(store.sae_dir(job.key), meta, {k: v for k, v in arrays.items() if k in names or not _is_stat_array(k)})
+                report.computed.append(job.id)
+            del model
+
+
+def _is_stat_array(name: str) -> bool:
+    return name in statistics.ALL_ARRAYS
 
 
 # -- cross-layer neighbours of a Set --------------------------------------------------------------

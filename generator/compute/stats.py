@@ -213,7 +213,7 @@ class FeatureStats:
 
     STATE = (
         "max_activation", "nonzero_count", "top_key", "top_window", "histogram", "interval_key",
-        "interval_window", "sum_x", "sum_sq_x", "sum_sq_err", "sum_l0", "n_tokens",
+        "interval_window", "sum_x", "sum_sq_x", "sum_sq_err", "sum_l0", "n_tokens", "prompt_top_key",
     )
 
     def __init__(self, n_features: int, d_in: int, context: int, settings: ComputeSettings, device: str):
@@ -235,6 +235,10 @@ class FeatureStats:
         self.sum_sq_err = torch.zeros((), **i64)  # fixed point, SCALE_SQ
         self.sum_l0 = torch.zeros((), **i64)
         self.n_tokens = torch.zeros((), **i64)
+        # The prompt view: per token of the first `prompt_view` prompts, its strongest features (key
+        # = activation bits << 32 | (2**32 - 1 - feature): the lower feature first on ties).
+        self.view_tokens = max(0, s.prompt_view) * context
+        self.prompt_top_key = torch.full((self.view_tokens, s.prompt_features), -1, **i64)
         self.pass_no = 1
         self.prompts_done = 0
 
@@ -262,6 +266,18 @@ class FeatureStats:
         token, feature = token[enter], feature[enter]
         keys = activation_keys(value[enter], g[enter])
         merge_examples(self.top_key, self.top_window, feature, keys, windows, token, feature)
+        self._update_prompt_view(g, acts.feature, acts.value)
+
+    def _update_prompt_view(self, g: torch.Tensor, feature: torch.Tensor, value: torch.Tensor) -> None:
+        """Each token of the viewed prompts is in one batch only: its top features are final here."""
+        k = self.prompt_top_key.shape[1]
+        viewed = g < self.view_tokens
+        if k == 0 or not bool(viewed.any()):
+            return
+        g, feature, value = g[viewed], feature[viewed], value[viewed]
+        keys = activation_keys(value, feature)
+        entry, rank = segmented_top(g, keys, k)
+        self.prompt_top_key[g[entry], rank] = keys[entry]
 
     # -- pass 2 ------------------------------------------------------------------------------
     def update_pass2(self, acts: SparseActs, windows: Windows) -> None:
@@ -308,6 +324,9 @@ class FeatureStats:
             return values, prompt, position, windows
 
         top = examples(self.top_key, self.top_window, key_value(self.top_key))
+        n_view = min(self.view_tokens // max(t, 1), int(self.n_tokens) // max(t, 1))
+        view = self.prompt_top_key[: n_view * t]
+        view_valid = view >= 0
         iv = examples(self.interval_key, self.interval_window, self.interval_window[..., s.context_before])
         i_s = (f, s.intervals, s.per_interval)
         return {
@@ -323,6 +342,8 @@ class FeatureStats:
             "interval_position": iv[2].reshape(i_s),
             "interval_window": iv[3].reshape(i_s + (s.window,)),
             "histogram": self.histogram.reshape(f, s.histogram_bins).cpu().numpy().astype(np.int64),
+            "prompt_feature": torch.where(view_valid, key_token(view), -1).to(torch.int32).reshape(n_view, t, -1).cpu().numpy(),
+            "prompt_value": torch.where(view_valid, key_value(view.clamp_min(0)), 0.0).reshape(n_view, t, -1).cpu().numpy().astype(np.float32),
         }
 
     def reconstruction_stats(self) -> dict[str, float]:

@@ -150,11 +150,3 @@ def cluster_ids(coords: np.ndarray, seed: int, max_clusters: int = 20, iteration
     remap[order] = np.arange(k, dtype=np.int32)
     return remap[labels].astype(np.int32)
 
-
-def density_histogram(density: np.ndarray, n_tokens: int, bins: int = 40) -> dict:
-    """Histogram of log10 density over the features that fire; edges span [log10(1/n_tokens), 0]."""
-    lo = float(np.floor(np.log10(1.0 / max(n_tokens, 1)))) if n_tokens > 1 else -1.0
-    edges = np.linspace(lo, 0.0, bins + 1)
-    live = density[density > 0].astype(np.float64)
-    counts, _ = np.histogram(np.log10(live), bins=edges)
-    return {"edges": [round(float(e), 6) for e in edges], "counts": [int(c) for c in counts], "dead": int((density <= 0).sum())}

@@ -197,7 +197,6 @@ def sae_context(r: ReleaseModel, s: SetModel, sae: SaeModel) -> dict:
             "corpus": sae.corpus_label,
         },
         "stats": sae.stats,
-        "density_histogram": meta.get("density_histogram"),
         "snippet": sae.snippet,
         "links": links,
         "set_saes": [{"id": o.id, "href": ids.relative(page, o.page), "label": f"L{o.spec.layer}"} for o in s.saes],

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import gc
-import math
 import operator
 import posixpath
 from dataclasses import dataclass, field
@@ -19,11 +18,12 @@ from pathlib import Path
 import numpy as np
 import orjson
 
+from sae_atlas import stats as statistics
 from sae_atlas.cache import vocab_covering
 from sae_atlas.render.markup import clean_text
 from sae_atlas.render.write import SiteWriter
+from sae_atlas.stats.common import round_sig
 
-SIGNIFICANT_DIGITS = 4
 # Sizing (see docs/BENCHMARKS.md): a feature shard of ~16 records is ~40 KB and a prompt shard of
 # 2 x 128 tokens ~2 KB, so opening a feature (its shard + up to 45 prompt shards) stays < 200 KB.
 FEATURE_SHARD_TARGET_BYTES = 48_000
@@ -57,23 +57,6 @@ def to_json(obj: object) -> bytes:
 
 def js_call(function: str, *json_args: bytes) -> bytes:
     return b"AtlasData." + function.encode() + b"(" + b",".join(json_args) + b");\n"
-
-
-def round_sig(values: np.ndarray, digits: int = SIGNIFICANT_DIGITS) -> np.ndarray:
-    """float64 copy of `values` rounded to `digits` significant digits, computed so that each
-    result is the float nearest its short decimal (so JSON prints `1.235`, not `1.2350000143`)."""
-    x = np.asarray(values, dtype=np.float64)
-    out = np.zeros_like(x)
-    finite = np.isfinite(x) & (x != 0)
-    if not finite.any():
-        return np.where(np.isfinite(x), out, np.nan) if x.size else out
-    v = x[finite]
-    exponent = (digits - 1) - np.floor(np.log10(np.abs(v)))
-    scale = 10.0 ** np.abs(exponent)
-    up = exponent >= 0
-    out[finite] = np.where(up, np.round(v * scale) / scale, np.round(v / scale) * scale)
-    out[~np.isfinite(x)] = np.nan
-    return out
 
 
 def choose_prompts_per_shard(context: int) -> int:
@@ -147,108 +130,16 @@ class SaeDataJob:
     cross: CrossNeighbours | None = None
 
 
-def _examples(values, prompts, positions, windows, context_before: int) -> list:
-    """Compact examples for flat rows: [prompt, position, activation, window_start, offsets, values]
-    with the non-zero window activations other than the peak (the token at `position` has
-    `activation`); None for unused slots (prompt -1)."""
-    windows = np.asarray(windows)
-    prompts = np.asarray(prompts, dtype=np.int64)
-    positions = np.asarray(positions, dtype=np.int64)
-    first = positions - context_before  # token index of window slot 0
-    start = np.maximum(first, 0)
-    nonzero = windows != 0
-    if context_before < nonzero.shape[1]:
-        nonzero[:, context_before] = False  # the peak: already given as `activation`
-    rows, slots = np.nonzero(nonzero)
-    offsets = (slots + (first - start)[rows]).tolist()
-    window_values = round_sig(windows[rows, slots]).tolist()
-    ends = np.cumsum(np.bincount(rows, minlength=len(prompts)))
-    begins = (ends - np.bincount(rows, minlength=len(prompts))).tolist()
-    return [
-        [p, q, a, s, offsets[b:e], window_values[b:e]] if p >= 0 else None
-        for p, q, a, s, b, e in zip(
-            prompts.tolist(), positions.tolist(), round_sig(values).tolist(), start.tolist(), begins, ends.tolist()
-        )
-    ]
-
-
-def _token_value_pairs(vocab: tuple[str, ...], tokens: np.ndarray, values: np.ndarray) -> list:
-    tokens = np.asarray(tokens).tolist()
-    rounded = round_sig(values).tolist()
-    return [[[vocab[t], v] for t, v in zip(ts, vs) if t >= 0] for ts, vs in zip(tokens, rounded)]
-
-
 def feature_records(job: SaeDataJob, arrays: dict[str, np.ndarray], vocab: tuple[str, ...], lo: int, hi: int) -> list[dict]:
-    """Feature records for features [lo, hi) as plain lists/dicts ready for orjson."""
-    a = {name: arr[lo:hi] for name, arr in arrays.items()}
-    n = hi - lo
-    k = a["top_prompt"].shape[1]
-    n_int, per = a["interval_prompt"].shape[1:3]
-    width = a["top_window"].shape[-1]
-    maxes = np.asarray(a["max_activation"], dtype=np.float64)
-    density = np.asarray(a["density"], dtype=np.float64)
-    with np.errstate(divide="ignore"):
-        log_density = np.where(density > 0, np.log10(np.where(density > 0, density, 1)), np.nan)
-
-    top = _examples(
-        np.asarray(a["top_value"]).reshape(-1), np.asarray(a["top_prompt"]).reshape(-1),
-        np.asarray(a["top_position"]).reshape(-1), np.asarray(a["top_window"]).reshape(-1, width), job.context_before,
-    )
-    inter = _examples(
-        np.asarray(a["interval_value"]).reshape(-1), np.asarray(a["interval_prompt"]).reshape(-1),
-        np.asarray(a["interval_position"]).reshape(-1), np.asarray(a["interval_window"]).reshape(-1, width),
-        job.context_before,
-    )
-    bounds = round_sig(maxes[:, None] * (np.arange(n_int + 1)[None, :] / max(n_int, 1))).tolist()
-    pos = _token_value_pairs(vocab, a["pos_logit_token"], a["pos_logit_value"])
-    neg = _token_value_pairs(vocab, a["neg_logit_token"], a["neg_logit_value"])
-    nb_index = np.asarray(a["neighbour_index"]).tolist()
-    nb_cos = round_sig(a["neighbour_cosine"]).tolist()
-    hist = np.asarray(a["histogram"]).tolist()
-    max_list, density_list, log_list = (round_sig(x).tolist() for x in (maxes, density, log_density))
-    xnb = _cross_records(job.cross, lo, hi) if job.cross is not None else None
-
-    records = []
-    for f in range(n):
-        index = lo + f
-        ex_top = [e for e in top[f * k : (f + 1) * k] if e is not None]
-        intervals = []
-        base = f * n_int * per
-        for i in range(n_int):
-            ex = [e for e in inter[base + i * per : base + (i + 1) * per] if e is not None]
-            if ex:
-                intervals.append({"lo": bounds[f][i], "hi": bounds[f][i + 1], "ex": ex})
-        log_d = log_list[f]
-        records.append(
-            {
-                "i": index,
-                "max": max_list[f],
-                "density": density_list[f],
-                "log_density": None if math.isnan(log_d) else log_d,
-                "hist": hist[f],
-                "pos": pos[f],
-                "neg": neg[f],
-                "nb": [[j, c] for j, c in zip(nb_index[f], nb_cos[f]) if j >= 0],
-                "xnb": xnb[f] if xnb is not None else [],
-                "top": ex_top,
-                "intervals": intervals,
-                "expl": [
-                    {"html": e["html"], "author": e["author"], "score": e["score"]}
-                    for e in job.explanations.get(index, ())
-                ],
-            }
-        )
+    """Feature records for features [lo, hi) as plain lists/dicts ready for orjson: each
+    statistic's columns (`sae_atlas.stats`), then the features' explanations."""
+    ctx = statistics.RecordContext(vocab, job.context_before, job)
+    records = statistics.records(arrays, lo, hi, ctx)
+    for record in records:
+        record["expl"] = [
+            {"html": e["html"], "author": e["author"], "score": e["score"]} for e in job.explanations.get(record["i"], ())
+        ]
     return records
-
-
-def _cross_records(cross: CrossNeighbours, lo: int, hi: int) -> list:
-    index = np.asarray(cross.index[lo:hi]).tolist()
-    cosine = round_sig(cross.cosine[lo:hi]).tolist()
-    targets = cross.targets
-    return [
-        [[sae, href, j, c] for (sae, href), j, c in zip(targets, js, cs) if j >= 0]
-        for js, cs in zip(index, cosine)
-    ]
 
 
 def summary_object(job: SaeDataJob, arrays: dict[str, np.ndarray], vocab: tuple[str, ...], tokens: np.ndarray) -> dict:
@@ -290,12 +181,8 @@ def summary_object(job: SaeDataJob, arrays: dict[str, np.ndarray], vocab: tuple[
     }
 
 
-SAE_ARRAYS = (
-    "max_activation", "density", "top_value", "top_prompt", "top_position", "top_window",
-    "interval_value", "interval_prompt", "interval_position", "interval_window", "histogram",
-    "pos_logit_token", "pos_logit_value", "neg_logit_token", "neg_logit_value",
-    "neighbour_index", "neighbour_cosine", "umap", "cluster",
-)
+# The arrays the summary needs; the feature records use every statistic's arrays that the entry has.
+SUMMARY_ARRAYS = ("max_activation", "density", "top_prompt", "top_position", "pos_logit_token", "umap", "cluster")
 
 
 def write_sae_data(job: SaeDataJob, site_root: str) -> tuple[int, int]:
@@ -313,13 +200,15 @@ def write_sae_data(job: SaeDataJob, site_root: str) -> tuple[int, int]:
 def _write_sae_data(job: SaeDataJob, site_root: str) -> tuple[int, int]:
     writer = SiteWriter(Path(site_root))
     arrays = {}
-    for name in SAE_ARRAYS:
+    for name in statistics.arrays_of(statistics.REGISTRY):
         arr = _open_array(job.entry_dir, name)
-        if arr is None:
+        if arr is not None:
+            arrays[name] = arr
+    for name in SUMMARY_ARRAYS:
+        if name not in arrays:
             raise FileNotFoundError(f"{job.sae_id}: cache entry lacks {name}.npy")
-        arrays[name] = arr
     tokens = np.load(Path(job.corpus_dir, "tokens.npy"), mmap_mode="r", allow_pickle=False)
-    vocab = display_vocab(job.corpus_dir, tokens, arrays["pos_logit_token"], arrays["neg_logit_token"])
+    vocab = display_vocab(job.corpus_dir, tokens, *(arrays[n] for n in statistics.TOKEN_ARRAYS if n in arrays))
     d_sae = int(arrays["max_activation"].shape[0])
 
     summary = summary_object(job, arrays, vocab, tokens)

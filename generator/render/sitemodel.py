@@ -17,6 +17,7 @@ import numpy as np
 from markupsafe import Markup
 
 from sae_atlas import ids
+from sae_atlas import stats as statistics
 from sae_atlas.cache import DEFAULT_DTYPE, CacheStore, corpus_key, missing_entry_hint, sae_key, set_key
 from sae_atlas.sources.explanations import load_explanations
 from sae_atlas.errors import AtlasError
@@ -317,6 +318,11 @@ def build_site_model(releases: list[Release], cache: Path, dtype: str = DEFAULT_
                 entry = store.sae_entry(key)
                 if entry is None:
                     missing.append(f"SAE {spec.id} (release {release.id}){missing_entry_hint(store, release, spec, dtype)}")
+                    continue
+                outdated = statistics.stale(entry.meta, release.compute)
+                if outdated:
+                    names = ", ".join(s.name for s in outdated)
+                    missing.append(f"SAE {spec.id} (release {release.id}): its {names} predate the manifest's settings or this version")
                     continue
                 sae_models.append(
                     SaeModel(

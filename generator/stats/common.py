@@ -1,0 +1,95 @@
+"""Encodings shared by statistics: numbers rounded for the site, examples for the site and for dump."""
+
+from __future__ import annotations
+
+import numpy as np
+
+SIGNIFICANT_DIGITS = 4
+
+
+def round_sig(values: np.ndarray, digits: int = SIGNIFICANT_DIGITS) -> np.ndarray:
+    """float64 copy of `values` rounded to `digits` significant digits, computed so that each
+    result is the float nearest its short decimal (so JSON prints `1.235`, not `1.2350000143`)."""
+    x = np.asarray(values, dtype=np.float64)
+    out = np.zeros_like(x)
+    finite = np.isfinite(x) & (x != 0)
+    if not finite.any():
+        return np.where(np.isfinite(x), out, np.nan) if x.size else out
+    v = x[finite]
+    exponent = (digits - 1) - np.floor(np.log10(np.abs(v)))
+    scale = 10.0 ** np.abs(exponent)
+    up = exponent >= 0
+    out[finite] = np.where(up, np.round(v * scale) / scale, np.round(v / scale) * scale)
+    out[~np.isfinite(x)] = np.nan
+    return out
+
+
+def site_examples(values, prompts, positions, windows, context_before: int) -> list:
+    """Compact examples for flat rows: [prompt, position, activation, window_start, offsets, values]
+    with the non-zero window activations other than the peak (the token at `position` has
+    `activation`); None for unused slots (prompt -1)."""
+    windows = np.asarray(windows)
+    prompts = np.asarray(prompts, dtype=np.int64)
+    positions = np.asarray(positions, dtype=np.int64)
+    first = positions - context_before  # token index of window slot 0
+    start = np.maximum(first, 0)
+    nonzero = windows != 0
+    if context_before < nonzero.shape[1]:
+        nonzero[:, context_before] = False  # the peak: already given as `activation`
+    rows, slots = np.nonzero(nonzero)
+    offsets = (slots + (first - start)[rows]).tolist()
+    window_values = round_sig(windows[rows, slots]).tolist()
+    ends = np.cumsum(np.bincount(rows, minlength=len(prompts)))
+    begins = (ends - np.bincount(rows, minlength=len(prompts))).tolist()
+    return [
+        [p, q, a, s, offsets[b:e], window_values[b:e]] if p >= 0 else None
+        for p, q, a, s, b, e in zip(
+            prompts.tolist(), positions.tolist(), round_sig(values).tolist(), start.tolist(), begins, ends.tolist()
+        )
+    ]
+
+
+def token_value_pairs(vocab, tokens: np.ndarray, values: np.ndarray) -> list:
+    tokens = np.asarray(tokens).tolist()
+    rounded = round_sig(values).tolist()
+    return [[[vocab[t], v] for t, v in zip(ts, vs) if t >= 0] for ts, vs in zip(tokens, rounded)]
+
+
+def dump_examples(ctx, value: np.ndarray, prompt: np.ndarray, position: np.ndarray, window: np.ndarray) -> list[dict]:
+    """Examples as in `sae-atlas dump`: each stored window clipped to its prompt."""
+    from sae_atlas.cache import token_string
+
+    before = int(ctx.meta["settings"]["context_before"])
+    tokens = ctx.tokens
+    context = tokens.shape[1]
+    out = []
+    for j in range(len(prompt)):
+        if prompt[j] < 0:
+            continue
+        p, q, w = int(prompt[j]), int(position[j]), np.asarray(window[j], np.float32)
+        start = max(0, q - before)
+        stop = min(context, q - before + len(w))
+        ids = [int(t) for t in tokens[p, start:stop]]
+        out.append(
+            {
+                "prompt": p,
+                "position": q,
+                "activation": float(value[j]),
+                "tokens": ids,
+                "token_strings": [token_string(ctx.vocab, t) for t in ids],
+                "activations": [float(a) for a in w[start - (q - before) : stop - (q - before)]],
+            }
+        )
+    return out
+
+
+def fake_windows(ctx, values: np.ndarray, positions: np.ndarray, used: np.ndarray) -> np.ndarray:
+    """f16 windows: the peak at the centre plus a few smaller activations nearby (~8% of slots)."""
+    s, rng = ctx.settings, ctx.rng
+    w = s.window
+    shape = values.shape + (w,)
+    extra = (rng.random(shape) < 0.08) * rng.random(shape) * values[..., None]
+    extra[..., s.context_before] = values
+    token = positions[..., None] - s.context_before + np.arange(w)
+    extra[(token < 0) | (token >= ctx.context) | ~used[..., None]] = 0
+    return extra.astype(np.float16)
