@@ -337,10 +337,63 @@ def test_a_user_theme_overrides_one_template_and_one_static_file(synthetic, tmp_
     render_site([release], cache=cache, out=out, theme=theme, quiet=True)
     assert '<p class="custom-home">1 custom</p>' in (out / "index.html").read_text()
     assert (out / "static" / "style.css").read_text() == "body { color: hotpink; }\n"
-    default_static = ROOT / "themes" / "default" / "static"
-    assert (out / "static" / "app.js").read_bytes() == (default_static / "app.js").read_bytes()
+    assert (out / "static" / "app.js").read_bytes() == _joined(_default_parts())
     # the other templates still come from the default theme
     assert "Sets and SAEs" in (out / release.id / "index.html").read_text()
+
+
+DEFAULT_APP = ROOT / "themes" / "default" / "static" / "app"
+# The documented load order of static/app.js (docs/ARCHITECTURE.md, "Front end").
+APP_ORDER = ["core.js", "charts.js", "search.js", "map.js", "list.js", "lookup.js", "sae-page.js"]
+
+
+def _default_parts() -> list[tuple[str, Path]]:
+    panes = sorted(p.name for p in (DEFAULT_APP / "panes").glob("*.js"))
+    names = APP_ORDER + ["panes/" + name for name in panes] + ["boot.js"]
+    return [(name, DEFAULT_APP / name) for name in names]
+
+
+def _joined(parts: list[tuple[str, Path]]) -> bytes:
+    return b"".join(b"/* ---- app/" + name.encode() + b" ---- */\n" + path.read_bytes() for name, path in parts)
+
+
+def test_app_js_is_the_default_parts_in_order_and_the_parts_are_not_copied(computed):
+    releases, cache, site = computed
+    parts = _default_parts()
+    assert {name for name, _ in parts} == {p.relative_to(DEFAULT_APP).as_posix() for p in DEFAULT_APP.rglob("*.js")}
+    assert (site / "static" / "app.js").read_bytes() == _joined(parts)
+    assert not (site / "static" / "app").exists()
+
+
+def test_a_theme_replaces_one_front_end_part_and_adds_a_pane(synthetic, tmp_path):
+    release, cache = synthetic
+    theme = tmp_path / "theme"
+    (theme / "static" / "app" / "panes").mkdir(parents=True)
+    logits = theme / "static" / "app" / "panes" / "logits.js"
+    logits.write_text("Atlas.pane({name: 'logits', order: 50, render: function () { return null; }});  // theme logits\n")
+    extra = theme / "static" / "app" / "panes" / "attribution.js"
+    extra.write_text("Atlas.pane({name: 'attribution', order: 65, render: function () { return null; }});\n")
+    out = tmp_path / "site"
+    render_site([release], cache=cache, out=out, theme=theme, quiet=True)
+    app = (out / "static" / "app.js").read_bytes()
+    panes = sorted([p.name for p in (DEFAULT_APP / "panes").glob("*.js")] + ["attribution.js"])
+    assert panes.index("attribution.js") == 1  # after activation.js, before density.js
+    source = {"panes/logits.js": logits, "panes/attribution.js": extra}
+    names = APP_ORDER + ["panes/" + name for name in panes] + ["boot.js"]
+    expected = [(name, source.get(name, DEFAULT_APP / name)) for name in names]
+    assert app == _joined(expected)
+    assert b"// theme logits" in app and (DEFAULT_APP / "panes" / "logits.js").read_bytes() not in app
+    assert not (out / "static" / "app").exists()
+
+
+def test_a_theme_with_its_own_whole_app_js_keeps_it(synthetic, tmp_path):
+    release, cache = synthetic
+    theme = tmp_path / "theme"
+    (theme / "static").mkdir(parents=True)
+    (theme / "static" / "app.js").write_text("/* a theme's own front end */\n")
+    out = tmp_path / "site"
+    render_site([release], cache=cache, out=out, theme=theme, quiet=True)
+    assert (out / "static" / "app.js").read_text() == "/* a theme's own front end */\n"
 
 
 # --- serve -----------------------------------------------------------------------------------------

@@ -51,16 +51,58 @@ def _sig(value: object, digits: int = 4) -> str:
     return f"{value:.{digits}g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "—"
 
 
+# The parts of static/app.js in load order after core.js; then any other part (by path), the panes
+# (app/panes/, by path), boot.js last. docs/ARCHITECTURE.md, "Front end".
+APP_FIRST = "core.js"
+APP_ORDER = ("charts.js", "search.js", "map.js", "list.js", "lookup.js", "sae-page.js")
+APP_LAST = "boot.js"
+
+
 def static_files(theme: Path | None) -> dict[str, Path]:
-    """site path under static/ -> source file; a user theme file replaces the default one of the same name."""
+    """site path under static/ -> source file; a user theme file replaces the default one of the same name.
+    The parts under static/app/ are not copied: they make up static/app.js (app_js)."""
     files: dict[str, Path] = {}
     for d in reversed(theme_dirs(theme)):
         static = d / "static"
         if static.is_dir():
             for path in sorted(static.rglob("*")):
-                if path.is_file():
-                    files["static/" + path.relative_to(static).as_posix()] = path
+                rel = path.relative_to(static).as_posix()
+                if path.is_file() and not rel.startswith("app/"):
+                    files["static/" + rel] = path
     return dict(sorted(files.items()))
+
+
+def _app_rank(rel: str) -> tuple[int, int, str]:
+    if rel == APP_FIRST:
+        return (0, 0, rel)
+    if rel in APP_ORDER:
+        return (1, APP_ORDER.index(rel), rel)
+    if rel == APP_LAST:
+        return (4, 0, rel)
+    return (3 if rel.startswith("panes/") else 2, 0, rel)
+
+
+def app_parts(theme: Path | None) -> list[tuple[str, Path]]:
+    """(path under static/app/, source file) of every front-end part in load order; a user theme's part
+    replaces the default one at the same path, a new path adds a part."""
+    parts: dict[str, Path] = {}
+    for d in reversed(theme_dirs(theme)):
+        app = d / "static" / "app"
+        if app.is_dir():
+            for path in app.rglob("*.js"):
+                if path.is_file():
+                    parts[path.relative_to(app).as_posix()] = path
+    return sorted(parts.items(), key=lambda item: _app_rank(item[0]))
+
+
+def app_js(theme: Path | None) -> bytes:
+    """static/app.js: the parts (app_parts) joined, each after a comment line naming it, so that every
+    page loads the whole front end with one classic script."""
+    out = []
+    for rel, path in app_parts(theme):
+        data = path.read_bytes()
+        out.append(b"/* ---- app/%s ---- */\n" % rel.encode("utf-8") + data + (b"" if data.endswith(b"\n") else b"\n"))
+    return b"".join(out)
 
 
 def _root(page: str) -> str:

@@ -92,8 +92,11 @@ def render_site(
         workers = min(os.cpu_count() or 1, len(site.saes) + len(site.corpora)) if n_features >= PARALLEL_MIN_FEATURES else 1
     with atomic_directory(Path(out)) as root:
         writer = SiteWriter(root)
-        for rel, source in pages.static_files(theme).items():
+        static = pages.static_files(theme)
+        for rel, source in static.items():
             writer.copy(rel, source)
+        if "static/app.js" not in static:  # a theme's own whole app.js replaces the assembled one
+            writer.write("static/app.js", pages.app_js(theme))
         writer.write("search-index.js", shards.js_call("search", shards.to_json(pages.search_documents(site))))
         pages.render_pages(site, env, writer)
         files, size = write_data(site, root, workers, quiet)

@@ -10,6 +10,7 @@ from pathlib import Path
 import jinja2
 import pytest
 
+from sae_atlas.render import pages
 from tests.browser import harness
 
 pytestmark = pytest.mark.browser
@@ -61,8 +62,10 @@ def _render(env: jinja2.Environment, name: str, out: Path, **ctx) -> None:
     out.write_text(env.get_template(name).render(**ctx), encoding="utf-8")
 
 
-def build_site(site: Path) -> Path:
-    shutil.copytree(THEME / "static", site / "static")
+def build_site(site: Path, theme: Path | None = None) -> Path:
+    """The hand-made site; static/app.js is the default theme's parts joined, with `theme`'s over them."""
+    shutil.copytree(THEME / "static", site / "static", ignore=lambda d, names: ["app"] if Path(d) == THEME / "static" else [])
+    (site / "static" / "app.js").write_bytes(pages.app_js(theme))
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(THEME / "templates")), autoescape=True,
                              undefined=jinja2.ChainableUndefined, trim_blocks=True, lstrip_blocks=True)
     _render(env, "base.html", site / "index.html", title="Home", root="", page_kind="home", crumbs=[])

@@ -1,0 +1,312 @@
+"""The feature view's panes one by one, the token layers, and a theme's extra pane, on the hand-made site
+of test_frontend_unit (templates rendered directly, data files written by hand). Each pane's render is
+called in the page with a record written here, and what it returns is read back as text and classes."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from tests.browser import harness
+from tests.browser import test_frontend_unit as site_kit
+
+pytestmark = pytest.mark.browser
+
+PAGE = "tiny-2l/1-res-td/index.html"
+# A theme's extra pane, between the neighbours (60) and the top examples (70).
+EXTRA_PANE = """Atlas.pane({
+  name: 'extra', order: 65,
+  render: function (page, rec, ctx) {
+    if (ctx.dead) return null;
+    var s = Atlas.section('Extra statistic', 'fv-extra');
+    s.appendChild(Atlas.el('p', null, 'feature ' + rec.i));
+    return s;
+  }
+});
+"""
+# A token layer registered by a page script after app.js: for features not divisible by 3, top example k
+# gets -(k + 1) / 2 one token before its peak and k + 1 at the peak.
+LAYER_SCRIPT = """Atlas.tokenLayer({
+  name: 'test', label: 'Test layer', order: 10,
+  values: function (rec, kind, k) {
+    if (kind !== 'top' || rec.i % 3 === 0) return null;
+    var ex = rec.top[k], out = {};
+    out[ex[1] - 1] = -(k + 1) / 2;
+    out[ex[1]] = k + 1;
+    return out;
+  }
+});
+"""
+DEFAULT_PANES = ["activation", "explanations", "dead", "histogram", "density", "logits", "neighbours", "top_examples", "intervals"]
+
+# Renders pane NAME for the record REC (ctx as the feature view computes it) into a detached <div>, or
+# returns null when the pane renders nothing.
+RENDER = """([name, rec]) => {
+  const page = Atlas.page, pane = Atlas.panes().find(p => p.name === name);
+  const ld = typeof rec.log_density === 'number' ? rec.log_density : (rec.density > 0 ? Math.log10(rec.density) : null);
+  const ctx = { dead: !(rec.max > 0), logDensity: ld, gen: -1 };
+  const node = pane.render(page, rec, ctx);
+  if (!node) return null;
+  const box = document.createElement('div');
+  box.appendChild(node);
+  window.__pane = { box: box, node: box.firstElementChild, rec: rec, ctx: ctx, pane: pane };
+  return box.innerHTML;
+}"""
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Path:
+    try:
+        harness.chromium_path()
+        import playwright  # noqa: F401
+    except (RuntimeError, ImportError) as exc:
+        pytest.skip(str(exc))
+    root = tmp_path_factory.mktemp("panes-site")
+    theme = root / "theme"
+    (theme / "static" / "app" / "panes").mkdir(parents=True)
+    (theme / "static" / "app" / "panes" / "extra.js").write_text(EXTRA_PANE, encoding="utf-8")
+    out = root / "site"
+    page = site_kit.build_site(out, theme=theme)
+    (out / "static" / "test-layer.js").write_text(LAYER_SCRIPT, encoding="utf-8")
+    html = page.read_text(encoding="utf-8")
+    assert html.count("</body>") == 1
+    page.write_text(html.replace("</body>", '<script src="../../static/test-layer.js"></script>\n</body>'), encoding="utf-8")
+    return out
+
+
+@pytest.fixture(scope="module")
+def browser(site):
+    with harness.chromium() as b:
+        yield b
+
+
+@pytest.fixture
+def view(browser, site):
+    """Opens the SAE page at a feature; yields (page, guard) and checks the guard afterwards."""
+    opened = []
+
+    def opener(feature: int = 1):
+        context = browser.new_context()
+        page = context.new_page()
+        guard = harness.Guard(allowed_origin="file://")
+        guard.attach(page)
+        page.goto(site.as_uri() + f"/{PAGE}#{feature}")
+        page.wait_for_selector("body[data-ready=true]")
+        opened.append((context, guard))
+        return page
+
+    yield opener
+    for context, guard in opened:
+        guard.assert_clean()
+        context.close()
+
+
+def _render(page, name: str, rec: dict):
+    return page.evaluate(RENDER, [name, rec])
+
+
+def _texts(page, selector: str) -> list[str]:
+    return page.evaluate("(sel) => Array.from(window.__pane.box.querySelectorAll(sel)).map(n => n.textContent)", selector)
+
+
+def _live(**fields) -> dict:
+    rec = {"i": 3, "max": 2.5, "density": 0.0045, "log_density": None, "hist": [], "pos": [], "neg": [], "nb": [],
+           "xnb": [], "top": [], "intervals": [], "expl": []}
+    rec.update(fields)
+    return rec
+
+
+DEAD_REC = {"i": site_kit.DEAD, "max": 0, "density": 0, "log_density": None, "hist": [0] * 50, "pos": [], "neg": [],
+            "nb": [], "xnb": [], "top": [], "intervals": [], "expl": []}
+
+
+def test_panes_are_registered_in_order_with_the_themes_pane_between(view):
+    page = view()
+    names = page.evaluate("() => Atlas.panes().map(p => p.name)")
+    assert names == DEFAULT_PANES[:7] + ["extra"] + DEFAULT_PANES[7:]
+    page.wait_for_selector(".fv-examples .ex")
+    classes = page.evaluate("() => Array.from(document.querySelectorAll('#fv-body > *')).map(n => n.className)")
+    assert classes == ["fv-facts", "fv-label", "fv-charts", "fv-two", "fv-two", "fv-section fv-extra",
+                       "fv-section fv-examples", "fv-section fv-intervals"]
+    assert page.text_content(".fv-extra p") == "feature 1"
+    # the charts group holds both charts; the logits group both tables
+    groups = page.evaluate("() => Array.from(document.querySelectorAll('#fv-body > div')).map(d => Array.from(d.children).map(c => c.className))")
+    assert groups == [["fv-section chart", "fv-section chart"], ["fv-section logits logits-pos", "fv-section logits logits-neg"],
+                          ["fv-section", "fv-section"]]
+
+
+def test_activation_pane_shows_the_key_numbers(view):
+    page = view()
+    assert _render(page, "activation", _live()) is not None
+    live = [0.001 * (i + 1) for i in range(site_kit.N_FEATURES) if i != site_kit.DEAD]
+    percentile = round(100 * sum(math.log10(d) <= math.log10(0.0045) for d in live) / len(live))
+    assert _texts(page, "dt") == ["Max activation", "Density", "Density percentile", "Cluster"]
+    assert _texts(page, "dd") == ["2.5", "0.45%", f"{percentile}%", str(3 % 3)]
+    # a dead feature still has its numbers, and no percentile
+    _render(page, "activation", DEAD_REC)
+    assert _texts(page, "dt") == ["Max activation", "Density", "Cluster"]
+    assert _texts(page, "dd")[:2] == ["0", "0"]
+
+
+def test_dead_pane_shows_only_for_a_dead_feature(view):
+    page = view()
+    assert _render(page, "dead", _live()) is None
+    assert "No activations." in _render(page, "dead", DEAD_REC)
+
+
+def test_explanations_pane_shows_cards_else_the_top_tokens_else_nothing(view):
+    page = view()
+    _render(page, "explanations", _live(expl=[{"html": "<p>one <em>x</em></p>", "author": "ann", "score": 0.25},
+                                              {"html": "<p>two</p>"}]))
+    assert _texts(page, ".expl-text") == ["one x", "two"]
+    assert _texts(page, ".expl-meta") == ["ann · score 0.25"]
+    _render(page, "explanations", _live())
+    assert _texts(page, ".fv-label") == ["Top tokens: cat sat"]  # the summary's label of feature 3
+    assert _render(page, "explanations", DEAD_REC) is None  # no explanation, no label
+
+
+def test_histogram_pane_draws_the_non_zero_bins(view):
+    page = view()
+    hist = [3, 0, 1, 2]
+    _render(page, "histogram", _live(hist=hist))
+    assert page.evaluate("() => window.__pane.box.querySelectorAll('rect.bar').length") == sum(1 for c in hist if c)
+    assert _texts(page, ".chart-caption") == [f"{sum(hist)} non-zero activations"]
+    assert _texts(page, "h3") == ["Activation histogram"]
+    assert _render(page, "histogram", _live(hist=[])) is None
+    assert _render(page, "histogram", DEAD_REC) is None
+
+
+def test_density_pane_marks_this_feature(view):
+    page = view()
+    _render(page, "density", _live())
+    assert _texts(page, "h3") == ["Density vs. this SAE"]
+    assert _texts(page, ".marker-label") == ["this feature 0.45%"]
+    assert _render(page, "density", DEAD_REC) is None
+
+
+def test_logits_pane_shows_both_tables(view):
+    page = view()
+    _render(page, "logits", _live(pos=[[" up", 1.5], ["x", 0.25]], neg=[[" down", -1.125]]))
+    assert _texts(page, "h3") == ["Positive logits", "Negative logits"]
+    assert _texts(page, ".logit-table td.num") == ["+1.5", "+0.25", "-1.125"]
+    assert _texts(page, ".tok-chip") == [" up", "x", " down"]
+    _render(page, "logits", _live(neg=[[" down", -1.0]]))
+    assert _texts(page, "h3") == ["Positive logits", "Negative logits"]  # an empty side still shows
+    assert _render(page, "logits", _live()) is None
+
+
+def test_neighbours_pane_links_this_sae_and_other_layers(view):
+    page = view()
+    _render(page, "neighbours", _live(nb=[[4, 0.75], [7, 0.5]], xnb=[["tiny-2l@0-res-td", "../0-res-td/index.html", 3, 0.625]]))
+    assert _texts(page, "h3") == ["Decoder neighbours", "Other layers"]
+    hrefs = page.evaluate("() => Array.from(window.__pane.box.querySelectorAll('a.nb-link')).map(a => a.getAttribute('href'))")
+    assert hrefs == ["#4", "#7", "../0-res-td/index.html#3"]
+    assert _texts(page, ".nb-cos") == ["0.75", "0.5", "0.625"]
+    _render(page, "neighbours", _live(nb=[[4, 0.75]]))
+    assert _texts(page, "h3") == ["Decoder neighbours"]
+    assert _render(page, "neighbours", _live()) is None
+
+
+TOKENS = ["a", "b", " c", "d", "e", "f", "g", "h", "i", "j", "k", "l", "m"]
+# prompt 0, peak at 2 with 3.0, window from 1: offsets [0] -> position 1 at 1.5
+EXAMPLE = [0, 2, 3.0, 1, [0], [1.5]]
+
+
+def _tokens(page) -> list[dict]:
+    return page.evaluate("""() => Array.from(window.__pane.box.querySelectorAll('.tok')).map(t => ({
+        text: t.textContent, cls: t.className, a: t.style.getPropertyValue('--a'), title: t.title }))""")
+
+
+def test_top_examples_pane_renders_its_rows_once_text_arrives(view):
+    page = view()
+    assert _render(page, "top_examples", DEAD_REC) is None
+    assert _render(page, "top_examples", _live()) is None
+    _render(page, "top_examples", _live(max=4.0, top=[EXAMPLE]))
+    assert _texts(page, ".examples") == ["Loading text…"]
+    assert page.evaluate("() => window.__pane.node.querySelectorAll('.ex-controls select').length") == 1  # no layer for feature 3
+    page.evaluate("""(tokens) => { const p = window.__pane, page = Atlas.page;
+        const fake = Object.assign(Object.create(page), { rowOf: (prompt) => prompt === 0 ? tokens : null, ctxMode: 'all' });
+        p.pane.onText(fake, p.rec, p.node, p.ctx); }""", TOKENS)
+    toks = _tokens(page)
+    # the stored window: context_before tokens before the peak (clipped at 0) to context_after after it
+    assert [t["text"] for t in toks] == TOKENS[0:2 + site_kit.CONTEXT_AFTER + 1]
+    by = {t["text"]: t for t in toks}
+    assert by["b"]["a"] == f"{1.5 / 4.0:.3f}" and "tok-on" in by["b"]["cls"] and "tok-hi" not in by["b"]["cls"]
+    assert by[" c"]["a"] == f"{3.0 / 4.0:.3f}" and {"tok-on", "tok-hi", "tok-max"} <= set(by[" c"]["cls"].split())
+    assert by["a"]["cls"] == "tok" and by["a"]["title"] == '"a" · 0'
+    assert by["b"]["title"] == '"b" · 1.5'
+    assert _texts(page, ".ex-meta") == ["prompt 0"]
+
+
+def test_intervals_pane_waits_for_its_text_then_lists_the_slices_highest_first(view):
+    page = view()
+    assert _render(page, "intervals", _live()) is None
+    assert _render(page, "intervals", DEAD_REC) is None
+    intervals = [{"lo": 0, "hi": 1.25, "ex": [EXAMPLE]}, {"lo": 1.25, "hi": 2.5, "ex": []}]
+    _render(page, "intervals", _live(top=[EXAMPLE], intervals=intervals))
+    run = """(ready) => { const p = window.__pane;
+        const fake = Object.assign(Object.create(Atlas.page), { rowOf: () => null, intervalsReady: ready });
+        p.pane.onText(fake, p.rec, p.node, p.ctx); }"""
+    page.evaluate(run, False)
+    assert _texts(page, ".pending") == ["Loading text…"]
+    page.evaluate(run, True)
+    assert _texts(page, ".interval-range") == ["Activation 1.25 – 2.5", "Activation 0 – 1.25"]
+    assert _texts(page, ".interval .muted.small") == [" · 0 examples", "No tokens in this interval.", " · 1 example"]
+    assert _texts(page, ".ex-text") == ["Text unavailable for prompt 0."]
+
+
+def test_a_token_layer_shades_the_examples_by_its_signed_values(view):
+    page = view(4)
+    page.wait_for_selector(".fv-examples .ex .tok")
+    shade = page.locator(".ex-controls select[aria-label='What the example tokens are shaded by']")
+    assert shade.locator("option").all_text_contents() == ["Activation", "Test layer"]
+    rec = page.evaluate("() => Atlas.page.rec")
+    activation_classes = page.evaluate("() => Array.from(document.querySelectorAll('.fv-examples .ex .tok')).map(t => t.className)")
+    shade.select_option("test")
+    scale = max(k + 1 for k in range(len(rec["top"])))
+    for k, ex in enumerate(rec["top"]):
+        row = page.locator(".fv-examples .examples .ex").nth(k)
+        toks = row.evaluate("""(row) => Array.from(row.querySelectorAll('.tok')).map(t => ({
+            text: t.textContent, cls: t.className.split(' '), a: t.style.getPropertyValue('--a'), title: t.title }))""")
+        lo = ex[1] - 5  # the default context: 5 tokens each side of the peak
+        peak, before = toks[ex[1] - lo], toks[ex[1] - 1 - lo]
+        assert "tok-on" in peak["cls"] and "tok-max" in peak["cls"] and peak["a"] == f"{max(0.06, (k + 1) / scale):.3f}"
+        assert "tok-neg" in before["cls"] and before["a"] == f"{max(0.06, (k + 1) / 2 / scale):.3f}"
+        assert before["title"].endswith(" · Test layer " + _fmt(-(k + 1) / 2))
+        others = [t for n, t in enumerate(toks) if n not in (ex[1] - lo, ex[1] - 1 - lo)]
+        assert all("tok-on" not in t["cls"] and "tok-neg" not in t["cls"] for t in others)
+    # the interval samples have no values of this layer: unshaded
+    assert page.locator(".fv-intervals .tok-on, .fv-intervals .tok-neg").count() == 0
+    shade.select_option("activation")
+    assert page.evaluate("() => Array.from(document.querySelectorAll('.fv-examples .ex .tok')).map(t => t.className)") == activation_classes
+
+
+def test_the_shade_selector_is_absent_where_no_layer_has_values(view):
+    page = view(3)
+    page.wait_for_selector(".fv-examples .ex .tok")
+    assert page.locator(".ex-controls select").count() == 1
+
+
+def test_render_tokens_makes_clickable_tokens(view):
+    page = view()
+    clicked = page.evaluate("""(tokens) => {
+        const box = document.createElement('div'), got = [];
+        document.body.appendChild(box);
+        Atlas.renderTokens(box, tokens, { lo: 1, hi: 3, values: { 2: 1 }, scale: 2, onToken: (t) => got.push(t) });
+        const spans = box.querySelectorAll('.tok');
+        spans[2].click();
+        spans[0].dispatchEvent(new KeyboardEvent('keydown', { key: 'Enter' }));
+        const out = { got: got, texts: Array.from(spans).map(s => s.textContent), roles: Array.from(spans).map(s => s.getAttribute('role')),
+                      a: spans[1].style.getPropertyValue('--a') };
+        box.remove();
+        return out;
+    }""", TOKENS)
+    assert clicked == {"got": [3, 1], "texts": TOKENS[1:4], "roles": ["button"] * 3, "a": "0.500"}
+
+
+def _fmt(v: float) -> str:
+    """The front end's number format for values of a few significant digits."""
+    return json.dumps(float(f"{v:.4g}")).removesuffix(".0")

@@ -1,0 +1,429 @@
+/* SAE Atlas front end: data loading, global search, and the SAE page (map, list, token lookup, feature view).
+   Classic scripts, no dependencies beyond the vendored MiniSearch; works from file:// (no fetch, no modules).
+   Untrusted text (tokens, labels, titles) only ever goes through textContent; explanation html is
+   sanitized at render time and is the one thing assigned with innerHTML.
+
+   The render stage joins the parts under static/app/ into the one static/app.js the pages load: this
+   file first, then charts, search, map, list, lookup, sae-page, any other part (by path), the panes
+   (panes/*.js, by name), boot.js last. A theme replaces a part with a file at the same path under its
+   static/app/ and adds a pane with a new file under static/app/panes/. Every part is a classic script
+   that adds to the one namespace `window.Atlas` (A below).
+
+   Panes. The feature view is the registered panes, rendered in `order`:
+     Atlas.pane({
+       name: 'logits',          // unique; registering a name again replaces that pane
+       order: 50,               // ascending; the default panes use 10, 20, ... so new ones slot in between
+       group: 'logits',         // optional: adjacent rendered panes of one group share a wrapper,
+                                // <div class="Atlas.groups[group] or fv-GROUP">
+       render: function (page, rec, ctx) { return node or null },
+       onText: function (page, rec, node, ctx) {}   // optional, see below
+     });
+   render gets the SaePage (page.S is the SAE summary), the feature record (one entry of a data/f/
+   shard) and ctx {dead, logDensity, gen}; it returns a DOM node (or fragment) to show, or null for
+   nothing. A pane with onText makes the page load the prompts' text of the feature's examples; onText
+   runs once the top examples' text has arrived (page.rowOf(prompt) -> tokens), again when the interval
+   samples' text has (page.intervalsReady), and whenever an example setting changes.
+
+   Token layers: a second shading of the example tokens, chosen with the examples' "Shade" selector.
+     Atlas.tokenLayer({
+       name: 'dfa', label: 'Attribution', order: 10,
+       values: function (rec, kind, exampleIndex, group) { return {position: value} or null }
+     });
+   kind is 'top' (exampleIndex into rec.top) or 'interval' (exampleIndex into rec.intervals[group].ex);
+   positions are the prompt's token positions. The selector lists the layers with values for some top
+   example of the feature; values are signed (negative ones get a second colour), and a token's title
+   shows its value. Atlas.exampleRow(ex, tokens, opts) and Atlas.renderTokens(parent, tokens, opts)
+   draw an example (or any run of a prompt's tokens, optionally clickable) the same way elsewhere. */
+window.Atlas = window.Atlas || {};
+(function (A) {
+  'use strict';
+
+  var SVG_NS = 'http://www.w3.org/2000/svg';
+  var body = document.body;
+  A.ROOT = (body && body.getAttribute('data-root')) || '';
+
+  /* ---------- small helpers ---------- */
+
+  function $(sel, scope) { return (scope || document).querySelector(sel); }
+  function $all(sel, scope) { return Array.prototype.slice.call((scope || document).querySelectorAll(sel)); }
+
+  function el(tag, cls, text) {
+    var node = document.createElement(tag);
+    if (cls) node.className = cls;
+    if (text !== undefined && text !== null) node.textContent = String(text);
+    return node;
+  }
+
+  function svg(tag, attrs) {
+    var node = document.createElementNS(SVG_NS, tag);
+    if (attrs) for (var k in attrs) if (Object.prototype.hasOwnProperty.call(attrs, k)) node.setAttribute(k, attrs[k]);
+    return node;
+  }
+
+  function pad4(n) { var s = String(n); while (s.length < 4) s = '0' + s; return s; }
+  function clamp(v, lo, hi) { return v < lo ? lo : v > hi ? hi : v; }
+
+  function fmt(v) {
+    if (v === null || v === undefined || typeof v !== 'number' || isNaN(v)) return '—';
+    if (v === 0) return '0';
+    var a = Math.abs(v);
+    if (a >= 10000) return Math.round(v).toLocaleString('en-US');
+    if (a < 1e-3) return v.toExponential(2);
+    return String(Number(v.toPrecision(4)));
+  }
+
+  function fmtDensity(d) {
+    if (d === null || d === undefined || isNaN(d)) return '—';
+    if (d === 0) return '0';
+    if (d < 1e-4) return d.toExponential(2);
+    return Number((d * 100).toPrecision(3)) + '%';
+  }
+
+  /* A feature view section: <section class="fv-section CLS"> with an <h3> title when given. */
+  function section(title, cls) {
+    var s = el('section', 'fv-section' + (cls ? ' ' + cls : ''));
+    if (title) s.appendChild(el('h3', null, title));
+    return s;
+  }
+
+  /* ---------- token text ---------- */
+
+  var FRAG_TITLE = 'partial UTF-8 byte sequence (U+FFFD)';
+  var CTRL_NAMES = { '\r': '\\r', '\v': '\\v', '\f': '\\f', '\b': '\\b', '\u0000': '\\0' };
+  // Newline, tab, U+FFFD and control characters (C0 but newline/tab, DEL, C1); with spaces, also ' '.
+  var SPECIAL_RE = /([\n\t\ufffd\u0000-\u0008\u000b-\u001f\u007f-\u009f])/;
+  var SPECIAL_SP_RE = /([\n\t \ufffd\u0000-\u0008\u000b-\u001f\u007f-\u009f])/;
+
+  function ctrlEscape(c) {
+    if (CTRL_NAMES[c]) return CTRL_NAMES[c];
+    var h = c.charCodeAt(0).toString(16);
+    return '\\x' + (h.length < 2 ? '0' + h : h);
+  }
+
+  /* Appends token text to `parent`, textContent only, with the characters one cannot see made
+     visible: newline ↵, tab ⇥, control characters as escapes (\x17), U+FFFD (what is left of a
+     partial UTF-8 byte sequence) marked. opts.spaces: spaces as opts.spaceChar (default ·);
+     opts.breakLines: a real line break after ↵. Returns true when the text holds U+FFFD. */
+  function appendTokenText(parent, s, opts) {
+    opts = opts || {};
+    s = s === null || s === undefined ? '' : String(s);
+    var re = opts.spaces ? SPECIAL_SP_RE : SPECIAL_RE;
+    if (!re.test(s)) { parent.appendChild(document.createTextNode(s)); return false; }
+    var frag = false;
+    var parts = s.split(re);
+    for (var n = 0; n < parts.length; n++) {
+      var part = parts[n];
+      if (!part) continue;
+      if (n % 2 === 0) { parent.appendChild(document.createTextNode(part)); continue; }
+      if (part === '\n') {
+        var nl = el('span', 'ws ws-nl', '↵');
+        nl.title = 'newline';
+        parent.appendChild(nl);
+        if (opts.breakLines) parent.appendChild(document.createTextNode('\n'));
+      } else if (part === '\t') {
+        var tab = el('span', 'ws', '⇥');
+        tab.title = 'tab';
+        parent.appendChild(tab);
+      } else if (part === ' ') parent.appendChild(el('span', 'ws', opts.spaceChar || '·'));
+      else if (part === '\ufffd') {
+        var f = el('span', 'tok-frag', '\ufffd');
+        f.title = FRAG_TITLE;
+        parent.appendChild(f);
+        frag = true;
+      } else {
+        var c = el('span', 'tok-esc', ctrlEscape(part));
+        c.title = 'control character U+' + pad4(part.charCodeAt(0).toString(16).toUpperCase());
+        parent.appendChild(c);
+      }
+    }
+    return frag;
+  }
+
+  /* A token as a chip (logit tables): empty shows ∅, a token of spaces only shows ␣ per space. */
+  function tokenChip(s) {
+    s = s === null || s === undefined ? '' : String(s);
+    var chip = el('span', 'tok-chip');
+    if (s === '') { chip.appendChild(el('span', 'ws', '∅')); chip.title = 'empty token'; return chip; }
+    var frag = appendTokenText(chip, s, /^ +$/.test(s) ? { spaces: true, spaceChar: '␣' } : null);
+    chip.title = JSON.stringify(s) + (frag ? ' · ' + FRAG_TITLE : '');
+    if (frag) chip.classList.add('is-frag');
+    return chip;
+  }
+
+  /* Fills a token span; returns true when the token is (part of) a partial UTF-8 byte sequence. */
+  function fillToken(span, s, opts) {
+    if (s === '') { span.textContent = '∅'; span.classList.add('tok-empty'); return false; }
+    var frag = appendTokenText(span, s, { spaces: opts.markSpaces, breakLines: opts.breakLines });
+    if (frag) span.classList.add('tok-frag-token');
+    return frag;
+  }
+
+  /* Shades a token span by v / scale: class tok-on (positive) or, with signed, tok-neg (negative),
+     strength in --a, tok-hi when strong enough to need the contrasting text colour. */
+  function shade(span, v, scale, signed) {
+    if (!(v > 0) && !(signed && v < 0)) return;
+    var a = clamp(Math.abs(v) / scale, 0.06, 1);
+    span.classList.add(v > 0 ? 'tok-on' : 'tok-neg');
+    if (a > 0.55) span.classList.add('tok-hi');
+    span.style.setProperty('--a', a.toFixed(3));
+  }
+
+  /* Appends span.tok for tokens[lo..hi] to `parent`. opts: lo, hi (default all), values {position:
+     activation}, scale (the activation drawn at full strength), storedLo/storedHi (positions outside
+     have no stored activation: tok-unknown), peak (the position marked tok-max), layer {label, values
+     {position: value}, scale}: shade by that instead, signed, markSpaces, breakLines, onToken(position,
+     span): makes every token a button that calls it. */
+  function renderTokens(parent, tokens, opts) {
+    opts = opts || {};
+    var len = tokens.length, values = opts.values || {}, layer = opts.layer || null;
+    var lo = opts.lo === undefined ? 0 : opts.lo, hi = opts.hi === undefined ? len - 1 : opts.hi;
+    var storedLo = opts.storedLo === undefined ? 0 : opts.storedLo, storedHi = opts.storedHi === undefined ? len - 1 : opts.storedHi;
+    var scale = opts.scale > 0 ? opts.scale : 1;
+    for (var t = lo; t <= hi; t++) {
+      var s = String(tokens[t] === undefined || tokens[t] === null ? '' : tokens[t]);
+      var span = el('span', 'tok');
+      var frag = fillToken(span, s, opts) ? ' · ' + FRAG_TITLE : '';
+      var stored = t >= storedLo && t <= storedHi;
+      var val = values[t] || 0;
+      var lv = layer && layer.values ? layer.values[t] : undefined;
+      var extra = typeof lv === 'number' ? ' · ' + layer.label + ' ' + fmt(lv) : '';
+      if (!stored) {
+        span.classList.add('tok-unknown');
+        span.title = JSON.stringify(s) + ' · activation not stored' + extra + frag;
+      } else {
+        span.title = JSON.stringify(s) + ' · ' + fmt(val) + extra + frag;
+      }
+      if (layer) { if (typeof lv === 'number') shade(span, lv, layer.scale > 0 ? layer.scale : 1, true); }
+      else if (stored) shade(span, val, scale, false);
+      if (t === opts.peak) span.classList.add('tok-max');
+      if (opts.onToken) clickable(span, t, opts.onToken);
+      parent.appendChild(span);
+    }
+  }
+
+  function clickable(span, t, fn) {
+    span.classList.add('tok-link');
+    span.tabIndex = 0;
+    span.setAttribute('role', 'button');
+    span.addEventListener('click', function () { fn(t, span); });
+    span.addEventListener('keydown', function (e) {
+      if (e.key === 'Enter' || e.key === ' ') { e.preventDefault(); fn(t, span); }
+    });
+  }
+
+  /* One example, ex = [prompt, position, activation, window start, offsets, values] (docs/ARCHITECTURE.md),
+     over its prompt's `tokens` (null: text unavailable): the activation, the tokens around the peak
+     shaded by activation (or opts.layer), the prompt number. opts: max (full-strength activation),
+     contextBefore/contextAfter (the stored window), ctxMode ('all' or tokens each side), breakLines,
+     markSpaces, layer, onToken (see renderTokens). */
+  function exampleRow(ex, tokens, opts) {
+    opts = opts || {};
+    var prompt = ex[0], pos = ex[1], act = ex[2], ws = ex[3], offs = ex[4] || [], vals = ex[5] || [];
+    var row = el('div', 'ex');
+    var actEl = el('span', 'ex-act', fmt(act));
+    actEl.title = 'max activation in this example';
+    row.appendChild(actEl);
+    var text = el('div', 'ex-text' + (opts.breakLines ? ' break-lines' : ''));
+    row.appendChild(text);
+    row.appendChild(el('span', 'ex-meta', 'prompt ' + prompt));
+    if (!tokens) {
+      text.appendChild(el('span', 'muted', 'Text unavailable for prompt ' + prompt + '.'));
+      return row;
+    }
+    var values = Object.create(null);
+    for (var j = 0; j < offs.length; j++) values[ws + offs[j]] = vals[j];
+    if (!(values[pos] > 0)) values[pos] = act;  // the peak is not repeated in the window values
+    var len = tokens.length, lo, hi, mode = opts.ctxMode === undefined ? '5' : String(opts.ctxMode);
+    // The stored window runs from context_before tokens before the max to context_after after it.
+    var storedLo = Math.max(0, pos - (opts.contextBefore || 0)), storedHi = Math.min(len - 1, pos + (opts.contextAfter || 0));
+    if (mode === 'all') { lo = storedLo; hi = storedHi; }
+    else { var k = parseInt(mode, 10); lo = Math.max(0, pos - k); hi = Math.min(len - 1, pos + k); }
+    if (lo > 0) text.appendChild(el('span', 'ellipsis', '…'));
+    renderTokens(text, tokens, {
+      lo: lo, hi: hi, values: values, scale: opts.max > 0 ? opts.max : (act || 1), storedLo: storedLo, storedHi: storedHi,
+      peak: pos, layer: opts.layer, markSpaces: opts.markSpaces, breakLines: opts.breakLines, onToken: opts.onToken
+    });
+    if (hi < len - 1) text.appendChild(el('span', 'ellipsis', '…'));
+    return row;
+  }
+
+  function isTyping(target) {
+    if (!target) return false;
+    var tag = target.tagName;
+    return tag === 'INPUT' || tag === 'TEXTAREA' || tag === 'SELECT' || target.isContentEditable;
+  }
+
+  function debounce(fn, ms) {
+    var t = null;
+    return function () {
+      var args = arguments, self = this;
+      if (t) clearTimeout(t);
+      t = setTimeout(function () { t = null; fn.apply(self, args); }, ms);
+    };
+  }
+
+  function cssVar(name, fallback) {
+    var v = getComputedStyle(document.documentElement).getPropertyValue(name);
+    return (v && v.trim()) || fallback;
+  }
+
+  /* ---------- data loading: classic <script src> files calling AtlasData.* ---------- */
+
+  var files = Object.create(null);   // absolute URL -> {promise, data}
+  var latest = Object.create(null);  // kind -> data of the last registration (for files not loaded by us)
+
+  function absolute(url) { return new URL(url, document.baseURI).href; }
+
+  function registered(kind, data) {
+    latest[kind] = data;
+    var script = document.currentScript;
+    var entry = script && script.src ? files[script.src] : null;
+    if (entry) entry.data = data;
+  }
+
+  /* Loads a data file once; resolves with what the file registered. */
+  function load(url) {
+    var key = absolute(url);
+    if (files[key]) return files[key].promise;
+    var entry = { data: undefined };
+    entry.promise = new Promise(function (resolve, reject) {
+      var script = document.createElement('script');
+      script.async = true;
+      script.onload = function () {
+        script.remove();
+        resolve(entry.data);
+      };
+      script.onerror = function () {
+        script.remove();
+        delete files[key];
+        reject(new Error('Could not load ' + url));
+      };
+      script.src = key;
+      document.head.appendChild(script);
+    });
+    files[key] = entry;
+    return entry.promise;
+  }
+
+  var listeners = { summary: [] };
+
+  window.AtlasData = {
+    summary: function (obj) {
+      registered('summary', obj);
+      listeners.summary.forEach(function (fn) { fn(obj); });
+    },
+    features: function (shard, records) { registered('features', { shard: shard, records: records || [] }); },
+    prompts: function (shard, rows) { registered('prompts', { shard: shard, rows: rows || [] }); },
+    search: function (obj) { registered('search', obj); },
+    load: load
+  };
+
+  /* ---------- panes and token layers ---------- */
+
+  var panes = [], layers = [];
+
+  function byOrder(a, b) {
+    return ((a.order || 0) - (b.order || 0)) || (a.name < b.name ? -1 : a.name > b.name ? 1 : 0);
+  }
+
+  function register(list, spec, what, fn) {
+    if (!spec || !spec.name || typeof spec[fn] !== 'function') throw new Error('Atlas.' + what + ' needs a name and a ' + fn + ' function');
+    for (var i = 0; i < list.length; i++) if (list[i].name === spec.name) { list[i] = spec; return spec; }
+    list.push(spec);
+    return spec;
+  }
+
+  A.pane = function (spec) { return register(panes, spec, 'pane', 'render'); };
+  A.panes = function () { return panes.slice().sort(byOrder); };
+  // Wrapper classes of pane groups; a group not listed here is wrapped in div.fv-GROUP.
+  A.groups = { charts: 'fv-charts', logits: 'fv-two', neighbours: 'fv-two' };
+  A.tokenLayer = function (spec) { return register(layers, spec, 'tokenLayer', 'values'); };
+  A.tokenLayers = function () { return layers.slice().sort(byOrder); };
+
+  /* ---------- colour scheme toggle ---------- */
+
+  function currentScheme() {
+    var set = document.documentElement.getAttribute('data-theme');
+    if (set === 'light' || set === 'dark') return set;
+    return window.matchMedia && window.matchMedia('(prefers-color-scheme: dark)').matches ? 'dark' : 'light';
+  }
+
+  function initThemeToggle() {
+    var btn = $('.theme-toggle');
+    if (!btn) return;
+    function sync() {
+      var dark = currentScheme() === 'dark';
+      btn.setAttribute('aria-pressed', dark ? 'true' : 'false');
+      btn.setAttribute('aria-label', dark ? 'Switch to light mode' : 'Switch to dark mode');
+      btn.title = btn.getAttribute('aria-label');
+    }
+    btn.addEventListener('click', function () {
+      var next = currentScheme() === 'dark' ? 'light' : 'dark';
+      document.documentElement.setAttribute('data-theme', next);
+      try { window.localStorage.setItem('atlas-theme', next); } catch (e) { /* not persisted */ }
+      sync();
+      document.dispatchEvent(new CustomEvent('atlas:theme'));
+    });
+    if (window.matchMedia) {
+      var mq = window.matchMedia('(prefers-color-scheme: dark)');
+      var onChange = function () { sync(); document.dispatchEvent(new CustomEvent('atlas:theme')); };
+      if (mq.addEventListener) mq.addEventListener('change', onChange);
+    }
+    sync();
+  }
+
+  /* ---------- copy buttons ---------- */
+
+  function initCopyButtons() {
+    $all('[data-copy-target]').forEach(function (btn) {
+      btn.addEventListener('click', function () {
+        var target = document.getElementById(btn.getAttribute('data-copy-target'));
+        if (!target) return;
+        var text = target.textContent;
+        if (!btn.hasAttribute('data-label')) btn.setAttribute('data-label', btn.textContent);
+        var done = function (ok) {
+          btn.textContent = ok ? 'Copied' : 'Press Ctrl+C';
+          btn.classList.toggle('is-done', ok);
+          setTimeout(function () { btn.textContent = btn.getAttribute('data-label'); btn.classList.remove('is-done'); }, 1400);
+        };
+        var fallback = function () {
+          var range = document.createRange();
+          range.selectNodeContents(target);
+          var sel = window.getSelection();
+          sel.removeAllRanges();
+          sel.addRange(range);
+          var ok = false;
+          try { ok = document.execCommand('copy'); } catch (e) { ok = false; }
+          done(ok);
+        };
+        if (navigator.clipboard && window.isSecureContext) {
+          navigator.clipboard.writeText(text).then(function () { done(true); }, fallback);
+        } else fallback();
+      });
+    });
+  }
+
+  A.$ = $;
+  A.$all = $all;
+  A.el = el;
+  A.svg = svg;
+  A.pad4 = pad4;
+  A.clamp = clamp;
+  A.fmt = fmt;
+  A.fmtDensity = fmtDensity;
+  A.section = section;
+  A.FRAG_TITLE = FRAG_TITLE;
+  A.appendTokenText = appendTokenText;
+  A.tokenChip = tokenChip;
+  A.renderTokens = renderTokens;
+  A.exampleRow = exampleRow;
+  A.isTyping = isTyping;
+  A.debounce = debounce;
+  A.cssVar = cssVar;
+  A.load = load;
+  A.latest = latest;
+  A.listeners = listeners;
+  A.currentScheme = currentScheme;
+  A.initThemeToggle = initThemeToggle;
+  A.initCopyButtons = initCopyButtons;
+})(window.Atlas);

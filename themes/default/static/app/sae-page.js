@@ -1,0 +1,320 @@
+/* The SAE page: its state, hash routing (#INDEX), the feature records and prompt texts it loads, and the
+   feature view shell, which shows the registered panes (Atlas.pane) of the current feature in order. */
+(function (A) {
+  'use strict';
+
+  var $ = A.$, el = A.el, pad4 = A.pad4, clamp = A.clamp, fmtDensity = A.fmtDensity, load = A.load;
+  var appendTokenText = A.appendTokenText, isTyping = A.isTyping, barChart = A.barChart, pow10Label = A.pow10Label;
+
+  function SaePage(app, S) {
+    this.app = app;
+    this.S = S;
+    this.n = S.d_sae || (S.max ? S.max.length : 0);
+    this.shardSize = S.shard_size || 64;
+    this.dataBase = (app.getAttribute('data-summary') || 'data/summary.js').replace(/[^/]*$/, '');
+    this.current = -1;
+    this.generation = 0;
+    this.ctxMode = '5';
+    this.breakLines = false;
+    this.markSpaces = false;
+    this.shade = 'activation';  // what example tokens are shaded by: activation or a token layer's name
+    this.prepareDensity();
+  }
+
+  SaePage.prototype.prepareDensity = function () {
+    var S = this.S, n = this.n;
+    var logs = new Float32Array(n);
+    var live = [];
+    for (var i = 0; i < n; i++) {
+      var d = S.density ? S.density[i] : 0;
+      logs[i] = d > 0 ? Math.log10(d) : NaN;
+      if (d > 0) live.push(logs[i]);
+    }
+    live.sort(function (a, b) { return a - b; });
+    this.logDensity = logs;
+    this.liveSorted = live;
+    // Whole decades, so that every decade the densities span gets a labelled tick.
+    var lo = live.length ? Math.floor(live[0] + 1e-9) : -6, hi = live.length ? Math.ceil(live[live.length - 1] - 1e-9) : 0;
+    if (hi <= lo) hi = lo + 1;
+    var bins = 40, counts = new Array(bins).fill(0);
+    for (i = 0; i < live.length; i++) counts[Math.min(bins - 1, Math.floor((live[i] - lo) / (hi - lo) * bins))]++;
+    this.densityHist = { lo: lo, hi: hi, counts: counts };
+  };
+
+  SaePage.prototype.densityChart = function (mark, markLabel, width, height) {
+    var h = this.densityHist;
+    var ticks = [], span = h.hi - h.lo, every = span > 12 ? 3 : span > 7 ? 2 : 1;
+    for (var e = h.lo; e <= h.hi; e++) ticks.push([e, (e - h.lo) % every ? '' : pow10Label(e)]);
+    return barChart(h.counts, h.lo, h.hi, {
+      label: 'Feature density distribution (log10) across this SAE' + (markLabel ? '; ' + markLabel : ''),
+      xTicks: ticks, mark: mark, markLabel: markLabel, width: width, height: height || 140,
+      xTitle: 'density: fraction of tokens active (log scale)', yTitle: 'features',
+      binLabel: function (a, b) { return 'density ' + fmtDensity(Math.pow(10, a)) + ' – ' + fmtDensity(Math.pow(10, b)) + ', features'; }
+    });
+  };
+
+  SaePage.prototype.start = function () {
+    var self = this;
+    var t0 = performance.now();
+    var overview = $('#sae-density-chart');
+    if (overview && this.liveSorted.length) {
+      overview.textContent = '';
+      overview.appendChild(el('p', 'chart-caption', 'Feature density across the ' + this.liveSorted.length.toLocaleString('en-US') + ' live features'));
+      overview.appendChild(this.densityChart(undefined, undefined, 560, 170));
+    }
+    this.map = new A.FeatureMap(this);
+    this.list = new A.FeatureList(this);
+    this.lookup = new A.TokenLookup(this);
+    this.initFeatureView();
+    window.addEventListener('hashchange', function () { self.fromHash(); });
+    document.addEventListener('keydown', function (e) {
+      if (isTyping(e.target) || e.ctrlKey || e.metaKey || e.altKey) return;
+      if (e.target && e.target.id === 'map-canvas' && /^Arrow/.test(e.key)) return;
+      if (e.key === 'ArrowLeft' || e.key === 'k') { e.preventDefault(); self.step(-1); }
+      else if (e.key === 'ArrowRight' || e.key === 'j') { e.preventDefault(); self.step(1); }
+    });
+    A.page = window.AtlasData.page = this;  // for debugging, the browser tests and other parts
+    this.fromHash(true);
+    window.__atlasReadyMs = performance.now() - t0;
+    window.__atlasReadyAt = performance.now();
+    document.body.setAttribute('data-ready', 'true');
+  };
+
+  SaePage.prototype.fromHash = function (initial) {
+    var m = /^#(\d+)$/.exec(window.location.hash);
+    var i = m ? parseInt(m[1], 10) : NaN;
+    if (!isNaN(i) && i >= 0 && i < this.n) { this.show(i, !initial); return; }
+    if (this.current < 0) {
+      var first = 0;
+      for (var k = 0; k < this.n; k++) if (this.S.max[k] > 0) { first = k; break; }
+      this.show(first, false);
+    }
+    // After show(), which clears the status line.
+    if (window.location.hash && window.location.hash !== '#' && m) {
+      this.status('Feature ' + m[1] + ' does not exist; this SAE has ' + this.n.toLocaleString('en-US') + ' features.');
+    }
+  };
+
+  SaePage.prototype.status = function (msg) {
+    var s = $('#sae-status');
+    if (!s) return;
+    s.textContent = msg || '';
+    s.hidden = !msg;
+  };
+
+  SaePage.prototype.go = function (i) {
+    if (i < 0 || i >= this.n) return;
+    if (window.location.hash === '#' + i) this.show(i, true);
+    else window.location.hash = '#' + i;
+  };
+
+  SaePage.prototype.step = function (d) {
+    var i = this.current < 0 ? 0 : this.current + d;
+    this.go(clamp(i, 0, this.n - 1));
+  };
+
+  SaePage.prototype.label = function (i) {
+    var S = this.S;
+    return (S.expl && S.expl[i]) || (S.label && S.label[i]) || '';
+  };
+
+  /* Fills a label cell for feature i: its explanation as text, else "dead" for a feature that never
+     fired, else its top tokens with invisible characters made visible. */
+  SaePage.prototype.fillLabel = function (node, i) {
+    var S = this.S, expl = S.expl && S.expl[i], label = S.label && S.label[i];
+    var dead = !(S.max && S.max[i] > 0);
+    node.textContent = '';
+    node.classList.remove('mono', 'is-dead');
+    if (expl) node.textContent = expl;
+    else if (dead) { node.textContent = 'dead'; node.classList.add('is-dead'); }
+    else if (label) { appendTokenText(node, label); node.classList.add('mono'); }
+    node.title = expl && label ? expl + '\n' + label : dead && !expl ? 'dead feature: never fired on the corpus' : '';
+    return node;
+  };
+
+  SaePage.prototype.shardUrl = function (shard) { return this.dataBase + 'f/' + pad4(shard) + '.js'; };
+
+  SaePage.prototype.record = function (i) {
+    var self = this, shard = Math.floor(i / this.shardSize);
+    return load(this.shardUrl(shard)).then(function (data) {
+      var recs = (data && data.records) || [];
+      var rec = recs[i - shard * self.shardSize];
+      if (!rec || rec.i !== i) rec = recs.filter(function (r) { return r.i === i; })[0];
+      if (!rec) throw new Error('Feature ' + i + ' is missing from its data shard');
+      return rec;
+    });
+  };
+
+  SaePage.prototype.promptRows = function (prompts) {
+    var S = this.S, pps = S.prompts_per_shard || 64, base = S.corpus || '';
+    // Request shards in example order (top examples first): object keys would sort them numerically.
+    var shards = [], seen = {};
+    prompts.forEach(function (p) {
+      var s = Math.floor(p / pps);
+      if (p >= 0 && !seen[s]) { seen[s] = true; shards.push(s); }
+    });
+    var byShard = {};
+    return Promise.all(shards.map(function (s) {
+      return load(base + pad4(s) + '.js').then(function (data) { byShard[s] = (data && data.rows) || []; }, function () { byShard[s] = null; });
+    })).then(function () {
+      return function (p) {
+        var rows = byShard[Math.floor(p / pps)];
+        return rows ? rows[p % pps] || null : null;
+      };
+    });
+  };
+
+  /* ---------- feature view ---------- */
+
+  SaePage.prototype.initFeatureView = function () {
+    var self = this;
+    this.fv = {
+      title: $('#fv-title'), permalink: $('#fv-permalink'), body: $('#fv-body'),
+      prev: $('#fv-prev'), next: $('#fv-next')
+    };
+    if (this.fv.prev) this.fv.prev.addEventListener('click', function () { self.step(-1); });
+    if (this.fv.next) this.fv.next.addEventListener('click', function () { self.step(1); });
+  };
+
+  SaePage.prototype.show = function (i, scroll) {
+    var self = this, fv = this.fv;
+    var gen = ++this.generation;
+    var t0 = performance.now();
+    this.current = i;
+    this.status('');
+    fv.title.textContent = 'Feature ' + i;
+    fv.permalink.href = '#' + i;
+    fv.permalink.textContent = (this.S.sae || 'feature') + ':' + i;
+    fv.prev.disabled = i <= 0;
+    fv.next.disabled = i >= this.n - 1;
+    this.map.select(i);
+    this.list.markCurrent(i);
+    document.title = document.title.replace(/^(Feature \d+ · )?/, 'Feature ' + i + ' · ');
+    this.record(i).then(function (rec) {
+      if (gen !== self.generation) return;
+      self.renderFeature(rec, gen);
+      window.__atlasLastFeatureMs = performance.now() - t0;
+      if (scroll && window.innerWidth < 1100) $('#feature-view').scrollIntoView({ block: 'start' });
+      // Warm the neighbours' records and texts so stepping with ← → stays instant, once this
+      // feature's own text has arrived (so the prefetch never competes with it).
+      Promise.resolve(self.examplesLoaded).then(function () {
+        setTimeout(function () {
+          if (gen !== self.generation) return;
+          self.prefetch(i + 1);
+          self.prefetch(i - 1);
+        }, 30);
+      });
+    }, function (err) {
+      if (gen !== self.generation) return;
+      fv.body.textContent = '';
+      fv.body.appendChild(el('p', 'notice notice-error', err.message));
+    });
+  };
+
+  SaePage.prototype.prefetch = function (i) {
+    if (i < 0 || i >= this.n || !(this.S.max[i] > 0)) return;
+    var self = this;
+    this.record(i).then(function (rec) { return self.promptRows(examplePrompts(rec)); }).catch(function () {});
+  };
+
+  function examplePrompts(rec) {
+    var prompts = [];
+    (rec.top || []).forEach(function (e) { if (e) prompts.push(e[0]); });
+    (rec.intervals || []).forEach(function (iv) { (iv.ex || []).forEach(function (e) { if (e) prompts.push(e[0]); }); });
+    return prompts;
+  }
+
+  /* Renders the registered panes for `rec` into the feature view, then loads the prompts' text for the
+     panes that show it (onText): the top examples' prompts first (what a reader looks at), then the
+     interval samples' (below the fold), so a jump to a feature shows its examples after ~20 files. */
+  SaePage.prototype.renderFeature = function (rec, gen) {
+    var self = this, frag = document.createDocumentFragment();
+    var ld = typeof rec.log_density === 'number' ? rec.log_density : (rec.density > 0 ? Math.log10(rec.density) : null);
+    var ctx = { dead: !(rec.max > 0), logDensity: ld, gen: gen };
+    var shown = [], wrap = null, group = null;
+    this.rec = rec;
+    this.layerCache = null;
+    A.panes().forEach(function (pane) {
+      var node;
+      try { node = pane.render(self, rec, ctx); } catch (err) {
+        console.error(err);
+        node = el('p', 'notice notice-error', 'The ' + pane.name + ' pane failed: ' + err.message);
+      }
+      if (!node) return;
+      shown.push({ pane: pane, node: node });
+      if (!pane.group) { group = null; frag.appendChild(node); return; }
+      if (pane.group !== group) { group = pane.group; wrap = frag.appendChild(el('div', A.groups[group] || 'fv-' + group)); }
+      wrap.appendChild(node);
+    });
+    this.fv.body.textContent = '';
+    this.fv.body.appendChild(frag);
+    this.shown = shown;
+    this.ctx = ctx;
+
+    this.examplesLoaded = null;
+    this.rowOf = null;
+    this.intervalsReady = false;
+    if (shown.some(function (s) { return s.pane.onText; })) {
+      var topPrompts = examplePrompts({ top: rec.top });
+      this.examplesLoaded = this.promptRows(topPrompts).then(function (rowOf) {
+        if (gen !== self.generation) return null;
+        self.rowOf = rowOf;
+        self.renderExamples();
+        return self.promptRows(examplePrompts(rec));
+      }).then(function (rowOf) {
+        if (!rowOf || gen !== self.generation) return;
+        self.rowOf = rowOf;
+        self.intervalsReady = true;
+        self.renderExamples();
+      });
+    }
+  };
+
+  /* Redraws the panes that show prompt text (after text arrives or an example setting changes). */
+  SaePage.prototype.renderExamples = function () {
+    var self = this, rec = this.rec;
+    if (!rec) return;
+    (this.shown || []).forEach(function (s) { if (s.pane.onText) s.pane.onText(self, rec, s.node, self.ctx); });
+  };
+
+  /* The token layers with values for some top example of `rec`, each {layer, scale} where scale is the
+     largest |value| over the top examples (what is drawn at full strength). */
+  SaePage.prototype.layersFor = function (rec) {
+    if (this.layerCache && this.layerCache.rec === rec) return this.layerCache.list;
+    var list = [];
+    A.tokenLayers().forEach(function (layer) {
+      var scale = 0, any = false;
+      (rec.top || []).forEach(function (ex, k) {
+        var values = ex ? layer.values(rec, 'top', k) : null;
+        if (!values) return;
+        Object.keys(values).forEach(function (p) {
+          var v = values[p];
+          if (typeof v !== 'number' || !isFinite(v)) return;
+          any = true;
+          if (Math.abs(v) > scale) scale = Math.abs(v);
+        });
+      });
+      if (any) list.push({ layer: layer, scale: scale });
+    });
+    this.layerCache = { rec: rec, list: list };
+    return list;
+  };
+
+  /* Options for Atlas.exampleRow from the page's settings, for example `index` of `kind` ('top' or
+     'interval', of interval `group`); with a token layer chosen (this.shade) and available for the
+     feature, the tokens are shaded by its values (none where it has none for that example). */
+  SaePage.prototype.exampleOptions = function (rec, kind, index, group) {
+    var S = this.S, layer = null, shade = this.shade;
+    this.layersFor(rec).forEach(function (l) {
+      if (l.layer.name !== shade) return;
+      layer = { name: l.layer.name, label: l.layer.label || l.layer.name, scale: l.scale, values: l.layer.values(rec, kind, index, group) || {} };
+    });
+    return {
+      max: rec.max, contextBefore: S.context_before, contextAfter: S.context_after, ctxMode: this.ctxMode,
+      breakLines: this.breakLines, markSpaces: this.markSpaces, layer: layer
+    };
+  };
+
+  A.SaePage = SaePage;
+  A.examplePrompts = examplePrompts;
+})(window.Atlas);
