@@ -163,14 +163,18 @@ def _add_co_firing(acc: torch.Tensor, acts: SparseActs, lo: int, hi: int) -> Non
     chunk = max(1, chunk_elements(acc.device) // 8)
     run = pair_start // chunk
     bounds = [0] + torch.cumsum(torch.unique_consecutive(run, return_counts=True)[1], 0).tolist()
-    scaled = value * SCALE_SQ
+    row = (feature[entry] - lo) * f
+    scaled = value[entry] * SCALE_SQ
+    # Each entry's partners: its token's entries, a contiguous run from the token's first.
+    first_partner = row_start[token[entry]] - pair_start
     for s, e in zip(bounds[:-1], bounds[1:]):
-        mine, count = entry[s:e], partners[s:e]
-        owner = torch.repeat_interleave(torch.arange(e - s, device=acc.device), count)
-        offset = torch.arange(owner.shape[0], device=acc.device) - (torch.cumsum(count, 0) - count)[owner]
-        other = row_start[token[mine]][owner] + offset
-        mine = mine[owner]
-        acc.index_add_(0, (feature[mine] - lo) * f + feature[other], (scaled[mine] * value[other]).round_().to(torch.int64))
+        count = partners[s:e]
+        n_pairs = int(count.sum())
+        other = torch.repeat_interleave(first_partner[s:e], count, output_size=n_pairs)
+        other += torch.arange(int(pair_start[s]), int(pair_start[s]) + n_pairs, device=acc.device)
+        index = torch.repeat_interleave(row[s:e], count, output_size=n_pairs) + feature[other]
+        product = torch.repeat_interleave(scaled[s:e], count, output_size=n_pairs) * value[other]
+        acc.index_add_(0, index, product.round_().to(torch.int64))
 
 
 def correlated_features(
