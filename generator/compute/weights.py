@@ -13,17 +13,21 @@ from sae_atlas.compute.options import chunk_elements
 CHUNK = 1024
 
 
-def logit_effects(w_dec: torch.Tensor, out_map: torch.Tensor | None, w_u: torch.Tensor, n: int):
+def logit_effects(w_dec: torch.Tensor, out_map: torch.Tensor | None, w_u: torch.Tensor, n: int, histogram_bins: int = 0):
     """Top n positive and negative logits of W_dec @ M @ W_U per feature:
-    (pos_token i32[F,n], pos_value f32[F,n], neg_token i32[F,n], neg_value f32[F,n])."""
+    (pos_token i32[F,n], pos_value f32[F,n], neg_token i32[F,n], neg_value f32[F,n]).
+    With histogram_bins > 0, also each feature's logits over the whole vocabulary binned by
+    `logit_histogram` from the same chunks of logits: (..., counts i32[F,bins], range f32[F,2]).
+    Without an output map every array is empty (-1 tokens, zeros)."""
     f = w_dec.shape[0]
     n = min(n, w_u.shape[1])
     pos_t = np.full((f, n), -1, np.int32)
     neg_t = np.full((f, n), -1, np.int32)
     pos_v = np.zeros((f, n), np.float32)
     neg_v = np.zeros((f, n), np.float32)
+    hist = (np.zeros((f, histogram_bins), np.int32), np.zeros((f, 2), np.float32)) if histogram_bins > 0 else ()
     if out_map is None:
-        return pos_t, pos_v, neg_t, neg_v
+        return (pos_t, pos_v, neg_t, neg_v) + hist
     directions = w_dec.float() @ out_map.to(w_dec.device)
     w_u = w_u.float().to(w_dec.device)
     step = max(1, chunk_elements(w_dec.device) // w_u.shape[1])  # rows of logits per chunk
@@ -33,7 +37,32 @@ def logit_effects(w_dec: torch.Tensor, out_map: torch.Tensor | None, w_u: torch.
         pos_t[lo : lo + step], pos_v[lo : lo + step] = t.cpu().numpy(), v.cpu().numpy()
         v, t = logits.topk(n, dim=1, largest=False)
         neg_t[lo : lo + step], neg_v[lo : lo + step] = t.cpu().numpy(), v.cpu().numpy()
-    return pos_t, pos_v, neg_t, neg_v
+        if hist:
+            counts, value_range = logit_histogram(logits, histogram_bins)
+            hist[0][lo : lo + step], hist[1][lo : lo + step] = counts.cpu().numpy(), value_range.cpu().numpy()
+    return (pos_t, pos_v, neg_t, neg_v) + hist
+
+
+def logit_histogram(logits: torch.Tensor, bins: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's values in `bins` equal-width bins between its min and max, exactly as
+    np.histogram(row.astype(np.float64), bins) counts them (edges i * (max - min) / bins + min in
+    float64, bin i = [edge i, edge i+1), the last bin closed; a constant row lands in the middle
+    bin of [v - 0.5, v + 0.5]). Returns (counts i32 [R, bins], (min, max) f32 [R, 2])."""
+    counts = torch.zeros((logits.shape[0], bins), dtype=torch.int32, device=logits.device)
+    step = max(1, chunk_elements(logits.device) // 8 // max(logits.shape[1], 1))  # float64 temporaries
+    for lo in range(0, logits.shape[0], step):
+        v = logits[lo : lo + step].double()
+        first, last = v.min(1, keepdim=True).values, v.max(1, keepdim=True).values
+        flat = first == last
+        first, last = torch.where(flat, first - 0.5, first), torch.where(flat, last + 0.5, last)
+        index = ((v - first) / (last - first) * bins).long()
+        index[index == bins] = bins - 1
+        edges = torch.arange(bins + 1, dtype=torch.float64, device=v.device) * ((last - first) / bins) + first
+        edges[:, -1] = last[:, 0]
+        index -= (v < edges.gather(1, index)).long()  # the quotient can be one ULP off at an edge
+        index += ((v >= edges.gather(1, index + 1)) & (index != bins - 1)).long()
+        counts[lo : lo + step].scatter_add_(1, index, torch.ones_like(index, dtype=torch.int32))
+    return counts, torch.stack([logits.min(1).values, logits.max(1).values], 1).float()
 
 
 def unit_rows(w: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,204 @@
+"""Correlated neurons and features, aligned neurons and the logit histogram against brute force
+in dense float64 numpy, across batch sizes, feature blocks and a checkpoint."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sae_atlas.compute import correlation, weights
+from sae_atlas.compute.correlation import NeuronCorrelation, aligned_neurons, correlated_features
+from sae_atlas.compute.stats import SparseActs
+from sae_atlas.compute.weights import logit_effects
+
+PROMPTS, CONTEXT, F, D, K = 30, 10, 40, 12, 5
+DEAD = (7, 23)
+SPLITS = ([30], [1] * 30, [7, 7, 7, 9], [4, 11, 2, 13])
+
+
+@pytest.fixture(scope="module")
+def data():
+    """Activations f32 [300, 40] (about 10% firing, two features never) and the basis f32 [300, 12]
+    (its last dimension constant, so it correlates with nothing)."""
+    rng = np.random.default_rng(10)
+    acts = np.where(rng.random((PROMPTS * CONTEXT, F)) < 0.1, rng.uniform(0.1, 5.0, (PROMPTS * CONTEXT, F)), 0.0)
+    acts[:, DEAD] = 0.0
+    x = rng.normal(0.0, 1.0, (PROMPTS * CONTEXT, D)) + 0.3 * acts[:, :D]
+    x[:, -1] = 1.5
+    return acts.astype(np.float32), x.astype(np.float32)
+
+
+def batches(acts: np.ndarray, sizes: list[int]) -> list[SparseActs]:
+    out, p0 = [], 0
+    for nb in sizes:
+        dense = torch.from_numpy(acts[p0 * CONTEXT : (p0 + nb) * CONTEXT])
+        out.append(SparseActs.from_dense(dense, p0, CONTEXT))
+        p0 += nb
+    return out
+
+
+def pearson(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """r f64 [columns of a, columns of b] over the rows, and where it is defined."""
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    ac, bc = a - a.mean(0), b - b.mean(0)
+    na, nb = np.sqrt((ac**2).sum(0)), np.sqrt((bc**2).sum(0))
+    defined = (na[:, None] > 1e-9) & (nb[None, :] > 1e-9)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = (ac.T @ bc) / (na[:, None] * nb[None, :])
+    return np.where(defined, r, 0.0), defined
+
+
+def brute_top(r: np.ndarray, valid: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    index = np.full((r.shape[0], k), -1, np.int32)
+    value = np.zeros((r.shape[0], k), np.float64)
+    for i in range(r.shape[0]):
+        cols = np.flatnonzero(valid[i])
+        order = cols[np.argsort(-r[i, cols], kind="stable")][:k]
+        ranked = np.sort(r[i, cols])[::-1][: k + 1]
+        assert np.all(np.diff(ranked) < -1e-4), f"fixture has near-ties in row {i}"
+        index[i, : len(order)], value[i, : len(order)] = order, r[i, order]
+    return index, value
+
+
+def neuron_result(acts, x, sizes, k=K):
+    nc = NeuronCorrelation(F, D)
+    p0 = 0
+    for b in batches(acts, sizes):
+        nc.update(b, torch.from_numpy(x[p0 * CONTEXT : p0 * CONTEXT + b.n_tokens]))
+        p0 += b.n_prompts
+    return nc.result(k)
+
+
+def test_correlated_neurons_match_brute_force(data):
+    acts, x = data
+    r, defined = pearson(acts, x)
+    want_index, want_value = brute_top(r, defined, K)
+    index, value = neuron_result(acts, x, SPLITS[2])
+    np.testing.assert_array_equal(index, want_index)
+    np.testing.assert_allclose(value, want_value, atol=1e-5)
+    assert (index[list(DEAD)] == -1).all() and (value[list(DEAD)] == 0).all()
+    assert not (index == D - 1).any()  # the constant dimension
+    assert (index[np.setdiff1d(np.arange(F), DEAD)] >= 0).all()
+
+
+def test_correlated_neurons_identical_across_batch_sizes(data):
+    acts, x = data
+    results = [neuron_result(acts, x, sizes) for sizes in SPLITS]
+    for index, value in results[1:]:
+        np.testing.assert_array_equal(index, results[0][0])
+        np.testing.assert_array_equal(value, results[0][1])
+
+
+def test_correlated_neurons_more_slots_than_dimensions_are_empty(data):
+    acts, x = data
+    index, value = neuron_result(acts, x, [30], k=D + 3)
+    live = np.setdiff1d(np.arange(F), DEAD)
+    assert (index[live, : D - 1] >= 0).all()  # every non-constant dimension ranks
+    assert (index[:, D - 1 :] == -1).all() and (value[:, D - 1 :] == 0).all()
+
+
+def test_neuron_correlation_resumes_from_a_checkpoint(data):
+    acts, x = data
+    parts = batches(acts, [7, 7, 7, 9])
+    first = NeuronCorrelation(F, D)
+    for b in parts[:2]:
+        first.update(b, torch.from_numpy(x[b.first_prompt * CONTEXT : b.first_prompt * CONTEXT + b.n_tokens]))
+    resumed = NeuronCorrelation(F, D)
+    resumed.load_state(first.state_arrays())
+    for b in parts[2:]:
+        resumed.update(b, torch.from_numpy(x[b.first_prompt * CONTEXT : b.first_prompt * CONTEXT + b.n_tokens]))
+    index, value = resumed.result(K)
+    want_index, want_value = neuron_result(acts, x, [30])
+    np.testing.assert_array_equal(index, want_index)
+    np.testing.assert_array_equal(value, want_value)
+    with pytest.raises(ValueError, match="sum_x has shape"):
+        NeuronCorrelation(F, D + 1).load_state(first.state_arrays())
+
+
+def feature_result(acts, sizes, budget):
+    parts = batches(acts, sizes)
+    return correlated_features(lambda: iter(parts), F, K, budget)
+
+
+def test_correlated_features_match_brute_force(data):
+    acts, _ = data
+    r, defined = pearson(acts, acts)
+    valid = defined & (r > 0) & ~np.eye(F, dtype=bool)
+    want_index, want_value = brute_top(r, valid, K)
+    index, value = feature_result(acts, [30], 1 << 20)
+    np.testing.assert_array_equal(index, want_index)
+    np.testing.assert_allclose(value, want_value, atol=1e-5)
+    assert (index[list(DEAD)] == -1).all()
+    assert not (index == np.arange(F)[:, None]).any()
+    assert (value[index >= 0] > 0).all()
+    # Positive r needs co-firing: every ranked pair fired together on some token.
+    rows, slots = np.nonzero(index >= 0)
+    assert ((acts[:, rows] > 0) & (acts[:, index[rows, slots]] > 0)).any(0).all()
+
+
+@pytest.mark.parametrize("budget", [8 * F * 3, 1])  # 14 blocks of 3 features, then one scan per feature
+def test_correlated_features_identical_across_batches_and_blocks(data, budget):
+    acts, _ = data
+    want_index, want_value = feature_result(acts, [30], 1 << 20)
+    assert len(correlation.feature_blocks(F, budget)) == (14 if budget > 1 else F)
+    for sizes in SPLITS:
+        index, value = feature_result(acts, sizes, budget)
+        np.testing.assert_array_equal(index, want_index)
+        np.testing.assert_array_equal(value, want_value)
+
+
+def test_correlated_features_rejects_batches_that_change_between_scans(data):
+    acts, _ = data
+    scans = iter([batches(acts, [30]), batches(acts, [29])])
+    with pytest.raises(ValueError, match="later scan"):
+        correlated_features(lambda: iter(next(scans)), F, K, 8 * F * 20)
+
+
+@pytest.mark.parametrize("n", [5, 11])
+def test_aligned_neurons_match_brute_force(n):
+    w = np.random.default_rng(5).normal(size=(9, 8)).astype(np.float32)
+    index, value, share = aligned_neurons(torch.from_numpy(w), n)
+    k = min(n, w.shape[1])
+    order = np.argsort(-np.abs(w), 1, kind="stable")[:, :k]
+    np.testing.assert_array_equal(index[:, :k], order)
+    np.testing.assert_array_equal(value[:, :k], np.take_along_axis(w, order, 1))
+    want_share = np.abs(np.take_along_axis(w, order, 1)) / np.abs(w.astype(np.float64)).sum(1, keepdims=True)
+    np.testing.assert_allclose(share[:, :k], want_share, rtol=1e-6)
+    assert (index[:, k:] == -1).all() and (value[:, k:] == 0).all() and (share[:, k:] == 0).all()
+
+
+@pytest.fixture
+def logit_weights():
+    """Small integers (and quarters) so that the float32 logits equal the float64 ones exactly and
+    many land on bin edges; feature 2's decoder row is zero (constant logits)."""
+    rng = np.random.default_rng(11)
+    w_dec = rng.integers(-4, 5, (7, 6)).astype(np.float32) / 4
+    w_dec[2] = 0
+    out_map = rng.integers(-2, 3, (6, 5)).astype(np.float32)
+    w_u = rng.integers(-3, 4, (5, 301)).astype(np.float32)
+    return w_dec, out_map, w_u
+
+
+@pytest.mark.parametrize("chunk", [None, 2 * 301])  # one chunk; two features per chunk
+def test_logit_histogram_matches_numpy(logit_weights, monkeypatch, chunk):
+    w_dec, out_map, w_u = logit_weights
+    if chunk is not None:
+        monkeypatch.setattr(weights, "chunk_elements", lambda device: chunk)
+    args = (torch.from_numpy(w_dec), torch.from_numpy(out_map), torch.from_numpy(w_u), 10)
+    pos_t, pos_v, neg_t, neg_v, counts, value_range = logit_effects(*args, histogram_bins=50)
+    logits = w_dec.astype(np.float64) @ out_map.astype(np.float64) @ w_u.astype(np.float64)
+    assert counts.dtype == np.int32 and counts.shape == (7, 50) and value_range.dtype == np.float32
+    for f, row in enumerate(logits):
+        want, _ = np.histogram(row, bins=50)
+        np.testing.assert_array_equal(counts[f], want, err_msg=f"feature {f}")
+        np.testing.assert_array_equal(value_range[f], [row.min(), row.max()])
+    assert counts[2, 25] == 301  # a constant row: the middle bin, as numpy puts it
+    for got, want in zip((pos_t, pos_v, neg_t, neg_v), logit_effects(*args)):
+        assert got.dtype == want.dtype and got.tobytes() == want.tobytes()
+
+
+def test_logit_histogram_without_output_map_is_zero(logit_weights):
+    w_dec, _, w_u = logit_weights
+    *_, counts, value_range = logit_effects(torch.from_numpy(w_dec), None, torch.from_numpy(w_u), 10, histogram_bins=50)
+    assert counts.shape == (7, 50) and not counts.any() and not value_range.any()
