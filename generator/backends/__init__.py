@@ -78,8 +78,9 @@ class ModelBackend(Protocol):
 
     def attention(self, tokens: Any, layer: int) -> tuple[Any, Any]: ...  # (pattern [b, head, q, k], v [b, k, head, d_head])
 
-    def ablation_losses(self, tokens: Any, sae: SaeModule, row_prompt: Any, row_feature: Any, batch_size: int) -> tuple[Any, Any]: ...
-    # next-token losses [prompts, pos - 1] with the SAE spliced in, and [rows, pos - 1] with a row's feature ablated from it
+    def ablation_losses(self, tokens: Any, sae: SaeModule, row_prompt: Any, row_feature: Any, batch_size: int, row_positions: Any = None) -> tuple[Any, Any]: ...
+    # next-token losses [prompts, pos - 1] with the SAE spliced in, and [rows, pos - 1] with a row's
+    # feature ablated from it; only at row_positions (bool [rows, pos - 1]), 0 elsewhere
 
 
 @dataclass(frozen=True)

@@ -273,10 +273,10 @@ class TransformerLensBackend:
             v = v.repeat_interleave(heads // kv_heads, dim=2)
         return pattern, v
 
-    def ablation_losses(self, tokens: torch.Tensor, sae, row_prompt: torch.Tensor, row_feature: torch.Tensor, batch_size: int):
+    def ablation_losses(self, tokens: torch.Tensor, sae, row_prompt: torch.Tensor, row_feature: torch.Tensor, batch_size: int, row_positions=None):
         from sae_atlas.backends.transformer_lens_ablation import ablation_losses
 
-        return ablation_losses(self, tokens, sae, row_prompt, row_feature, batch_size)
+        return ablation_losses(self, tokens, sae, row_prompt, row_feature, batch_size, row_positions)
 
     # -- the CE loss
 

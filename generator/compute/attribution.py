@@ -23,7 +23,7 @@ examples of a prompt are evaluated together.
   value is the loss of predicting token t + 1; a prompt's last position predicts nothing (0).
   A forward's rows are (prompt, feature) pairs (an example's pair, once however many of the
   feature's examples share the prompt); the clean forward and the spliced loss run once per
-  unique prompt (`ModelBackend.ablation_losses`).
+  unique prompt (`ModelBackend.ablation_losses`), and only the windows' positions are unembedded.
 """
 
 from __future__ import annotations
@@ -123,15 +123,19 @@ def loss_effects(model, sae, tokens, prompt, position, before: int, after: int, 
     for _, chunk in _batches(unique, batch_size):
         r0, r1 = np.searchsorted(pair_prompt, [chunk[0], chunk[-1] + 1])
         local = np.searchsorted(chunk, pair_prompt[r0:r1])
+        e = np.nonzero((pair_of >= r0) & (pair_of < r1))[0]
+        row_of = torch.from_numpy(pair_of[e] - r0).to(device)
+        qe = torch.from_numpy(q[e]).to(device)
+        t = qe[:, None] - before + torch.arange(before + 1 + after, device=device)
+        keep = (t >= 0) & (t <= context - 2)
+        needed = torch.zeros((r1 - r0, context - 1), dtype=torch.bool, device=device)
+        needed[row_of[:, None].expand_as(t)[keep], t[keep]] = True  # the rows' window positions
         spliced, ablated = model.ablation_losses(
             torch.from_numpy(np.asarray(tokens[chunk])).long().to(device), sae,
-            torch.from_numpy(local).to(device), torch.from_numpy(pair_feature[r0:r1]).to(device), batch_size,
+            torch.from_numpy(local).to(device), torch.from_numpy(pair_feature[r0:r1]).to(device), batch_size, needed,
         )
         effect = ablated - spliced[torch.from_numpy(local).to(spliced.device)]  # [rows, context - 1]
         effect = torch.nn.functional.pad(effect, (0, 1))  # the last position predicts nothing
-        e = np.nonzero((pair_of >= r0) & (pair_of < r1))[0]
-        qe = torch.from_numpy(q[e]).to(effect.device)
-        last = torch.full_like(qe, context - 2)
-        window = _window(effect[torch.from_numpy(pair_of[e] - r0).to(effect.device)], qe, before, after, last)
+        window = _window(effect[row_of.to(effect.device)], qe.to(effect.device), before, after, torch.full_like(qe, context - 2).to(effect.device))
         out[feature[e], slot[e]] = window.cpu().numpy().astype(np.float16)
     return out
