@@ -7,7 +7,10 @@ A model backend has two halves:
 - torch (`load_model` -> a `ModelBackend`): loads the model with the SAEs' from-pretrained
   keyword arguments, captures hook activations stopping at the last needed block, maps a hook's
   activations into the residual stream (`output_map`), gives the unembedding, and computes the
-  next-token loss clean and with reconstructions spliced in (`ce_losses`).
+  next-token loss clean and with reconstructions spliced in (`ce_losses`). For per-example
+  statistics (`sae_atlas.compute.attribution`) it gives a layer's attention pattern and values
+  (`attention`) and the per-token loss with one feature ablated from a spliced reconstruction
+  (`ablation_losses`).
 
 TransformerLens's `HookedTransformer` is the first backend (`transformer_lens.py`); nothing outside
 this package imports transformer_lens or sae_lens. The SAE interface (`SaeModule`) is implemented
@@ -35,6 +38,9 @@ class SaeModule(Protocol):
     prepend_bos: bool
 
     @property
+    def W_enc(self) -> Any: ...  # [d_in, d_sae]
+
+    @property
     def W_dec(self) -> Any: ...  # [d_sae, d_out]
 
     @property
@@ -43,6 +49,8 @@ class SaeModule(Protocol):
     def read(self, activation: Any) -> Any: ...  # the hook's activation -> the SAE's input
 
     def encode(self, x: Any) -> Any: ...
+
+    def input_scale(self, x: Any) -> Any | None: ...  # per token, what encode scales x by before W_enc (None: 1)
 
     def decode(self, acts: Any) -> Any: ...  # dense or sparse (CSR) feature activations
 
@@ -67,6 +75,12 @@ class ModelBackend(Protocol):
     def output_map(self, hook: str, head_index: int | None = None) -> Any | None: ...
 
     def unembedding(self) -> Any: ...  # W_U [d_model, d_vocab]
+
+    def attention(self, tokens: Any, layer: int) -> tuple[Any, Any]: ...  # (pattern [b, head, q, k], v [b, k, head, d_head])
+
+    def ablation_losses(self, tokens: Any, sae: SaeModule, row_prompt: Any, row_feature: Any, batch_size: int, row_positions: Any = None) -> tuple[Any, Any]: ...
+    # next-token losses [prompts, pos - 1] with the SAE spliced in, and [rows, pos - 1] with a row's
+    # feature ablated from it; only at row_positions (bool [rows, pos - 1]), 0 elsewhere
 
 
 @dataclass(frozen=True)

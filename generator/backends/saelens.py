@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from sae_atlas.errors import InputError, Problem, problem_at
+from sae_atlas.errors import AtlasError, InputError, Problem, problem_at
 from sae_atlas.manifest import SaeSpec
 from sae_atlas.sources.architectures import architecture_info
 
@@ -49,6 +49,10 @@ class SaeLensSae:
         self._w_skip = getattr(module, "W_skip", None) if info.skip else None
 
     @property
+    def W_enc(self) -> torch.Tensor:
+        return self.module.W_enc
+
+    @property
     def W_dec(self) -> torch.Tensor:
         return self.module.W_dec
 
@@ -65,6 +69,21 @@ class SaeLensSae:
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.module.encode(x)
+
+    def input_scale(self, x: torch.Tensor) -> torch.Tensor | None:
+        """Per token of x [..., d_in] (a per-head hook's [..., heads, d_head] flattened), the factor
+        `encode` multiplies its input by before W_enc, which `decode` divides its output by again:
+        sqrt(d_in) / |x| under SAELens's `constant_norm_rescale`; None when the SAE rescales
+        nothing at run time (`expected_average_only_in` is folded into the weights when SAELens
+        loads from a release, and covariance whitening always is). A `layer_norm` input is refused:
+        its centring is not a per-token factor."""
+        mode = getattr(self.module.cfg, "normalize_activations", "none") or "none"
+        if mode == "constant_norm_rescale":
+            lead = x.shape[:-1] if x.shape[-1] == self.d_in else x.shape[:-2]
+            return self.d_in**0.5 / x.reshape(*lead, self.d_in).float().norm(dim=-1)
+        if mode == "layer_norm":
+            raise AtlasError(f"SAE on {self.hook_in} layer-normalises its input (normalize_activations: layer_norm): its feature attributions and loss effects are not computed")
+        return None
 
     def decode(self, acts: torch.Tensor) -> torch.Tensor:
         return self.module.decode(acts)

@@ -255,6 +255,29 @@ class TransformerLensBackend:
     def unembedding(self) -> torch.Tensor:
         return self.model.W_U.detach()
 
+    # -- per-example statistics
+
+    def attention(self, tokens: torch.Tensor, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Block `layer`'s attention pattern [batch, head, query, key] and values [batch, key, head,
+        d_head] (`attn.hook_pattern`, `attn.hook_v`; float32), the forward stopping after that
+        block. Grouped-query attention's value heads (`hook_v` has n_key_value_heads of them unless
+        the model ungroups them) are repeated to one per query head, as TransformerLens does when it
+        computes z, so that z[b, q, h] = sum_k pattern[b, h, q, k] v[b, k, h] always holds."""
+        pattern_hook, v_hook = f"blocks.{layer}.attn.hook_pattern", f"blocks.{layer}.attn.hook_v"
+        got = self.capture(tokens, [pattern_hook, v_hook])
+        pattern, v = got[pattern_hook].float(), got[v_hook].float()
+        heads, kv_heads = pattern.shape[1], v.shape[2]
+        if kv_heads != heads:
+            if kv_heads <= 0 or heads % kv_heads:
+                raise AtlasError(f"block {layer}'s attention has {heads} query heads and {kv_heads} value heads (hook_v); expected as many, or a divisor (grouped-query attention)")
+            v = v.repeat_interleave(heads // kv_heads, dim=2)
+        return pattern, v
+
+    def ablation_losses(self, tokens: torch.Tensor, sae, row_prompt: torch.Tensor, row_feature: torch.Tensor, batch_size: int, row_positions=None):
+        from sae_atlas.backends.transformer_lens_ablation import ablation_losses
+
+        return ablation_losses(self, tokens, sae, row_prompt, row_feature, batch_size, row_positions)
+
     # -- the CE loss
 
     def ce_losses(self, corpus, saes, batch_size: int, device: str, progress: str | None = None):

@@ -80,18 +80,23 @@ def _softcap(cfg) -> float | None:
     return float(cap) if cap is not None and cap > 0 else None
 
 
-def _next_token_loss(model, resid: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+def _next_token_loss(model, resid: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor | None, positions: torch.Tensor | None = None) -> torch.Tensor:
     """float32 [batch, pos - 1]: the loss of predicting tokens[:, 1:] from the final residual stream
     `resid` [batch, pos, d_model] (before ln_final), as TransformerLens's forward computes it after
-    its last block, `chunk_elements` logits at a time (on a CPU a few MB, which stay in cache)."""
+    its last block, `chunk_elements` logits at a time (on a CPU a few MB, which stay in cache).
+    With `positions` (bool [batch, pos - 1]) only those positions are unembedded; the others are 0."""
     from transformer_lens.components import Unembed
 
     batch, pos = tokens.shape
     x = resid[:, :-1]  # the last position predicts nothing
     if model.cfg.normalization_type is not None:
         x = model.ln_final(x)
-    x = x.reshape(batch * (pos - 1), -1)
-    targets = tokens[:, 1:].reshape(-1).to(x.device)
+    targets = tokens[:, 1:].to(x.device)
+    if positions is not None:
+        positions = positions.to(x.device)
+        x, targets = x[positions], targets[positions]
+    x = x.reshape(-1, x.shape[-1])
+    targets = targets.reshape(-1)
     unembed = model.unembed
     if type(unembed) is Unembed and not unembed.hook_in._forward_hooks and not unembed.hook_out._forward_hooks:
         # Unembed.forward is F.linear(x, W_U.T.contiguous(), b_U): the same call, with the weight
@@ -119,6 +124,8 @@ def _next_token_loss(model, resid: torch.Tensor, tokens: torch.Tensor, mask: tor
             logits.tanh_().mul_(cap)
         # -log_softmax(logits)[target] = logsumexp(logits) - logits[target], in float32.
         loss[lo : lo + step] = F.cross_entropy(logits.float(), targets[lo : lo + step], reduction="none")
+    if positions is not None:
+        loss = torch.zeros((batch, pos - 1), dtype=torch.float32, device=x.device).masked_scatter_(positions, loss)
     loss = loss.reshape(batch, pos - 1)
     if mask is not None:  # as lm_cross_entropy_loss: 0 where a position or its next one is masked
         mask = mask.to(loss.device)
