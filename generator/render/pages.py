@@ -191,6 +191,7 @@ def release_context(r: ReleaseModel) -> dict:
             "links": [{"title": link.title, "href": link.href} for link in r.links],
         },
         "sets": [_set_entry(page, s) for s in r.sets],
+        "prompts_href": ids.relative(page, r.saes[0].prompts_page) if r.saes and r.saes[0].prompts_page else "",
         "lists": [
             {"id": lst.id, "title": lst.spec.title, "href": ids.relative(page, lst.page), "n_features": len(lst.features)}
             for lst in r.lists
@@ -288,6 +289,8 @@ def sae_context(r: ReleaseModel, s: SetModel, sae: SaeModel) -> dict:
         {"title": f"Release: {r.release.title}", "href": ids.relative(page, r.page)},
         {"title": f"Set: {s.model_id}/{s.id}", "href": ids.relative(page, s.page)},
     ] + [{"title": link.title, "href": link.href} for link in r.links]
+    if sae.prompts_page:
+        links.append({"title": "Prompt view", "href": sibling_link(page, sae.prompts_page)})
     if sae.neuronpedia:
         links.append({"title": "Neuronpedia", "href": sae.neuronpedia})
     return {
