@@ -199,7 +199,7 @@ def release_context(r: ReleaseModel) -> dict:
     }
 
 
-def list_context(site: SiteModel, r: ReleaseModel, lst: ListModel) -> dict:
+def list_context(r: ReleaseModel, lst: ListModel) -> dict:
     page = lst.page
     prompts_page = lst.features[0][0].prompts_page if lst.features else ""
     return {
@@ -331,7 +331,7 @@ def render_pages(site: SiteModel, env: jinja2.Environment, writer: SiteWriter) -
     for r in site.releases:
         writer.write(r.page, templates["release"].render(release_context(r)))
         for lst in r.lists:
-            writer.write(lst.page, templates["list"].render(list_context(site, r, lst)))
+            writer.write(lst.page, templates["list"].render(list_context(r, lst)))
         for s in r.sets:
             writer.write(s.page, templates["set"].render(set_context(r, s)))
             for sae in s.saes:

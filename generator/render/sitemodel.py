@@ -471,7 +471,7 @@ def _prompt_views(models: list[ModelModel]) -> list[PromptViewModel]:
     for m in models:
         groups: dict[str, list[ReleaseModel]] = {}
         for r in sorted(m.releases, key=lambda r: r.id):
-            groups.setdefault(r.saes[0].corpus_key if r.saes else corpus_key(r.release), []).append(r)
+            groups.setdefault(corpus_key(r.release), []).append(r)
         for n, (key, rs) in enumerate(groups.items()):
             page = ids.prompts_path(m.id, None if n == 0 else rs[0].id)
             saes = sorted((sae for r in rs for sae in r.saes), key=lambda sae: (sae.spec.layer, sae.spec.set_id))

@@ -225,6 +225,9 @@ def test_an_embed_shows_one_card_with_its_switches_and_loads_no_summary(open_pag
     assert page.locator(".fcard svg").count() == 0 and page.locator(".fcard-expl").count() == 0
     assert page.locator("a.fcard-id").count() == 0
     assert page.evaluate("() => document.documentElement.getAttribute('data-theme')") == "dark"
+    page.evaluate("location.hash = '#1?theme=auto'")
+    page.wait_for_function("() => document.querySelectorAll('.fcard .ex').length === 3")
+    assert page.evaluate("() => document.documentElement.getAttribute('data-theme')") is None
     guard.assert_clean()
 
 

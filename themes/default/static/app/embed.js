@@ -33,8 +33,13 @@
     return out;
   }
 
-  function applyTheme(theme) {
-    if (theme === 'light' || theme === 'dark') document.documentElement.setAttribute('data-theme', theme);
+  /* theme light or dark sets the scheme; auto goes back to what theme.js chose (`saved`: the saved
+     choice, or null to follow the system). */
+  function applyTheme(theme, saved) {
+    var root = document.documentElement;
+    if (theme === 'light' || theme === 'dark') root.setAttribute('data-theme', theme);
+    else if (saved) root.setAttribute('data-theme', saved);
+    else root.removeAttribute('data-theme');
   }
 
   function postHeight() {
@@ -54,6 +59,7 @@
     this.contextBefore = num('data-context-before');
     this.contextAfter = num('data-context-after');
     this.saeHref = app.getAttribute('data-sae-href') || 'index.html';
+    this.savedTheme = document.documentElement.getAttribute('data-theme');
     this.generation = 0;
   }
 
@@ -74,7 +80,7 @@
   Embed.prototype.render = function () {
     var self = this, gen = ++this.generation;
     var o = this.options = parseOptions(window.location.hash, window.location.search);
-    applyTheme(o.theme);
+    applyTheme(o.theme, this.savedTheme);
     var i = o.index;
     if (!(i >= 0 && i < this.n)) {
       this.fail(i < 0 ? 'No feature given: the address should end in #INDEX, e.g. embed.html#3.'

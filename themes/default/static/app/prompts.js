@@ -142,9 +142,10 @@
     var box = this.ui.features, p = this.prompt, t = this.token;
     box.textContent = '';
     if (this.prompt >= this.viewed) {
-      box.appendChild(el('p', 'notice', 'Feature lists exist for the first ' + this.viewed.toLocaleString('en-US') +
-        ' prompts (0–' + Math.max(0, this.viewed - 1) + '); the manifest setting ' + this.setting +
-        ' raises that number. This prompt shows its tokens only.'));
+      box.appendChild(el('p', 'notice', this.viewed > 0
+        ? 'Feature lists exist for the first ' + this.viewed.toLocaleString('en-US') + ' prompts (0–' + (this.viewed - 1) +
+          '); the manifest setting ' + this.setting + ' raises that number. This prompt shows its tokens only.'
+        : 'This site has no feature lists per token: the manifest setting ' + this.setting + ' is 0. Prompts show their tokens only.'));
       return;
     }
     if (!this.view) { box.appendChild(el('p', 'notice notice-error', 'The feature data of prompt ' + p + ' is missing.')); return; }
