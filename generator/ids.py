@@ -56,6 +56,15 @@ def sae_path(sae: SaeId) -> str:
     return f"{sae.model}/{sae.slug}/index.html"
 
 
+def prompts_path(model: str, release: str | None = None) -> str:
+    """The prompt view of a model's (first) corpus, or of the corpus that `release` brings."""
+    return f"{model}/prompts.html" if release is None else f"{model}/prompts-{release}.html"
+
+
+def list_path(release: str, list_id: str) -> str:
+    return f"{release}/lists/{list_id}.html"
+
+
 def feature_path(sae: SaeId, index: int) -> str:
     return f"{sae_path(sae)}#{index}"
 

@@ -20,7 +20,7 @@ from yaml.constructor import ConstructorError, SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from sae_atlas.errors import InputError, Problem
-from sae_atlas.ids import SLUG, SaeId
+from sae_atlas.ids import SLUG, SaeId, parse_feature_id
 
 
 @dataclass(frozen=True)
@@ -112,6 +112,32 @@ class SetSpec(_HasMarks):
 
 
 @dataclass(frozen=True)
+class ListFeature:
+    """One feature of a curated list, `MODEL@LAYER-SET:INDEX`, with its position in the manifest
+    (the index is checked against the SAE's width at render time)."""
+
+    sae_id: SaeId
+    index: int
+    mark: Mark = field(default=NO_MARK, compare=False, hash=False, repr=False)
+
+    @property
+    def id(self) -> str:
+        return f"{self.sae_id}:{self.index}"
+
+
+@dataclass(frozen=True)
+class ListSpec(_HasMarks):
+    """A curated feature list of a release (`lists:`), rendered as `RELEASE/lists/ID.html`."""
+
+    id: str
+    title: str
+    features: tuple[ListFeature, ...]
+    description: str = ""
+    mark: Mark = NO_MARK
+    marks: Marks = _marks()
+
+
+@dataclass(frozen=True)
 class ComputeSettings:
     top_k: int = 20
     intervals: int = 5
@@ -146,6 +172,7 @@ class Release(_HasMarks):
     links: tuple[tuple[str, str], ...] = ()
     explanations: Path | None = None
     compute: ComputeSettings = field(default_factory=ComputeSettings)
+    lists: tuple[ListSpec, ...] = ()
     mark: Mark = NO_MARK
     marks: Marks = _marks()
 
@@ -155,12 +182,13 @@ class Release(_HasMarks):
 
 # --- schema --------------------------------------------------------------------------------------
 
-TOP_KEYS = ("release", "title", "description", "authors", "links", "model", "corpus", "sets", "explanations", "compute")
+TOP_KEYS = ("release", "title", "description", "authors", "links", "model", "corpus", "sets", "explanations", "compute", "lists")
 MODEL_KEYS = ("id", "transformer_lens", "path")
 CORPUS_KEYS = ("path", "dataset", "prompts", "context", "prepend_bos")
 SET_KEYS = ("id", "title", "description", "hook", "saes")
 SAE_KEYS = ("layer", "path", "sae_lens")
 SAE_LENS_KEYS = ("release", "id")
+LIST_KEYS = ("id", "title", "description", "features")
 CORPUS_SUFFIXES = (".txt", ".jsonl")
 # Smallest allowed value of each compute setting.
 COMPUTE_MINIMUM = {
@@ -603,6 +631,78 @@ def _read_links(r: _Reader, node: Node) -> tuple[tuple[str, str], ...] | None:
     return tuple(links) if ok else None
 
 
+def _read_lists(r: _Reader, node: Node, sets: list[SetSpec], model_id: str | None) -> tuple[ListSpec, ...] | None:
+    """`lists:` entries; each feature must name an SAE of this release (its index is checked against
+    the SAE's width at render time, when the width is known)."""
+    example = "lists: [{id: induction, title: Induction features, features: [MODEL@LAYER-SET:INDEX]}]"
+    entries = r.sequence(node, "lists", example, allow_empty=True)
+    if entries is None:
+        return None
+    known = {sae.sae_id: sae for s in sets for sae in s.saes}
+    lists: list[ListSpec] = []
+    seen: dict[str, Mark] = {}
+    ok = True
+    for i, entry in enumerate(entries):
+        name = f"lists[{i}]"
+        items = r.mapping(entry, name, LIST_KEYS, ("id", "features"), "{id: induction, title: Induction features, features: [...]}")
+        if items is None:
+            ok = False
+            continue
+        marks = {k: r.mark(v) for k, (_, v) in items.items()}
+        list_id = r.slug(items["id"][1], f"{name}.id", "induction") if "id" in items else None
+        if list_id is not None:
+            if list_id in seen:
+                r.problem(items["id"][1], f"duplicate list id '{list_id}' (first at line {seen[list_id].line}); expected each list id once per release")
+                list_id = None
+            else:
+                seen[list_id] = marks["id"]
+        title = r.text(items["title"][1], f"{name}.title") if "title" in items else list_id
+        description = r.text(items["description"][1], f"{name}.description", allow_empty=True) if "description" in items else ""
+        features = _read_list_features(r, items["features"][1], f"{name}.features", known, model_id) if "features" in items else None
+        if list_id is None or title is None or description is None or features is None:
+            ok = False
+            continue
+        lists.append(ListSpec(list_id, title, features, description, mark=r.mark(entry), marks=marks))
+    return tuple(lists) if ok else None
+
+
+def _read_list_features(
+    r: _Reader, node: Node, name: str, known: dict[SaeId, SaeSpec], model_id: str | None
+) -> tuple[ListFeature, ...] | None:
+    example = f"[{model_id or 'MODEL'}@0-res:12]"
+    entries = r.sequence(node, name, example)
+    if entries is None:
+        return None
+    out: list[ListFeature] = []
+    first: dict[tuple[SaeId, int], Mark] = {}
+    ok = True
+    for j, item in enumerate(entries):
+        where = f"{name}[{j}]"
+        value = r.text(item, where, f"a feature id MODEL@LAYER-SET:INDEX, e.g. {example[1:-1]}")
+        if value is None:
+            ok = False
+            continue
+        try:
+            sae_id, index = parse_feature_id(value.strip())
+        except ValueError:
+            r.problem(item, f"{where} '{_short(value, 60)}' is not a feature id; expected MODEL@LAYER-SET:INDEX, e.g. {example[1:-1]}")
+            ok = False
+            continue
+        if known and sae_id not in known:
+            choices = [str(k) for k in known]
+            r.problem(item, f"{where} names the SAE '{_short(str(sae_id), 60)}', which this release does not define; {_did_you_mean(str(sae_id), choices)}")
+            ok = False
+            continue
+        mark = r.mark(item)
+        if (sae_id, index) in first:
+            r.problem(item, f"{where} '{sae_id}:{index}' is listed twice (first at line {first[(sae_id, index)].line}); expected each feature once per list")
+            ok = False
+            continue
+        first[(sae_id, index)] = mark
+        out.append(ListFeature(sae_id, index, mark))
+    return tuple(out) if ok else None
+
+
 @dataclass
 class _Parsed:
     """One manifest's result: the release (None when it has problems) and the marks of its ids."""
@@ -682,9 +782,11 @@ def _parse(path: Path) -> _Parsed:
             else:
                 sets.append(spec)
 
+    ok_lists, lists = optional("lists", lambda n: _read_lists(r, n, sets if sets_ok else [], model_id), ())
+
     complete = (
         release_id is not None
-        and all((ok_title, ok_desc, ok_authors, ok_links, ok_expl, ok_compute, sets_ok))
+        and all((ok_title, ok_desc, ok_authors, ok_links, ok_expl, ok_compute, sets_ok, ok_lists))
         and model is not None
         and corpus is not None
         and not r.problems
@@ -702,6 +804,7 @@ def _parse(path: Path) -> _Parsed:
             links=links,
             explanations=explanations,
             compute=compute,
+            lists=lists,
             mark=r.mark(root),
             marks=marks,
         )

@@ -170,6 +170,8 @@ def test_build_exits_zero_and_writes_a_page_at_every_design_url(built_site):
     expected = {"index.html", f"{m['release']}/index.html"}
     expected |= {f"{model}/{s['id']}/index.html" for s in m["sets"]}
     expected |= {s.url for s in _saes(built_site.content)}
+    expected |= {s.url.replace("index.html", "embed.html") for s in _saes(built_site.content)}
+    expected |= {f"{model}/prompts.html"} | {f"{m['release']}/lists/{x['id']}.html" for x in m.get("lists", [])}
     pages = {p.relative_to(built_site.site).as_posix() for p in built_site.site.rglob("*.html")}
     assert pages == expected
 

@@ -347,9 +347,13 @@ DEFAULT_APP = ROOT / "themes" / "default" / "static" / "app"
 APP_ORDER = ["core.js", "charts.js", "search.js", "map.js", "list.js", "lookup.js", "sae-page.js"]
 
 
+# Parts outside the fixed order, loaded after it by path (docs/ARCHITECTURE.md, "Front end").
+OTHER_PARTS = ["embed.js", "lists.js", "prompts.js"]
+
+
 def _default_parts() -> list[tuple[str, Path]]:
     panes = sorted(p.name for p in (DEFAULT_APP / "panes").glob("*.js"))
-    names = APP_ORDER + ["panes/" + name for name in panes] + ["boot.js"]
+    names = APP_ORDER + OTHER_PARTS + ["panes/" + name for name in panes] + ["boot.js"]
     return [(name, DEFAULT_APP / name) for name in names]
 
 
@@ -379,7 +383,7 @@ def test_a_theme_replaces_one_front_end_part_and_adds_a_pane(synthetic, tmp_path
     panes = sorted([p.name for p in (DEFAULT_APP / "panes").glob("*.js")] + ["attribution.js"])
     assert panes.index("attribution.js") == 1  # after activation.js, before density.js
     source = {"panes/logits.js": logits, "panes/attribution.js": extra}
-    names = APP_ORDER + ["panes/" + name for name in panes] + ["boot.js"]
+    names = APP_ORDER + OTHER_PARTS + ["panes/" + name for name in panes] + ["boot.js"]
     expected = [(name, source.get(name, DEFAULT_APP / name)) for name in names]
     assert app == _joined(expected)
     assert b"// theme logits" in app and (DEFAULT_APP / "panes" / "logits.js").read_bytes() not in app

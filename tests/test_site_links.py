@@ -72,10 +72,12 @@ def test_every_link_resolves_to_a_file_in_the_site(site):
 
 
 def test_pages_link_only_to_pages_of_the_url_contract(site):
-    """Navigation links reach the home, release, set and SAE pages; nothing else is an .html target."""
+    """Navigation links reach the home, release, set, SAE, prompt view (MODEL/prompts.html), list
+    (RELEASE/lists/ID.html) and embed (MODEL/LAYER-SET/embed.html) pages; nothing else is an .html target."""
     allowed = {"index.html"}
-    for path in site.rglob("index.html"):
-        allowed.add(path.relative_to(site).as_posix())
+    for pattern in ("index.html", "*/prompts*.html", "*/lists/*.html", "*/*/embed.html"):
+        for path in site.glob(pattern) if "/" in pattern else site.rglob(pattern):
+            allowed.add(path.relative_to(site).as_posix())
     for page in site.rglob("*.html"):
         for tag, attribute, value, _ in _page_links(page):
             parts = urlsplit(value)
@@ -88,6 +90,8 @@ def test_pages_link_only_to_pages_of_the_url_contract(site):
 
 def test_every_page_has_breadcrumbs_to_home(site):
     for page in site.rglob("*.html"):
+        if page.name == "embed.html":  # a card for an iframe: no site chrome, a link back to its feature
+            continue
         crumbs = [v for tag, attribute, v, _ in _page_links(page) if tag == "a" and v.endswith("index.html")]
         assert crumbs, page
         assert 'class="crumbs"' in page.read_text(encoding="utf-8"), page

@@ -6,12 +6,13 @@ Templates). Links are page-relative and built with `sae_atlas.ids`.
 
 from __future__ import annotations
 
+import posixpath
 from pathlib import Path
 
 import jinja2
 
 from sae_atlas import ids
-from sae_atlas.render.sitemodel import ReleaseModel, SaeModel, SetModel, SiteModel
+from sae_atlas.render.sitemodel import ListModel, PromptViewModel, ReleaseModel, SaeModel, SetModel, SiteModel, sibling_link
 from sae_atlas.render.write import SiteWriter
 
 def _default_theme() -> Path:
@@ -190,6 +191,79 @@ def release_context(r: ReleaseModel) -> dict:
             "links": [{"title": link.title, "href": link.href} for link in r.links],
         },
         "sets": [_set_entry(page, s) for s in r.sets],
+        "prompts_href": ids.relative(page, r.saes[0].prompts_page) if r.saes and r.saes[0].prompts_page else "",
+        "lists": [
+            {"id": lst.id, "title": lst.spec.title, "href": ids.relative(page, lst.page), "n_features": len(lst.features)}
+            for lst in r.lists
+        ],
+    }
+
+
+def list_context(r: ReleaseModel, lst: ListModel) -> dict:
+    page = lst.page
+    prompts_page = lst.features[0][0].prompts_page if lst.features else ""
+    return {
+        "title": lst.spec.title,
+        "root": _root(page),
+        "page_kind": "list",
+        "crumbs": _crumbs(page, [(r.release.title, r.page), (lst.spec.title, page)]),
+        "list": {
+            "id": lst.id,
+            "title": lst.spec.title,
+            "description_html": lst.description_html,
+            "n_features": len(lst.features),
+            "data_href": posixpath.basename(lst.data_path),
+            "prompts_href": ids.relative(page, prompts_page) if prompts_page else "",
+        },
+        "release": _release_entry(page, r),
+    }
+
+
+def prompts_context(site: SiteModel, view: PromptViewModel) -> dict:
+    page = view.page
+    corpus = site.corpora[view.corpus_key]
+    releases = [r for r in site.releases if r.id in view.release_ids]
+    setting = "compute.prompt_view"
+    return {
+        "title": f"{view.model_id} · prompts",
+        "root": _root(page),
+        "page_kind": "prompts",
+        "crumbs": _crumbs(page, [(f"{view.model_id} prompts", page)]),
+        "view": {
+            "model": view.model_id,
+            "n_prompts": corpus.prompts,
+            "context": corpus.context,
+            "viewed": view.viewed,
+            "setting": setting,
+            "corpus_href": ids.relative(page, corpus.site_dir + "/"),
+            "prompts_per_shard": corpus.prompts_per_shard,
+            "data_href": posixpath.basename(view.data_dir) + "/",
+            "n_saes": len(view.saes),
+            "releases": [{"id": r.id, "title": r.release.title, "href": ids.relative(page, r.page)} for r in releases],
+        },
+    }
+
+
+def embed_context(site: SiteModel, sae: SaeModel) -> dict:
+    page = sae.embed_page
+    corpus = site.corpora[sae.corpus_key]
+    settings = sae.meta.get("settings") or {}
+    return {
+        "title": sae.id,
+        "root": _root(page),
+        "page_kind": "embed",
+        "embed": {
+            "sae": sae.id,
+            "d_sae": sae.d_sae,
+            "shard_size": sae.shard_size,
+            "data_href": "data/",
+            "corpus_href": ids.relative(page, corpus.site_dir + "/"),
+            "prompts_per_shard": corpus.prompts_per_shard,
+            "context_before": int(settings.get("context_before", 0)),
+            "context_after": int(settings.get("context_after", 0)),
+            "sae_href": posixpath.basename(sae.page),
+            "prompts_href": sibling_link(page, sae.prompts_page) if sae.prompts_page else "",
+        },
     }
 
 
@@ -215,6 +289,8 @@ def sae_context(r: ReleaseModel, s: SetModel, sae: SaeModel) -> dict:
         {"title": f"Release: {r.release.title}", "href": ids.relative(page, r.page)},
         {"title": f"Set: {s.model_id}/{s.id}", "href": ids.relative(page, s.page)},
     ] + [{"title": link.title, "href": link.href} for link in r.links]
+    if sae.prompts_page:
+        links.append({"title": "Prompt view", "href": sibling_link(page, sae.prompts_page)})
     if sae.neuronpedia:
         links.append({"title": "Neuronpedia", "href": sae.neuronpedia})
     return {
@@ -244,18 +320,25 @@ def sae_context(r: ReleaseModel, s: SetModel, sae: SaeModel) -> dict:
         "set_saes": [{"id": o.id, "href": ids.relative(page, o.page), "label": f"L{o.spec.layer}"} for o in s.saes],
         "data_href": data_href,
         "summary_src": data_href,
+        "prompts_href": sibling_link(page, sae.prompts_page) if sae.prompts_page else "",
+        "embed_href": posixpath.basename(sae.embed_page),
     }
 
 
 def render_pages(site: SiteModel, env: jinja2.Environment, writer: SiteWriter) -> None:
-    templates = {name: env.get_template(f"{name}.html") for name in ("index", "release", "set", "sae")}
+    templates = {name: env.get_template(f"{name}.html") for name in ("index", "release", "set", "sae", "prompts", "list", "embed")}
     writer.write(ids.home_path(), templates["index"].render(home_context(site)))
     for r in site.releases:
         writer.write(r.page, templates["release"].render(release_context(r)))
+        for lst in r.lists:
+            writer.write(lst.page, templates["list"].render(list_context(r, lst)))
         for s in r.sets:
             writer.write(s.page, templates["set"].render(set_context(r, s)))
             for sae in s.saes:
                 writer.write(sae.page, templates["sae"].render(sae_context(r, s, sae)))
+                writer.write(sae.embed_page, templates["embed"].render(embed_context(site, sae)))
+    for view in site.prompt_views:
+        writer.write(view.page, templates["prompts"].render(prompts_context(site, view)))
 
 
 def search_documents(site: SiteModel) -> dict:

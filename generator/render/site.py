@@ -12,7 +12,7 @@ from pathlib import Path
 from sae_atlas.cache import DEFAULT_DTYPE
 from sae_atlas.errors import AtlasError
 from sae_atlas.manifest import Release
-from sae_atlas.render import pages, shards
+from sae_atlas.render import pages, prompts, shards
 from sae_atlas.render.sitemodel import SiteModel, build_site_model
 from sae_atlas.render.write import SiteWriter, atomic_directory
 
@@ -39,6 +39,8 @@ def _data_tasks(site: SiteModel) -> list[tuple]:
         (shards.write_corpus, (str(c.entry_dir), c.site_dir, c.prompts_per_shard)) for c in site.corpora.values()
     ]
     tasks += [(shards.write_sae_data, (site.job(sae),)) for sae in site.saes]
+    tasks += [(prompts.write_prompt_view, (job,)) for view in site.prompt_views for job in site.prompt_view_jobs(view)]
+    tasks += [(prompts.write_list, (site.list_job(r, lst),)) for r in site.releases for lst in r.lists]
     return tasks
 
 

@@ -20,10 +20,10 @@ from sae_atlas import ids
 from sae_atlas import stats as statistics
 from sae_atlas.cache import DEFAULT_DTYPE, CacheStore, corpus_key, missing_entry_hint, sae_key, set_key
 from sae_atlas.sources.explanations import load_explanations
-from sae_atlas.errors import AtlasError
+from sae_atlas.errors import AtlasError, InputError, Problem
 from sae_atlas.ids import SaeId
-from sae_atlas.manifest import Release, SaeSpec, SetSpec
-from sae_atlas.render import shards
+from sae_atlas.manifest import ListSpec, Release, SaeSpec, SetSpec
+from sae_atlas.render import prompts, shards
 from sae_atlas.render.markup import clean_text, plain_text, render_markdown, safe_href
 from sae_atlas.sources.configs import pretrained_sae_entry
 
@@ -53,6 +53,12 @@ class SaeModel:
     explanations: dict[int, list[dict]] = field(default_factory=dict)
     cross: shards.CrossNeighbours | None = None
     neuronpedia: str | None = None  # the SAE's Neuronpedia page, where SAELens's registry names one
+    prompt_viewed: int = 0  # prompts with per-token features (the prompt view's P)
+    prompts_page: str = ""  # site path of the prompt view covering this SAE's corpus
+
+    @property
+    def embed_page(self) -> str:
+        return posixpath.join(posixpath.dirname(self.page), "embed.html")
 
     @property
     def hook_in(self) -> str:
@@ -141,11 +147,34 @@ class _SetsOfSaes:
 
 
 @dataclass
+class ListModel:
+    """A curated feature list: its features resolved to the SAEs that hold them."""
+
+    spec: ListSpec
+    release_id: str
+    description_html: Markup
+    features: list[tuple[SaeModel, int]]
+
+    @property
+    def id(self) -> str:
+        return self.spec.id
+
+    @property
+    def page(self) -> str:
+        return ids.list_path(self.release_id, self.spec.id)
+
+    @property
+    def data_path(self) -> str:
+        return self.page.removesuffix(".html") + ".js"
+
+
+@dataclass
 class ReleaseModel(_SetsOfSaes):
     release: Release
     description_html: Markup
     links: list[Link]
     sets: list[SetModel]
+    lists: list[ListModel] = field(default_factory=list)
 
     @property
     def id(self) -> str:
@@ -182,10 +211,32 @@ class CorpusModel:
 
 
 @dataclass
+class PromptViewModel:
+    """One prompt view page: a model's SAEs over one corpus (every release of the model whose
+    corpus is that one), in layer order, then by set."""
+
+    model_id: str
+    corpus_key: str
+    page: str  # MODEL/prompts.html; MODEL/prompts-RELEASE.html for a model's further corpora
+    release_ids: list[str]
+    saes: list[SaeModel]
+
+    @property
+    def data_dir(self) -> str:
+        return self.page.removesuffix(".html")
+
+    @property
+    def viewed(self) -> int:
+        """Prompts with per-token features in at least one SAE (0 .. viewed-1 get a data file)."""
+        return max((sae.prompt_viewed for sae in self.saes), default=0)
+
+
+@dataclass
 class SiteModel:
     releases: list[ReleaseModel]
     models: list[ModelModel]
     corpora: dict[str, CorpusModel]
+    prompt_views: list[PromptViewModel] = field(default_factory=list)
 
     @property
     def saes(self) -> list[SaeModel]:
@@ -208,6 +259,34 @@ class SiteModel:
             layers=tuple((other.id, ids.relative(sae.page, other.page)) for other in set_model.saes),
             explanations=sae.explanations,
             cross=sae.cross,
+        )
+
+
+    def prompt_view_jobs(self, view: PromptViewModel) -> list:
+        saes = tuple(
+            prompts.PromptSae(
+                sae_id=sae.id,
+                href=sibling_link(view.page, sae.page),
+                entry_dir=str(sae.entry_dir),
+                viewed=sae.prompt_viewed,
+                explanations={i: e[0]["text"] for i, e in sae.explanations.items() if e},
+            )
+            for sae in view.saes
+        )
+        return prompts.prompt_view_jobs(view.data_dir, str(self.corpora[view.corpus_key].entry_dir), saes, view.viewed)
+
+    def list_job(self, r: ReleaseModel, lst: ListModel):
+        settings = r.release.compute
+        corpus = self.corpora[corpus_key(r.release)]
+        return prompts.ListJob(
+            path=lst.data_path,
+            list_id=lst.id,
+            title=lst.spec.title,
+            corpus_href=ids.relative(lst.page, corpus.site_dir + "/"),
+            prompts_per_shard=corpus.prompts_per_shard,
+            context_before=settings.context_before,
+            context_after=settings.context_after,
+            features=tuple(prompts.ListFeatureJob(self.job(sae), ids.relative(lst.page, sae.page), i) for sae, i in lst.features),
         )
 
 
@@ -338,6 +417,7 @@ def build_site_model(releases: list[Release], cache: Path, dtype: str = DEFAULT_
                         snippet=_snippet(release, spec),
                         neuronpedia=neuronpedia_href(spec),
                         shard_size=shard_size,
+                        prompt_viewed=int(entry["prompt_feature"].shape[0]) if "prompt_feature" in entry.arrays else 0,
                         explanations={
                             index: _explanation_records(entries) for index, entries in sorted(by_sae.get(spec.id, {}).items())
                         },
@@ -355,11 +435,50 @@ def build_site_model(releases: list[Release], cache: Path, dtype: str = DEFAULT_
             + "; ".join(missing)
             + f" (cache {cache}, --dtype {dtype}); run `sae-atlas compute` first"
         )
+    _resolve_lists(release_models)
     by_model: dict[str, list[ReleaseModel]] = defaultdict(list)
     for r in release_models:
         by_model[r.release.model.id].append(r)
     models = [ModelModel(model_id, rs) for model_id, rs in sorted(by_model.items())]
-    return SiteModel(release_models, models, dict(sorted(corpora.items())))
+    return SiteModel(release_models, models, dict(sorted(corpora.items())), _prompt_views(models))
+
+
+def _resolve_lists(release_models: list[ReleaseModel]) -> None:
+    """Attach each release's lists, their features resolved to SAE models; an index past an SAE's
+    width is an input error at the feature's position in the manifest."""
+    problems: list[Problem] = []
+    for r in release_models:
+        by_id = {sae.id: sae for sae in r.saes}
+        for spec in r.release.lists:
+            features = []
+            for f in spec.features:
+                sae = by_id[str(f.sae_id)]
+                if f.index >= sae.d_sae:
+                    m = f.mark
+                    problems.append(Problem(m.file, m.line, m.col, f"feature {f.id} of list '{spec.id}' is out of range: "
+                                            f"{sae.id} has {sae.d_sae:,} features; expected an index from 0 to {sae.d_sae - 1:,}"))
+                    continue
+                features.append((sae, f.index))
+            r.lists.append(ListModel(spec, r.id, render_markdown(spec.description), features))
+    if problems:
+        raise InputError(problems)
+
+
+def _prompt_views(models: list[ModelModel]) -> list[PromptViewModel]:
+    """One prompt view per (model, corpus): `MODEL/prompts.html` for the corpus of the model's first
+    release (by id), `MODEL/prompts-RELEASE.html` for each further corpus (RELEASE: its first release)."""
+    views = []
+    for m in models:
+        groups: dict[str, list[ReleaseModel]] = {}
+        for r in sorted(m.releases, key=lambda r: r.id):
+            groups.setdefault(corpus_key(r.release), []).append(r)
+        for n, (key, rs) in enumerate(groups.items()):
+            page = ids.prompts_path(m.id, None if n == 0 else rs[0].id)
+            saes = sorted((sae for r in rs for sae in r.saes), key=lambda sae: (sae.spec.layer, sae.spec.set_id))
+            for sae in saes:
+                sae.prompts_page = page
+            views.append(PromptViewModel(m.id, key, page, [r.id for r in rs], saes))
+    return views
 
 
 # --- Set charts -----------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ TITLE = f"Atlas {SCRIPT} {ATTR} {TEMPLATE} {RTL}txet{ZWSP}"
 SET_TITLE = f"Set {IMG} {BREAK}"
 AUTHOR = f"Mallory {ATTR}"
 LINK_NAME = f"paper {SCRIPT}"
+LIST_TITLE = f"List {SCRIPT} {ATTR}"
 EXPL_CODE = f"fires on **{SCRIPT}** and `{BREAK}` {IMG} [click]({JS_URL}) {TEMPLATE}"
 CSP = 'http-equiv="Content-Security-Policy"'
 
@@ -134,6 +135,8 @@ def make_hostile_content(root: Path) -> Path:
         "compute": {"top_k": 5, "intervals": 2, "per_interval": 2, "histogram_bins": 8, "logits": 5, "neighbours": 3,
                     "context_before": 4, "context_after": 2, "ce_prompts": 2},
         "explanations": "../explanations/hostile.jsonl",
+        "lists": [{"id": "evil", "title": LIST_TITLE, "description": f"{EXPL_CODE} [x]({JS_URL})",
+                   "features": [f"{SAE0}:1", f"{SAE0}:2", f"{SAE1}:3"]}],
     }
     (content / "releases").mkdir()
     (content / "releases" / f"{RELEASE}.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False), encoding="utf-8")
@@ -156,15 +159,23 @@ def hostile(tmp_path_factory):
 
 def hostile_tokens(releases, cache: Path, sae: str, d_sae: int = 24) -> tuple[int, str]:
     """(feature, token string) of a feature whose top example has a token carrying a hostile string."""
+    feature, token, _, _ = hostile_token_at(releases, cache, sae, d_sae)
+    return feature, token
+
+
+def hostile_token_at(releases, cache: Path, sae: str, d_sae: int = 24) -> tuple[int, str, int, int]:
+    """(feature, token string, prompt, position in the prompt) of the longest hostile token in a top example."""
     from sae_atlas.cache import dump_feature
 
+    before = releases[0].compute.context_before
     best = None
     for i in range(d_sae):
         for ex in dump_feature(releases, cache, f"{sae}:{i}")["top_examples"]:
-            for s in ex["token_strings"]:
+            start = max(0, ex["position"] - before)  # the dump's window starts here
+            for j, s in enumerate(ex["token_strings"]):
                 if any(h in s for h in ("<script", "onerror", "onmouseover", "javascript:")) and "\n" not in s:
                     if best is None or len(s) > len(best[1]):
-                        best = (i, s)
+                        best = (i, s, ex["prompt"], start + j)
     assert best, "the tokenizer learned no hostile token"
     return best
 
@@ -318,3 +329,43 @@ def test_map_tooltip_over_a_point_shows_the_explanation_as_text(hostile, browser
     assert "#1" in tip and BREAK in tip, tip
     check_page(page, guard)
     page.close()
+
+
+def test_prompt_view_shows_hostile_tokens_and_labels_as_text(hostile, browser):
+    site, releases, cache = hostile
+    _, token, prompt, position = hostile_token_at(releases, cache, SAE0)
+    page, guard = open_page(browser, (site / MODEL / "prompts.html").as_uri() + f"#{prompt}:{position}")
+    page.wait_for_selector("#pv-tokens .tok.is-selected")
+    page.wait_for_selector(".pv-sae .pv-feature")
+    assert token in page.inner_text("#pv-tokens")
+    assert page.locator("#pv-tokens .tok").nth(position).text_content() == token
+    assert token in page.inner_text(".pv-token-head")
+    # A few more prompts with a token selected: their labels and tokens stay text too.
+    for p in range(3):
+        page.evaluate(f"location.hash = '#{p}:1'")
+        page.wait_for_function(f"() => document.querySelector('#pv-title').textContent === 'Prompt {p}' && document.querySelector('.pv-feature')")
+    check_page(page, guard)
+    page.close()
+
+
+def test_a_list_page_and_an_embed_show_hostile_text_as_text(hostile, browser):
+    site, releases, cache = hostile
+    page, guard = open_page(browser, (site / RELEASE / "index.html").as_uri())
+    page.click("a[href$='lists/evil.html']")
+    page.wait_for_selector("body[data-ready=true]")
+    assert SCRIPT in page.title() and LIST_TITLE in page.inner_text("h1")
+    body = page.inner_text("main")
+    assert BREAK in body and "click" in body  # the description's code span and link text
+    assert page.locator(".prose a", has_text="x").evaluate_all("as => as.map(a => a.getAttribute('href'))") == [None]
+    assert page.locator(".fcard").count() == 3 and "fires on" in page.inner_text(".fcard:nth-child(1)")
+    assert page.locator(".fcard .ex .tok").count() > 0
+    check_page(page, guard)
+    page.close()
+
+    feature, token = hostile_tokens(releases, cache, SAE0)
+    for index, expected in ((feature, token), (1, BREAK)):
+        page, guard = open_page(browser, (site / MODEL / f"0-{SET}" / "embed.html").as_uri() + f"#{index}?examples=5")
+        page.wait_for_selector("body[data-ready=true]")
+        assert expected in page.inner_text(".fcard")
+        check_page(page, guard)
+        page.close()

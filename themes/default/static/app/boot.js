@@ -1,5 +1,6 @@
-/* Starts the page once the document is parsed: theme toggle, global search, copy buttons, and on an
-   SAE page the explorer (when its summary has registered). Last of the parts, so that every part,
+/* Starts the page once the document is parsed: theme toggle, global search, copy buttons, and the page
+   kind's own part: on an SAE page the explorer (when its summary has registered) and the embed
+   snippet, on a prompt view page the prompt view, on a list page its cards, on an embed the card. Last of the parts, so that every part,
    pane and token layer is defined before anything renders. */
 (function (A) {
   'use strict';
@@ -31,7 +32,12 @@
     A.initThemeToggle();
     A.initGlobalSearch();
     A.initCopyButtons();
-    initSaePage();
+    var kind = document.body.getAttribute('data-page');
+    if (kind === 'sae') { initSaePage(); A.initEmbedSnippet(); }
+    else if (kind === 'prompts') A.initPromptsPage();
+    else if (kind === 'list') A.initListPage();
+    else if (kind === 'embed') A.initEmbed();
+    else initSaePage();
   }
 
   A.initSaePage = initSaePage;

@@ -215,7 +215,8 @@ window.Atlas = window.Atlas || {};
      over its prompt's `tokens` (null: text unavailable): the activation, the tokens around the peak
      shaded by activation (or opts.layer), the prompt number. opts: max (full-strength activation),
      contextBefore/contextAfter (the stored window), ctxMode ('all' or tokens each side), breakLines,
-     markSpaces, layer, onToken (see renderTokens). */
+     markSpaces, layer, onToken (see renderTokens), promptsHref (the prompt view page; default
+     Atlas.promptsHref()), target (the prompt link's target, e.g. '_blank' in an embed). */
   function exampleRow(ex, tokens, opts) {
     opts = opts || {};
     var prompt = ex[0], pos = ex[1], act = ex[2], ws = ex[3], offs = ex[4] || [], vals = ex[5] || [];
@@ -225,7 +226,7 @@ window.Atlas = window.Atlas || {};
     row.appendChild(actEl);
     var text = el('div', 'ex-text' + (opts.breakLines ? ' break-lines' : ''));
     row.appendChild(text);
-    row.appendChild(el('span', 'ex-meta', 'prompt ' + prompt));
+    row.appendChild(promptLink(prompt, pos, opts));
     if (!tokens) {
       text.appendChild(el('span', 'muted', 'Text unavailable for prompt ' + prompt + '.'));
       return row;
@@ -245,6 +246,41 @@ window.Atlas = window.Atlas || {};
     });
     if (hi < len - 1) text.appendChild(el('span', 'ellipsis', '…'));
     return row;
+  }
+
+  /* The page's prompt view (its data-prompts attribute, page-relative), or '' where it has none. */
+  function promptsHref() {
+    var node = document.querySelector('[data-prompts]');
+    return (node && node.getAttribute('data-prompts')) || '';
+  }
+
+  /* "prompt N": a link to the prompt view with the example's peak token selected (#N:POSITION). */
+  function promptLink(prompt, pos, opts) {
+    var href = opts.promptsHref === undefined ? promptsHref() : opts.promptsHref;
+    if (!href || !(prompt >= 0)) return el('span', 'ex-meta', 'prompt ' + prompt);
+    var a = el('a', 'ex-meta', 'prompt ' + prompt);
+    a.href = href + '#' + prompt + ':' + pos;
+    a.title = 'Open prompt ' + prompt + ' in the prompt view, token ' + pos + ' selected';
+    if (opts.target) { a.target = opts.target; a.rel = 'noopener'; }
+    return a;
+  }
+
+  /* Loads the corpus shards holding `prompts` (base: the corpus folder, pps: prompts per shard);
+     resolves with rowOf(prompt) -> token strings, or null where its shard is missing. */
+  function corpusRows(base, pps, prompts) {
+    var shards = [], seen = {}, byShard = {};
+    prompts.forEach(function (p) {
+      var s = Math.floor(p / pps);
+      if (p >= 0 && !seen[s]) { seen[s] = true; shards.push(s); }
+    });
+    return Promise.all(shards.map(function (s) {
+      return load(base + pad4(s) + '.js').then(function (data) { byShard[s] = (data && data.rows) || []; }, function () { byShard[s] = null; });
+    })).then(function () {
+      return function (p) {
+        var rows = byShard[Math.floor(p / pps)];
+        return rows ? rows[p % pps] || null : null;
+      };
+    });
   }
 
   function isTyping(target) {
@@ -315,6 +351,8 @@ window.Atlas = window.Atlas || {};
     features: function (shard, records) { registered('features', { shard: shard, records: records || [] }); },
     prompts: function (shard, rows) { registered('prompts', { shard: shard, rows: rows || [] }); },
     search: function (obj) { registered('search', obj); },
+    promptView: function (prompt, obj) { registered('promptView', obj); },
+    featureList: function (obj) { registered('featureList', obj); },
     load: load
   };
 
@@ -417,6 +455,8 @@ window.Atlas = window.Atlas || {};
   A.tokenChip = tokenChip;
   A.renderTokens = renderTokens;
   A.exampleRow = exampleRow;
+  A.promptsHref = promptsHref;
+  A.corpusRows = corpusRows;
   A.isTyping = isTyping;
   A.debounce = debounce;
   A.cssVar = cssVar;
