@@ -1,6 +1,7 @@
 """Extra compute time of the per-example statistics (direct feature attribution, loss effects) on a
 random local model: a release with one residual-stream SAE and one attn.hook_z SAE, computed on the
-CPU with `loss_effects: true`; prints the whole compute's time and the time in each statistic.
+CPU with `loss_effects: true`; prints the whole compute's time, the time in each statistic and
+its ratio to the rest of the compute (corpus passes, CE loss, weights-only statistics) of the same run.
 
 Run: python bench/model_stats_cost.py [--d-model 128] [--vocab 2048] [--prompts 256] [--context 128]
 (defaults: the test fixture's size, d_model 16, its 300-token vocabulary, 32 prompts of 16).
@@ -70,7 +71,10 @@ def main(argv: list[str] | None = None) -> int:
         examples = sum(int((np.asarray(store.sae_entry(sae_key(r, s))["top_prompt"]) >= 0).sum()) for r in releases for s in r.saes())
     print(f"d_model {args.d_model}, {args.prompts} prompts x {args.context} tokens, {args.d_sae} features x 2 SAEs, "
           f"top_k {args.top_k}: {examples} top examples")
-    print(f"compute {total:.1f} s, of which dfa {spent.get('dfa', 0):.2f} s (1 SAE), loss_effects {spent.get('loss_effects', 0):.2f} s (2 SAEs)")
+    dfa, loss = spent.get("dfa", 0.0), spent.get("loss_effects", 0.0)
+    rest = total - dfa - loss
+    print(f"compute {total:.1f} s, of which dfa {dfa:.2f} s (1 SAE), loss_effects {loss:.2f} s (2 SAEs)")
+    print(f"against the rest of the compute ({rest:.1f} s): dfa {dfa / rest:.2f}x, loss_effects {loss / rest:.2f}x")
     return 0
 
 
