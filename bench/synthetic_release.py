@@ -92,7 +92,7 @@ def write_sae(store: CacheStore, release: Release, spec: SaeSpec, d_sae: int, vo
     rng = np.random.default_rng(seed)
     s, c = release.compute, release.corpus
     n_tokens = c.prompts * c.context
-    ctx = statistics.FakeContext(rng, d_sae, s, c.prompts, c.context, vocab_size)
+    ctx = statistics.FakeContext(rng, d_sae, s, c.prompts, c.context, vocab_size, sae_meta={"hook": spec.hook})
     arrays = statistics.fake_arrays(ctx)
     density, dead = arrays["density"], arrays["nonzero_count"] == 0
     meta = {

@@ -153,6 +153,9 @@ class ComputeSettings:
     ce_prompts: int = 32
     prompt_view: int = 256  # the first N corpus prompts get each token's strongest features (prompt view)
     prompt_features: int = 3  # features kept per token and SAE for the prompt view
+    # Loss effects of the top examples (one ablated forward per example and feature): "auto" computes
+    # them where the corpus passes ran on CUDA; true or false always or never.
+    loss_effects: bool | str = field(default="auto", metadata={"kind": "auto_bool"})
 
     @property
     def window(self) -> int:
@@ -216,6 +219,7 @@ _INT = "tag:yaml.org,2002:int"
 _NULL = "tag:yaml.org,2002:null"
 _BOOL = "tag:yaml.org,2002:bool"
 _FLOAT = "tag:yaml.org,2002:float"
+_STR = "tag:yaml.org,2002:str"
 
 
 def _did_you_mean(word: str, choices: tuple[str, ...] | list[str]) -> str:
@@ -344,6 +348,15 @@ class _Reader:
             self.problem(node, f"{name} is {_describe(node)}; expected true or false")
             return None
         return bool(SafeConstructor().construct_yaml_bool(node))
+
+    def auto_boolean(self, node: Node, name: str) -> bool | str | None:
+        """true, false or the text auto (decided where it is used)."""
+        if isinstance(node, ScalarNode) and node.tag == _BOOL:
+            return bool(SafeConstructor().construct_yaml_bool(node))
+        if isinstance(node, ScalarNode) and node.tag == _STR and node.value == "auto":
+            return "auto"
+        self.problem(node, f"{name} is {_describe(node)}; expected auto, true or false")
+        return None
 
     def path(self, node: Node, name: str, kind: str, expected: str) -> Path | None:
         """A path relative to the manifest's directory that must exist as a `file` or `dir`."""
@@ -590,10 +603,14 @@ def _read_compute(r: _Reader, node: Node) -> ComputeSettings | None:
     items = r.mapping(node, "compute", names, (), "compute: {top_k: 20}")
     if items is None:
         return None
-    values: dict[str, int] = {}
+    kinds = {f.name: f.metadata.get("kind") for f in fields(ComputeSettings)}
+    values: dict[str, int | bool | str] = {}
     ok = True
     for key, (_, value_node) in items.items():
-        value = r.integer(value_node, f"compute.{key}", COMPUTE_MINIMUM[key])
+        if kinds[key] == "auto_bool":
+            value = r.auto_boolean(value_node, f"compute.{key}")
+        else:
+            value = r.integer(value_node, f"compute.{key}", COMPUTE_MINIMUM[key])
         if value is None:
             ok = False
         else:

@@ -65,3 +65,84 @@ def brute_force_result(acts, target, recon, logits, ce: tuple) -> dict:
         "logits": logits.numpy(),
         "ce": (float(ce[0]), float(ce[1])),
     }
+
+
+# -- per-example statistics (direct feature attribution, loss effects) ------------------------------
+
+
+def read_head(act, head):
+    """The activation of one head of a per-head hook ([..., head, d_head]), or all of it."""
+    return act[:, :, head] if head is not None else act
+
+
+def window_of(full: np.ndarray, q: int, before: int, after: int) -> np.ndarray:
+    """A [context] per-position array -> the window around q (0 outside the prompt)."""
+    out = np.zeros(before + 1 + after)
+    for j in range(out.shape[0]):
+        t = q - before + j
+        if 0 <= t < full.shape[0]:
+            out[j] = full[t]
+    return out
+
+
+def brute_dfa(cache, sae, layer: int, f: int, p: int, q: int, head=None) -> np.ndarray:
+    """dfa [context] of feature f at (p, q), by loops over heads and source positions of the
+    pattern and values in `cache` (run_with_cache's, of all prompts)."""
+    pattern = cache[f"blocks.{layer}.attn.hook_pattern"][p].double()  # [head, q, k]
+    v = cache[f"blocks.{layer}.attn.hook_v"][p].double()  # [k, kv_head, d_head]
+    w = sae.W_enc.detach().double()
+    n_heads, d_head = pattern.shape[0], v.shape[-1]
+    group = n_heads // v.shape[1]
+    heads = [head] if head is not None else range(n_heads)
+    out = np.zeros(pattern.shape[-1])
+    for k in range(pattern.shape[-1]):
+        total = 0.0
+        for h in heads:
+            rows = w[:, f] if head is not None else w[h * d_head : (h + 1) * d_head, f]
+            total += float(pattern[h, q, k]) * float(v[k, h // group] @ rows)
+        out[k] = total
+    return out
+
+
+def brute_loss_effect(model, sae, tokens: np.ndarray, f: int, p: int, head=None, spliced: dict | None = None) -> np.ndarray:
+    """loss_ablated - loss_spliced [context] of prompt p (0 at the last position): one forward
+    ablating feature f from the SAE's reconstruction, and one splicing the reconstruction (kept in
+    `spliced` per prompt)."""
+    import torch
+
+    hook_in, hook_out = sae.cfg.metadata.hook_name, getattr(sae.cfg.metadata, "hook_name_out", None) or sae.cfg.metadata.hook_name
+    w_skip = getattr(sae, "W_skip", None)
+    saved = {}
+
+    def keep(act, hook):
+        saved["x"] = read_head(act, head)
+
+    def splice(ablate: bool):
+        def fn(act, hook):
+            x = saved["x"] if hook_in != hook_out else read_head(act, head)
+            acts = sae.encode(x)
+            recon = sae.decode(acts).reshape(*acts.shape[:-1], -1)  # a hook_z SAE decodes to [..., heads, d_head]
+            if w_skip is not None:
+                recon = recon + x @ w_skip.T
+            if ablate:
+                recon = recon - acts[..., f : f + 1] * sae.W_dec[f]
+            if head is None:
+                return recon.reshape(act.shape)
+            act = act.clone()
+            act[:, :, head] = recon
+            return act
+
+        return fn
+
+    def loss(ablate: bool) -> np.ndarray:
+        hooks = [(hook_out, splice(ablate))]
+        if hook_in != hook_out:
+            hooks.insert(0, (hook_in, keep))
+        with torch.inference_mode():
+            t = torch.from_numpy(np.asarray(tokens[p : p + 1])).long()
+            return model.run_with_hooks(t, return_type="loss", loss_per_token=True, fwd_hooks=hooks)[0].double().numpy()
+
+    spliced = {} if spliced is None else spliced
+    if p not in spliced:
+        spliced[p] = loss(False)
+    return np.append(loss(True) - spliced[p], 0.0)

@@ -97,15 +97,17 @@ def make_tokenizer(directory: Path, text: str, vocab_size: int = 320):
     return fast
 
 
-def make_model_dir(directory: Path, text: str | None = None, seed: int = 0, n_ctx: int = 64, n_layers: int = 2):
-    """A random HookedTransformer (2 layers unless told) in the local model format. Returns (model, tokenizer)."""
+def make_model_dir(directory: Path, text: str | None = None, seed: int = 0, n_ctx: int = 64, n_layers: int = 2, d_model: int = 16, d_vocab: int = 0):
+    """A random HookedTransformer (2 layers of width 16 unless told) in the local model format, its
+    vocabulary the tokenizer's or `d_vocab` when larger (ids past the tokenizer are padding).
+    Returns (model, tokenizer)."""
     import torch
     from safetensors.torch import save_file
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
     directory = Path(directory)
     tokenizer = make_tokenizer(directory, text or fixture_text())
-    cfg_dict = model_config(d_vocab=len(tokenizer), n_ctx=n_ctx, n_layers=n_layers)
+    cfg_dict = model_config(d_vocab=max(len(tokenizer), d_vocab), n_ctx=n_ctx, d_model=d_model, n_layers=n_layers)
     torch.manual_seed(seed)
     model = HookedTransformer(HookedTransformerConfig(**cfg_dict))
     with torch.no_grad():
@@ -200,12 +202,14 @@ def build_fixture_content(
     release_id: str = RELEASE_ID,
     model_id: str = MODEL_ID,
     explanations: bool = True,
+    d_model: int = 16,
+    d_vocab: int = 0,
 ) -> Path:
     """Write a complete content dir under root/content and return it:
     releases/<release>.yaml, models/<model>/, saes/<set>/<layer>/, corpus/, explanations/."""
     content = Path(root) / "content"
     text = fixture_text(n_docs=max(8, n_prompts * context // 25 + 4))
-    model, tokenizer = make_model_dir(content / "models" / model_id, text, n_ctx=max(64, context))
+    model, tokenizer = make_model_dir(content / "models" / model_id, text, n_ctx=max(64, context), d_model=d_model, d_vocab=d_vocab)
     cfg = model.cfg
     corpus_file = {"txt": "corpus/stories.txt", "jsonl": "corpus/stories.jsonl", "tokens": "corpus/tokens.jsonl"}[corpus]
     rows = random_token_rows(n_prompts, context, cfg.d_vocab, repeat=min(2, n_prompts // 4)) if corpus == "tokens" else None

@@ -1,4 +1,4 @@
-"""Direct feature attribution and loss effects of top examples against brute force written here:
+"""Direct feature attribution and loss effects of top examples against brute force (tests/brute.py):
 DFA from `run_with_cache`'s pattern and values with explicit loops over heads and source
 positions, loss effects from one `run_with_hooks` ablation forward per example."""
 
@@ -12,6 +12,7 @@ from sae_atlas.backends.saelens import SaeLensSae
 from sae_atlas.backends.transformer_lens import TransformerLensBackend
 from sae_atlas.compute.attribution import direct_feature_attribution, loss_effects
 from sae_atlas.errors import AtlasError
+from tests.brute import brute_dfa, brute_loss_effect, read_head, window_of
 from tests.fixtures import make_sae, model_config
 
 D_VOCAB, N_PROMPTS, CONTEXT, D_SAE, TOP_K = 50, 5, 9, 8, 5
@@ -65,15 +66,11 @@ def _skip_transcoder(model, seed: int = 7):
     return tc.eval()
 
 
-def _read(act, head):
-    return act[:, :, head] if head is not None else act
-
-
 def _acts(model, sae, tokens: np.ndarray, head=None) -> np.ndarray:
     """SAELens's activations [prompts, context, F] on the model's clean activations."""
     with torch.inference_mode():
         _, cache = model.run_with_cache(torch.from_numpy(tokens).long())
-        return sae.encode(_read(cache[sae.cfg.metadata.hook_name], head)).float().numpy()
+        return sae.encode(read_head(cache[sae.cfg.metadata.hook_name], head)).float().numpy()
 
 
 def _top_examples(acts: np.ndarray):
@@ -91,35 +88,10 @@ def _top_examples(acts: np.ndarray):
 
 
 def _windows_of(full: np.ndarray, q: int) -> np.ndarray:
-    """A [context] per-position array -> the window around q (0 outside the prompt)."""
-    out = np.zeros(BEFORE + 1 + AFTER)
-    for j in range(out.shape[0]):
-        t = q - BEFORE + j
-        if 0 <= t < full.shape[0]:
-            out[j] = full[t]
-    return out
+    return window_of(full, q, BEFORE, AFTER)
 
 
 # -- direct feature attribution -------------------------------------------------------------------
-
-
-def _brute_dfa(cache, sae, layer: int, f: int, p: int, q: int, head=None) -> np.ndarray:
-    """dfa [context] of feature f at (p, q), by loops over heads and source positions of the
-    pattern and values in `cache` (run_with_cache's, of all prompts)."""
-    pattern = cache[f"blocks.{layer}.attn.hook_pattern"][p].double()  # [head, q, k]
-    v = cache[f"blocks.{layer}.attn.hook_v"][p].double()  # [k, kv_head, d_head]
-    w = sae.W_enc.detach().double()
-    n_heads, d_head = pattern.shape[0], v.shape[-1]
-    group = n_heads // v.shape[1]
-    heads = [head] if head is not None else range(n_heads)
-    out = np.zeros(pattern.shape[-1])
-    for k in range(pattern.shape[-1]):
-        total = 0.0
-        for h in heads:
-            rows = w[:, f] if head is not None else w[h * d_head : (h + 1) * d_head, f]
-            total += float(pattern[h, q, k]) * float(v[k, h // group] @ rows)
-        out[k] = total
-    return out
 
 
 def _check_dfa(model, sae_module, layer: int, head=None, batch_size: int = 2):
@@ -131,14 +103,14 @@ def _check_dfa(model, sae_module, layer: int, head=None, batch_size: int = 2):
     assert got.dtype == np.float16 and got.shape == (D_SAE, TOP_K, BEFORE + 1 + AFTER)
     with torch.inference_mode():
         _, cache = model.run_with_cache(torch.from_numpy(tokens).long())
-    z = _read(cache[f"blocks.{layer}.attn.hook_z"], head).reshape(N_PROMPTS, CONTEXT, -1).double()
+    z = read_head(cache[f"blocks.{layer}.attn.hook_z"], head).reshape(N_PROMPTS, CONTEXT, -1).double()
     for f in range(D_SAE):
         for s in range(TOP_K):
             p, q = int(prompt[f, s]), int(position[f, s])
             if p < 0:
                 assert not got[f, s].any()
                 continue
-            full = _brute_dfa(cache, sae_module, layer, f, p, q, head)
+            full = brute_dfa(cache, sae_module, layer, f, p, q, head)
             assert not full[q + 1 :].any()  # causal
             # The sanity property: over all source positions, the bias-free pre-activation at q.
             np.testing.assert_allclose(full.sum(), float(z[p, q] @ sae_module.W_enc[:, f].detach().double()), rtol=1e-5, atol=1e-6)
@@ -194,48 +166,6 @@ def test_dfa_refuses_other_hooks():
 # -- loss effects ---------------------------------------------------------------------------------
 
 
-def _brute_effect(model, sae, tokens: np.ndarray, f: int, p: int, head=None, spliced: dict | None = None) -> np.ndarray:
-    """loss_ablated - loss_spliced [context] of prompt p (0 at the last position): one forward
-    ablating feature f from the SAE's reconstruction, and one splicing the reconstruction (kept in
-    `spliced` per prompt)."""
-    hook_in, hook_out = sae.cfg.metadata.hook_name, getattr(sae.cfg.metadata, "hook_name_out", None) or sae.cfg.metadata.hook_name
-    w_skip = getattr(sae, "W_skip", None)
-    saved = {}
-
-    def keep(act, hook):
-        saved["x"] = _read(act, head)
-
-    def splice(ablate: bool):
-        def fn(act, hook):
-            x = saved["x"] if hook_in != hook_out else _read(act, head)
-            acts = sae.encode(x)
-            recon = sae.decode(acts).reshape(*acts.shape[:-1], -1)  # a hook_z SAE decodes to [..., heads, d_head]
-            if w_skip is not None:
-                recon = recon + x @ w_skip.T
-            if ablate:
-                recon = recon - acts[..., f : f + 1] * sae.W_dec[f]
-            if head is None:
-                return recon.reshape(act.shape)
-            act = act.clone()
-            act[:, :, head] = recon
-            return act
-
-        return fn
-
-    def loss(ablate: bool) -> np.ndarray:
-        hooks = [(hook_out, splice(ablate))]
-        if hook_in != hook_out:
-            hooks.insert(0, (hook_in, keep))
-        with torch.inference_mode():
-            t = torch.from_numpy(tokens[p : p + 1]).long()
-            return model.run_with_hooks(t, return_type="loss", loss_per_token=True, fwd_hooks=hooks)[0].double().numpy()
-
-    spliced = {} if spliced is None else spliced
-    if p not in spliced:
-        spliced[p] = loss(False)
-    return np.append(loss(True) - spliced[p], 0.0)
-
-
 def _check_loss_effects(model, sae_module, head=None, batch_size: int = 3):
     tokens = _tokens(2)
     sae = SaeLensSae(sae_module)
@@ -251,7 +181,7 @@ def _check_loss_effects(model, sae_module, head=None, batch_size: int = 3):
             if p < 0:
                 assert not got[f, s].any()
                 continue
-            want = _windows_of(_brute_effect(model, sae_module, tokens, f, p, head, spliced), q)
+            want = _windows_of(brute_loss_effect(model, sae_module, tokens, f, p, head, spliced), q)
             np.testing.assert_allclose(got[f, s].astype(np.float64), want, rtol=2e-3, atol=2e-4, err_msg=f"feature {f} slot {s}")
     assert np.abs(got).max() > 0.01
     return got

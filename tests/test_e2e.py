@@ -31,6 +31,9 @@ SUMMARY_KEYS = {
     "max", "density", "x", "y", "cluster", "label", "expl", "peak_tokens", "layers",
 }
 RECORD_KEYS = {"i", "max", "density", "log_density", "hist", "pos", "neg", "nb", "xnb", "top", "intervals", "expl"}
+# What SAEs reading attn.hook_z add: direct feature attribution per top example (loss effects are
+# off on a CPU by default).
+HOOK_Z_RECORD_KEYS, HOOK_Z_EXAMPLE_KEYS = {"dfa"}, {"dfa"}
 SHARD_REL = 6e-4  # shard numbers carry 4 significant digits
 EXACT_REL = 1e-4
 
@@ -248,7 +251,7 @@ def test_data_shards_parse_and_cover_every_feature_and_prompt(built_site):
             name, (shard, records) = data_call(path)
             assert (name, shard, path.stem) == ("features", number, f"{number:04d}")
             for r in records:
-                assert set(r) == RECORD_KEYS
+                assert set(r) == RECORD_KEYS | (HOOK_Z_RECORD_KEYS if sae.hook.endswith("attn.hook_z") else set())
                 assert math.isclose(r["max"], summary["max"][r["i"]], rel_tol=1e-9)
             indices += [r["i"] for r in records]
         assert indices == list(range(n))
@@ -362,7 +365,7 @@ def test_dump_prints_the_design_record_matching_the_brute_force(built_site, refe
         assert (record["sae"], record["index"]) == (sae.id, index)
         value, prompt, position = _ranked(acts, index)[0]
         top = record["top_examples"][0]
-        assert set(top) == EXAMPLE_KEYS
+        assert set(top) == EXAMPLE_KEYS | (HOOK_Z_EXAMPLE_KEYS if sae.hook.endswith("attn.hook_z") else set())
         assert (top["prompt"], top["position"]) == (prompt, position), f"{sae.id}:{index}"
         assert math.isclose(top["activation"], value, rel_tol=EXACT_REL)
         assert math.isclose(record["max_activation"], value, rel_tol=EXACT_REL)

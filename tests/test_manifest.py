@@ -375,6 +375,29 @@ def test_compute_settings_are_typed(tmp_path):
     ]
 
 
+@pytest.mark.parametrize("written, value", [("auto", "auto"), ("'auto'", "auto"), ("true", True), ("false", False)])
+def test_loss_effects_is_auto_true_or_false(tmp_path, written, value):
+    path = write(tmp_path, edit("compute: {top_k: 5, seed: 3}", f"compute: {{top_k: 5, loss_effects: {written}}}"))
+    assert load_release(path).compute == ComputeSettings(top_k=5, loss_effects=value)
+
+
+def test_loss_effects_defaults_to_auto(tmp_path):
+    path = write(tmp_path, VALID)
+    assert load_release(path).compute.loss_effects == "auto"
+
+
+def test_loss_effects_reports_other_values_with_line_and_column(tmp_path):
+    path = write(tmp_path, edit("compute: {top_k: 5, seed: 3}", "compute: {loss_effects: 1, top_k: x}"))
+    assert problems_of(path) == [
+        at(path, 22, 25, "compute.loss_effects is the number 1; expected auto, true or false"),
+        at(path, 22, 35, "compute.top_k is the text 'x'; expected a whole number >= 1"),
+    ]
+    path = write(tmp_path, edit("compute: {top_k: 5, seed: 3}", "compute: {top_k: 5, loss_effects: Auto}"))
+    assert only_problem(path) == at(path, 22, 35, "compute.loss_effects is the text 'Auto'; expected auto, true or false")
+    path = write(tmp_path, edit("compute: {top_k: 5, seed: 3}", "compute: {top_k: 5, loss_effects: [true]}"))
+    assert only_problem(path) == at(path, 22, 35, "compute.loss_effects is a list; expected auto, true or false")
+
+
 def test_compute_must_be_a_mapping(tmp_path):
     path = write(tmp_path, edit("compute: {top_k: 5, seed: 3}", "compute: fast"))
     assert only_problem(path) == at(path, 22, 10, "compute is the text 'fast'; expected a mapping, e.g. compute: {top_k: 20}")

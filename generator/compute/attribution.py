@@ -30,8 +30,11 @@ from __future__ import annotations
 
 import re
 
+import sys
+
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from sae_atlas.errors import AtlasError
 
@@ -58,16 +61,19 @@ def _device(model) -> torch.device:
     return model.unembedding().device
 
 
-def _batches(unique: np.ndarray, batch_size: int):
-    for lo in range(0, len(unique), max(1, batch_size)):
-        yield lo, unique[lo : lo + batch_size]
+def _batches(unique: np.ndarray, batch_size: int, progress: str | None):
+    """Chunks of `batch_size` prompts; with `progress`, a bar of that title counts the prompts."""
+    with tqdm(total=len(unique), desc=progress, unit="prompt", disable=progress is None, leave=False, file=sys.stderr) as bar:
+        for lo in range(0, len(unique), max(1, batch_size)):
+            yield lo, unique[lo : lo + batch_size]
+            bar.update(len(unique[lo : lo + batch_size]))
 
 
 @torch.inference_mode()
-def direct_feature_attribution(model, sae, tokens, prompt, position, before: int, after: int, batch_size: int) -> np.ndarray:
+def direct_feature_attribution(model, sae, tokens, prompt, position, before: int, after: int, batch_size: int, progress: str | None = None) -> np.ndarray:
     """f16 [F, top_k, W]: each top example's direct feature attribution over its window (see the
     module's docstring). `model` a ModelBackend, `sae` an SaeModule reading `blocks.L.attn.hook_z`,
-    `tokens` [prompts, context] the corpus's tokens."""
+    `tokens` [prompts, context] the corpus's tokens, `progress` a progress bar's title (None: none)."""
     m = _HOOK_Z.match(sae.hook_in)
     if m is None:
         raise AtlasError(f"direct feature attribution needs an SAE reading blocks.L.attn.hook_z; this one reads {sae.hook_in}")
@@ -82,7 +88,7 @@ def direct_feature_attribution(model, sae, tokens, prompt, position, before: int
     unique, inverse = np.unique(p, return_inverse=True)
     order = np.argsort(inverse, kind="stable")
     bounds = np.searchsorted(inverse[order], np.arange(len(unique) + 1))
-    for lo, chunk in _batches(unique, batch_size):
+    for lo, chunk in _batches(unique, batch_size, progress):
         pattern, v = model.attention(torch.from_numpy(np.asarray(tokens[chunk])).long().to(device), layer)
         if sae.head_index is not None:
             pattern, v = pattern[:, [sae.head_index]], v[:, :, [sae.head_index]]
@@ -106,9 +112,10 @@ def direct_feature_attribution(model, sae, tokens, prompt, position, before: int
 
 
 @torch.inference_mode()
-def loss_effects(model, sae, tokens, prompt, position, before: int, after: int, batch_size: int) -> np.ndarray:
+def loss_effects(model, sae, tokens, prompt, position, before: int, after: int, batch_size: int, progress: str | None = None) -> np.ndarray:
     """f16 [F, top_k, W]: for each top example, loss_ablated[t] - loss_spliced[t] over its window
-    (see the module's docstring). `batch_size`: prompts per clean forward and rows per ablated one."""
+    (see the module's docstring). `batch_size`: prompts per clean forward and rows per ablated one;
+    `progress` a progress bar's title (None: none)."""
     prompt = np.asarray(prompt)
     n_features = prompt.shape[0]
     out = np.zeros(prompt.shape + (before + 1 + after,), np.float16)
@@ -120,7 +127,7 @@ def loss_effects(model, sae, tokens, prompt, position, before: int, after: int, 
     pair_prompt, pair_feature = pairs // n_features, pairs % n_features
     unique = np.unique(pair_prompt)
     context = int(np.asarray(tokens[unique[:1]]).shape[1])
-    for _, chunk in _batches(unique, batch_size):
+    for _, chunk in _batches(unique, batch_size, progress):
         r0, r1 = np.searchsorted(pair_prompt, [chunk[0], chunk[-1] + 1])
         local = np.searchsorted(chunk, pair_prompt[r0:r1])
         e = np.nonzero((pair_of >= r0) & (pair_of < r1))[0]

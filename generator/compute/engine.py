@@ -110,7 +110,7 @@ def compute_releases(releases: list[Release], cache_root: Path, options: Compute
                 continue
             # A run killed between writing the entry and deleting its checkpoint leaves both.
             shutil.rmtree(store.partial_dir(job.key), ignore_errors=True)
-            if statistics.stale(entry.meta, job.release.compute):
+            if statistics.stale(entry.meta, job.release.compute) or statistics.surplus(entry.meta, job.release.compute):
                 top_up.append((job, entry))
             else:
                 report.cached.append(job.id)
@@ -397,6 +397,15 @@ class StatContext:
     def pca_map(self) -> bool:
         return self.options.pca_map
 
+    @property
+    def batch_size(self) -> int:
+        """Prompts per forward of a model-stage statistic (as in the corpus passes)."""
+        return self.options.batch_size or default_batch_size(_model_device(self.model), self.corpus.context)
+
+    def progress(self, what: str) -> str | None:
+        """The title of a model-stage statistic's progress bar (None when quiet)."""
+        return None if self.options.quiet else f"{self.meta['sae_id']} {what}"
+
     @functools.cached_property
     def w_dec(self) -> torch.Tensor:
         return self.sae.W_dec.detach().float()
@@ -456,6 +465,7 @@ def _finish(r: _Running, model, corpus: Corpus, store: CacheStore, ce: tuple[flo
         "d_out": sae.d_out,
         "model_kwargs": sae.model_kwargs,
         "dtype": options.dtype,
+        "device": _model_device(model),  # where the corpus passes ran (`loss_effects: auto` reads it)
         "n_tokens": n_tokens,
         "n_prompts": corpus.n_prompts,
         "context": corpus.context,
@@ -473,7 +483,8 @@ def _finish(r: _Running, model, corpus: Corpus, store: CacheStore, ce: tuple[flo
 
 def _top_up(jobs: list[tuple[SaeJob, object]], corpus: Corpus, store: CacheStore, options: ComputeOptions, device: str, report: ComputeReport) -> None:
     """Entries whose corpus passes are current but which lack statistics computed after them (new,
-    of another version, or of other settings): those alone are computed, and the entry rewritten."""
+    of another version, or of other settings) or hold ones no longer wanted: those alone are
+    computed or dropped, and the entry rewritten."""
     by_kwargs: dict[str, list] = {}
     with torch.inference_mode():
         for job, entry in jobs:
@@ -482,13 +493,15 @@ def _top_up(jobs: list[tuple[SaeJob, object]], corpus: Corpus, store: CacheStore
         for members in by_kwargs.values():
             release = members[0][0].release
             model = load_model(release.model, device, options.dtype, members[0][2].model_kwargs, options.quiet)
+            model.enable_hooks(sorted({h for _, _, sae in members for h in sae.hooks}))
             for job, entry, sae in members:
                 settings = job.release.compute
                 todo = statistics.stale(entry.meta, settings)
                 if any(stat.stage in statistics.CORPUS_STAGES for stat in todo):
                     raise AtlasError(f"{job.id}: cache entry {entry.path} lacks corpus statistics its key covers; delete it to recompute")
                 if not options.quiet:
-                    print(f"{job.id}: computing {', '.join(s.name for s in todo)} (the corpus passes are cached)", file=sys.stderr)
+                    computing = f"computing {', '.join(s.name for s in todo)}" if todo else f"dropping {', '.join(statistics.surplus(entry.meta, settings))}"
+                    print(f"{job.id}: {computing} (the corpus passes are cached)", file=sys.stderr)
                 arrays = {name: np.asarray(a) for name, a in entry.arrays.items()}
                 meta = {k: v for k, v in entry.meta.items() if k not in ("format", "files")}
                 meta["settings"] = dataclasses.asdict(settings)

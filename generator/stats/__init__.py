@@ -3,16 +3,20 @@
 A statistic declares its name, version, stage, the compute settings it reads and its arrays
 (name -> dtype and shape), and provides:
 
-- `compute(ctx)`: its arrays (stages "weights" and "model"; the corpus passes' statistics are
-  reduced by the engine's fused fast path, `sae_atlas.compute.stats.FeatureStats`);
+- `applies(sae_meta, settings)`: whether an SAE gets it (default: every SAE);
+- `compute(ctx)`: its arrays (stages "weights" and "model": after the corpus passes, the model
+  loaded; the corpus passes' statistics are reduced by the engine's fused fast path,
+  `sae_atlas.compute.stats.FeatureStats`);
 - `record(arrays, lo, hi, ctx)`: its columns of the site's feature records for features [lo, hi);
-- `dump(arrays, i, ctx)`: its keys in `sae-atlas dump`;
+- `dump(arrays, i, ctx)`: its keys in `sae-atlas dump` (`ctx.so_far` holds the earlier statistics'
+  keys, which a per-example statistic extends);
 - `fake(ctx)`: plausible arrays for synthetic caches (tests, the size benchmark).
 
 The registry's order is the order of the keys in a site record and in a dump. A cache entry
 records, per statistic, the version and settings it was computed with (`meta["statistics"]`); the
 entry's key covers only what the corpus passes depend on, so a weights-only statistic that is new,
-has a new version or new settings is computed on its own, without running the corpus again.
+has a new version or new settings is computed on its own, without running the corpus again, and
+one no longer wanted is dropped from the entry.
 This module imports neither torch nor the engine.
 """
 
@@ -72,11 +76,13 @@ class DumpContext:
     meta: dict
     tokens: np.ndarray
     vocab: Any
+    so_far: dict = field(default_factory=dict)
 
 
 @dataclass
 class FakeContext:
-    """Inputs of the fakes: `arrays` holds what earlier statistics of the registry produced."""
+    """Inputs of the fakes: `arrays` holds what earlier statistics of the registry produced;
+    `sae_meta` (hook, device) decides which statistics apply."""
 
     rng: np.random.Generator
     n_features: int
@@ -85,6 +91,7 @@ class FakeContext:
     context: int
     vocab_size: int
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    sae_meta: dict = field(default_factory=dict)
 
 
 class Statistic:
@@ -117,7 +124,7 @@ class Statistic:
 
 
 def _registry() -> list[Statistic]:
-    from sae_atlas.stats import activation, feature_map, histogram, intervals, logits, neighbours, prompt_view, top_examples
+    from sae_atlas.stats import activation, dfa, feature_map, histogram, intervals, logits, loss_effects, neighbours, prompt_view, top_examples
 
     return [
         activation.Activation(),
@@ -128,6 +135,8 @@ def _registry() -> list[Statistic]:
         intervals.Intervals(),
         feature_map.FeatureMap(),
         prompt_view.PromptView(),
+        dfa.Dfa(),
+        loss_effects.LossEffects(),
     ]
 
 
@@ -161,6 +170,13 @@ def stale(sae_meta: dict, settings: Any) -> list[Statistic]:
     return [s for s in wanted(sae_meta, settings) if have.get(s.name) != s.signature(settings)]
 
 
+def surplus(sae_meta: dict, settings: Any) -> list[str]:
+    """The statistics this SAE's entry holds that these settings no longer want (e.g. loss effects
+    turned off)."""
+    wanted_names = {s.name for s in wanted(sae_meta, settings)}
+    return [name for name in sae_meta.get("statistics") or {} if name in BY_NAME and name not in wanted_names]
+
+
 def arrays_of(stats: list[Statistic]) -> list[str]:
     return [name for s in stats for name in s.arrays]
 
@@ -178,6 +194,7 @@ def records(arrays: dict[str, np.ndarray], lo: int, hi: int, ctx: RecordContext)
 
 def dump(arrays: dict[str, np.ndarray], i: int, ctx: DumpContext) -> dict:
     out: dict = {}
+    ctx.so_far = out
     for s in REGISTRY:
         if all(name in arrays for name in s.arrays):
             out.update(s.dump(arrays, i, ctx))
@@ -185,8 +202,8 @@ def dump(arrays: dict[str, np.ndarray], i: int, ctx: DumpContext) -> dict:
 
 
 def fake_arrays(ctx: FakeContext) -> dict[str, np.ndarray]:
-    """Every statistic's fake arrays, checked against its declared dtypes and shapes."""
-    for s in REGISTRY:
+    """The fake arrays of every statistic that applies, checked against its declared dtypes and shapes."""
+    for s in wanted(ctx.sae_meta, ctx.settings):
         made = s.fake(ctx)
         for name, spec in s.arrays.items():
             a = made[name]

@@ -310,3 +310,59 @@ def test_render_tokens_makes_clickable_tokens(view):
 def _fmt(v: float) -> str:
     """The front end's number format for values of a few significant digits."""
     return json.dumps(float(f"{v:.4g}")).removesuffix(".0")
+
+
+# -- the per-example token layers (dfa.js, loss_effects.js) ----------------------------------------
+
+# Prompt 0's example peaking at position 4 ("e"); its window starts at 0 (context_before 6).
+LAYER_EXAMPLE = [0, 4, 3.0, 0, [3], [1.5]]
+SHADE = "What the example tokens are shaded by"
+
+
+def _layer_tokens(page, rec: dict, shade: str) -> dict:
+    """The top examples pane of `rec` with the example text arrived and `shade` chosen: the shade
+    selector's options and each shown token {text: {cls, a, title}}."""
+    _render(page, "top_examples", rec)
+    options = page.evaluate(f"""() => Array.from(window.__pane.node.querySelectorAll("select[aria-label='{SHADE}'] option"))
+        .map(o => o.textContent)""")
+    page.evaluate("""([tokens, shade]) => { const p = window.__pane, page = Atlas.page;
+        const fake = Object.assign(Object.create(page), { rowOf: (prompt) => prompt === 0 ? tokens : null, ctxMode: 'all',
+            shade: shade, layerCache: null });
+        p.pane.onText(fake, p.rec, p.node, p.ctx); }""", [TOKENS, shade])
+    return options, {t["text"]: {**t, "cls": set(t["cls"].split())} for t in _tokens(page)}
+
+
+def test_dfa_layer_shades_the_source_tokens_and_marks_the_strongest(view):
+    page = view()
+    assert [l for l in page.evaluate("() => Atlas.tokenLayers().map(l => l.name)") if l != "test"] == ["dfa", "loss_effects"]
+    rec = _live(max=4.0, top=[LAYER_EXAMPLE], dfa=[[[1, 2, 4], [0.5, -0.25, 2.0]]])
+    options, by = _layer_tokens(page, rec, "dfa")
+    assert options == ["Activation", "Attribution (DFA)"]
+    assert [t for t in by] == TOKENS[0:8]
+    assert "tok-on" in by["b"]["cls"] and by["b"]["a"] == f"{0.5 / 2.0:.3f}" and by["b"]["title"] == '"b" · 0 · Attribution (DFA) 0.5'
+    assert "tok-neg" in by[" c"]["cls"] and by[" c"]["a"] == f"{0.25 / 2.0:.3f}"
+    assert by[" c"]["title"] == '" c" · 0 · Attribution (DFA) -0.25'
+    assert {"tok-on", "tok-max", "tok-layer-peak"} <= by["e"]["cls"] and by["e"]["a"] == "1.000"
+    # Tokens without a value are not shaded, activation or not; only the strongest is marked.
+    assert by["d"]["cls"] == {"tok"} and by["d"]["title"] == '"d" · 1.5'
+    assert sum("tok-layer-peak" in t["cls"] for t in by.values()) == 1
+    # By activation, no layer shading and no layer peak.
+    _, plain = _layer_tokens(page, rec, "activation")
+    assert "tok-on" in plain["d"]["cls"] and not any(t["cls"] & {"tok-neg", "tok-layer-peak"} for t in plain.values())
+
+
+def test_loss_effects_layer_shades_helped_tokens_blue_and_hurt_ones_red(view):
+    page = view()
+    rec = _live(max=4.0, top=[LAYER_EXAMPLE], loss=[[[3, 4, 5], [0.2, -0.1, 0.05]]])
+    options, by = _layer_tokens(page, rec, "loss_effects")
+    assert options == ["Activation", "Loss effect"]
+    assert "tok-helps" in by["d"]["cls"] and by["d"]["a"] == "1.000"
+    assert by["d"]["title"] == '"d" · 1.5 · loss effect +0.2 (helps predict the next token)'
+    assert "tok-hurts" in by["e"]["cls"] and by["e"]["a"] == "0.500" and "tok-max" in by["e"]["cls"]
+    assert by["e"]["title"] == '"e" · 3 · loss effect -0.1 (hurts predicting the next token)'
+    assert "tok-helps" in by["f"]["cls"] and by["f"]["a"] == "0.250"
+    assert not any(t["cls"] & {"tok-on", "tok-neg", "tok-layer-peak"} for t in by.values())
+    assert all(t["cls"] == {"tok"} for k, t in by.items() if k not in ("d", "e", "f"))
+    # Both layers listed, in order, when the record has both columns.
+    options, _ = _layer_tokens(page, {**rec, "dfa": [[[4], [1.0]]]}, "dfa")
+    assert options == ["Activation", "Attribution (DFA)", "Loss effect"]

@@ -32,7 +32,9 @@
    kind is 'top' (exampleIndex into rec.top) or 'interval' (exampleIndex into rec.intervals[group].ex);
    positions are the prompt's token positions. The selector lists the layers with values for some top
    example of the feature; values are signed (negative ones get a second colour), and a token's title
-   shows its value. Atlas.exampleRow(ex, tokens, opts) and Atlas.renderTokens(parent, tokens, opts)
+   shows its value. Optional: markPeak (true: the token of the largest |value| is marked tok-layer-peak),
+   classes ([positive, negative] shading classes, default ['tok-on', 'tok-neg']), describe(value) (the
+   title's text for a value, default label + value). Atlas.exampleRow(ex, tokens, opts) and Atlas.renderTokens(parent, tokens, opts)
    draw an example (or any run of a prompt's tokens, optionally clickable) the same way elsewhere. */
 window.Atlas = window.Atlas || {};
 (function (A) {
@@ -160,10 +162,11 @@ window.Atlas = window.Atlas || {};
 
   /* Shades a token span by v / scale: class tok-on (positive) or, with signed, tok-neg (negative),
      strength in --a, tok-hi when strong enough to need the contrasting text colour. */
-  function shade(span, v, scale, signed) {
+  function shade(span, v, scale, signed, classes) {
     if (!(v > 0) && !(signed && v < 0)) return;
     var a = clamp(Math.abs(v) / scale, 0.06, 1);
-    span.classList.add(v > 0 ? 'tok-on' : 'tok-neg');
+    classes = classes || ['tok-on', 'tok-neg'];
+    span.classList.add(v > 0 ? classes[0] : classes[1]);
     if (a > 0.55) span.classList.add('tok-hi');
     span.style.setProperty('--a', a.toFixed(3));
   }
@@ -171,7 +174,7 @@ window.Atlas = window.Atlas || {};
   /* Appends span.tok for tokens[lo..hi] to `parent`. opts: lo, hi (default all), values {position:
      activation}, scale (the activation drawn at full strength), storedLo/storedHi (positions outside
      have no stored activation: tok-unknown), peak (the position marked tok-max), layer {label, values
-     {position: value}, scale}: shade by that instead, signed, markSpaces, breakLines, onToken(position,
+     {position: value}, scale, peak, classes, describe (see Atlas.tokenLayer)}: shade by that instead, signed, markSpaces, breakLines, onToken(position,
      span): makes every token a button that calls it. */
   function renderTokens(parent, tokens, opts) {
     opts = opts || {};
@@ -186,16 +189,17 @@ window.Atlas = window.Atlas || {};
       var stored = t >= storedLo && t <= storedHi;
       var val = values[t] || 0;
       var lv = layer && layer.values ? layer.values[t] : undefined;
-      var extra = typeof lv === 'number' ? ' · ' + layer.label + ' ' + fmt(lv) : '';
+      var extra = typeof lv === 'number' ? ' · ' + (layer.describe ? layer.describe(lv) : layer.label + ' ' + fmt(lv)) : '';
       if (!stored) {
         span.classList.add('tok-unknown');
         span.title = JSON.stringify(s) + ' · activation not stored' + extra + frag;
       } else {
         span.title = JSON.stringify(s) + ' · ' + fmt(val) + extra + frag;
       }
-      if (layer) { if (typeof lv === 'number') shade(span, lv, layer.scale > 0 ? layer.scale : 1, true); }
+      if (layer) { if (typeof lv === 'number') shade(span, lv, layer.scale > 0 ? layer.scale : 1, true, layer.classes); }
       else if (stored) shade(span, val, scale, false);
       if (t === opts.peak) span.classList.add('tok-max');
+      if (layer && layer.peak === t) span.classList.add('tok-layer-peak');
       if (opts.onToken) clickable(span, t, opts.onToken);
       parent.appendChild(span);
     }
@@ -377,6 +381,17 @@ window.Atlas = window.Atlas || {};
   A.groups = { charts: 'fv-charts', logits: 'fv-two', neighbours: 'fv-two' };
   A.tokenLayer = function (spec) { return register(layers, spec, 'tokenLayer', 'values'); };
   A.tokenLayers = function () { return layers.slice().sort(byOrder); };
+  /* The values function of a token layer over a per-example record column (`dfa`, `loss`): per entry
+     of rec.top, [offsets, values] from the example's window start (docs/ARCHITECTURE.md). */
+  A.exampleValues = function (column) {
+    return function (rec, kind, k) {
+      var cols = rec[column], ex = rec.top && rec.top[k];
+      if (kind !== 'top' || !cols || !cols[k] || !ex || !(cols[k][0] || []).length) return null;
+      var offsets = cols[k][0], values = cols[k][1], out = {};
+      for (var j = 0; j < offsets.length; j++) out[ex[3] + offsets[j]] = values[j];
+      return out;
+    };
+  };
 
   /* ---------- colour scheme toggle ---------- */
 

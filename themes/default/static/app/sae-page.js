@@ -307,7 +307,14 @@
     var S = this.S, layer = null, shade = this.shade;
     this.layersFor(rec).forEach(function (l) {
       if (l.layer.name !== shade) return;
-      layer = { name: l.layer.name, label: l.layer.label || l.layer.name, scale: l.scale, values: l.layer.values(rec, kind, index, group) || {} };
+      var values = l.layer.values(rec, kind, index, group) || {}, peak;
+      if (l.layer.markPeak) {
+        Object.keys(values).forEach(function (p) {
+          if (peak === undefined || Math.abs(values[p]) > Math.abs(values[peak])) peak = +p;
+        });
+      }
+      layer = { name: l.layer.name, label: l.layer.label || l.layer.name, scale: l.scale, values: values, peak: peak,
+        classes: l.layer.classes, describe: l.layer.describe };
     });
     return {
       max: rec.max, contextBefore: S.context_before, contextAfter: S.context_after, ctxMode: this.ctxMode,

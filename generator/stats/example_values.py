@@ -1,0 +1,86 @@
+"""What the per-example statistics share: one f16 [F, top_k, W] array aligned with the top
+examples' activation windows (`sae_atlas.compute.attribution`), computed with the model after the
+corpus passes, a site column aligned with the record's `top`, and a key on each dumped top example.
+
+Site column, per feature, one entry per top example in the order of `top`: [offsets, values], the
+example's token at position window_start + offset (window_start the example's, `top[k][3]`) has
+value values[j]. Zeros and values under a thousandth of the feature's largest |value| over its
+examples (invisible in the shading) are left out; values keep 4 significant digits.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+
+from sae_atlas.stats import Array, Statistic
+from sae_atlas.stats.common import round_sig
+
+SHAPE = ("F", "top_k", "W")
+NEGLIGIBLE = 1e-3  # of the feature's largest |value|: left out of the site column
+
+
+class ExampleValues(Statistic):
+    stage = "model"
+    array: ClassVar[str]  # the [F, top_k, W] array
+    column: ClassVar[str]  # the site column
+    key: ClassVar[str]  # the key on each top example of a dump
+    arrays: ClassVar[dict[str, Array]]
+
+    def record(self, arrays, lo, hi, ctx):
+        values = np.asarray(arrays[self.array][lo:hi], np.float32)
+        return {self.column: site_values(values, np.asarray(arrays["top_prompt"][lo:hi]), np.asarray(arrays["top_position"][lo:hi]), ctx.context_before)}
+
+    def dump(self, arrays, i, ctx):
+        examples = ctx.so_far.get("top_examples")
+        if examples is None:
+            return {}
+        before = int(ctx.meta["settings"]["context_before"])
+        context = ctx.tokens.shape[1]
+        prompt, position, window = arrays["top_prompt"][i], arrays["top_position"][i], np.asarray(arrays[self.array][i], np.float32)
+        rows = []
+        for j in np.nonzero(np.asarray(prompt) >= 0)[0]:
+            first = int(position[j]) - before  # token index of window slot 0
+            lo, hi = max(0, first), min(context, first + window.shape[1])
+            rows.append([float(v) for v in window[j, lo - first : hi - first]])
+        return {"top_examples": [{**e, self.key: r} for e, r in zip(examples, rows)]}
+
+
+def site_values(values: np.ndarray, prompt: np.ndarray, position: np.ndarray, context_before: int) -> list:
+    """values f32 [n, top_k, W], prompt/position [n, top_k] -> per feature, [offsets, values] per
+    filled example slot (see the module's docstring)."""
+    n, k, width = values.shape
+    scale = np.abs(values).reshape(n, -1).max(axis=1, initial=0.0)
+    keep = (np.abs(values) > (NEGLIGIBLE * scale)[:, None, None]) & (prompt >= 0)[..., None]
+    first = position.astype(np.int64) - context_before
+    shift = first - np.maximum(first, 0)  # slot j is offset j + shift from the window start
+    feature, slot, j = np.nonzero(keep)
+    offsets = (j + shift[feature, slot]).tolist()
+    rounded = round_sig(values[feature, slot, j]).tolist()
+    flat = feature * k + slot
+    counts = np.bincount(flat, minlength=n * k)
+    ends = np.cumsum(counts)
+    begins = (ends - counts).tolist()
+    ends = ends.tolist()
+    filled = (prompt >= 0).tolist()
+    out = []
+    for f in range(n):
+        row = []
+        for s in range(k):
+            if filled[f][s]:
+                b, e = begins[f * k + s], ends[f * k + s]
+                row.append([offsets[b:e], rounded[b:e]])
+        out.append(row)
+    return out
+
+
+def example_slots(ctx) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For the fakes: (used [F, top_k], the token index of each window slot [F, top_k, W], inside
+    the prompt [F, top_k, W])."""
+    s = ctx.settings
+    prompt, position = ctx.arrays["top_prompt"], ctx.arrays["top_position"]
+    used = prompt >= 0
+    token = position[..., None] - s.context_before + np.arange(s.window)
+    inside = (token >= 0) & (token < ctx.context) & used[..., None]
+    return used, token, inside
