@@ -166,6 +166,24 @@ def test_feature_permalink_opens_and_keys_step(open_page):
     guard.assert_clean()
 
 
+def test_a_fragment_navigation_shows_its_feature_once_and_back_returns(open_page):
+    """popstate (fired during the navigation) and hashchange (queued after it) both arrive; one routes."""
+    page, guard = open_page("tiny-2l/1-res-td/index.html#12")
+    _ready(page)
+    page.wait_for_selector(".fv-examples .ex")
+    before = page.evaluate("() => Atlas.page.generation")
+    # popstate routes synchronously, inside the assignment
+    assert page.evaluate("() => { location.hash = '#20'; return document.querySelector('#fv-title').textContent; }") == "Feature 20"
+    page.wait_for_timeout(300)  # the hashchange has fired by now
+    assert page.evaluate("() => Atlas.page.generation") == before + 1
+    page.wait_for_selector(".fv-examples .ex")
+    page.go_back()
+    page.wait_for_function("() => document.querySelector('#fv-title').textContent === 'Feature 12'")
+    page.wait_for_timeout(300)
+    assert page.evaluate("() => Atlas.page.generation") == before + 2
+    guard.assert_clean()
+
+
 def test_token_strings_are_text_never_markup(open_page):
     page, guard = open_page("tiny-2l/1-res-td/index.html#0")
     _ready(page)

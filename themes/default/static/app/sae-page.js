@@ -66,7 +66,11 @@
     this.list = new A.FeatureList(this);
     this.lookup = new A.TokenLookup(this);
     this.initFeatureView();
-    window.addEventListener('hashchange', function () { self.fromHash(); });
+    // Browsers fire popstate during a fragment navigation and hashchange from a task queued after it
+    // (behind whatever else is queued); the first of the two routes, the other finds its hash routed.
+    var onNavigate = function () { if (window.location.hash !== self.routedHash) self.fromHash(); };
+    window.addEventListener('popstate', onNavigate);
+    window.addEventListener('hashchange', onNavigate);
     document.addEventListener('keydown', function (e) {
       if (isTyping(e.target) || e.ctrlKey || e.metaKey || e.altKey) return;
       if (e.target && e.target.id === 'map-canvas' && /^Arrow/.test(e.key)) return;
@@ -81,6 +85,7 @@
   };
 
   SaePage.prototype.fromHash = function (initial) {
+    this.routedHash = window.location.hash;
     var m = /^#(\d+)$/.exec(window.location.hash);
     var i = m ? parseInt(m[1], 10) : NaN;
     if (!isNaN(i) && i >= 0 && i < this.n) { this.show(i, !initial); return; }
@@ -260,11 +265,14 @@
     return prompts;
   }
 
-  /* Renders the registered panes for `rec` into the feature view, then loads the prompts' text for the
+  /* Renders the registered panes for `rec` into the feature view, then shows the prompts' text in the
      panes that show it (onText): the top examples' prompts first (what a reader looks at), then the
-     interval samples' (below the fold), so a jump to a feature shows its examples after ~20 files. */
+     interval samples' (below the fold). The top examples' prompt files are requested before the panes
+     render, so that they load while the panes are built. */
   SaePage.prototype.renderFeature = function (rec, gen) {
     var self = this, frag = document.createDocumentFragment();
+    var wantsText = A.panes().some(function (pane) { return pane.onText; });
+    var topRows = wantsText ? this.promptRows(examplePrompts({ top: rec.top })) : null;
     var ld = typeof rec.log_density === 'number' ? rec.log_density : (rec.density > 0 ? Math.log10(rec.density) : null);
     var ctx = { dead: !(rec.max > 0), logDensity: ld, gen: gen };
     var shown = [], wrap = null, group = null;
@@ -290,9 +298,8 @@
     this.examplesLoaded = null;
     this.rowOf = null;
     this.intervalsReady = false;
-    if (shown.some(function (s) { return s.pane.onText; })) {
-      var topPrompts = examplePrompts({ top: rec.top });
-      this.examplesLoaded = this.promptRows(topPrompts).then(function (rowOf) {
+    if (topRows && shown.some(function (s) { return s.pane.onText; })) {
+      this.examplesLoaded = topRows.then(function (rowOf) {
         if (gen !== self.generation) return null;
         self.rowOf = rowOf;
         self.renderExamples();
