@@ -167,15 +167,32 @@ def write_peer(work: Path, summary: dict) -> Path:
     return peer
 
 
-class StaticServer:
-    """`python -m http.server` over the bench directory in its own process (no GIL shared with the driver)."""
+# A static server like GitHub Pages in what the front end depends on: persistent HTTP/1.1
+# connections (Pages also speaks HTTP/2), a thread per connection, no Nagle delay between a response's
+# headers and body. Responses are not compressed (Pages gzips them), so byte counts are the files'.
+KEEPALIVE_SERVER = """
+import functools, http.server, sys
+class Handler(http.server.SimpleHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+    def log_message(self, *args):
+        pass
+server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=sys.argv[1]))
+print(f"Serving HTTP on 127.0.0.1 port {server.server_address[1]} (keep-alive)", flush=True)
+server.serve_forever()
+"""
 
-    def __init__(self, directory: Path):
-        self.proc = subprocess.Popen(
-            [sys.executable, "-u", "-m", "http.server", "0", "--bind", "127.0.0.1", "--directory", str(directory)],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-        )
-        line = self.proc.stdout.readline()  # "Serving HTTP on 127.0.0.1 port 40123 (http://127.0.0.1:40123/) ..."
+
+class StaticServer:
+    """A static file server over the bench directory in its own process (no GIL shared with the
+    driver): `keepalive` (KEEPALIVE_SERVER) or `http.server` (`python -m http.server`: HTTP/1.0, a
+    new connection per file)."""
+
+    def __init__(self, directory: Path, kind: str = "keepalive"):
+        command = ["-c", KEEPALIVE_SERVER, str(directory)] if kind == "keepalive" else [
+            "-m", "http.server", "0", "--bind", "127.0.0.1", "--directory", str(directory)]
+        self.proc = subprocess.Popen([sys.executable, "-u", *command], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        line = self.proc.stdout.readline()  # "Serving HTTP on 127.0.0.1 port 40123 ..."
         self.base = f"http://127.0.0.1:{line.split(' port ')[1].split()[0]}/"
 
     def close(self) -> None:
@@ -396,6 +413,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--switches", type=int, default=30, help="switches of each kind per origin")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--origin", choices=["file", "http", "both"], default="both")
+    p.add_argument("--server", choices=["keepalive", "http.server"], default="keepalive",
+                   help="the HTTP server: persistent HTTP/1.1 connections (default) or python -m http.server (HTTP/1.0)")
     args = p.parse_args(argv)
 
     work = args.work.resolve()
@@ -414,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
     rng = random.Random(args.seed)
     errors: list[str] = []
     origins = ["file", "http"] if args.origin == "both" else [args.origin]
-    server = StaticServer(work) if "http" in origins else None
+    server = StaticServer(work, args.server) if "http" in origins else None
     try:
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
@@ -429,7 +448,8 @@ def main(argv: list[str] | None = None) -> int:
                     loads = measure_loads(browser, sae_url, "interactive", args.loads, errors)
                     keyboard, jumps, transfers = measure_switches(browser, sae_url, summary, args.switches, rng, errors, origin == "http")
                     frames = measure_map(browser, sae_url, errors)
-                    report_origin(f"{origin}:// (load average now {os.getloadavg()[0]:.1f})", peer_loads, loads, keyboard, jumps, transfers, frames)
+                    name = f"{origin}://" + (f" ({args.server} server)" if origin == "http" else "")
+                    report_origin(f"{name} (load average now {os.getloadavg()[0]:.1f})", peer_loads, loads, keyboard, jumps, transfers, frames)
             finally:
                 browser.close()
     finally:
