@@ -20,6 +20,12 @@ time (to the frame after its load event).
 
     python bench/browser_speed.py                 # build into build/bench-browser/ and measure
     python bench/browser_speed.py --keep          # reuse the site built there before
+    python bench/browser_speed.py --server h2     # serve over HTTP/2 (Node), as GitHub Pages does
+
+The HTTP server (--server) is by default a Python one with persistent HTTP/1.1 connections
+(`keepalive`); `h2` is HTTP/2 over TLS with Node's http2 module, what GitHub Pages speaks (no limit
+of six requests at a time per host); `http.server` is `python -m http.server` (HTTP/1.0, a new
+connection per file), what the numbers before 2026-12 used.
 """
 
 from __future__ import annotations
@@ -167,16 +173,61 @@ def write_peer(work: Path, summary: dict) -> Path:
     return peer
 
 
-class StaticServer:
-    """`python -m http.server` over the bench directory in its own process (no GIL shared with the driver)."""
+# KEEPALIVE_SERVER (the default): persistent HTTP/1.1 connections, as GitHub Pages keeps them, a
+# thread per connection, no Nagle delay between a response's headers and body. GitHub Pages speaks
+# HTTP/2 (TLS) too, where a page's requests share one connection with no limit of six at a time
+# per host: H2_SERVER is Node's http2 module over a self-signed certificate (the browser contexts
+# ignore certificate errors). Neither compresses responses (Pages gzips them), so byte counts are
+# the files' own.
+H2_SERVER = r"""
+const http2 = require('http2'), fs = require('fs'), path = require('path');
+const [root, key, cert] = process.argv.slice(1);
+const TYPES = { '.js': 'text/javascript', '.html': 'text/html; charset=utf-8', '.css': 'text/css', '.svg': 'image/svg+xml',
+                '.json': 'application/json', '.png': 'image/png', '.txt': 'text/plain' };
+const server = http2.createSecureServer({ key: fs.readFileSync(key), cert: fs.readFileSync(cert) });
+server.on('stream', (stream, headers) => {
+  const file = path.join(root, decodeURIComponent(headers[':path'].split('?')[0]));
+  if (!file.startsWith(root + path.sep)) { stream.respond({ ':status': 403 }); stream.end(); return; }
+  stream.respondWithFile(file, { 'content-type': TYPES[path.extname(file)] || 'application/octet-stream' }, {
+    onError: () => { stream.respond({ ':status': 404 }); stream.end(); } });
+});
+server.listen(0, '127.0.0.1', () => console.log('Serving HTTPS (HTTP/2) on 127.0.0.1 port ' + server.address().port + ' '));
+"""
+KEEPALIVE_SERVER = """
+import functools, http.server, sys
+class Handler(http.server.SimpleHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+    def log_message(self, *args):
+        pass
+server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=sys.argv[1]))
+print(f"Serving HTTP on 127.0.0.1 port {server.server_address[1]} (keep-alive)", flush=True)
+server.serve_forever()
+"""
+SERVERS = ("h2", "keepalive", "http.server")
 
-    def __init__(self, directory: Path):
-        self.proc = subprocess.Popen(
-            [sys.executable, "-u", "-m", "http.server", "0", "--bind", "127.0.0.1", "--directory", str(directory)],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-        )
-        line = self.proc.stdout.readline()  # "Serving HTTP on 127.0.0.1 port 40123 (http://127.0.0.1:40123/) ..."
-        self.base = f"http://127.0.0.1:{line.split(' port ')[1].split()[0]}/"
+
+class StaticServer:
+    """A static file server over the bench directory in its own process (no GIL shared with the
+    driver): `h2` (H2_SERVER), `keepalive` (KEEPALIVE_SERVER) or `http.server` (`python -m
+    http.server`: HTTP/1.0, a new connection per file)."""
+
+    def __init__(self, directory: Path, kind: str = "keepalive"):
+        directory = Path(directory).resolve()
+        if kind == "h2":
+            key, cert = directory / "bench-key.pem", directory / "bench-cert.pem"
+            if not cert.exists():
+                subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30", "-subj", "/CN=127.0.0.1",
+                                "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+            command = ["node", "-e", H2_SERVER, str(directory), str(key), str(cert)]
+        elif kind == "keepalive":
+            command = [sys.executable, "-u", "-c", KEEPALIVE_SERVER, str(directory)]
+        else:
+            command = [sys.executable, "-u", "-m", "http.server", "0", "--bind", "127.0.0.1", "--directory", str(directory)]
+        self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        line = self.proc.stdout.readline()  # "Serving HTTP on 127.0.0.1 port 40123 ..."
+        scheme = "https" if kind == "h2" else "http"
+        self.base = f"{scheme}://127.0.0.1:{line.split(' port ')[1].split()[0]}/"
 
     def close(self) -> None:
         self.proc.terminate()
@@ -184,7 +235,7 @@ class StaticServer:
 
 
 def new_page(browser, errors: list[str]):
-    context = browser.new_context(viewport=VIEWPORT, device_scale_factor=1)
+    context = browser.new_context(viewport=VIEWPORT, device_scale_factor=1, ignore_https_errors=True)
     context.add_init_script(INIT_SCRIPT)
     page = context.new_page()
     page.on("pageerror", lambda e: errors.append(f"page error: {e}"))
@@ -396,6 +447,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--switches", type=int, default=30, help="switches of each kind per origin")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--origin", choices=["file", "http", "both"], default="both")
+    p.add_argument("--server", choices=SERVERS, default="keepalive",
+                   help="keepalive: persistent HTTP/1.1 connections (Python); h2: HTTP/2 over TLS (Node, needs node and "
+                        "openssl), as GitHub Pages; http.server: python -m http.server (HTTP/1.0)")
     args = p.parse_args(argv)
 
     work = args.work.resolve()
@@ -414,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
     rng = random.Random(args.seed)
     errors: list[str] = []
     origins = ["file", "http"] if args.origin == "both" else [args.origin]
-    server = StaticServer(work) if "http" in origins else None
+    server = StaticServer(work, args.server) if "http" in origins else None
     try:
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
@@ -429,7 +483,8 @@ def main(argv: list[str] | None = None) -> int:
                     loads = measure_loads(browser, sae_url, "interactive", args.loads, errors)
                     keyboard, jumps, transfers = measure_switches(browser, sae_url, summary, args.switches, rng, errors, origin == "http")
                     frames = measure_map(browser, sae_url, errors)
-                    report_origin(f"{origin}:// (load average now {os.getloadavg()[0]:.1f})", peer_loads, loads, keyboard, jumps, transfers, frames)
+                    name = f"{origin}://" + (f" ({args.server} server)" if origin == "http" else "")
+                    report_origin(f"{name} (load average now {os.getloadavg()[0]:.1f})", peer_loads, loads, keyboard, jumps, transfers, frames)
             finally:
                 browser.close()
     finally:

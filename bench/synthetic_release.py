@@ -169,7 +169,7 @@ def site_numbers(site: Path, sample: int = 200, seed: int = 0) -> dict:
             shard_path = summary_path.parent / "f" / f"{shard:04d}.js"
             records = orjson.loads(_payload(shard_path.read_bytes()).split(b",", 1)[1])
             record = next(r for r in records if r["i"] == index)
-            examples = record["top"] + [e for iv in record["intervals"] for e in iv["ex"]]
+            examples = record["top"] + [e for group in record["intervals"] for e in group]
             prompt_shards = {e[0] // summary["prompts_per_shard"] for e in examples}
             transfers.append(
                 shard_path.stat().st_size + sum((corpus_dir / f"{p:04d}.js").stat().st_size for p in prompt_shards)
@@ -182,6 +182,33 @@ def site_numbers(site: Path, sample: int = 200, seed: int = 0) -> dict:
         "open_feature_median": float(np.median(transfers)) if transfers else 0.0,
         "open_feature_max": max(transfers) if transfers else 0,
     }
+
+
+def record_breakdown(site: Path, sample: int = 400, seed: int = 0) -> list[tuple[str, float, float]]:
+    """Where the feature shards' bytes go: (field, bytes per record, MB over all shards) for each key of
+    the records of `sample` shards picked at random, and for the examples (top and intervals) as a
+    whole, scaled to the shards' total size. A key's bytes include its name and punctuation."""
+    import collections
+
+    import orjson
+
+    shards = sorted(site.glob("*/*/data/f/*.js"))
+    total = sum(p.stat().st_size for p in shards)
+    picked = np.random.default_rng(seed).choice(len(shards), min(sample, len(shards)), replace=False)
+    fields: collections.Counter = collections.Counter()
+    size = n_records = 0
+    for k in picked.tolist():
+        raw = shards[k].read_bytes()
+        size += len(raw)
+        for record in orjson.loads(_payload(raw).split(b",", 1)[1]):
+            n_records += 1
+            for key, value in record.items():
+                fields[key] += len(orjson.dumps(value)) + len(key) + 4
+            examples = record["top"] + [e for group in record["intervals"] for e in group]
+            fields["(examples)"] += sum(len(orjson.dumps(e)) + 1 for e in examples)
+            fields["(example count)"] += len(examples)
+    scale = total / max(1, size)
+    return [(key, v / max(1, n_records), v * scale / 1e6) for key, v in fields.most_common()]
 
 
 def _cpu_seconds() -> float:
@@ -237,6 +264,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bytes per feature    {n['total_bytes'] / features:8.0f}")
     print(f"largest file         {n['largest_bytes'] / 1e6:8.2f} MB  ({n['largest_file']})")
     print(f"open one feature     {n['open_feature_median'] / 1e3:8.1f} KB median, {n['open_feature_max'] / 1e3:.1f} KB max")
+    print("feature shards by record field (400 sampled shards): bytes per record, MB in all shards")
+    for key, per_record, mb in record_breakdown(out):
+        print(f"   {key:16s} {per_record:8.1f}  {mb:8.1f} MB" if key != "(example count)" else f"   {key:16s} {per_record:8.1f}")
     return 0
 
 

@@ -139,10 +139,13 @@ def test_site_cross_layer_neighbours_are_the_closest_direction_in_the_adjacent_l
                 best = cos.argmax(1)
                 expected[other] = (best, cos[np.arange(len(best)), best])
             page = site_dir / _page(set_id, layer)
+            _, (summary,) = data_call(page.parent / "data" / "summary.js")
             for f, record in records.items():
                 where = f"{sae_id}:{f}"
                 assert len(record["xnb"]) == len(adjacent), where
-                for (other_id, href, j, c), other in zip(record["xnb"], adjacent):
+                # [layer, index, cosine]: layer indexes summary.layers ({sae, href})
+                for (k, j, c), other in zip(record["xnb"], adjacent):
+                    other_id, href = summary["layers"][k]["sae"], summary["layers"][k]["href"]
                     assert other_id == _sae_id(set_id, other), where
                     assert (page.parent / href).resolve() == (site_dir / _page(set_id, other)).resolve(), where
                     assert j == expected[other][0][f], f"{where} -> {other_id}: {j} != brute force {expected[other][0][f]}"

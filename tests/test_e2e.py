@@ -30,7 +30,7 @@ SUMMARY_KEYS = {
     "sae", "d_sae", "shard_size", "corpus", "prompts_per_shard", "context_before", "context_after",
     "max", "density", "x", "y", "cluster", "label", "expl", "peak_tokens", "layers",
 }
-RECORD_KEYS = {"i", "max", "density", "log_density", "hist", "pos", "neg", "nb", "xnb", "top", "intervals", "expl"}
+RECORD_KEYS = {"i", "max", "density", "hist", "pos", "neg", "nb", "xnb", "top", "intervals", "expl"}
 # What SAEs reading attn.hook_z add: direct feature attribution per top example (loss effects are
 # off on a CPU by default).
 HOOK_Z_RECORD_KEYS, HOOK_Z_EXAMPLE_KEYS = {"dfa"}, {"dfa"}
@@ -227,8 +227,10 @@ def test_links_inside_data_files_resolve(built_site):
             assert _resolve(site, page, layer["href"]).is_file(), layer
         for shard in sorted((page.parent / "data" / "f").glob("*.js")):
             for record in data_call(shard)[1][1]:
-                for sae_id, href, index, _ in record["xnb"]:
-                    assert _resolve(site, page, href.split("#")[0]).is_file(), (sae.id, href)
+                for layer, index, _ in record["xnb"]:
+                    # An index into summary.layers: another SAE of the Set, whose page exists (checked above).
+                    assert 0 <= layer < len(summary["layers"]) and summary["layers"][layer]["sae"] != sae.id, (sae.id, layer)
+                    assert isinstance(index, int) and index >= 0
 
 
 def test_data_shards_parse_and_cover_every_feature_and_prompt(built_site):
@@ -302,13 +304,18 @@ def test_top_examples_in_the_site_match_a_brute_force_recomputation(built_site, 
             assert math.isclose(record["max"], value, rel_tol=SHARD_REL), where
             # The rest of the top-k follow the same order.
             assert [(e[0], e[1]) for e in record["top"] if e] == [(p, q) for _, p, q in ranked[: len(record["top"])]], where
-            # The window: non-zero activations around the peak, as recomputed; the peak may be implicit.
-            window_start, offsets, values = top[3], top[4], top[5]
-            shown = {window_start + o: v for o, v in zip(offsets, values)}
+            # The window: non-zero activations around the peak, as recomputed. After the peak come
+            # (slot, q) pairs: token position - context_before + slot has activation * q / 100, q an
+            # integer (at least 1 for a non-zero value); the peak itself is implicit.
+            pairs = top[3:]
+            assert len(pairs) % 2 == 0 and all(isinstance(x, int) for x in pairs), where
+            shown = {position - cb + slot: top[2] * q / 100 for slot, q in zip(pairs[0::2], pairs[1::2])}
             shown.setdefault(position, top[2])
+            quantum = 0.01 * abs(top[2])
             for t in range(max(0, position - cb), min(acts.shape[1], position + ca + 1)):
                 expected = float(acts[prompt, t, index])
-                assert math.isclose(shown.get(t, 0.0), expected, rel_tol=2e-3, abs_tol=2e-3), f"{where}: token {t}"
+                assert (t in shown) == (expected != 0), f"{where}: token {t} non-zero"
+                assert math.isclose(shown.get(t, 0.0), expected, rel_tol=2e-3, abs_tol=quantum + 2e-3), f"{where}: token {t}"
             checked += 1
     assert checked > 200
     assert ties > 0, "the fixture should exercise the tie rule (equal activations on the BOS token)"

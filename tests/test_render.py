@@ -143,15 +143,18 @@ def test_shards_parse_and_match_the_cache(computed):
         assert len(record["top"]) == len(dumped["top_examples"])
         assert record["hist"] == dumped["histogram"]["counts"]
         assert [p[0] for p in record["pos"]] == [x["token_string"] for x in dumped["positive_logits"]]
+        before = entry.meta["settings"]["context_before"]
         for ex, d in zip(record["top"], dumped["top_examples"]):
-            prompt, position, activation, start, offsets, values = ex
+            prompt, position, activation, *pairs = ex
             assert (prompt, position) == (d["prompt"], d["position"])
             assert activation == pytest.approx(d["activation"], rel=1e-3)
-            dense = dict(zip((start + o for o in offsets), values))
+            # (slot, q): token position - context_before + slot has activation * q / 100, q >= 1 if non-zero
+            dense = {position - before + slot: activation * q / 100 for slot, q in zip(pairs[0::2], pairs[1::2])}
             dense[position] = activation
-            window_start = max(0, d["position"] - entry.meta["settings"]["context_before"])
+            window_start = max(0, d["position"] - before)
             for t, a in enumerate(d["activations"]):
-                assert dense.get(window_start + t, 0) == pytest.approx(a, rel=2e-3, abs=1e-6)
+                assert (window_start + t in dense) == (a != 0)
+                assert dense.get(window_start + t, 0) == pytest.approx(a, rel=2e-3, abs=0.01 * abs(activation))
             # the prompt's token strings come from the corpus shards
             pps = summary["prompts_per_shard"]
             corpus_file = (data.parent / summary["corpus"] / f"{prompt // pps:04d}.js").resolve()
@@ -168,9 +171,11 @@ def test_cross_layer_neighbours_link_adjacent_layers(computed):
     _, (_, records) = data_payload(data / "f" / "0000.js")
     xnb = [x for r in records for x in r["xnb"]]
     assert xnb, "the fixture's res-st set has layers 0 and 1"
-    for sae_id, href, index, cosine in xnb:
-        assert sae_id == "tiny-2l@1-res-st"
-        assert (data.parent / href).resolve() == (site / "tiny-2l" / "1-res-st" / "index.html").resolve()
+    _, (summary,) = data_payload(data / "summary.js")
+    for layer, index, cosine in xnb:
+        target = summary["layers"][layer]
+        assert target["sae"] == "tiny-2l@1-res-st"
+        assert (data.parent / target["href"]).resolve() == (site / "tiny-2l" / "1-res-st" / "index.html").resolve()
         assert isinstance(index, int) and -1 <= cosine <= 1
 
 

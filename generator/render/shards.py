@@ -24,10 +24,12 @@ from sae_atlas.render.markup import clean_text
 from sae_atlas.render.write import SiteWriter
 from sae_atlas.stats.common import round_sig
 
-# Sizing (see docs/BENCHMARKS.md): a feature shard of ~16 records is ~40 KB and a prompt shard of
-# 2 x 128 tokens ~2 KB, so opening a feature (its shard + up to 45 prompt shards) stays < 200 KB.
+# Sizing (see docs/BENCHMARKS.md): a feature shard of ~16 records is ~33 KB and a prompt shard of
+# one 128-token prompt ~1.1 KB, so opening a feature (its shard + up to 45 prompt shards) stays well
+# under 200 KB. A feature's examples come from different prompts, so bigger prompt shards would not
+# mean fewer files per feature, only more bytes.
 FEATURE_SHARD_TARGET_BYTES = 48_000
-PROMPT_SHARD_TARGET_BYTES = 2_000
+PROMPT_SHARD_TARGET_BYTES = 1_000
 BYTES_PER_TOKEN_STRING = 7  # quotes, comma, ~4 characters
 PEAK_TOKENS = 5  # distinct peak tokens kept per feature in the summary (token lookup)
 LABEL_TOKENS = 3  # positive-logit tokens joined into a feature's label
@@ -65,7 +67,7 @@ def choose_prompts_per_shard(context: int) -> int:
 
 def choose_shard_size(examples_per_feature: int, logits: int, neighbours: int) -> int:
     """Largest power of two whose shard of typical records stays under the target size."""
-    estimate = 400 + 45 * examples_per_feature + 16 * 2 * logits + 16 * neighbours
+    estimate = 400 + 30 * examples_per_feature + 16 * 2 * logits + 16 * neighbours
     size = 1
     while size * 2 * estimate <= FEATURE_SHARD_TARGET_BYTES and size < 1024:
         size *= 2

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from sae_atlas.stats import Array, Statistic
@@ -20,14 +18,10 @@ class Activation(Statistic):
     }
 
     def record(self, arrays, lo, hi, ctx):
-        maxes = np.asarray(arrays["max_activation"][lo:hi], dtype=np.float64)
-        density = np.asarray(arrays["density"][lo:hi], dtype=np.float64)
-        with np.errstate(divide="ignore"):
-            log_density = np.where(density > 0, np.log10(np.where(density > 0, density, 1)), np.nan)
+        # No log density: the front end takes log10 of `density`.
         return {
-            "max": round_sig(maxes).tolist(),
-            "density": round_sig(density).tolist(),
-            "log_density": [None if math.isnan(v) else v for v in round_sig(log_density).tolist()],
+            "max": round_sig(arrays["max_activation"][lo:hi]).tolist(),
+            "density": round_sig(arrays["density"][lo:hi]).tolist(),
         }
 
     def dump(self, arrays, i, ctx):

@@ -24,28 +24,33 @@ def round_sig(values: np.ndarray, digits: int = SIGNIFICANT_DIGITS) -> np.ndarra
     return out
 
 
+WINDOW_SCALE = 100  # window activations are given in integer hundredths of the example's peak
+
+
 def site_examples(values, prompts, positions, windows, context_before: int) -> list:
-    """Compact examples for flat rows: [prompt, position, activation, window_start, offsets, values]
-    with the non-zero window activations other than the peak (the token at `position` has
-    `activation`); None for unused slots (prompt -1)."""
-    windows = np.asarray(windows)
+    """Compact examples for flat rows: [prompt, position, activation, slot, q, slot, q, ...] with
+    the non-zero window activations other than the peak, each as its window slot (the token at
+    position - context_before + slot) and q = its value / activation in integer hundredths (at least
+    1 in magnitude, so a non-zero value stays non-zero); the token at `position` has `activation`,
+    kept to 4 significant digits. None for unused slots (prompt -1)."""
+    windows = np.asarray(windows, dtype=np.float64)
     prompts = np.asarray(prompts, dtype=np.int64)
     positions = np.asarray(positions, dtype=np.int64)
-    first = positions - context_before  # token index of window slot 0
-    start = np.maximum(first, 0)
+    peaks = np.asarray(values, dtype=np.float64)
     nonzero = windows != 0
     if context_before < nonzero.shape[1]:
         nonzero[:, context_before] = False  # the peak: already given as `activation`
     rows, slots = np.nonzero(nonzero)
-    offsets = (slots + (first - start)[rows]).tolist()
-    window_values = round_sig(windows[rows, slots]).tolist()
-    ends = np.cumsum(np.bincount(rows, minlength=len(prompts)))
-    begins = (ends - np.bincount(rows, minlength=len(prompts))).tolist()
+    scale = np.where(peaks != 0, np.abs(peaks), 1.0)[rows]
+    ratio = windows[rows, slots] / scale * WINDOW_SCALE
+    q = np.where(np.abs(ratio) < 1, np.sign(ratio), np.round(ratio)).astype(np.int64)
+    pairs = np.stack([slots, q], axis=1).reshape(-1).tolist()
+    counts = np.bincount(rows, minlength=len(prompts))
+    ends = np.cumsum(counts) * 2
+    begins = (ends - counts * 2).tolist()
     return [
-        [p, q, a, s, offsets[b:e], window_values[b:e]] if p >= 0 else None
-        for p, q, a, s, b, e in zip(
-            prompts.tolist(), positions.tolist(), round_sig(values).tolist(), start.tolist(), begins, ends.tolist()
-        )
+        [p, x, a, *pairs[b:e]] if p >= 0 else None
+        for p, x, a, b, e in zip(prompts.tolist(), positions.tolist(), round_sig(peaks).tolist(), begins, ends.tolist())
     ]
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from sae_atlas.stats import Array, Statistic
-from sae_atlas.stats.common import dump_examples, fake_windows, round_sig, site_examples
+from sae_atlas.stats.common import dump_examples, fake_windows, site_examples
 
 SHAPE = ("F", "intervals", "per_interval")
 
@@ -31,17 +31,12 @@ class Intervals(Statistic):
             np.asarray(a["interval_position"]).reshape(-1), np.asarray(a["interval_window"]).reshape(-1, width),
             ctx.context_before,
         )
-        maxes = np.asarray(arrays["max_activation"][lo:hi], dtype=np.float64)
-        bounds = round_sig(maxes[:, None] * (np.arange(n_int + 1)[None, :] / max(n_int, 1))).tolist()
+        # Every interval in order (interval j covers (max * j / n, max * (j + 1) / n]), an empty one
+        # as []; a feature with no samples at all gets [].
         column = []
-        for f in range(hi - lo):
-            groups = []
-            base = f * n_int * per
-            for i in range(n_int):
-                ex = [e for e in flat[base + i * per : base + (i + 1) * per] if e is not None]
-                if ex:
-                    groups.append({"lo": bounds[f][i], "hi": bounds[f][i + 1], "ex": ex})
-            column.append(groups)
+        for base in range(0, (hi - lo) * n_int * per, n_int * per):
+            groups = [[e for e in flat[base + i * per : base + (i + 1) * per] if e is not None] for i in range(n_int)]
+            column.append(groups if any(groups) else [])
         return {"intervals": column}
 
     def dump(self, arrays, i, ctx):

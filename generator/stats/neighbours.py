@@ -29,7 +29,7 @@ class Neighbours(Statistic):
         cross = getattr(ctx.job, "cross", None)
         return {
             "nb": [[[j, c] for j, c in zip(js, cs) if j >= 0] for js, cs in zip(index, cosine)],
-            "xnb": _cross_records(cross, lo, hi) if cross is not None else [[] for _ in range(hi - lo)],
+            "xnb": _cross_records(cross, ctx.job.layers, lo, hi) if cross is not None else [[] for _ in range(hi - lo)],
         }
 
     def dump(self, arrays, i, ctx):
@@ -49,11 +49,11 @@ class Neighbours(Statistic):
         }
 
 
-def _cross_records(cross, lo: int, hi: int) -> list:
+def _cross_records(cross, layers, lo: int, hi: int) -> list:
+    """[[layer, index, cosine], ...]: `layer` indexes the summary's `layers` (the Set's SAEs), which
+    give the SAE's id and page."""
     index = np.asarray(cross.index[lo:hi]).tolist()
     cosine = round_sig(cross.cosine[lo:hi]).tolist()
-    targets = cross.targets
-    return [
-        [[sae, href, j, c] for (sae, href), j, c in zip(targets, js, cs) if j >= 0]
-        for js, cs in zip(index, cosine)
-    ]
+    position = {sae: k for k, (sae, _) in enumerate(layers)}
+    targets = [position[sae] for sae, _ in cross.targets]
+    return [[[k, j, c] for k, j, c in zip(targets, js, cs) if j >= 0] for js, cs in zip(index, cosine)]

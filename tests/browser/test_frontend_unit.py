@@ -30,25 +30,26 @@ def _token(prompt: int, position: int) -> str:
 
 
 def _example(feature: int, k: int) -> list:
+    """[prompt, position, activation, slot, q]: the token before the peak (window slot
+    CONTEXT_BEFORE - 1) has half the peak's activation (q = 50 hundredths)."""
     prompt, position = (feature + k * 5) % N_PROMPTS, 8 + (feature + k) % 10
     peak = round(2.0 + feature / 10 - k * 0.1, 3)
-    start = position - CONTEXT_BEFORE
-    return [prompt, position, peak, start, [CONTEXT_BEFORE - 1, CONTEXT_BEFORE], [round(peak / 2, 3), peak]]
+    return [prompt, position, peak, CONTEXT_BEFORE - 1, 50]
 
 
 def _record(i: int) -> dict:
     if i == DEAD:
-        return {"i": i, "max": 0, "density": 0, "log_density": None, "hist": [0] * 50, "pos": [], "neg": [],
+        return {"i": i, "max": 0, "density": 0, "hist": [0] * 50, "pos": [], "neg": [],
                 "nb": [], "xnb": [], "top": [], "intervals": [], "expl": []}
     top = [_example(i, k) for k in range(4)]
     return {
-        "i": i, "max": top[0][2], "density": round(0.001 * (i + 1), 6), "log_density": None,
+        "i": i, "max": top[0][2], "density": round(0.001 * (i + 1), 6),
         "hist": [max(0, 30 - b) for b in range(50)],
         "pos": [[" cat", 1.5], [HOSTILE, 0.9]], "neg": [[" dog", -1.1]],
         "nb": [[(i + 1) % N_FEATURES, 0.8], [(i + 2) % N_FEATURES, 0.5]],
-        "xnb": [["tiny-2l@0-res-td", "../0-res-td/index.html#3", 3, 0.7]],
+        "xnb": [[0, 3, 0.7]],  # summary.layers[0], its feature 3
         "top": top,
-        "intervals": [{"lo": 0, "hi": top[0][2] / 2, "ex": [_example(i, 9)]}, {"lo": top[0][2] / 2, "hi": top[0][2], "ex": []}],
+        "intervals": [[_example(i, 9)], [], [_example(i, 8)]],  # thirds of [0, max]; the middle one empty
         "expl": [{"html": "<p>cats <strong>sitting</strong></p>", "author": "test", "score": 0.5}] if i % 2 == 0 else [],
     }
 
@@ -165,6 +166,24 @@ def test_feature_permalink_opens_and_keys_step(open_page):
     guard.assert_clean()
 
 
+def test_a_fragment_navigation_shows_its_feature_once_and_back_returns(open_page):
+    """popstate (fired during the navigation) and hashchange (queued after it) both arrive; one routes."""
+    page, guard = open_page("tiny-2l/1-res-td/index.html#12")
+    _ready(page)
+    page.wait_for_selector(".fv-examples .ex")
+    before = page.evaluate("() => Atlas.page.generation")
+    # popstate routes synchronously, inside the assignment
+    assert page.evaluate("() => { location.hash = '#20'; return document.querySelector('#fv-title').textContent; }") == "Feature 20"
+    page.wait_for_timeout(300)  # the hashchange has fired by now
+    assert page.evaluate("() => Atlas.page.generation") == before + 1
+    page.wait_for_selector(".fv-examples .ex")
+    page.go_back()
+    page.wait_for_function("() => document.querySelector('#fv-title').textContent === 'Feature 12'")
+    page.wait_for_timeout(300)
+    assert page.evaluate("() => Atlas.page.generation") == before + 2
+    guard.assert_clean()
+
+
 def test_token_strings_are_text_never_markup(open_page):
     page, guard = open_page("tiny-2l/1-res-td/index.html#0")
     _ready(page)
@@ -192,7 +211,8 @@ def test_examples_shade_tokens_and_context_toggle_widens(open_page):
     assert page.locator(".fv-examples .tok-unknown").count() > 0  # beyond the stored window
     page.select_option(".ex-controls select", "all")
     assert page.locator(".fv-examples .ex").first.locator(".tok").count() == CONTEXT_BEFORE + 1 + CONTEXT_AFTER
-    assert page.locator(".fv-intervals .interval").count() == 2
+    # the empty middle third is left out; bounds are thirds of the max (2.3), highest first
+    assert page.locator(".fv-intervals .interval-range").all_text_contents() == ["Activation 1.533 – 2.3", "Activation 0 – 0.7667"]
     guard.assert_clean()
 
 

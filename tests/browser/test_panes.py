@@ -210,6 +210,26 @@ def test_neighbours_pane_links_this_sae_and_other_layers(view):
     assert _render(page, "neighbours", _live()) is None
 
 
+def test_a_shard_record_is_decoded_into_the_form_the_panes_read(view):
+    """docs/ARCHITECTURE.md "Site": examples [prompt, position, activation, slot, q, ...] with token
+    position - context_before + slot at activation * q / 100; intervals as thirds etc. of [0, max]."""
+    page = view()
+    before = 6
+    summary = {"context_before": before, "layers": [{"sae": "tiny-2l@0-res-td", "href": "../0-res-td/index.html"}]}
+    raw = {"i": 7, "max": 3.0, "density": 0.001, "hist": [4, 1], "extra": [1, 2],
+           "top": [[5, 3, 2.0, 4, 50, 8, 125], [9, 20, 1.5]],
+           "intervals": [[[6, 10, 0.5, 0, 3]], [], []], "xnb": [[0, 4, 0.5]]}
+    got = page.evaluate("([raw, S]) => Atlas.decodeRecord(raw, S)", [raw, summary])
+    # peak at 3, window slot 0 is token 3 - 6 = -3: slots 4 and 8 are tokens 1 and 5; the window start clips to 0
+    assert got["top"] == [[5, 3, 2.0, 0, [1, 5], [1.0, 2.5]], [9, 20, 1.5, 14, [], []]]
+    assert got["intervals"] == [{"lo": 0, "hi": 1.0, "ex": [[6, 10, 0.5, 4, [0], [0.015]]]}]
+    assert got["xnb"] == [["tiny-2l@0-res-td", "../0-res-td/index.html", 4, 0.5]]
+    assert math.isclose(got["log_density"], math.log10(0.001)) and got["expl"] == []
+    assert (got["i"], got["max"], got["density"], got["hist"], got["extra"]) == (7, 3.0, 0.001, [4, 1], [1, 2])
+    dead = page.evaluate("([raw, S]) => Atlas.decodeRecord(raw, S)", [{"i": 1, "max": 0, "density": 0, "top": [], "intervals": []}, summary])
+    assert dead["log_density"] is None and dead["top"] == [] and dead["intervals"] == [] and dead["xnb"] == []
+
+
 TOKENS = ["a", "b", " c", "d", "e", "f", "g", "h", "i", "j", "k", "l", "m"]
 # prompt 0, peak at 2 with 3.0, window from 1: offsets [0] -> position 1 at 1.5
 EXAMPLE = [0, 2, 3.0, 1, [0], [1.5]]

@@ -66,7 +66,11 @@
     this.list = new A.FeatureList(this);
     this.lookup = new A.TokenLookup(this);
     this.initFeatureView();
-    window.addEventListener('hashchange', function () { self.fromHash(); });
+    // Browsers fire popstate during a fragment navigation and hashchange from a task queued after it
+    // (behind whatever else is queued); the first of the two routes, the other finds its hash routed.
+    var onNavigate = function () { if (window.location.hash !== self.routedHash) self.fromHash(); };
+    window.addEventListener('popstate', onNavigate);
+    window.addEventListener('hashchange', onNavigate);
     document.addEventListener('keydown', function (e) {
       if (isTyping(e.target) || e.ctrlKey || e.metaKey || e.altKey) return;
       if (e.target && e.target.id === 'map-canvas' && /^Arrow/.test(e.key)) return;
@@ -81,6 +85,7 @@
   };
 
   SaePage.prototype.fromHash = function (initial) {
+    this.routedHash = window.location.hash;
     var m = /^#(\d+)$/.exec(window.location.hash);
     var i = m ? parseInt(m[1], 10) : NaN;
     if (!isNaN(i) && i >= 0 && i < this.n) { this.show(i, !initial); return; }
@@ -134,16 +139,52 @@
 
   SaePage.prototype.shardUrl = function (shard) { return this.dataBase + 'f/' + pad4(shard) + '.js'; };
 
+  /* Feature i's record as the panes see it (decodeRecord), once its shard has loaded. */
   SaePage.prototype.record = function (i) {
     var self = this, shard = Math.floor(i / this.shardSize);
     return load(this.shardUrl(shard)).then(function (data) {
-      var recs = (data && data.records) || [];
+      if (data && !data.decoded) data.decoded = (data.records || []).map(function (r) { return decodeRecord(r, self.S); });
+      var recs = (data && data.decoded) || [];
       var rec = recs[i - shard * self.shardSize];
       if (!rec || rec.i !== i) rec = recs.filter(function (r) { return r.i === i; })[0];
       if (!rec) throw new Error('Feature ' + i + ' is missing from its data shard');
       return rec;
     });
   };
+
+  /* An example of a shard, [prompt, position, activation, slot, q, slot, q, ...] (the token at
+     position - context_before + slot has activation * q / 100), as the panes see it:
+     [prompt, position, activation, window start, offsets, values] where token window start + offsets[j]
+     has values[j] (2 significant digits, what the shard keeps) and the window start is
+     max(0, position - context_before). */
+  function decodeExample(e, contextBefore) {
+    var pos = e[1], act = e[2], first = pos - contextBefore, start = Math.max(0, first), offsets = [], values = [];
+    for (var j = 3; j + 1 < e.length; j += 2) {
+      offsets.push(first + e[j] - start);
+      values.push(Number((act * e[j + 1] / 100).toPrecision(2)));
+    }
+    return [e[0], pos, act, start, offsets, values];
+  }
+
+  /* A feature record as the panes see it, from its compact form in a data/f/ shard (docs/ARCHITECTURE.md,
+     "Site"): the other keys as they are, plus log_density (log10 of density, null when 0), the examples
+     expanded (decodeExample), the intervals as [{lo, hi, ex}] without the empty ones, and the cross-layer
+     neighbours as [sae id, href, index, cosine] from summary.layers. */
+  function decodeRecord(raw, S) {
+    var rec = {}, cb = S.context_before || 0, layers = S.layers || [];
+    for (var k in raw) if (Object.prototype.hasOwnProperty.call(raw, k)) rec[k] = raw[k];
+    var expand = function (e) { return e ? decodeExample(e, cb) : e; };
+    rec.log_density = raw.density > 0 ? Math.log10(raw.density) : null;
+    rec.top = (raw.top || []).map(expand);
+    var groups = raw.intervals || [], n = groups.length;
+    rec.intervals = [];
+    groups.forEach(function (ex, j) {
+      if (ex && ex.length) rec.intervals.push({ lo: raw.max * j / n, hi: raw.max * (j + 1) / n, ex: ex.map(expand) });
+    });
+    rec.xnb = (raw.xnb || []).map(function (q) { var l = layers[q[0]] || {}; return [l.sae, l.href, q[1], q[2]]; });
+    rec.expl = raw.expl || [];
+    return rec;
+  }
 
   SaePage.prototype.promptRows = function (prompts) {
     var S = this.S, pps = S.prompts_per_shard || 64, base = S.corpus || '';
@@ -224,11 +265,14 @@
     return prompts;
   }
 
-  /* Renders the registered panes for `rec` into the feature view, then loads the prompts' text for the
+  /* Renders the registered panes for `rec` into the feature view, then shows the prompts' text in the
      panes that show it (onText): the top examples' prompts first (what a reader looks at), then the
-     interval samples' (below the fold), so a jump to a feature shows its examples after ~20 files. */
+     interval samples' (below the fold). The top examples' prompt files are requested before the panes
+     render, so that they load while the panes are built. */
   SaePage.prototype.renderFeature = function (rec, gen) {
     var self = this, frag = document.createDocumentFragment();
+    var wantsText = A.panes().some(function (pane) { return pane.onText; });
+    var topRows = wantsText ? this.promptRows(examplePrompts({ top: rec.top })) : null;
     var ld = typeof rec.log_density === 'number' ? rec.log_density : (rec.density > 0 ? Math.log10(rec.density) : null);
     var ctx = { dead: !(rec.max > 0), logDensity: ld, gen: gen };
     var shown = [], wrap = null, group = null;
@@ -254,9 +298,8 @@
     this.examplesLoaded = null;
     this.rowOf = null;
     this.intervalsReady = false;
-    if (shown.some(function (s) { return s.pane.onText; })) {
-      var topPrompts = examplePrompts({ top: rec.top });
-      this.examplesLoaded = this.promptRows(topPrompts).then(function (rowOf) {
+    if (topRows && shown.some(function (s) { return s.pane.onText; })) {
+      this.examplesLoaded = topRows.then(function (rowOf) {
         if (gen !== self.generation) return null;
         self.rowOf = rowOf;
         self.renderExamples();
@@ -323,5 +366,6 @@
   };
 
   A.SaePage = SaePage;
+  A.decodeRecord = decodeRecord;
   A.examplePrompts = examplePrompts;
 })(window.Atlas);
