@@ -175,7 +175,8 @@ def test_site_columns_follow_the_top_examples(built, with_loss_effects):
     for f, rec in enumerate(records):
         assert len(rec["dfa"]) == len(rec["loss"]) == len(rec["top"])
         for k, ex in enumerate(rec["top"]):
-            prompt, position, _, start = ex[:4]
+            prompt, position = ex[:2]
+            start = max(0, position - BEFORE)  # the decoded example's window start (docs/ARCHITECTURE.md)
             slot = np.nonzero(np.asarray(entry["top_prompt"][f]) >= 0)[0][k]  # `top` lists the filled slots in order
             assert (entry["top_prompt"][f, slot], entry["top_position"][f, slot]) == (prompt, position)
             for column, full in (("dfa", dfa), ("loss", loss)):
