@@ -137,7 +137,7 @@ def test_correlated_features_match_brute_force(data):
     assert ((acts[:, rows] > 0) & (acts[:, index[rows, slots]] > 0)).any(0).all()
 
 
-@pytest.mark.parametrize("budget", [8 * F * 3, 1])  # 14 blocks of 3 features, then one scan per feature
+@pytest.mark.parametrize("budget", [correlation.BYTES_PER_CELL * F * 3, 1])  # 14 blocks of 3 features, then one scan per feature
 def test_correlated_features_identical_across_batches_and_blocks(data, budget):
     acts, _ = data
     want_index, want_value = feature_result(acts, [30], 1 << 20)

@@ -2,10 +2,16 @@
 dimensions (or neurons) and the other features whose activations correlate most with a feature.
 
 Correlations are Pearson's r over every token of the corpus, a token where a feature does not fire
-counting as activation 0. Their sums are exact and order-independent as in `stats.py`: each value
-or product is rounded to a fixed-point int64 (float32 x float32 is exact in float64, so the
-rounding is the only step) and integer sums do not depend on the order, so the results are the same
-whatever the batch size, the number of feature blocks or a resume from a checkpoint.
+counting as activation 0. Their sums are exact and order-independent as in `stats.py`, so the
+results are the same whatever the batch size, the number of feature blocks or a resume from a
+checkpoint. The per-value sums (of a, a^2, x, x^2) round each value to fixed point. The cross sums
+(sum_t a_ti x_tj, sum_t a_ti a_tj) are sparse float64 matrix products of the values quantized to
+multiples of 2**-16 (FACTOR_SCALE): every product and every partial sum is then an integer, and
+`exact_parts` splits a batch into runs of tokens whose sums stay below 2**53, so each product is
+exact in any summation order. Its int64 copy adds to a two-word state (`add_wide`: the integer
+part and the fraction in units of 2**-32), which no corpus overflows. The cross sums are thus
+those of the activations and the basis rounded to 2**-16, at the speed of a float64 sparse
+product instead of one rounding and scatter per (entry, dimension).
 
 Rankings use unique int64 keys: float32 bits of r (mapped to keep the order of negative values)
 << 32 | (2**32 - 1 - index): the higher r first, then the lower index. Empty slots: index -1, 0.
@@ -15,6 +21,8 @@ from __future__ import annotations
 
 from typing import Callable, Iterable
 
+import warnings
+
 import numpy as np
 import torch
 
@@ -23,6 +31,10 @@ from sae_atlas.compute.stats import LOW, SCALE_SQ, SCALE_VEC, SparseActs
 
 EMPTY = torch.iinfo(torch.int64).min
 BLOCK_BUDGET = 1 << 30  # bytes of the co-occurrence accumulator of `correlated_features`
+FACTOR_SCALE = float(1 << 16)  # the cross sums' quantum of a value: 2**-16
+SCALE_CROSS = FACTOR_SCALE * FACTOR_SCALE  # ... and of a product: 2**-32, the fraction word's unit
+EXACT = float(1 << 53)
+BYTES_PER_CELL = 24  # float64 holds every integer up to this
 RANK_SHARE = 16  # the ranking's cells at once: chunk_elements / this (about 50 bytes of temporaries each)
 
 
@@ -71,16 +83,58 @@ def _moments(total: torch.Tensor, total_sq: torch.Tensor, n: int) -> tuple[torch
     return mean, var.clamp_min(0).sqrt()
 
 
+def quantized(values: torch.Tensor) -> torch.Tensor:
+    """float64 integers round(v * FACTOR_SCALE): the values as the cross sums use them."""
+    return (values.double() * FACTOR_SCALE).round_()
+
+
+def exact_parts(bound: torch.Tensor) -> list[int]:
+    """Token boundaries [0, ..., n] of runs whose sum of `bound` (per token, an upper bound of the
+    magnitude of its products, in quanta) stays below 2**53: runs over which a float64 sum of
+    the products is exact (one run for any realistic batch). Exact while every product is below
+    2**52 quanta (|a x| < 2**20); larger ones are rounded to float64 (relative error 1e-16)."""
+    n = bound.shape[0]
+    if n == 0:
+        return [0, 0]
+    run = torch.div(torch.cumsum(bound, 0), EXACT / 2, rounding_mode="floor").to(torch.int64)
+    return [0] + torch.cumsum(torch.unique_consecutive(run, return_counts=True)[1], 0).tolist()
+
+
+def add_wide(low: torch.Tensor, high: torch.Tensor, rows: torch.Tensor, values: torch.Tensor) -> None:
+    """(high + low * 2**-32)[rows] += values * 2**-32 in int64, `rows` distinct, |values| < 2**53:
+    `low` stays in [0, 2**32), the carry goes to `high`."""
+    low.index_add_(0, rows, values)
+    carry = low[rows] >> 32
+    high.index_add_(0, rows, carry)
+    low.index_add_(0, rows, -(carry << 32))
+
+
+def wide_value(low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    return high.double() + low.double() / SCALE_CROSS
+
+
+def _csr(crow: torch.Tensor, col: torch.Tensor, value: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
+        return torch.sparse_csr_tensor(crow, col, value, shape, check_invariants=False)
+
+
+def _entry_starts(acts: SparseActs, bounds: list[int]) -> list[int]:
+    """The first entry of each token boundary (entries are in token order)."""
+    at = torch.tensor(bounds, dtype=torch.int64, device=acts.key.device) * acts.n_features
+    return torch.searchsorted(acts.key, at).tolist()
+
+
 class NeuronCorrelation:
     """Running sums for the Pearson correlation of each feature with each dimension of a basis
     (the SAE's input vectors, or a layer's neurons) over the corpus.
 
     Per batch: the features' firing entries and the basis activations X f32 [tokens, d]. The cross
-    sums sum_t a_ti x_tj are the sparse product A^T X, computed entry by entry (each product a x_t
-    rounded to fixed point, scattered into its feature's row): nnz * d work, like the sparse
-    product, and exact. The state is F * d int64 (8 bytes per cell)."""
+    sums sum_t a_ti x_tj are A^T X of the quantized values (see the module's docstring), one exact
+    float64 CSR @ dense product per block of the batch's firing features. The state is F * d
+    int64 (8 bytes per cell)."""
 
-    STATE = ("n_tokens", "sum_a", "sum_a2", "sum_x", "sum_x2", "sum_ax")
+    STATE = ("n_tokens", "sum_a", "sum_a2", "sum_x", "sum_x2", "sum_ax", "sum_ax_high")
 
     def __init__(self, n_features: int, d: int, device: str | torch.device = "cpu"):
         i64 = dict(dtype=torch.int64, device=device)
@@ -90,7 +144,8 @@ class NeuronCorrelation:
         self.sum_a2 = torch.zeros(n_features, **i64)  # SCALE_SQ
         self.sum_x = torch.zeros(d, **i64)  # SCALE_VEC
         self.sum_x2 = torch.zeros(d, **i64)  # SCALE_SQ
-        self.sum_ax = torch.zeros((n_features, d), **i64)  # SCALE_SQ
+        self.sum_ax = torch.zeros((n_features, d), **i64)  # the fraction word (`add_wide`)
+        self.sum_ax_high = torch.zeros((n_features, d), **i64)  # the integer part
 
     def update(self, acts: SparseActs, x: torch.Tensor) -> None:
         """acts: a batch's firing entries; x f32 [B * T, d]: the basis at the same tokens."""
@@ -101,13 +156,28 @@ class NeuronCorrelation:
         self.sum_a2.index_add_(0, feature, (value.square() * SCALE_SQ).round().to(torch.int64))
         self.sum_x += (x * SCALE_VEC).round().to(torch.int64).sum(0)
         self.sum_x2 += (x.square() * SCALE_SQ).round().to(torch.int64).sum(0)
-        x_scaled = x * SCALE_SQ  # a power of two: exact
-        token = acts.token
-        # Small chunks keep the products in cache between the multiply and the scatter.
-        step = max(1, chunk_elements(x.device) // 4 // max(self.d, 1))
-        for lo in range(0, value.shape[0], step):
-            products = (x_scaled[token[lo : lo + step]] * value[lo : lo + step, None]).round_().to(torch.int64)
-            self.sum_ax.index_add_(0, feature[lo : lo + step], products)
+        if value.numel() == 0:
+            return
+        x_q, a_q = quantized(x), quantized(value)
+        largest_a = torch.zeros(acts.n_tokens, dtype=torch.float64, device=x.device)
+        largest_a.scatter_reduce_(0, acts.token, a_q.abs(), "amax")
+        bounds = exact_parts(largest_a * x_q.abs().amax(1))
+        starts = _entry_starts(acts, bounds)
+        rows_per_block = max(1, chunk_elements(x.device) // max(self.d, 1))
+        for t0, t1, e0, e1 in zip(bounds[:-1], bounds[1:], starts[:-1], starts[1:]):
+            if e0 == e1:
+                continue
+            rows, local = torch.unique(feature[e0:e1], return_inverse=True)  # the run's firing features
+            order = torch.argsort(local, stable=True)  # feature-major; tokens stay ascending
+            col = acts.token[e0:e1][order] - t0
+            crow = torch.zeros(rows.shape[0] + 1, dtype=torch.int64, device=x.device)
+            crow[1:] = torch.cumsum(torch.bincount(local, minlength=rows.shape[0]), 0)
+            a, xp = a_q[e0:e1][order], x_q[t0:t1]
+            for r0 in range(0, rows.shape[0], rows_per_block):
+                r1 = min(r0 + rows_per_block, rows.shape[0])
+                c0, c1 = int(crow[r0]), int(crow[r1])
+                block = _csr(crow[r0 : r1 + 1] - c0, col[c0:c1], a[c0:c1], (r1 - r0, t1 - t0))
+                add_wide(self.sum_ax, self.sum_ax_high, rows[r0:r1], (block @ xp).to(torch.int64))
 
     def state_arrays(self) -> dict[str, np.ndarray]:
         return {name: getattr(self, name).cpu().numpy() for name in self.STATE}
@@ -133,7 +203,7 @@ class NeuronCorrelation:
         step = max(1, chunk_elements(self.sum_ax.device) // RANK_SHARE // max(self.d, 1))
         for lo in range(0, self.n_features, step):
             hi = min(lo + step, self.n_features)
-            cov = self.sum_ax[lo:hi].double() / SCALE_SQ / n - mean_a[lo:hi, None] * mean_x
+            cov = wide_value(self.sum_ax[lo:hi], self.sum_ax_high[lo:hi]) / n - mean_a[lo:hi, None] * mean_x
             scale = std_a[lo:hi, None] * std_x
             valid = scale > 0
             r = torch.where(valid, cov / torch.where(valid, scale, 1.0), 0.0).clamp(-1, 1).float()
@@ -142,39 +212,45 @@ class NeuronCorrelation:
 
 
 def feature_blocks(n_features: int, budget: int = BLOCK_BUDGET) -> list[tuple[int, int]]:
-    """The [lo, hi) blocks of features whose co-occurrence rows (F int64 each) fit in `budget`
-    bytes: one corpus scan each."""
-    rows = max(1, budget // (8 * max(n_features, 1)))
+    """The [lo, hi) blocks of features whose co-occurrence rows (F cells of two int64 each, plus
+    their float64 sums when ranked) fit in `budget` bytes: one corpus scan each."""
+    rows = max(1, budget // (BYTES_PER_CELL * max(n_features, 1)))
     return [(lo, min(lo + rows, n_features)) for lo in range(0, n_features, rows)]
 
 
-def _add_co_firing(acc: torch.Tensor, acts: SparseActs, lo: int, hi: int) -> None:
-    """acc int64 [(hi - lo) * F] += round(a_ti * a_tj * SCALE_SQ) for every token t and every
-    pair of its firing features i in [lo, hi), j any: the block's rows of A^T A, one product per
-    (entry of the block, entry of the same token)."""
-    f = acts.n_features
-    token, feature, value = acts.token, acts.feature, acts.value.double()
+def _add_co_firing(acc: tuple[torch.Tensor, torch.Tensor], acts: SparseActs, lo: int, hi: int) -> None:
+    """acc (fraction, integer part) int64 [(hi - lo) * F] += sum_t a_ti a_tj (quantized) for the
+    features i in [lo, hi) and every j: the block's rows of A^T A, as exact float64 sparse x sparse
+    products over runs of tokens of at most about chunk_elements co-firing pairs each."""
+    f, device = acts.n_features, acts.value.device
+    if acts.value.numel() == 0:
+        return
+    token, feature, a_q = acts.token, acts.feature, quantized(acts.value)
     per_token = torch.bincount(token, minlength=acts.n_tokens)
-    row_start = torch.cumsum(per_token, 0) - per_token
-    entry = torch.nonzero((feature >= lo) & (feature < hi)).squeeze(1)
-    partners = per_token[token[entry]]
-    pair_start = torch.cumsum(partners, 0) - partners
-    # Runs of entries whose pairs start in the same chunk: at most chunk + one token's entries each.
-    chunk = max(1, chunk_elements(acc.device) // 8)
-    run = pair_start // chunk
-    bounds = [0] + torch.cumsum(torch.unique_consecutive(run, return_counts=True)[1], 0).tolist()
-    row = (feature[entry] - lo) * f
-    scaled = value[entry] * SCALE_SQ
-    # Each entry's partners: its token's entries, a contiguous run from the token's first.
-    first_partner = row_start[token[entry]] - pair_start
-    for s, e in zip(bounds[:-1], bounds[1:]):
-        count = partners[s:e]
-        n_pairs = int(count.sum())
-        other = torch.repeat_interleave(first_partner[s:e], count, output_size=n_pairs)
-        other += torch.arange(int(pair_start[s]), int(pair_start[s]) + n_pairs, device=acc.device)
-        index = torch.repeat_interleave(row[s:e], count, output_size=n_pairs) + feature[other]
-        product = torch.repeat_interleave(scaled[s:e], count, output_size=n_pairs) * value[other]
-        acc.index_add_(0, index, product.round_().to(torch.int64))
+    in_block = (feature >= lo) & (feature < hi)
+    pairs = (per_token * torch.bincount(token[in_block], minlength=acts.n_tokens)).double()
+    largest = torch.zeros(acts.n_tokens, dtype=torch.float64, device=device)
+    largest.scatter_reduce_(0, token, a_q.abs(), "amax")
+    # A run's quanta bound, scaled so that `limit` pairs also end a run.
+    limit = float(max(1, chunk_elements(device)))
+    bounds = exact_parts(torch.maximum(largest.square(), pairs * (EXACT / 2 / limit)))
+    starts = _entry_starts(acts, bounds)
+    for t0, t1, e0, e1 in zip(bounds[:-1], bounds[1:], starts[:-1], starts[1:]):
+        sel = torch.nonzero(in_block[e0:e1]).squeeze(1) + e0
+        if sel.numel() == 0:
+            continue
+        n = t1 - t0
+        crow = torch.zeros(n + 1, dtype=torch.int64, device=device)
+        crow[1:] = torch.cumsum(per_token[t0:t1], 0)
+        right = _csr(crow, feature[e0:e1], a_q[e0:e1], (n, f))  # tokens x features
+        order = torch.argsort(feature[sel], stable=True)
+        left_crow = torch.zeros(hi - lo + 1, dtype=torch.int64, device=device)
+        left_crow[1:] = torch.cumsum(torch.bincount(feature[sel] - lo, minlength=hi - lo), 0)
+        left = _csr(left_crow, token[sel][order] - t0, a_q[sel][order], (hi - lo, n))  # block features x tokens
+        product = left @ right
+        crow_p = product.crow_indices()
+        row = torch.repeat_interleave(torch.arange(hi - lo, device=device), crow_p[1:] - crow_p[:-1])
+        add_wide(acc[0], acc[1], row * f + product.col_indices(), product.values().to(torch.int64))
 
 
 def correlated_features(
@@ -199,9 +275,10 @@ def correlated_features(
         scan_tokens = 0
         for acts in batches():
             if acc is None:
-                acc = torch.zeros((hi - lo) * n_features, dtype=torch.int64, device=acts.value.device)
+                low = torch.zeros((hi - lo) * n_features, dtype=torch.int64, device=acts.value.device)
+                acc = (low, torch.zeros_like(low))
                 if sums is None:
-                    sums = (torch.zeros_like(acc[:n_features]), torch.zeros_like(acc[:n_features]))
+                    sums = (torch.zeros_like(acc[0][:n_features]), torch.zeros_like(acc[0][:n_features]))
             if lo == 0:
                 v = acts.value.double()
                 sums[0].index_add_(0, acts.feature, (v * SCALE_VEC).round().to(torch.int64))
@@ -213,12 +290,12 @@ def correlated_features(
             return index, value
         if scan_tokens != n_tokens:
             raise ValueError(f"batches() gave {scan_tokens} tokens on a later scan, {n_tokens} on the first")
-        index[lo:hi], value[lo:hi] = _rank_block(acc.view(hi - lo, n_features), lo, sums, n_tokens, k)
+        index[lo:hi], value[lo:hi] = _rank_block(wide_value(*acc).view(hi - lo, n_features), lo, sums, n_tokens, k)
     return index, value
 
 
 def _rank_block(acc: torch.Tensor, lo: int, sums: tuple[torch.Tensor, torch.Tensor], n_tokens: int, k: int):
-    """Top-k positive r of the block's rows of S (int64 [rows, F], SCALE_SQ), excluding i == j."""
+    """Top-k positive r of the block's rows of S (f64 [rows, F]), excluding i == j."""
     n = max(n_tokens, 1)
     mean, std = _moments(sums[0], sums[1], n)
     rows, f = acc.shape
@@ -230,7 +307,7 @@ def _rank_block(acc: torch.Tensor, lo: int, sums: tuple[torch.Tensor, torch.Tens
         e = min(s + step, rows)
         i = torch.arange(lo + s, lo + e, device=acc.device)
         scale = std[i, None] * std
-        cov = acc[s:e].double() / SCALE_SQ / n - mean[i, None] * mean
+        cov = acc[s:e] / n - mean[i, None] * mean
         r = (cov / torch.where(scale > 0, scale, 1.0)).clamp(-1, 1).float()
         valid = (scale > 0) & (r > 0) & (column != i[:, None])
         index[s:e], value[s:e] = _ranked(r, valid, k)
