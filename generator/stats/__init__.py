@@ -117,13 +117,20 @@ class Statistic:
 
 
 def _registry() -> list[Statistic]:
-    from sae_atlas.stats import activation, feature_map, histogram, intervals, logits, neighbours, prompt_view, top_examples
+    from sae_atlas.stats import (
+        activation, aligned_neurons, correlated_features, correlated_neurons, feature_map, histogram, intervals,
+        logit_histogram, logits, neighbours, prompt_view, top_examples,
+    )
 
     return [
         activation.Activation(),
         histogram.Histogram(),
         logits.Logits(),
+        logit_histogram.LogitHistogram(),
         neighbours.Neighbours(),
+        correlated_features.CorrelatedFeatures(),
+        correlated_neurons.CorrelatedNeurons(),
+        aligned_neurons.AlignedNeurons(),
         top_examples.TopExamples(),
         intervals.Intervals(),
         feature_map.FeatureMap(),
