@@ -2,16 +2,15 @@
 dimensions (or neurons) and the other features whose activations correlate most with a feature.
 
 Correlations are Pearson's r over every token of the corpus, a token where a feature does not fire
-counting as activation 0. Their sums are exact and order-independent as in `stats.py`, so the
-results are the same whatever the batch size, the number of feature blocks or a resume from a
-checkpoint. The per-value sums (of a, a^2, x, x^2) round each value to fixed point. The cross sums
-(sum_t a_ti x_tj, sum_t a_ti a_tj) are sparse float64 matrix products of the values quantized to
-multiples of 2**-16 (FACTOR_SCALE): every product and every partial sum is then an integer, and
-`exact_parts` splits a batch into runs of tokens whose sums stay below 2**53, so each product is
-exact in any summation order. Its int64 copy adds to a two-word state (`add_wide`: the integer
-part and the fraction in units of 2**-32), which no corpus overflows. The cross sums are thus
-those of the activations and the basis rounded to 2**-16, at the speed of a float64 sparse
-product instead of one rounding and scatter per (entry, dimension).
+counting as activation 0, of the activations and the basis quantized to multiples of 2**-18
+(FACTOR_SCALE; r differs from that of the float32 values by about 1e-6 on a hundred tokens, less
+on more). Every sum is exact and order-independent, so the results are the same whatever the
+batch size, the number of feature blocks or a resume from a checkpoint: the quantized values are
+integers (in quanta), their products integers in units of 2**-36, and the cross sums
+(sum_t a_ti x_tj, sum_t a_ti a_tj) are float64 sparse matrix products over runs of tokens whose
+sums stay below 2**53 (`exact_parts`), exact in any summation order; their int64 copies add to
+two-word sums (`add_wide`) that no corpus overflows. This runs at the speed of a float64 sparse
+product, not of one rounding and scatter per (entry, dimension).
 
 Rankings use unique int64 keys: float32 bits of r (mapped to keep the order of negative values)
 << 32 | (2**32 - 1 - index): the higher r first, then the lower index. Empty slots: index -1, 0.
@@ -27,14 +26,15 @@ import numpy as np
 import torch
 
 from sae_atlas.compute.options import chunk_elements
-from sae_atlas.compute.stats import LOW, SCALE_SQ, SCALE_VEC, SparseActs
+from sae_atlas.compute.stats import LOW, SparseActs
 
 EMPTY = torch.iinfo(torch.int64).min
 BLOCK_BUDGET = 1 << 30  # bytes of the co-occurrence accumulator of `correlated_features`
-FACTOR_SCALE = float(1 << 16)  # the cross sums' quantum of a value: 2**-16
-SCALE_CROSS = FACTOR_SCALE * FACTOR_SCALE  # ... and of a product: 2**-32, the fraction word's unit
-EXACT = float(1 << 53)
-BYTES_PER_CELL = 24  # float64 holds every integer up to this
+FACTOR_SCALE = float(1 << 18)  # the quantum of a value: 2**-18
+SCALE_CROSS = FACTOR_SCALE * FACTOR_SCALE  # ... and of a product or square: 2**-36
+WORD = (1 << 32) - 1
+EXACT = float(1 << 53)  # float64 holds every integer up to this
+BYTES_PER_CELL = 16  # of the co-occurrence accumulator: two int64 words
 RANK_SHARE = 16  # the ranking's cells at once: chunk_elements / this (about 50 bytes of temporaries each)
 
 
@@ -76,10 +76,11 @@ def aligned_neurons(w_dec: torch.Tensor, n: int = 5) -> tuple[np.ndarray, np.nda
     return index, value, share
 
 
-def _moments(total: torch.Tensor, total_sq: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean, standard deviation) f64 from fixed-point sums of values and of squares over n tokens."""
-    mean = total.double() / SCALE_VEC / n
-    var = total_sq.double() / SCALE_SQ / n - mean.square()
+def _moments(total: torch.Tensor, squares: tuple[torch.Tensor, torch.Tensor], n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, standard deviation) f64 from the sums of quantized values and (two-word) of their
+    squares over n tokens."""
+    mean = total.double() / FACTOR_SCALE / n
+    var = wide_value(*squares) / n - mean.square()
     return mean, var.clamp_min(0).sqrt()
 
 
@@ -92,7 +93,7 @@ def exact_parts(bound: torch.Tensor) -> list[int]:
     """Token boundaries [0, ..., n] of runs whose sum of `bound` (per token, an upper bound of the
     magnitude of its products, in quanta) stays below 2**53: runs over which a float64 sum of
     the products is exact (one run for any realistic batch). Exact while every product is below
-    2**52 quanta (|a x| < 2**20); larger ones are rounded to float64 (relative error 1e-16)."""
+    2**52 quanta (|a x| < 2**16); larger ones are rounded to float64 (relative error 1e-16)."""
     n = bound.shape[0]
     if n == 0:
         return [0, 0]
@@ -100,17 +101,23 @@ def exact_parts(bound: torch.Tensor) -> list[int]:
     return [0] + torch.cumsum(torch.unique_consecutive(run, return_counts=True)[1], 0).tolist()
 
 
-def add_wide(low: torch.Tensor, high: torch.Tensor, rows: torch.Tensor, values: torch.Tensor) -> None:
-    """(high + low * 2**-32)[rows] += values * 2**-32 in int64, `rows` distinct, |values| < 2**53:
-    `low` stays in [0, 2**32), the carry goes to `high`."""
-    low.index_add_(0, rows, values)
-    carry = low[rows] >> 32
-    high.index_add_(0, rows, carry)
-    low.index_add_(0, rows, -(carry << 32))
+def add_wide(low: torch.Tensor, high: torch.Tensor, index: torch.Tensor, values: torch.Tensor) -> None:
+    """Two-word sums of int64 `values` (in quanta of SCALE_CROSS) at `index` (repeats allowed):
+    `high` sums their upper bits (floor(v / 2**32)), `low` their lower 32 bits (each under 2**32,
+    so 2**31 additions per cell before `low` could overflow)."""
+    high.index_add_(0, index, values >> 32)
+    low.index_add_(0, index, values & WORD)
 
 
 def wide_value(low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
-    return high.double() + low.double() / SCALE_CROSS
+    """The real value of two-word sums, f64."""
+    return (high.double() * float(1 << 32) + low.double()) / SCALE_CROSS
+
+
+def _squares(q: torch.Tensor) -> torch.Tensor:
+    """int64 squares of quantized values (quanta of SCALE_CROSS; exact below |v| = 2**13.5)."""
+    qi = q.to(torch.int64)
+    return qi * qi
 
 
 def _csr(crow: torch.Tensor, col: torch.Tensor, value: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
@@ -134,43 +141,44 @@ class NeuronCorrelation:
     float64 CSR @ dense product per block of the batch's firing features. The state is F * d
     int64 (8 bytes per cell)."""
 
-    STATE = ("n_tokens", "sum_a", "sum_a2", "sum_x", "sum_x2", "sum_ax", "sum_ax_high")
+    STATE = ("n_tokens", "sum_a", "sum_a2", "sum_a2_high", "sum_x", "sum_x2", "sum_x2_high", "sum_ax", "sum_ax_high")
 
     def __init__(self, n_features: int, d: int, device: str | torch.device = "cpu"):
         i64 = dict(dtype=torch.int64, device=device)
         self.n_features, self.d, self.device = n_features, d, device
         self.n_tokens = torch.zeros((), **i64)
-        self.sum_a = torch.zeros(n_features, **i64)  # SCALE_VEC
-        self.sum_a2 = torch.zeros(n_features, **i64)  # SCALE_SQ
-        self.sum_x = torch.zeros(d, **i64)  # SCALE_VEC
-        self.sum_x2 = torch.zeros(d, **i64)  # SCALE_SQ
-        self.sum_ax = torch.zeros((n_features, d), **i64)  # the fraction word (`add_wide`)
-        self.sum_ax_high = torch.zeros((n_features, d), **i64)  # the integer part
+        # Quantized values (units of 2**-18); squares and products as two words (`add_wide`).
+        self.sum_a = torch.zeros(n_features, **i64)
+        self.sum_a2, self.sum_a2_high = torch.zeros(n_features, **i64), torch.zeros(n_features, **i64)
+        self.sum_x = torch.zeros(d, **i64)
+        self.sum_x2, self.sum_x2_high = torch.zeros(d, **i64), torch.zeros(d, **i64)
+        self.sum_ax, self.sum_ax_high = torch.zeros((n_features, d), **i64), torch.zeros((n_features, d), **i64)
 
     def update(self, acts: SparseActs, x: torch.Tensor) -> None:
         """acts: a batch's firing entries; x f32 [B * T, d]: the basis at the same tokens."""
-        x = x.reshape(acts.n_tokens, self.d).double()
-        feature, value = acts.feature, acts.value.double()
+        x_q = quantized(x.reshape(acts.n_tokens, self.d))
+        feature, a_q = acts.feature, quantized(acts.value)
         self.n_tokens += acts.n_tokens
-        self.sum_a.index_add_(0, feature, (value * SCALE_VEC).round().to(torch.int64))
-        self.sum_a2.index_add_(0, feature, (value.square() * SCALE_SQ).round().to(torch.int64))
-        self.sum_x += (x * SCALE_VEC).round().to(torch.int64).sum(0)
-        self.sum_x2 += (x.square() * SCALE_SQ).round().to(torch.int64).sum(0)
-        if value.numel() == 0:
+        self.sum_a.index_add_(0, feature, a_q.to(torch.int64))
+        add_wide(self.sum_a2, self.sum_a2_high, feature, _squares(a_q))
+        self.sum_x += x_q.to(torch.int64).sum(0)
+        x2 = _squares(x_q)
+        self.sum_x2 += (x2 & WORD).sum(0)
+        self.sum_x2_high += (x2 >> 32).sum(0)
+        if a_q.numel() == 0:
             return
-        x_q, a_q = quantized(x), quantized(value)
-        largest_a = torch.zeros(acts.n_tokens, dtype=torch.float64, device=x.device)
+        largest_a = torch.zeros(acts.n_tokens, dtype=torch.float64, device=x_q.device)
         largest_a.scatter_reduce_(0, acts.token, a_q.abs(), "amax")
         bounds = exact_parts(largest_a * x_q.abs().amax(1))
         starts = _entry_starts(acts, bounds)
-        rows_per_block = max(1, chunk_elements(x.device) // max(self.d, 1))
+        rows_per_block = max(1, chunk_elements(x_q.device) // max(self.d, 1))
         for t0, t1, e0, e1 in zip(bounds[:-1], bounds[1:], starts[:-1], starts[1:]):
             if e0 == e1:
                 continue
             rows, local = torch.unique(feature[e0:e1], return_inverse=True)  # the run's firing features
             order = torch.argsort(local, stable=True)  # feature-major; tokens stay ascending
             col = acts.token[e0:e1][order] - t0
-            crow = torch.zeros(rows.shape[0] + 1, dtype=torch.int64, device=x.device)
+            crow = torch.zeros(rows.shape[0] + 1, dtype=torch.int64, device=x_q.device)
             crow[1:] = torch.cumsum(torch.bincount(local, minlength=rows.shape[0]), 0)
             a, xp = a_q[e0:e1][order], x_q[t0:t1]
             for r0 in range(0, rows.shape[0], rows_per_block):
@@ -196,8 +204,8 @@ class NeuronCorrelation:
         """The k basis dimensions of highest r per feature: (corr_neuron_index i32[F,k],
         corr_neuron_value f32[F,k]); constant dimensions and features that never fire have none."""
         n = max(int(self.n_tokens), 1)
-        mean_a, std_a = _moments(self.sum_a, self.sum_a2, n)
-        mean_x, std_x = _moments(self.sum_x, self.sum_x2, n)
+        mean_a, std_a = _moments(self.sum_a, (self.sum_a2, self.sum_a2_high), n)
+        mean_x, std_x = _moments(self.sum_x, (self.sum_x2, self.sum_x2_high), n)
         index = np.full((self.n_features, k), -1, np.int32)
         value = np.zeros((self.n_features, k), np.float32)
         step = max(1, chunk_elements(self.sum_ax.device) // RANK_SHARE // max(self.d, 1))
@@ -278,11 +286,11 @@ def correlated_features(
                 low = torch.zeros((hi - lo) * n_features, dtype=torch.int64, device=acts.value.device)
                 acc = (low, torch.zeros_like(low))
                 if sums is None:
-                    sums = (torch.zeros_like(acc[0][:n_features]), torch.zeros_like(acc[0][:n_features]))
+                    sums = tuple(torch.zeros_like(low[:n_features]) for _ in range(3))  # a, a^2 (two words)
             if lo == 0:
-                v = acts.value.double()
-                sums[0].index_add_(0, acts.feature, (v * SCALE_VEC).round().to(torch.int64))
-                sums[1].index_add_(0, acts.feature, (v.square() * SCALE_SQ).round().to(torch.int64))
+                a_q = quantized(acts.value)
+                sums[0].index_add_(0, acts.feature, a_q.to(torch.int64))
+                add_wide(sums[1], sums[2], acts.feature, _squares(a_q))
                 n_tokens += acts.n_tokens
             scan_tokens += acts.n_tokens
             _add_co_firing(acc, acts, lo, hi)
@@ -290,24 +298,25 @@ def correlated_features(
             return index, value
         if scan_tokens != n_tokens:
             raise ValueError(f"batches() gave {scan_tokens} tokens on a later scan, {n_tokens} on the first")
-        index[lo:hi], value[lo:hi] = _rank_block(wide_value(*acc).view(hi - lo, n_features), lo, sums, n_tokens, k)
+        index[lo:hi], value[lo:hi] = _rank_block((acc[0].view(hi - lo, n_features), acc[1].view(hi - lo, n_features)), lo, sums, n_tokens, k)
     return index, value
 
 
-def _rank_block(acc: torch.Tensor, lo: int, sums: tuple[torch.Tensor, torch.Tensor], n_tokens: int, k: int):
-    """Top-k positive r of the block's rows of S (f64 [rows, F]), excluding i == j."""
+def _rank_block(acc: tuple[torch.Tensor, torch.Tensor], lo: int, sums: tuple, n_tokens: int, k: int):
+    """Top-k positive r of the block's rows of S (two words, int64 [rows, F] each), excluding i == j."""
     n = max(n_tokens, 1)
-    mean, std = _moments(sums[0], sums[1], n)
-    rows, f = acc.shape
+    mean, std = _moments(sums[0], sums[1:], n)
+    rows, f = acc[0].shape
+    device = acc[0].device
     index = np.full((rows, k), -1, np.int32)
     value = np.zeros((rows, k), np.float32)
-    step = max(1, chunk_elements(acc.device) // RANK_SHARE // max(f, 1))
-    column = torch.arange(f, device=acc.device)
+    step = max(1, chunk_elements(device) // RANK_SHARE // max(f, 1))
+    column = torch.arange(f, device=device)
     for s in range(0, rows, step):
         e = min(s + step, rows)
-        i = torch.arange(lo + s, lo + e, device=acc.device)
+        i = torch.arange(lo + s, lo + e, device=device)
         scale = std[i, None] * std
-        cov = acc[s:e] / n - mean[i, None] * mean
+        cov = wide_value(acc[0][s:e], acc[1][s:e]) / n - mean[i, None] * mean
         r = (cov / torch.where(scale > 0, scale, 1.0)).clamp(-1, 1).float()
         valid = (scale > 0) & (r > 0) & (column != i[:, None])
         index[s:e], value[s:e] = _ranked(r, valid, k)
