@@ -7,7 +7,7 @@
 
   A.pane({
     name: 'aligned_neurons',
-    order: 66,
+    order: 64,
     group: 'correlations',
     render: function (page, rec) {
       if (!(rec.al && rec.al.length)) return null;

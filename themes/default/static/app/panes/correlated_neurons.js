@@ -29,7 +29,7 @@
 
   A.pane({
     name: 'correlated_neurons',
-    order: 64,
+    order: 63,
     group: 'correlations',
     render: function (page, rec) {
       if (!(rec.cn && rec.cn.length)) return null;
