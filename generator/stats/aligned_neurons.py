@@ -43,7 +43,7 @@ class AlignedNeurons(Statistic):
         }
 
     def fake(self, ctx):
-        rng, f = ctx.rng, ctx.n_features
+        rng, f = ctx.rng.spawn(1)[0], ctx.n_features  # a child stream: the other fakes stay as they were
         d = 768
         index = np.stack([rng.choice(d, N, replace=False) for _ in range(f)]).astype(np.int32)
         magnitude = np.sort(rng.uniform(0.02, 0.3, (f, N)), axis=1)[:, ::-1]

@@ -25,7 +25,7 @@ class CorrelatedFeatures(Statistic):
         return {"correlated_features": dump_pairs(arrays["corr_feature_index"][i], arrays["corr_feature_value"][i])}
 
     def fake(self, ctx):
-        rng, f = ctx.rng, ctx.n_features
+        rng, f = ctx.rng.spawn(1)[0], ctx.n_features  # a child stream: the other fakes stay as they were
         dead = ctx.arrays["nonzero_count"] == 0
         index = np.where(dead[:, None], -1, rng.integers(0, f, (f, N))).astype(np.int32)
         value = np.sort(rng.uniform(0.05, 0.9, (f, N)), axis=1)[:, ::-1]

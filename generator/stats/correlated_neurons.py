@@ -35,7 +35,7 @@ class CorrelatedNeurons(Statistic):
         return {"correlated_neurons": dump_pairs(arrays["corr_neuron_index"][i], arrays["corr_neuron_value"][i])}
 
     def fake(self, ctx):
-        rng, f = ctx.rng, ctx.n_features
+        rng, f = ctx.rng.spawn(1)[0], ctx.n_features  # a child stream: the other fakes stay as they were
         dead = ctx.arrays["nonzero_count"] == 0
         index = np.where(dead[:, None], -1, rng.integers(0, 768, (f, N))).astype(np.int32)
         value = np.sort(rng.uniform(-0.2, 0.8, (f, N)), axis=1)[:, ::-1]

@@ -38,10 +38,11 @@ class LogitHistogram(Statistic):
 
     def fake(self, ctx):
         f, bins, v = ctx.n_features, ctx.settings.logit_histogram_bins, ctx.vocab_size
+        rng = ctx.rng.spawn(1)[0]  # a child stream: the other fakes stay as they were
         centre = np.exp(-0.5 * ((np.arange(bins) - bins / 2 + 0.5) / (bins / 7)) ** 2)
-        weights = centre[None, :] * ctx.rng.uniform(0.7, 1.3, (f, bins))
+        weights = centre[None, :] * rng.uniform(0.7, 1.3, (f, bins))
         counts = np.floor(weights / weights.sum(1, keepdims=True) * v).astype(np.int32)
         counts[:, bins // 2] += v - counts.sum(1).astype(np.int32)
-        lo = -ctx.rng.uniform(0.3, 1.5, f)
-        hi = ctx.rng.uniform(0.3, 1.5, f)
+        lo = -rng.uniform(0.3, 1.5, f)
+        hi = rng.uniform(0.3, 1.5, f)
         return {"logit_hist_counts": counts, "logit_hist_range": np.stack([lo, hi], 1).astype(np.float32)}
