@@ -36,6 +36,9 @@ SCALE_CROSS = FACTOR_SCALE * FACTOR_SCALE  # ... and of a product or square: 2**
 WORD = (1 << 32) - 1
 EXACT = float(1 << 53)  # float64 holds every integer up to this
 BYTES_PER_CELL = 16  # of the co-occurrence accumulator: two int64 words
+# A co-firing pair costs about this many multiply-adds of a dense product: a batch where most
+# features fire takes the dense path (`_add_co_firing_dense`), the same exact sums.
+DENSE_PAIR_COST = 64
 RANK_SHARE = 16  # the ranking's cells at once: chunk_elements / this (about 50 bytes of temporaries each)
 
 
@@ -227,6 +230,27 @@ def feature_blocks(n_features: int, budget: int = BLOCK_BUDGET) -> list[tuple[in
     return [(lo, min(lo + rows, n_features)) for lo in range(0, n_features, rows)]
 
 
+def _add_co_firing_dense(acc: tuple[torch.Tensor, torch.Tensor], acts: SparseActs, lo: int, hi: int) -> None:
+    """As `_add_co_firing`, for batches where most features fire: a float64 dense product
+    A[:, lo:hi]^T A of the quantized values per run of tokens (exact, see `exact_parts`)."""
+    f, device = acts.n_features, acts.value.device
+    a_q = quantized(acts.value)
+    largest = torch.zeros(acts.n_tokens, dtype=torch.float64, device=device)
+    largest.scatter_reduce_(0, acts.token, a_q.abs(), "amax")
+    step = max(1, chunk_elements(device) // max(f, 1))
+    bounds = sorted(set(exact_parts(largest.square())) | set(range(0, acts.n_tokens, step)) | {acts.n_tokens})
+    starts = _entry_starts(acts, bounds)
+    for t0, t1, e0, e1 in zip(bounds[:-1], bounds[1:], starts[:-1], starts[1:]):
+        if e0 == e1:
+            continue
+        dense = torch.zeros((t1 - t0) * f, dtype=torch.float64, device=device)
+        dense[acts.key[e0:e1] - t0 * f] = a_q[e0:e1]
+        dense = dense.view(t1 - t0, f)
+        product = (dense[:, lo:hi].T @ dense).to(torch.int64).view(-1)
+        acc[1].add_(product >> 32)
+        acc[0].add_(product & WORD)
+
+
 def _add_co_firing(acc: tuple[torch.Tensor, torch.Tensor], acts: SparseActs, lo: int, hi: int) -> None:
     """acc (two words, int64 [(hi - lo) * F] each) += a_ti * a_tj (quantized) for every token t
     and every pair of its firing features i in [lo, hi), j any: the block's rows of A^T A, one
@@ -290,7 +314,10 @@ def correlated_features(
                 add_wide(sums[1], sums[2], acts.feature, _squares(a_q))
                 n_tokens += acts.n_tokens
             scan_tokens += acts.n_tokens
-            _add_co_firing(acc, acts, lo, hi)
+            pairs = int((torch.bincount(acts.token, minlength=acts.n_tokens) * torch.bincount(
+                acts.token[(acts.feature >= lo) & (acts.feature < hi)], minlength=acts.n_tokens)).sum())
+            dense = pairs * DENSE_PAIR_COST > acts.n_tokens * (hi - lo) * n_features
+            (_add_co_firing_dense if dense else _add_co_firing)(acc, acts, lo, hi)
         if acc is None:
             return index, value
         if scan_tokens != n_tokens:
