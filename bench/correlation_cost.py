@@ -5,9 +5,10 @@ from a Zipf-like density (a few features fire often, most rarely), basis width d
 and 24,576 features it prints the time and the peak memory of
 
 - `correlated_features` at two block budgets (the number of corpus scans, the co-firing pair
-  products sum_t nnz_t ** 2, and the accumulator's bytes: rows x F x 8);
+  products sum_t nnz_t ** 2, and the accumulator's bytes: rows x F x BYTES_PER_CELL);
 - `NeuronCorrelation.update` over the corpus and `result`, against the peer: the same A^T X as one
-  float64 sparse CSR product per batch (torch/MKL; not exact, so not batch-size independent).
+  plain float64 sparse CSR product per batch (torch/MKL; of the unquantized values, so not exact
+  and not batch-size independent).
 
 Peak memory is the process's resident high-water mark above what it held before each step
 (Linux /proc/self/clear_refs). Run: python bench/correlation_cost.py [--features 4096 24576]
@@ -25,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sae_atlas.compute.correlation import NeuronCorrelation, correlated_features, feature_blocks  # noqa: E402
+from sae_atlas.compute.correlation import BYTES_PER_CELL, NeuronCorrelation, correlated_features, feature_blocks  # noqa: E402
 from sae_atlas.compute.stats import SparseActs  # noqa: E402
 
 TOKENS, BATCH, CONTEXT, L0, D = 65_536, 4_096, 128, 50, 768
@@ -98,7 +99,7 @@ def main() -> None:
             _, seconds, peak = measured(lambda: correlated_features(lambda: iter(batches), f, 5, budget))
             print(
                 f"  correlated_features budget {mib(budget)}: {len(blocks)} scans of {rows:,} rows, accumulator "
-                f"{mib(rows * f * 8)}, {seconds:.1f} s ({pairs / seconds / 1e6:.1f} M pairs/s), peak +{mib(peak)}"
+                f"{mib(rows * f * BYTES_PER_CELL)}, {seconds:.1f} s ({pairs / seconds / 1e6:.1f} M pairs/s), peak +{mib(peak)}"
             )
 
         def neurons():
@@ -112,7 +113,7 @@ def main() -> None:
         _, peer_s, _ = measured(lambda: neuron_peer(batches, x))
         print(
             f"  NeuronCorrelation d = {D}: update {seconds:.1f} s ({nnz * D / seconds / 1e9:.2f} G products/s), "
-            f"result {result_s:.1f} s, state {mib(f * D * 8)}, peak +{mib(peak)}; float64 sparse A^T X (peer) "
+            f"result {result_s:.1f} s, state {mib(f * D * 16)}, peak +{mib(peak)}; float64 sparse A^T X (peer) "
             f"{peer_s:.1f} s: exact update / peer = {seconds / peer_s:.2f}x"
         )
 

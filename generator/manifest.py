@@ -144,6 +144,7 @@ class ComputeSettings:
     per_interval: int = 5
     histogram_bins: int = 50
     logits: int = 10
+    logit_histogram_bins: int = 50  # bins of a feature's logit effects over the whole vocabulary
     neighbours: int = 10
     context_before: int = 24
     context_after: int = 8
@@ -200,6 +201,7 @@ COMPUTE_MINIMUM = {
     "per_interval": 1,
     "histogram_bins": 1,
     "logits": 1,
+    "logit_histogram_bins": 1,
     "neighbours": 1,
     "context_before": 0,
     "context_after": 0,

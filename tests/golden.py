@@ -30,8 +30,10 @@ def _synthetic():
 
 def render_golden(out: Path) -> None:
     synthetic = _synthetic()
-    settings = ComputeSettings(top_k=3, intervals=2, per_interval=2, logits=3, neighbours=3, context_before=3, context_after=2,
-                               loss_effects=True)
+    settings = ComputeSettings(
+        top_k=3, intervals=2, per_interval=2, logits=3, logit_histogram_bins=5, neighbours=3, context_before=3, context_after=2,
+        loss_effects=True,
+    )
     release = synthetic.synthetic_release(
         n_saes=2, d_sae=6, prompts=8, context=12, vocab_size=120, settings=settings,
         release_id="golden", model_id="golden-model", set_id="res-g",

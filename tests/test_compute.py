@@ -356,13 +356,23 @@ def test_results_do_not_depend_on_batch_size(built, tmp_path):
         _assert_same_entries(base, _entries(tmp_path / str(batch_size), releases[0]))
 
 
-def _count_forwards(monkeypatch) -> list[int]:
+def _count_forwards(monkeypatch) -> tuple[list[int], list[int]]:
+    """(forwards of the two passes, forwards of the correlated features' scans after them)."""
     import sae_atlas.compute.engine as engine
 
-    calls = []
-    real = engine._forward_capture
-    monkeypatch.setattr(engine, "_forward_capture", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
-    return calls
+    passes, scans, in_pass = [], [], []
+    real_forward, real_pass = engine._forward_capture, engine._run_pass
+
+    def run_pass(*a, **k):
+        in_pass.append(1)
+        try:
+            return real_pass(*a, **k)
+        finally:
+            in_pass.pop()
+
+    monkeypatch.setattr(engine, "_run_pass", run_pass)
+    monkeypatch.setattr(engine, "_forward_capture", lambda *a, **k: ((passes if in_pass else scans).append(1), real_forward(*a, **k))[1])
+    return passes, scans
 
 
 @pytest.mark.parametrize("replay_memory", [0, "first batch", None])
@@ -370,19 +380,24 @@ def test_pass_two_replays_kept_batches_and_recomputes_the_rest_with_identical_re
     _, _, releases, cache, _ = built
     if replay_memory == "first batch":  # room for the first batch of every SAE (12 bytes per firing entry), not two
         replay_memory = int(1.5 * 12 * sum(int((acts[:3] > 0).sum()) for acts, *_ in brute[2].values()))
-    forwards = _count_forwards(monkeypatch)
+    forwards, scans = _count_forwards(monkeypatch)
     report = compute_releases(releases, tmp_path, _options(batch_size=3, replay_memory=replay_memory))
     n_batches, n_saes = -(-N_PROMPTS // 3), len(releases[0].saes())
     assert report.replayed + report.recomputed == n_batches * n_saes
+    # The correlated features scan the corpus once per SAE (one block of features each) after pass 2,
+    # recomputing, SAE by SAE, the batches pass 1 did not keep.
     if replay_memory is None:
         assert len(forwards) == n_batches  # everything kept: one pass over the model
         assert report.replayed == n_batches * n_saes
+        assert not scans
     elif replay_memory == 0:
         assert len(forwards) == 2 * n_batches  # nothing kept: the model runs again in pass 2
         assert report.replayed == 0
+        assert len(scans) == n_saes * n_batches
     else:
         assert len(forwards) == 2 * n_batches - 1  # the first batch kept, the rest recomputed
         assert n_saes <= report.replayed < 2 * n_saes  # the first batch, perhaps part of the second
+        assert len(scans) == n_saes * n_batches - report.replayed
     _assert_same_entries(_entries(cache, releases[0]), _entries(tmp_path, releases[0]))
 
 
@@ -569,7 +584,8 @@ def test_dump_prints_the_feature_record(built):
     )
     record = json.loads(out.stdout)
     assert list(record) == ["sae", "index", "max_activation", "density", "histogram", "positive_logits",
-                            "negative_logits", "neighbours", "top_examples", "interval_examples", "umap"]
+                            "negative_logits", "logit_histogram", "neighbours", "correlated_features",
+                            "correlated_neurons", "aligned_neurons", "top_examples", "interval_examples", "umap"]
     assert record["sae"] == sae_id and record["index"] == f
     assert record["max_activation"] == pytest.approx(float(entry["max_activation"][f]))
     tokens = np.asarray(CacheStore(cache).corpus(corpus_key(releases[0]))["tokens"])

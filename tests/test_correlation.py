@@ -137,7 +137,7 @@ def test_correlated_features_match_brute_force(data):
     assert ((acts[:, rows] > 0) & (acts[:, index[rows, slots]] > 0)).any(0).all()
 
 
-@pytest.mark.parametrize("budget", [8 * F * 3, 1])  # 14 blocks of 3 features, then one scan per feature
+@pytest.mark.parametrize("budget", [correlation.BYTES_PER_CELL * F * 3, 1])  # 14 blocks of 3 features, then one scan per feature
 def test_correlated_features_identical_across_batches_and_blocks(data, budget):
     acts, _ = data
     want_index, want_value = feature_result(acts, [30], 1 << 20)
@@ -202,3 +202,14 @@ def test_logit_histogram_without_output_map_is_zero(logit_weights):
     w_dec, _, w_u = logit_weights
     *_, counts, value_range = logit_effects(torch.from_numpy(w_dec), None, torch.from_numpy(w_u), 10, histogram_bins=50)
     assert counts.shape == (7, 50) and not counts.any() and not value_range.any()
+
+
+@pytest.mark.parametrize("pair_cost", [0, 10**9])  # every batch by co-firing pairs; every batch dense
+def test_correlated_features_identical_on_the_sparse_and_the_dense_path(data, monkeypatch, pair_cost):
+    acts, _ = data
+    want_index, want_value = feature_result(acts, [30], 1 << 20)
+    monkeypatch.setattr(correlation, "DENSE_PAIR_COST", pair_cost)
+    for sizes, budget in ((SPLITS[2], 1 << 20), (SPLITS[3], correlation.BYTES_PER_CELL * F * 3)):
+        index, value = feature_result(acts, sizes, budget)
+        np.testing.assert_array_equal(index, want_index)
+        np.testing.assert_array_equal(value, want_value)

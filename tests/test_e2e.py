@@ -23,14 +23,17 @@ from tests.fixtures import load_reference_model, load_reference_sae, residual_di
 
 DUMP_KEYS = {
     "sae", "index", "max_activation", "density", "top_examples", "interval_examples", "histogram",
-    "positive_logits", "negative_logits", "neighbours", "umap",
+    "positive_logits", "negative_logits", "neighbours", "umap", "logit_histogram", "correlated_features",
+    "correlated_neurons", "aligned_neurons",
 }
 EXAMPLE_KEYS = {"prompt", "position", "activation", "tokens", "token_strings", "activations"}
 SUMMARY_KEYS = {
     "sae", "d_sae", "shard_size", "corpus", "prompts_per_shard", "context_before", "context_after",
     "max", "density", "x", "y", "cluster", "label", "expl", "peak_tokens", "layers",
 }
-RECORD_KEYS = {"i", "max", "density", "hist", "pos", "neg", "nb", "xnb", "top", "intervals", "expl"}
+RECORD_KEYS = {
+    "i", "max", "density", "hist", "pos", "neg", "nb", "xnb", "top", "intervals", "expl", "lh", "cf", "cn", "al",
+}
 # What SAEs reading attn.hook_z add: direct feature attribution per top example (loss effects are
 # off on a CPU by default).
 HOOK_Z_RECORD_KEYS, HOOK_Z_EXAMPLE_KEYS = {"dfa"}, {"dfa"}
@@ -248,15 +251,24 @@ def test_data_shards_parse_and_cover_every_feature_and_prompt(built_site):
         assert all(0 <= v <= 1 for v in summary["x"] + summary["y"])
         shards = sorted((site / sae.url).parent.glob("data/f/*.js"))
         assert len(shards) == math.ceil(n / summary["shard_size"])
-        indices = []
+        indices, vocab_sizes = [], set()
         for number, path in enumerate(shards):
             name, (shard, records) = data_call(path)
             assert (name, shard, path.stem) == ("features", number, f"{number:04d}")
             for r in records:
                 assert set(r) == RECORD_KEYS | (HOOK_Z_RECORD_KEYS if sae.hook.endswith("attn.hook_z") else set())
                 assert math.isclose(r["max"], summary["max"][r["i"]], rel_tol=1e-9)
+                # correlated features: [index, r] of other features, r in (0, 1], highest first
+                assert all(0 <= j < n and j != r["i"] and 0 < v <= 1 for j, v in r["cf"])
+                assert [v for _, v in r["cf"]] == sorted((v for _, v in r["cf"]), reverse=True)
+                assert all(isinstance(j, int) and -1 <= v <= 1 for j, v in r["cn"])
+                assert len(r["al"]) == 5 and all(0 < share <= 1 for _, _, share in r["al"])
+                lo, hi, counts = r["lh"]  # logit histogram: the range and the counts of every vocabulary token
+                assert lo <= hi and len(counts) == 50
+                vocab_sizes.add(sum(counts))
             indices += [r["i"] for r in records]
         assert indices == list(range(n))
+        assert len(vocab_sizes) == 1  # every feature's logit histogram counts the whole vocabulary
         corpus_dirs.add(((site / sae.url).parent / summary["corpus"]).resolve())
     (corpus,) = corpus_dirs
     rows = []

@@ -386,7 +386,7 @@ def test_a_theme_replaces_one_front_end_part_and_adds_a_pane(synthetic, tmp_path
     render_site([release], cache=cache, out=out, theme=theme, quiet=True)
     app = (out / "static" / "app.js").read_bytes()
     panes = sorted([p.name for p in (DEFAULT_APP / "panes").glob("*.js")] + ["attribution.js"])
-    assert panes.index("attribution.js") == 1  # after activation.js, before density.js
+    assert panes.index("attribution.js") == 2  # after activation.js and aligned_neurons.js, before correlated_features.js
     source = {"panes/logits.js": logits, "panes/attribution.js": extra}
     names = APP_ORDER + OTHER_PARTS + ["panes/" + name for name in panes] + ["boot.js"]
     expected = [(name, source.get(name, DEFAULT_APP / name)) for name in names]

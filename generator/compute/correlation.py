@@ -2,10 +2,16 @@
 dimensions (or neurons) and the other features whose activations correlate most with a feature.
 
 Correlations are Pearson's r over every token of the corpus, a token where a feature does not fire
-counting as activation 0. Their sums are exact and order-independent as in `stats.py`: each value
-or product is rounded to a fixed-point int64 (float32 x float32 is exact in float64, so the
-rounding is the only step) and integer sums do not depend on the order, so the results are the same
-whatever the batch size, the number of feature blocks or a resume from a checkpoint.
+counting as activation 0, of the activations and the basis quantized to multiples of 2**-18
+(FACTOR_SCALE; r differs from that of the float32 values by about 1e-6 on a hundred tokens, less
+on more). Every sum is exact and order-independent, so the results are the same whatever the
+batch size, the number of feature blocks or a resume from a checkpoint: the quantized values are
+integers (in quanta), their products integers in units of 2**-36, and the cross sums
+sum_t a_ti x_tj are float64 sparse matrix products over runs of tokens whose sums stay below
+2**53 (`exact_parts`), exact in any summation order, at the speed of a float64 CSR @ dense
+product, not of one rounding and scatter per (entry, dimension); the co-occurrence sums
+sum_t a_ti a_tj are int64 products per co-firing pair. Both add to two-word int64 sums
+(`add_wide`) that no corpus overflows.
 
 Rankings use unique int64 keys: float32 bits of r (mapped to keep the order of negative values)
 << 32 | (2**32 - 1 - index): the higher r first, then the lower index. Empty slots: index -1, 0.
@@ -15,14 +21,24 @@ from __future__ import annotations
 
 from typing import Callable, Iterable
 
+import warnings
+
 import numpy as np
 import torch
 
 from sae_atlas.compute.options import chunk_elements
-from sae_atlas.compute.stats import LOW, SCALE_SQ, SCALE_VEC, SparseActs
+from sae_atlas.compute.stats import LOW, SparseActs
 
 EMPTY = torch.iinfo(torch.int64).min
 BLOCK_BUDGET = 1 << 30  # bytes of the co-occurrence accumulator of `correlated_features`
+FACTOR_SCALE = float(1 << 18)  # the quantum of a value: 2**-18
+SCALE_CROSS = FACTOR_SCALE * FACTOR_SCALE  # ... and of a product or square: 2**-36
+WORD = (1 << 32) - 1
+EXACT = float(1 << 53)  # float64 holds every integer up to this
+BYTES_PER_CELL = 16  # of the co-occurrence accumulator: two int64 words
+# A co-firing pair costs about this many multiply-adds of a dense product: a batch where most
+# features fire takes the dense path (`_add_co_firing_dense`), the same exact sums.
+DENSE_PAIR_COST = 64
 RANK_SHARE = 16  # the ranking's cells at once: chunk_elements / this (about 50 bytes of temporaries each)
 
 
@@ -64,11 +80,60 @@ def aligned_neurons(w_dec: torch.Tensor, n: int = 5) -> tuple[np.ndarray, np.nda
     return index, value, share
 
 
-def _moments(total: torch.Tensor, total_sq: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean, standard deviation) f64 from fixed-point sums of values and of squares over n tokens."""
-    mean = total.double() / SCALE_VEC / n
-    var = total_sq.double() / SCALE_SQ / n - mean.square()
+def _moments(total: torch.Tensor, squares: tuple[torch.Tensor, torch.Tensor], n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, standard deviation) f64 from the sums of quantized values and (two-word) of their
+    squares over n tokens."""
+    mean = total.double() / FACTOR_SCALE / n
+    var = wide_value(*squares) / n - mean.square()
     return mean, var.clamp_min(0).sqrt()
+
+
+def quantized(values: torch.Tensor) -> torch.Tensor:
+    """float64 integers round(v * FACTOR_SCALE): the values as the cross sums use them."""
+    return (values.double() * FACTOR_SCALE).round_()
+
+
+def exact_parts(bound: torch.Tensor) -> list[int]:
+    """Token boundaries [0, ..., n] of runs whose sum of `bound` (per token, an upper bound of the
+    magnitude of its products, in quanta) stays below 2**53: runs over which a float64 sum of
+    the products is exact (one run for any realistic batch). Exact while every product is below
+    2**52 quanta (|a x| < 2**16); larger ones are rounded to float64 (relative error 1e-16)."""
+    n = bound.shape[0]
+    if n == 0:
+        return [0, 0]
+    run = torch.div(torch.cumsum(bound, 0), EXACT / 2, rounding_mode="floor").to(torch.int64)
+    return [0] + torch.cumsum(torch.unique_consecutive(run, return_counts=True)[1], 0).tolist()
+
+
+def add_wide(low: torch.Tensor, high: torch.Tensor, index: torch.Tensor, values: torch.Tensor) -> None:
+    """Two-word sums of int64 `values` (in quanta of SCALE_CROSS) at `index` (repeats allowed):
+    `high` sums their upper bits (floor(v / 2**32)), `low` their lower 32 bits (each under 2**32,
+    so 2**31 additions per cell before `low` could overflow)."""
+    high.index_add_(0, index, values >> 32)
+    low.index_add_(0, index, values & WORD)
+
+
+def wide_value(low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    """The real value of two-word sums, f64."""
+    return (high.double() * float(1 << 32) + low.double()) / SCALE_CROSS
+
+
+def _squares(q: torch.Tensor) -> torch.Tensor:
+    """int64 squares of quantized values (quanta of SCALE_CROSS; exact below |v| = 2**13.5)."""
+    qi = q.to(torch.int64)
+    return qi * qi
+
+
+def _csr(crow: torch.Tensor, col: torch.Tensor, value: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
+        return torch.sparse_csr_tensor(crow, col, value, shape, check_invariants=False)
+
+
+def _entry_starts(acts: SparseActs, bounds: list[int]) -> list[int]:
+    """The first entry of each token boundary (entries are in token order)."""
+    at = torch.tensor(bounds, dtype=torch.int64, device=acts.key.device) * acts.n_features
+    return torch.searchsorted(acts.key, at).tolist()
 
 
 class NeuronCorrelation:
@@ -76,38 +141,55 @@ class NeuronCorrelation:
     (the SAE's input vectors, or a layer's neurons) over the corpus.
 
     Per batch: the features' firing entries and the basis activations X f32 [tokens, d]. The cross
-    sums sum_t a_ti x_tj are the sparse product A^T X, computed entry by entry (each product a x_t
-    rounded to fixed point, scattered into its feature's row): nnz * d work, like the sparse
-    product, and exact. The state is F * d int64 (8 bytes per cell)."""
+    sums sum_t a_ti x_tj are A^T X of the quantized values (see the module's docstring), one exact
+    float64 CSR @ dense product per block of the batch's firing features. The state is F * d
+    int64 (8 bytes per cell)."""
 
-    STATE = ("n_tokens", "sum_a", "sum_a2", "sum_x", "sum_x2", "sum_ax")
+    STATE = ("n_tokens", "sum_a", "sum_a2", "sum_a2_high", "sum_x", "sum_x2", "sum_x2_high", "sum_ax", "sum_ax_high")
 
     def __init__(self, n_features: int, d: int, device: str | torch.device = "cpu"):
         i64 = dict(dtype=torch.int64, device=device)
         self.n_features, self.d, self.device = n_features, d, device
         self.n_tokens = torch.zeros((), **i64)
-        self.sum_a = torch.zeros(n_features, **i64)  # SCALE_VEC
-        self.sum_a2 = torch.zeros(n_features, **i64)  # SCALE_SQ
-        self.sum_x = torch.zeros(d, **i64)  # SCALE_VEC
-        self.sum_x2 = torch.zeros(d, **i64)  # SCALE_SQ
-        self.sum_ax = torch.zeros((n_features, d), **i64)  # SCALE_SQ
+        # Quantized values (units of 2**-18); squares and products as two words (`add_wide`).
+        self.sum_a = torch.zeros(n_features, **i64)
+        self.sum_a2, self.sum_a2_high = torch.zeros(n_features, **i64), torch.zeros(n_features, **i64)
+        self.sum_x = torch.zeros(d, **i64)
+        self.sum_x2, self.sum_x2_high = torch.zeros(d, **i64), torch.zeros(d, **i64)
+        self.sum_ax, self.sum_ax_high = torch.zeros((n_features, d), **i64), torch.zeros((n_features, d), **i64)
 
     def update(self, acts: SparseActs, x: torch.Tensor) -> None:
         """acts: a batch's firing entries; x f32 [B * T, d]: the basis at the same tokens."""
-        x = x.reshape(acts.n_tokens, self.d).double()
-        feature, value = acts.feature, acts.value.double()
+        x_q = quantized(x.reshape(acts.n_tokens, self.d))
+        feature, a_q = acts.feature, quantized(acts.value)
         self.n_tokens += acts.n_tokens
-        self.sum_a.index_add_(0, feature, (value * SCALE_VEC).round().to(torch.int64))
-        self.sum_a2.index_add_(0, feature, (value.square() * SCALE_SQ).round().to(torch.int64))
-        self.sum_x += (x * SCALE_VEC).round().to(torch.int64).sum(0)
-        self.sum_x2 += (x.square() * SCALE_SQ).round().to(torch.int64).sum(0)
-        x_scaled = x * SCALE_SQ  # a power of two: exact
-        token = acts.token
-        # Small chunks keep the products in cache between the multiply and the scatter.
-        step = max(1, chunk_elements(x.device) // 4 // max(self.d, 1))
-        for lo in range(0, value.shape[0], step):
-            products = (x_scaled[token[lo : lo + step]] * value[lo : lo + step, None]).round_().to(torch.int64)
-            self.sum_ax.index_add_(0, feature[lo : lo + step], products)
+        self.sum_a.index_add_(0, feature, a_q.to(torch.int64))
+        add_wide(self.sum_a2, self.sum_a2_high, feature, _squares(a_q))
+        self.sum_x += x_q.to(torch.int64).sum(0)
+        x2 = _squares(x_q)
+        self.sum_x2 += (x2 & WORD).sum(0)
+        self.sum_x2_high += (x2 >> 32).sum(0)
+        if a_q.numel() == 0:
+            return
+        largest_a = torch.zeros(acts.n_tokens, dtype=torch.float64, device=x_q.device)
+        largest_a.scatter_reduce_(0, acts.token, a_q.abs(), "amax")
+        bounds = exact_parts(largest_a * x_q.abs().amax(1))
+        starts = _entry_starts(acts, bounds)
+        rows_per_block = max(1, chunk_elements(x_q.device) // max(self.d, 1))
+        for t0, t1, e0, e1 in zip(bounds[:-1], bounds[1:], starts[:-1], starts[1:]):
+            if e0 == e1:
+                continue
+            rows, local = torch.unique(feature[e0:e1], return_inverse=True)  # the run's firing features
+            order = torch.argsort(local, stable=True)  # feature-major; tokens stay ascending
+            col = acts.token[e0:e1][order] - t0
+            crow = torch.zeros(rows.shape[0] + 1, dtype=torch.int64, device=x_q.device)
+            crow[1:] = torch.cumsum(torch.bincount(local, minlength=rows.shape[0]), 0)
+            a, xp = a_q[e0:e1][order], x_q[t0:t1]
+            for r0 in range(0, rows.shape[0], rows_per_block):
+                r1 = min(r0 + rows_per_block, rows.shape[0])
+                c0, c1 = int(crow[r0]), int(crow[r1])
+                block = _csr(crow[r0 : r1 + 1] - c0, col[c0:c1], a[c0:c1], (r1 - r0, t1 - t0))
+                add_wide(self.sum_ax, self.sum_ax_high, rows[r0:r1], (block @ xp).to(torch.int64))
 
     def state_arrays(self) -> dict[str, np.ndarray]:
         return {name: getattr(self, name).cpu().numpy() for name in self.STATE}
@@ -126,14 +208,14 @@ class NeuronCorrelation:
         """The k basis dimensions of highest r per feature: (corr_neuron_index i32[F,k],
         corr_neuron_value f32[F,k]); constant dimensions and features that never fire have none."""
         n = max(int(self.n_tokens), 1)
-        mean_a, std_a = _moments(self.sum_a, self.sum_a2, n)
-        mean_x, std_x = _moments(self.sum_x, self.sum_x2, n)
+        mean_a, std_a = _moments(self.sum_a, (self.sum_a2, self.sum_a2_high), n)
+        mean_x, std_x = _moments(self.sum_x, (self.sum_x2, self.sum_x2_high), n)
         index = np.full((self.n_features, k), -1, np.int32)
         value = np.zeros((self.n_features, k), np.float32)
         step = max(1, chunk_elements(self.sum_ax.device) // RANK_SHARE // max(self.d, 1))
         for lo in range(0, self.n_features, step):
             hi = min(lo + step, self.n_features)
-            cov = self.sum_ax[lo:hi].double() / SCALE_SQ / n - mean_a[lo:hi, None] * mean_x
+            cov = wide_value(self.sum_ax[lo:hi], self.sum_ax_high[lo:hi]) / n - mean_a[lo:hi, None] * mean_x
             scale = std_a[lo:hi, None] * std_x
             valid = scale > 0
             r = torch.where(valid, cov / torch.where(valid, scale, 1.0), 0.0).clamp(-1, 1).float()
@@ -142,39 +224,62 @@ class NeuronCorrelation:
 
 
 def feature_blocks(n_features: int, budget: int = BLOCK_BUDGET) -> list[tuple[int, int]]:
-    """The [lo, hi) blocks of features whose co-occurrence rows (F int64 each) fit in `budget`
-    bytes: one corpus scan each."""
-    rows = max(1, budget // (8 * max(n_features, 1)))
+    """The [lo, hi) blocks of features whose co-occurrence rows (F cells of two int64 each, plus
+    their float64 sums when ranked) fit in `budget` bytes: one corpus scan each."""
+    rows = max(1, budget // (BYTES_PER_CELL * max(n_features, 1)))
     return [(lo, min(lo + rows, n_features)) for lo in range(0, n_features, rows)]
 
 
-def _add_co_firing(acc: torch.Tensor, acts: SparseActs, lo: int, hi: int) -> None:
-    """acc int64 [(hi - lo) * F] += round(a_ti * a_tj * SCALE_SQ) for every token t and every
-    pair of its firing features i in [lo, hi), j any: the block's rows of A^T A, one product per
-    (entry of the block, entry of the same token)."""
+def _add_co_firing_dense(acc: tuple[torch.Tensor, torch.Tensor], acts: SparseActs, lo: int, hi: int) -> None:
+    """As `_add_co_firing`, for batches where most features fire: a float64 dense product
+    A[:, lo:hi]^T A of the quantized values per run of tokens (exact, see `exact_parts`)."""
+    f, device = acts.n_features, acts.value.device
+    a_q = quantized(acts.value)
+    largest = torch.zeros(acts.n_tokens, dtype=torch.float64, device=device)
+    largest.scatter_reduce_(0, acts.token, a_q.abs(), "amax")
+    step = max(1, chunk_elements(device) // max(f, 1))
+    bounds = sorted(set(exact_parts(largest.square())) | set(range(0, acts.n_tokens, step)) | {acts.n_tokens})
+    starts = _entry_starts(acts, bounds)
+    for t0, t1, e0, e1 in zip(bounds[:-1], bounds[1:], starts[:-1], starts[1:]):
+        if e0 == e1:
+            continue
+        dense = torch.zeros((t1 - t0) * f, dtype=torch.float64, device=device)
+        dense[acts.key[e0:e1] - t0 * f] = a_q[e0:e1]
+        dense = dense.view(t1 - t0, f)
+        product = (dense[:, lo:hi].T @ dense).to(torch.int64).view(-1)
+        acc[1].add_(product >> 32)
+        acc[0].add_(product & WORD)
+
+
+def _add_co_firing(acc: tuple[torch.Tensor, torch.Tensor], acts: SparseActs, lo: int, hi: int) -> None:
+    """acc (two words, int64 [(hi - lo) * F] each) += a_ti * a_tj (quantized) for every token t
+    and every pair of its firing features i in [lo, hi), j any: the block's rows of A^T A, one
+    exact int64 product per (entry of the block, entry of the same token). (A float64 sparse x
+    sparse product of the same sums was 3-10x slower on a CPU: it builds the whole batch's matrix
+    once per block.)"""
     f = acts.n_features
-    token, feature, value = acts.token, acts.feature, acts.value.double()
+    token, feature, a_q = acts.token, acts.feature, quantized(acts.value).to(torch.int64)
     per_token = torch.bincount(token, minlength=acts.n_tokens)
     row_start = torch.cumsum(per_token, 0) - per_token
     entry = torch.nonzero((feature >= lo) & (feature < hi)).squeeze(1)
     partners = per_token[token[entry]]
     pair_start = torch.cumsum(partners, 0) - partners
     # Runs of entries whose pairs start in the same chunk: at most chunk + one token's entries each.
-    chunk = max(1, chunk_elements(acc.device) // 8)
+    chunk = max(1, chunk_elements(acc[0].device) // 8)
     run = pair_start // chunk
     bounds = [0] + torch.cumsum(torch.unique_consecutive(run, return_counts=True)[1], 0).tolist()
     row = (feature[entry] - lo) * f
-    scaled = value[entry] * SCALE_SQ
+    mine = a_q[entry]
     # Each entry's partners: its token's entries, a contiguous run from the token's first.
     first_partner = row_start[token[entry]] - pair_start
     for s, e in zip(bounds[:-1], bounds[1:]):
         count = partners[s:e]
         n_pairs = int(count.sum())
         other = torch.repeat_interleave(first_partner[s:e], count, output_size=n_pairs)
-        other += torch.arange(int(pair_start[s]), int(pair_start[s]) + n_pairs, device=acc.device)
+        other += torch.arange(int(pair_start[s]), int(pair_start[s]) + n_pairs, device=other.device)
         index = torch.repeat_interleave(row[s:e], count, output_size=n_pairs) + feature[other]
-        product = torch.repeat_interleave(scaled[s:e], count, output_size=n_pairs) * value[other]
-        acc.index_add_(0, index, product.round_().to(torch.int64))
+        product = torch.repeat_interleave(mine[s:e], count, output_size=n_pairs) * a_q[other]
+        add_wide(acc[0], acc[1], index, product)
 
 
 def correlated_features(
@@ -199,38 +304,43 @@ def correlated_features(
         scan_tokens = 0
         for acts in batches():
             if acc is None:
-                acc = torch.zeros((hi - lo) * n_features, dtype=torch.int64, device=acts.value.device)
+                low = torch.zeros((hi - lo) * n_features, dtype=torch.int64, device=acts.value.device)
+                acc = (low, torch.zeros_like(low))
                 if sums is None:
-                    sums = (torch.zeros_like(acc[:n_features]), torch.zeros_like(acc[:n_features]))
+                    sums = tuple(torch.zeros_like(low[:n_features]) for _ in range(3))  # a, a^2 (two words)
             if lo == 0:
-                v = acts.value.double()
-                sums[0].index_add_(0, acts.feature, (v * SCALE_VEC).round().to(torch.int64))
-                sums[1].index_add_(0, acts.feature, (v.square() * SCALE_SQ).round().to(torch.int64))
+                a_q = quantized(acts.value)
+                sums[0].index_add_(0, acts.feature, a_q.to(torch.int64))
+                add_wide(sums[1], sums[2], acts.feature, _squares(a_q))
                 n_tokens += acts.n_tokens
             scan_tokens += acts.n_tokens
-            _add_co_firing(acc, acts, lo, hi)
+            pairs = int((torch.bincount(acts.token, minlength=acts.n_tokens) * torch.bincount(
+                acts.token[(acts.feature >= lo) & (acts.feature < hi)], minlength=acts.n_tokens)).sum())
+            dense = pairs * DENSE_PAIR_COST > acts.n_tokens * (hi - lo) * n_features
+            (_add_co_firing_dense if dense else _add_co_firing)(acc, acts, lo, hi)
         if acc is None:
             return index, value
         if scan_tokens != n_tokens:
             raise ValueError(f"batches() gave {scan_tokens} tokens on a later scan, {n_tokens} on the first")
-        index[lo:hi], value[lo:hi] = _rank_block(acc.view(hi - lo, n_features), lo, sums, n_tokens, k)
+        index[lo:hi], value[lo:hi] = _rank_block((acc[0].view(hi - lo, n_features), acc[1].view(hi - lo, n_features)), lo, sums, n_tokens, k)
     return index, value
 
 
-def _rank_block(acc: torch.Tensor, lo: int, sums: tuple[torch.Tensor, torch.Tensor], n_tokens: int, k: int):
-    """Top-k positive r of the block's rows of S (int64 [rows, F], SCALE_SQ), excluding i == j."""
+def _rank_block(acc: tuple[torch.Tensor, torch.Tensor], lo: int, sums: tuple, n_tokens: int, k: int):
+    """Top-k positive r of the block's rows of S (two words, int64 [rows, F] each), excluding i == j."""
     n = max(n_tokens, 1)
-    mean, std = _moments(sums[0], sums[1], n)
-    rows, f = acc.shape
+    mean, std = _moments(sums[0], sums[1:], n)
+    rows, f = acc[0].shape
+    device = acc[0].device
     index = np.full((rows, k), -1, np.int32)
     value = np.zeros((rows, k), np.float32)
-    step = max(1, chunk_elements(acc.device) // RANK_SHARE // max(f, 1))
-    column = torch.arange(f, device=acc.device)
+    step = max(1, chunk_elements(device) // RANK_SHARE // max(f, 1))
+    column = torch.arange(f, device=device)
     for s in range(0, rows, step):
         e = min(s + step, rows)
-        i = torch.arange(lo + s, lo + e, device=acc.device)
+        i = torch.arange(lo + s, lo + e, device=device)
         scale = std[i, None] * std
-        cov = acc[s:e].double() / SCALE_SQ / n - mean[i, None] * mean
+        cov = wide_value(acc[0][s:e], acc[1][s:e]) / n - mean[i, None] * mean
         r = (cov / torch.where(scale > 0, scale, 1.0)).clamp(-1, 1).float()
         valid = (scale > 0) & (r > 0) & (column != i[:, None])
         index[s:e], value[s:e] = _ranked(r, valid, k)

@@ -38,7 +38,7 @@ from sae_atlas.compute.options import ComputeOptions, chunk_elements, default_ba
 from sae_atlas.compute.replay import Replay, replay_budget
 from sae_atlas.compute.stats import FeatureStats, SparseActs
 from sae_atlas.backends import CeSae
-from sae_atlas.compute.weights import cosine_neighbours, umap_neighbour_count
+from sae_atlas.compute.weights import cosine_neighbours, logit_effects, umap_neighbour_count
 from sae_atlas.errors import AtlasError, InputError, Problem
 from sae_atlas.manifest import Release, SaeSpec, SetSpec
 from sae_atlas.sources.corpus import Corpus, load_corpus, prepend_bos_problem
@@ -48,6 +48,7 @@ from sae_atlas import stats as statistics
 
 DENSE_THRESHOLD = 0.1  # a feature firing on more than this fraction of tokens counts as dense
 CROSS_NEIGHBOURS = 3
+CORRELATED_FEATURES = 5
 
 
 @dataclass
@@ -140,6 +141,7 @@ class _Running:
     sae: object  # sae_atlas.backends.SaeModule
     stats: FeatureStats
     sparse_decode: bool | None = None  # decode from the sparse batch? decided on the first batch
+    extra: dict = field(default_factory=dict)  # arrays computed after the passes (correlated features)
 
 
 def _compute_group(jobs: list[SaeJob], corpus: Corpus, store: CacheStore, options: ComputeOptions, device: str, report: ComputeReport) -> None:
@@ -181,6 +183,8 @@ def _compute_saes(model, running: list["_Running"], corpus: Corpus, store: Cache
     if elapsed > 0 and done_tokens:
         report.tokens_per_second = done_tokens / elapsed
     _report_replay(model_id, replay, report, options)
+    for r in running:
+        _correlate_features(r, model, corpus, options, batch_size, replay)
     replay.clear()
     ce_saes = [CeSae(r.job.id, r.sae, r.job.release.compute.ce_prompts) for r in running]
     ce_bar = None if options.quiet else f"{model_id} CE loss"
@@ -237,7 +241,7 @@ def _check_hooks(model, running: list["_Running"]) -> None:
 def _start(job: SaeJob, corpus: Corpus, store: CacheStore, device: str) -> _Running:
     sae = load_sae(job.spec, device, "float32")
     # Reconstruction statistics are of what the SAE writes: d_out wide (d_in but for transcoders).
-    stats = FeatureStats(sae.d_sae, sae.d_out, corpus.context, job.release.compute, device)
+    stats = FeatureStats(sae.d_sae, sae.d_out, corpus.context, job.release.compute, device, basis_dim=sae.d_in)
     partial = store.partial_dir(job.key)
     try:
         entry = read_entry(partial)
@@ -331,7 +335,7 @@ def _run_pass(pass_no: int, model, running: list[_Running], corpus: Corpus, stor
                 if skip >= nb:
                     continue
                 first = p0 + max(skip, 0)
-                kept = replay.take(r.job.id, first, p0 + nb - first) if pass_no == 2 else None
+                kept = replay.take(r.job.id, first, p0 + nb - first, keep=True) if pass_no == 2 else None
                 todo.append((r, first, kept))
             captured = None
             if any(kept is None for _, _, kept in todo):
@@ -353,7 +357,7 @@ def _run_pass(pass_no: int, model, running: list[_Running], corpus: Corpus, stor
                 if pass_no == 1:
                     x_in = r.sae.read(captured[r.sae.hook_in][first - p0 :])
                     target = r.sae.read(captured[r.sae.hook_out][first - p0 :]).float()
-                    r.stats.update_pass1(sparse, windows, target, _decode(r, sparse, x_in))
+                    r.stats.update_pass1(sparse, windows, target, _decode(r, sparse, x_in), basis=x_in.float())
                     replay.add(r.job.id, sparse)
                 else:
                     r.stats.update_pass2(sparse, windows)
@@ -369,6 +373,35 @@ def _run_pass(pass_no: int, model, running: list[_Running], corpus: Corpus, stor
         r.stats.pass_no, r.stats.prompts_done = pass_no + 1, 0
         _save_checkpoint(r, store)
     return (n_prompts - start) * context
+
+
+def _correlate_features(r: _Running, model, corpus: Corpus, options: ComputeOptions, batch_size: int, replay: Replay) -> None:
+    """The `correlated_features` statistic of one SAE, after pass 2: one scan of the corpus's
+    pass-1 entries per block of features (`options.correlation_memory`), each batch replayed from
+    memory where pass 1 kept it, otherwise recomputed (the model and the encoder run again, once
+    per block: correct, slower)."""
+    from sae_atlas.compute.correlation import correlated_features, feature_blocks
+
+    n_prompts, context = corpus.n_prompts, corpus.context
+    starts = list(range(0, n_prompts, batch_size))
+    kept = sum(replay.peek(r.job.id, p0, min(batch_size, n_prompts - p0)) is not None for p0 in starts)
+    n_blocks = len(feature_blocks(r.sae.d_sae, options.correlation_memory))
+    if not options.quiet:
+        how = "from memory" if kept == len(starts) else f"recomputing {len(starts) - kept} of {len(starts)} batches per scan (--replay-memory)"
+        print(f"{r.job.id}: correlated features, {n_blocks} scan(s) of the corpus, {how}", file=sys.stderr)
+
+    def batches() -> Iterator[SparseActs]:
+        for p0 in starts:
+            nb = min(batch_size, n_prompts - p0)
+            acts = replay.peek(r.job.id, p0, nb)
+            if acts is None:
+                tokens = torch.from_numpy(np.array(corpus.tokens[p0 : p0 + nb])).long().to(r.stats.device)
+                captured = _forward_capture(model, tokens, sorted(set(r.sae.hooks)))
+                acts = SparseActs.concat([sparse for _, sparse in _encode(r, captured, 0, p0)])
+            yield acts
+
+    index, value = correlated_features(batches, r.sae.d_sae, CORRELATED_FEATURES, options.correlation_memory)
+    r.extra.update(corr_feature_index=index, corr_feature_value=value)
 
 
 def _forward_capture(model, tokens: torch.Tensor, hooks: list[str]) -> dict[str, torch.Tensor]:
@@ -415,6 +448,16 @@ class StatContext:
         out_map = self.model.output_map(self.sae.hook_out, self.sae.head_index)
         return None if out_map is not None and out_map.shape[0] != self.w_dec.shape[1] else out_map
 
+    def logit_effects(self) -> tuple:
+        """`weights.logit_effects` with the logit histogram: one product W_dec @ M @ W_U per chunk
+        serves the `logits` and `logit_histogram` statistics."""
+        if "logit_effects" not in self.memo:
+            s = self.settings
+            self.memo["logit_effects"] = logit_effects(
+                self.w_dec, self.output_map(), self.model.unembedding(), s.logits, histogram_bins=s.logit_histogram_bins
+            )
+        return self.memo["logit_effects"]
+
     def decoder_knn(self) -> tuple[np.ndarray, np.ndarray]:
         """Each feature's nearest other features by decoder cosine, as many as the neighbours shown
         and the map's neighbour graph need (one search serves both)."""
@@ -437,7 +480,7 @@ def _compute_later_stats(ctx: StatContext, todo: list[statistics.Statistic]) -> 
 
 def _finish(r: _Running, model, corpus: Corpus, store: CacheStore, ce: tuple[float | None, float | None], options: ComputeOptions) -> None:
     job, s, sae = r.job, r.job.release.compute, r.sae
-    arrays = r.stats.feature_arrays()
+    arrays = {**r.stats.feature_arrays(), **r.extra}
     n_tokens = int(r.stats.n_tokens)
     ce_clean, ce_spliced = ce
     stats = r.stats.reconstruction_stats()

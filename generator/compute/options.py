@@ -19,6 +19,9 @@ class ComputeOptions:
     # Bytes of pass 1's firing activations kept for pass 2 (None: 40% of the free memory; 0: none,
     # pass 2 runs the model again).
     replay_memory: int | None = None
+    # Bytes of the co-occurrence accumulator of the correlated features: the features are taken in
+    # blocks of this size, one scan of the corpus's pass-1 entries each (replayed, or recomputed).
+    correlation_memory: int = 512 << 20
     checkpoint_every: int = 20  # batches between checkpoints of the running state
     # PCA instead of UMAP for the feature map (recorded in meta "map"): UMAP's JIT warm-up costs
     # tens of seconds per process, too slow for tests and quick previews.

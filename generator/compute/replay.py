@@ -63,16 +63,22 @@ class Replay:
         self.used += acts.nbytes
         self.peak = max(self.peak, self.used)
 
-    def take(self, sae_id: str, first_prompt: int, n_prompts: int) -> SparseActs | None:
-        """The kept entries of exactly these prompts (removed from the store), or None."""
-        acts = self._kept.pop((sae_id, first_prompt), None)
-        if acts is not None:
+    def take(self, sae_id: str, first_prompt: int, n_prompts: int, keep: bool = False) -> SparseActs | None:
+        """The kept entries of exactly these prompts (removed from the store unless `keep`, for
+        the scans after pass 2), or None."""
+        acts = self._kept.get((sae_id, first_prompt)) if keep else self._kept.pop((sae_id, first_prompt), None)
+        if acts is not None and not keep:
             self.used -= acts.nbytes
         if acts is None or acts.n_prompts != n_prompts:
             self.missed += 1
             return None
         self.replayed += 1
         return acts
+
+    def peek(self, sae_id: str, first_prompt: int, n_prompts: int) -> SparseActs | None:
+        """The kept entries of exactly these prompts, left in the store and not counted."""
+        acts = self._kept.get((sae_id, first_prompt))
+        return acts if acts is not None and acts.n_prompts == n_prompts else None
 
     def clear(self) -> None:
         self._kept.clear()

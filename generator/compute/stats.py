@@ -1,6 +1,7 @@
 """Running per-feature statistics over batches of SAE activations, all in batched tensor ops.
 
-Pass 1 (per batch): max, non-zero count, top-k examples with their windows, reconstruction sums.
+Pass 1 (per batch): max, non-zero count, top-k examples with their windows, reconstruction sums,
+the sums of the features' correlations with the SAE input's dimensions (`correlation.NeuronCorrelation`).
 Pass 2 (needs the final max): histogram of non-zero activations and interval samples.
 Both take a batch as its firing entries (`SparseActs`), and the example windows come from them.
 
@@ -216,7 +217,14 @@ class FeatureStats:
         "interval_window", "sum_x", "sum_sq_x", "sum_sq_err", "sum_l0", "n_tokens", "prompt_top_key",
     )
 
-    def __init__(self, n_features: int, d_in: int, context: int, settings: ComputeSettings, device: str):
+    CORRELATED_NEURONS = 5
+    NEURON_PREFIX = "neuron_corr_"  # checkpoint names of the NeuronCorrelation's state
+
+    def __init__(self, n_features: int, d_in: int, context: int, settings: ComputeSettings, device: str, basis_dim: int | None = None):
+        """d_in: the width of what the SAE writes (reconstruction sums); basis_dim: the width of
+        its input (the correlated neurons' basis), d_in when None."""
+        from sae_atlas.compute.correlation import NeuronCorrelation
+
         s = settings
         self.settings, self.context, self.n_features, self.d_in, self.device = s, context, n_features, d_in, device
         w = s.window
@@ -239,13 +247,16 @@ class FeatureStats:
         # = activation bits << 32 | (2**32 - 1 - feature): the lower feature first on ties).
         self.view_tokens = max(0, s.prompt_view) * context
         self.prompt_top_key = torch.full((self.view_tokens, s.prompt_features), -1, **i64)
+        self.neurons = NeuronCorrelation(f, d_in if basis_dim is None else basis_dim, device)
         self.pass_no = 1
         self.prompts_done = 0
 
     # -- pass 1 ------------------------------------------------------------------------------
-    def update_pass1(self, acts: SparseActs, windows: Windows, x: torch.Tensor, x_hat: torch.Tensor) -> None:
-        """acts: the batch's firing entries; x, x_hat f32 [B * T, d_in] (SAE input and reconstruction).
+    def update_pass1(self, acts: SparseActs, windows: Windows, x: torch.Tensor, x_hat: torch.Tensor, basis: torch.Tensor | None = None) -> None:
+        """acts: the batch's firing entries; x, x_hat f32 [B * T, d_in] (what the SAE reconstructs and
+        its reconstruction); basis f32 [B * T, basis_dim]: the SAE's input (x when None).
         Batches must come in increasing prompt order (a later token never wins a tie)."""
+        self.neurons.update(acts, x if basis is None else basis)
         token, feature, value = acts.token, acts.feature, acts.value
         g = acts.first_prompt * acts.context + token
         self.max_activation.scatter_reduce_(0, feature, value, "amax")
@@ -293,7 +304,9 @@ class FeatureStats:
 
     # -- checkpoint ----------------------------------------------------------------------------
     def state_arrays(self) -> dict[str, np.ndarray]:
-        return {name: getattr(self, name).cpu().numpy() for name in self.STATE}
+        out = {name: getattr(self, name).cpu().numpy() for name in self.STATE}
+        out.update({self.NEURON_PREFIX + k: v for k, v in self.neurons.state_arrays().items()})
+        return out
 
     def load_state(self, arrays: dict[str, np.ndarray], pass_no: int, prompts_done: int) -> None:
         for name in self.STATE:
@@ -305,6 +318,8 @@ class FeatureStats:
             if value.shape != ref.shape or value.dtype != ref.dtype:
                 raise ValueError(f"checkpoint array {name} has shape {tuple(value.shape)}, expected {tuple(ref.shape)}")
             setattr(self, name, value)
+        n = len(self.NEURON_PREFIX)
+        self.neurons.load_state({k[n:]: v for k, v in arrays.items() if k.startswith(self.NEURON_PREFIX)})
         self.pass_no, self.prompts_done = pass_no, prompts_done
 
     # -- results -------------------------------------------------------------------------------
@@ -329,7 +344,10 @@ class FeatureStats:
         view_valid = view >= 0
         iv = examples(self.interval_key, self.interval_window, self.interval_window[..., s.context_before])
         i_s = (f, s.intervals, s.per_interval)
+        corr_index, corr_value = self.neurons.result(self.CORRELATED_NEURONS)
         return {
+            "corr_neuron_index": corr_index,
+            "corr_neuron_value": corr_value,
             "max_activation": self.max_activation.cpu().numpy().astype(np.float32),
             "nonzero_count": self.nonzero_count.cpu().numpy().astype(np.int64),
             "density": (self.nonzero_count.cpu().numpy() / n_tokens).astype(np.float32),

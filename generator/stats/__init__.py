@@ -124,13 +124,20 @@ class Statistic:
 
 
 def _registry() -> list[Statistic]:
-    from sae_atlas.stats import activation, dfa, feature_map, histogram, intervals, logits, loss_effects, neighbours, prompt_view, top_examples
+    from sae_atlas.stats import (
+        activation, aligned_neurons, correlated_features, correlated_neurons, dfa, feature_map, histogram, intervals,
+        logit_histogram, logits, loss_effects, neighbours, prompt_view, top_examples,
+    )
 
     return [
         activation.Activation(),
         histogram.Histogram(),
         logits.Logits(),
+        logit_histogram.LogitHistogram(),
         neighbours.Neighbours(),
+        correlated_features.CorrelatedFeatures(),
+        correlated_neurons.CorrelatedNeurons(),
+        aligned_neurons.AlignedNeurons(),
         top_examples.TopExamples(),
         intervals.Intervals(),
         feature_map.FeatureMap(),

@@ -24,9 +24,7 @@ class Logits(Statistic):
     }
 
     def compute(self, ctx):
-        from sae_atlas.compute.weights import logit_effects
-
-        pos_t, pos_v, neg_t, neg_v = logit_effects(ctx.w_dec, ctx.output_map(), ctx.model.unembedding(), ctx.settings.logits)
+        pos_t, pos_v, neg_t, neg_v = ctx.logit_effects()[:4]
         return {"pos_logit_token": pos_t, "pos_logit_value": pos_v, "neg_logit_token": neg_t, "neg_logit_value": neg_v}
 
     def record(self, arrays, lo, hi, ctx):

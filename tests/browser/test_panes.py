@@ -40,7 +40,10 @@ LAYER_SCRIPT = """Atlas.tokenLayer({
   }
 });
 """
-DEFAULT_PANES = ["activation", "explanations", "dead", "histogram", "density", "logits", "neighbours", "top_examples", "intervals"]
+DEFAULT_PANES = [
+    "activation", "explanations", "dead", "histogram", "density", "logit_histogram", "logits", "neighbours",
+    "correlated_features", "correlated_neurons", "aligned_neurons", "top_examples", "intervals",
+]
 
 # Renders pane NAME for the record REC (ctx as the feature view computes it) into a detached <div>, or
 # returns null when the pane renders nothing.
@@ -126,7 +129,7 @@ DEAD_REC = {"i": site_kit.DEAD, "max": 0, "density": 0, "log_density": None, "hi
 def test_panes_are_registered_in_order_with_the_themes_pane_between(view):
     page = view()
     names = page.evaluate("() => Atlas.panes().map(p => p.name)")
-    assert names == DEFAULT_PANES[:7] + ["extra"] + DEFAULT_PANES[7:]
+    assert names == DEFAULT_PANES[:11] + ["extra"] + DEFAULT_PANES[11:]
     page.wait_for_selector(".fv-examples .ex")
     classes = page.evaluate("() => Array.from(document.querySelectorAll('#fv-body > *')).map(n => n.className)")
     assert classes == ["fv-facts", "fv-label", "fv-charts", "fv-two", "fv-two", "fv-section fv-extra",
@@ -228,6 +231,57 @@ def test_a_shard_record_is_decoded_into_the_form_the_panes_read(view):
     assert (got["i"], got["max"], got["density"], got["hist"], got["extra"]) == (7, 3.0, 0.001, [4, 1], [1, 2])
     dead = page.evaluate("([raw, S]) => Atlas.decodeRecord(raw, S)", [{"i": 1, "max": 0, "density": 0, "top": [], "intervals": []}, summary])
     assert dead["log_density"] is None and dead["top"] == [] and dead["intervals"] == [] and dead["xnb"] == []
+
+
+def test_logit_histogram_pane_charts_the_vocabularys_logit_effects(view):
+    page = view()
+    counts = [2, 0, 5, 1]
+    _render(page, "logit_histogram", _live(lh=[-1.5, 2.25, counts]))
+    assert _texts(page, "h3") == ["Logit effects"]
+    assert page.evaluate("() => window.__pane.box.querySelectorAll('rect.bar').length") == 3
+    titles = page.evaluate("() => Array.from(window.__pane.box.querySelectorAll('rect.bar title')).map(t => t.textContent)")
+    assert titles == ["-1.5 – -0.5625: 2", "0.375 – 1.313: 5", "1.313 – 2.25: 1"]  # bins over [min, max]
+    assert _texts(page, ".chart-caption") == ["all 8 vocabulary tokens, -1.5 to 2.25"]
+    assert _render(page, "logit_histogram", _live(lh=None)) is None
+    assert _render(page, "logit_histogram", _live()) is None
+
+
+def test_logit_histogram_sits_above_the_logit_tables(view):
+    page = view()
+    order = page.evaluate("() => Atlas.panes().map(p => [p.name, p.group || null])")
+    names = [n for n, _ in order]
+    assert names.index("logit_histogram") == names.index("logits") - 1
+    assert dict(order)["logit_histogram"] is None  # its own full-width row, not a cell of the tables' grid
+
+
+def test_correlated_features_pane_links_features_with_their_r(view):
+    page = view()
+    _render(page, "correlated_features", _live(cf=[[3, 0.875], [9, 0.25]]))
+    assert _texts(page, "h3") == ["Correlated features"]
+    hrefs = page.evaluate("() => Array.from(window.__pane.box.querySelectorAll('a.nb-link')).map(a => a.getAttribute('href'))")
+    assert hrefs == ["#3", "#9"]
+    assert _texts(page, ".nb-idx") == ["#3", "#9"]
+    assert _texts(page, ".nb-label")[0] == "cat sat"  # the summary's label of feature 3
+    assert _texts(page, ".nb-cos") == ["r 0.875", "r 0.25"]
+    assert _render(page, "correlated_features", _live(cf=[])) is None
+    assert _render(page, "correlated_features", _live()) is None
+
+
+def test_correlated_and_aligned_neuron_panes_list_dimensions(view):
+    page = view()
+    _render(page, "correlated_neurons", _live(cn=[[12, 0.5], [700, -0.125]]))
+    assert _texts(page, "h3") == ["Correlated neurons"]
+    assert _texts(page, "th") == ["dimension", "r"]
+    assert _texts(page, "td") == ["12", "0.5", "700", "-0.125"]
+    _render(page, "aligned_neurons", _live(al=[[5, 0.25, 0.125], [2, -0.0625, 0.03125]]))
+    assert _texts(page, "h3") == ["Neuron alignment"]
+    assert _texts(page, "th") == ["dimension", "weight", "% of L1"]
+    assert _texts(page, "td") == ["5", "+0.25", "12.5%", "2", "-0.0625", "3.125%"]
+    assert page.evaluate("() => window.__pane.pane.group") == "correlations"
+    assert page.evaluate("() => Atlas.groups.correlations") == "fv-two"
+    for name, key in (("correlated_neurons", "cn"), ("aligned_neurons", "al")):
+        assert _render(page, name, _live(**{key: []})) is None
+        assert _render(page, name, _live()) is None
 
 
 TOKENS = ["a", "b", " c", "d", "e", "f", "g", "h", "i", "j", "k", "l", "m"]

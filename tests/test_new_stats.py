@@ -1,0 +1,124 @@
+"""The correlated features and neurons, the neuron alignment and the logit histogram of computed
+cache entries against numpy over the whole fixture corpus (the releases and brute-force references
+of test_compute), identical whatever the batch size and with pass 2 and the correlation scans
+recomputing every batch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sae_atlas.cache import dump_feature
+from sae_atlas.compute import compute_releases
+from tests.fixtures import residual_directions
+from tests.test_compute import (  # noqa: F401 (fixtures)
+    Case, _assert_same_entries, _entries, _options, brute, built, case, pre, pre_brute, wide, wide_brute,
+)
+
+K = 5
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """r f64 [columns of a, columns of b] over the rows, and where it is defined."""
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    ac, bc = a - a.mean(0), b - b.mean(0)
+    na, nb = np.sqrt((ac**2).sum(0)), np.sqrt((bc**2).sum(0))
+    defined = (na[:, None] > 1e-9) & (nb[None, :] > 1e-9)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = (ac.T @ bc) / (na[:, None] * nb[None, :])
+    return np.where(defined, r, 0.0), defined
+
+
+def _assert_top(index: np.ndarray, value: np.ndarray, r: np.ndarray, valid: np.ndarray, where: str) -> int:
+    """index/value are each row's K highest valid r (higher first, the lower index on ties):
+    values to 1e-5, indices exactly where no other candidate is within 1e-5. Returns the rows checked."""
+    rows = 0
+    for i in range(r.shape[0]):
+        cols = np.flatnonzero(valid[i])
+        order = cols[np.lexsort((cols, -r[i, cols]))][:K]
+        n = len(order)
+        np.testing.assert_allclose(value[i, :n], r[i, order], atol=1e-5, err_msg=f"{where} row {i}")
+        np.testing.assert_allclose(r[i, index[i, :n]], r[i, order], atol=1e-5, err_msg=f"{where} row {i}")
+        assert valid[i, index[i, :n]].all(), f"{where} row {i}"
+        assert (index[i, n:] == -1).all() and (value[i, n:] == 0).all(), f"{where} row {i}"
+        for slot, j in enumerate(order):
+            if np.sum(np.abs(r[i, cols] - r[i, j]) < 1e-5) == 1:
+                assert index[i, slot] == j, f"{where} row {i} slot {slot}"
+        rows += n > 0
+    return rows
+
+
+def test_correlated_neurons_are_the_inputs_dimensions_of_highest_pearson_r(case: Case):
+    checked = 0
+    for sae_id, entry in case.entries.items():
+        acts, x, _, hook = case.acts[sae_id]
+        flat = acts.reshape(-1, acts.shape[-1]).numpy()
+        basis = x.reshape(flat.shape[0], -1).numpy()
+        r, defined = _pearson(flat, basis)
+        assert entry["corr_neuron_index"].shape == (flat.shape[1], K) and entry["corr_neuron_value"].dtype == np.float32
+        checked += _assert_top(entry["corr_neuron_index"], entry["corr_neuron_value"], r, defined, f"{sae_id} ({hook})")
+    assert checked > 0
+
+
+def test_correlated_features_are_the_other_features_of_highest_positive_r(case: Case):
+    checked = 0
+    for sae_id, entry in case.entries.items():
+        flat = case.acts[sae_id][0].reshape(-1, case.acts[sae_id][0].shape[-1]).numpy()
+        r, defined = _pearson(flat, flat)
+        valid = defined & (r > 0) & ~np.eye(flat.shape[1], dtype=bool)
+        checked += _assert_top(entry["corr_feature_index"], entry["corr_feature_value"], r, valid, sae_id)
+        assert (entry["corr_feature_index"] != np.arange(flat.shape[1])[:, None]).all()
+    assert checked > 0
+
+
+def test_aligned_neurons_are_the_largest_decoder_weights(case: Case):
+    for sae_id, entry in case.entries.items():
+        w = case.acts[sae_id][2].W_dec.detach().double().numpy()
+        order = np.lexsort((np.broadcast_to(np.arange(w.shape[1]), w.shape), -np.abs(w)))[:, :K]
+        np.testing.assert_array_equal(entry["aligned_index"], order, err_msg=sae_id)
+        np.testing.assert_allclose(entry["aligned_value"], np.take_along_axis(w, order, 1), rtol=1e-6, err_msg=sae_id)
+        share = np.abs(np.take_along_axis(w, order, 1)) / np.abs(w).sum(1, keepdims=True)
+        np.testing.assert_allclose(entry["aligned_l1"], share, rtol=1e-5, err_msg=sae_id)
+
+
+def test_logit_histogram_bins_every_tokens_logit_effect(case: Case):
+    bins = case.release.compute.logit_histogram_bins
+    w_u = case.model.W_U.detach().double().numpy()
+    for sae_id, entry in case.entries.items():
+        _, _, sae, hook = case.acts[sae_id]
+        logits = residual_directions(case.model, hook, sae.W_dec.detach().numpy()) @ w_u
+        counts, value_range = entry["logit_hist_counts"], entry["logit_hist_range"]
+        assert counts.shape == (logits.shape[0], bins) and counts.dtype == np.int32
+        np.testing.assert_allclose(value_range, np.stack([logits.min(1), logits.max(1)], 1), rtol=1e-5, atol=1e-6, err_msg=sae_id)
+        for f, row in enumerate(logits):
+            want, edges = np.histogram(row, bins=bins)
+            # The engine bins float32 logits: a value within float32 rounding of an inner edge may
+            # fall on its other side, moving one count between neighbouring bins.
+            near = (np.abs(row[:, None] - edges[None, 1:-1]) < 1e-5 * max(1.0, np.abs(row).max())).sum(0)
+            drift = np.abs(np.cumsum(counts[f].astype(np.int64) - want))[:-1]
+            assert counts[f].sum() == row.size and (drift <= near).all(), f"{sae_id}:{f}"
+
+
+def test_dump_has_the_new_statistics(built):
+    _, _, releases, cache, _ = built
+    sae_id, entry = next(iter(_entries(cache, releases[0]).items()))
+    i = int(np.flatnonzero(entry["corr_feature_index"][:, 0] >= 0)[0])
+    out = dump_feature(releases, cache, f"{sae_id}:{i}")
+    hist = out["logit_histogram"]
+    assert len(hist["edges"]) == len(hist["counts"]) + 1 == releases[0].compute.logit_histogram_bins + 1
+    assert hist["counts"] == entry["logit_hist_counts"][i].tolist()
+    assert hist["edges"][0] == pytest.approx(float(entry["logit_hist_range"][i, 0]))
+    assert [c["index"] for c in out["correlated_features"]] == [j for j in entry["corr_feature_index"][i].tolist() if j >= 0]
+    assert [c["r"] for c in out["correlated_neurons"]] == pytest.approx([v for j, v in zip(entry["corr_neuron_index"][i], entry["corr_neuron_value"][i]) if j >= 0])
+    assert [a["index"] for a in out["aligned_neurons"]] == entry["aligned_index"][i].tolist()
+    assert set(out["aligned_neurons"][0]) == {"index", "value", "l1_share"}
+
+
+@pytest.mark.parametrize("correlation_memory", [1, 24 * 32 * 5])  # one feature per scan; blocks of 5
+def test_correlations_do_not_depend_on_batch_size_blocks_or_replay(built, tmp_path, correlation_memory):
+    _, _, releases, cache, _ = built
+    base = _entries(cache, releases[0])
+    for batch_size, replay_memory in ((1, None), (5, 0)):
+        out = tmp_path / f"{batch_size}-{replay_memory}"
+        compute_releases(releases, out, _options(batch_size=batch_size, replay_memory=replay_memory, correlation_memory=correlation_memory))
+        _assert_same_entries(base, _entries(out, releases[0]))
