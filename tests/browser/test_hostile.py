@@ -32,6 +32,9 @@ ODD = (f"{RTL}gnp.exe{RTL}", f"zero{ZWSP}width", "nul\x00byte", f"line{LSEP}sep"
 MODEL, RELEASE, SET = "evil-model", "hostile", "res"
 HOOK = "blocks.{layer}.hook_resid_post"
 SAE0, SAE1 = f"{MODEL}@0-{SET}", f"{MODEL}@1-{SET}"
+# An attention-output SAE, so that the direct feature attribution layer is on the page too.
+ATT_SET, ATT_HOOK = "att-z", "blocks.{layer}.attn.hook_z"
+SAE_ATT = f"{MODEL}@1-{ATT_SET}"
 TITLE = f"Atlas {SCRIPT} {ATTR} {TEMPLATE} {RTL}txet{ZWSP}"
 SET_TITLE = f"Set {IMG} {BREAK}"
 AUTHOR = f"Mallory {ATTR}"
@@ -107,6 +110,7 @@ def make_hostile_content(root: Path) -> Path:
     make_model(content / "models" / MODEL, text)
     for layer in (0, 1):
         make_sae_dir(content / f"saes/{SET}/{layer}", 16, 24, "standard", HOOK.format(layer=layer), seed=layer + 1)
+    make_sae_dir(content / f"saes/{ATT_SET}/1", 16, 24, "standard", ATT_HOOK.format(layer=1), seed=5, hook_z=True)
     explanations = [
         {"sae": SAE0, "index": 1, "text": EXPL_CODE, "author": AUTHOR, "score": 0.9},
         # JSON escapes: a lone surrogate, NUL, separators, RTL override, zero-width space.
@@ -131,9 +135,12 @@ def make_hostile_content(root: Path) -> Path:
         "sets": [{
             "id": SET, "title": SET_TITLE, "description": f"{SCRIPT} [x]({JS_URL})", "hook": HOOK,
             "saes": [{"layer": 0, "path": f"../saes/{SET}/0"}, {"layer": 1, "path": f"../saes/{SET}/1"}],
+        }, {
+            "id": ATT_SET, "title": f"{SET_TITLE} z", "description": SCRIPT, "hook": ATT_HOOK,
+            "saes": [{"layer": 1, "path": f"../saes/{ATT_SET}/1"}],
         }],
         "compute": {"top_k": 5, "intervals": 2, "per_interval": 2, "histogram_bins": 8, "logits": 5, "neighbours": 3,
-                    "context_before": 4, "context_after": 2, "ce_prompts": 2},
+                    "context_before": 4, "context_after": 2, "ce_prompts": 2, "loss_effects": True},
         "explanations": "../explanations/hostile.jsonl",
         "lists": [{"id": "evil", "title": LIST_TITLE, "description": f"{EXPL_CODE} [x]({JS_URL})",
                    "features": [f"{SAE0}:1", f"{SAE0}:2", f"{SAE1}:3"]}],
@@ -259,8 +266,7 @@ def test_home_release_and_set_pages_show_hostile_text_as_text(hostile, browser):
 
 
 def sae_page(browser, site: Path, sae: str, feature: int):
-    layer = sae.split("@")[1].split("-")[0]
-    page, guard = open_page(browser, (site / MODEL / f"{layer}-{SET}" / "index.html").as_uri() + f"#{feature}")
+    page, guard = open_page(browser, (site / MODEL / sae.split("@")[1] / "index.html").as_uri() + f"#{feature}")
     page.wait_for_selector("body[data-ready=true]")
     # Predicates as functions: a string predicate is eval'd in the page, which the CSP forbids.
     page.wait_for_function(f"() => document.querySelector('#fv-title').textContent.includes('{feature}')")
@@ -292,6 +298,36 @@ def test_feature_view_shows_hostile_tokens_and_explanations_as_text(hostile, bro
     assert ATTR in page.inner_text("#fv-body") and SCRIPT in page.inner_text("#fv-body")
     check_page(page, guard)
     page.close()
+
+
+def test_new_panes_and_token_layers_keep_hostile_text_inert(hostile, browser):
+    """Correlated features (labelled by hostile tokens), the logit histogram, neuron panes, and the
+    DFA and loss-effect shadings of the examples: hostile tokens show as text, nothing runs."""
+    site, releases, cache = hostile
+    for sae in (SAE0, SAE_ATT):
+        feature, token = hostile_tokens(releases, cache, sae)
+        page, guard = sae_page(browser, site, sae, feature)
+        view = page.locator("#fv-body")
+        assert token in view.inner_text()
+        for title in ("Logit effects", "Correlated neurons", "Neuron alignment"):
+            assert page.locator("#fv-body h3", has_text=title).count() == 1, title
+        layers = ["loss_effects"] + (["dfa"] if sae == SAE_ATT else [])
+        shade = page.locator(".ex-controls select").nth(1)
+        options = shade.evaluate("s => Array.from(s.options).map(o => o.value)")
+        for name in layers:
+            assert name in options, (sae, options)
+            shade.select_option(name)
+            page.wait_for_selector("#fv-body .ex .tok")
+            titles = page.locator("#fv-body .fv-examples .ex .tok").evaluate_all("ts => ts.map(t => t.title)")
+            assert any(json.dumps(token)[1:-1] in t or token in t for t in titles), name
+            check_page(page, guard)
+        # Correlated features are labelled with other features' hostile top tokens: text only.
+        for i in range(24):
+            page.evaluate(f"location.hash = '#{i}'")
+            page.wait_for_function(f"() => document.querySelector('#fv-title').textContent === 'Feature {i}'")
+            page.wait_for_function("() => !document.querySelector('#fv-body .loading')")
+        check_page(page, guard)
+        page.close()
 
 
 def test_searches_and_token_lookup_for_hostile_queries(hostile, browser):
