@@ -229,10 +229,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", type=Path, default=Path("build/bench-site"), help="cache and site go here")
     p.add_argument("--keep", action="store_true", help="reuse an existing synthetic cache")
     p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--loss-effects", action="store_true", help="with loss effects (off by default on a CPU)")
     args = p.parse_args(argv)
     n_saes, d_sae, prompts = (2, 2048, 2048) if args.small else (12, 24576, 24576)
     context, vocab_size = 128, 50257
-    release = synthetic_release(n_saes, d_sae, prompts, context, vocab_size)
+    settings = ComputeSettings(loss_effects=True) if args.loss_effects else None
+    release = synthetic_release(n_saes, d_sae, prompts, context, vocab_size, settings=settings)
     cache, out = args.work / "cache", args.work / "site"
     if not args.keep and cache.exists():
         shutil.rmtree(cache)

@@ -36,7 +36,7 @@ RECORD_KEYS = {
 }
 # What SAEs reading attn.hook_z add: direct feature attribution per top example (loss effects are
 # off on a CPU by default).
-HOOK_Z_RECORD_KEYS, HOOK_Z_EXAMPLE_KEYS = {"dfa"}, {"dfa"}
+HOOK_Z_RECORD_KEYS, HOOK_Z_EXAMPLE_KEYS = {"dfa", "dfa_s"}, {"dfa"}
 SHARD_REL = 6e-4  # shard numbers carry 4 significant digits
 EXACT_REL = 1e-4
 

@@ -172,25 +172,28 @@ def test_site_columns_follow_the_top_examples(built, with_loss_effects):
     records = statistics.records(entry.arrays, 0, D_SAE, ctx)
     dfa, loss = np.asarray(entry["top_dfa"], np.float64), np.asarray(entry["top_loss_effect"], np.float64)
     checked = 0
+    shown = 10  # top examples with values in the site (docs/ARCHITECTURE.md "Site")
     for f, rec in enumerate(records):
-        assert len(rec["dfa"]) == len(rec["loss"]) == len(rec["top"])
-        for k, ex in enumerate(rec["top"]):
+        assert len(rec["dfa"]) == len(rec["loss"]) == min(len(rec["top"]), shown)
+        for k, ex in enumerate(rec["top"][:shown]):
             prompt, position = ex[:2]
             start = max(0, position - BEFORE)  # the decoded example's window start (docs/ARCHITECTURE.md)
             slot = np.nonzero(np.asarray(entry["top_prompt"][f]) >= 0)[0][k]  # `top` lists the filled slots in order
             assert (entry["top_prompt"][f, slot], entry["top_position"][f, slot]) == (prompt, position)
             for column, full in (("dfa", dfa), ("loss", loss)):
-                offsets, values = rec[column][k]
-                want = {}
+                offsets, q = rec[column][k]
                 scale = np.abs(full[f]).max()
+                assert rec[column + "_s"] == pytest.approx(scale, rel=6e-4)
+                want = {}
                 for j in range(full.shape[2]):
                     t = position - BEFORE + j
-                    if full[f, slot, j] != 0 and abs(full[f, slot, j]) > 1e-3 * scale:
+                    if full[f, slot, j] != 0 and abs(full[f, slot, j]) >= 0.05 * scale * (1 + 1e-3):
                         want[t] = full[f, slot, j]
-                got = {start + o: v for o, v in zip(offsets, values)}
-                assert sorted(got) == sorted(want), (column, f, k)
+                got = {start + o: v / 100 * rec[column + "_s"] for o, v in zip(offsets, q)}
+                assert set(want) <= set(got), (column, f, k)
+                assert all(abs(full[f, slot, t - position + BEFORE]) >= 0.05 * scale * (1 - 1e-3) for t in got)
                 for t in want:
-                    assert got[t] == pytest.approx(want[t], rel=6e-4), (column, f, k, t)
+                    assert got[t] == pytest.approx(want[t], abs=0.005 * scale + 1e-9), (column, f, k, t)
                 checked += len(want)
     assert checked > 100
     (res,) = statistics.records(entries["res-st"].arrays, 0, 1, ctx)

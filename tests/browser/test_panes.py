@@ -440,3 +440,14 @@ def test_loss_effects_layer_shades_helped_tokens_blue_and_hurt_ones_red(view):
     # Both layers listed, in order, when the record has both columns.
     options, _ = _layer_tokens(page, {**rec, "dfa": [[[4], [1.0]]]}, "dfa")
     assert options == ["Activation", "Attribution (DFA)", "Loss effect"]
+
+
+def test_example_values_are_percents_of_the_columns_scale(view):
+    """docs/ARCHITECTURE.md "Site": `loss` holds [offsets, q] per top example, the value q / 100 * loss_s."""
+    page = view()
+    rec = {"top": [[5, 3, 2.0, 1, [], []], [9, 20, 1.5, 14, [], []]], "loss": [[[0, 2], [100, -25]], [[1], [50]]], "loss_s": 0.8}
+    got = page.evaluate("(rec) => [0, 1, 2].map(k => Atlas.exampleValues('loss')(rec, 'top', k))", rec)
+    assert got[0] == {"1": 0.8, "3": -0.2} and got[1] == {"15": 0.4} and got[2] is None
+    # Without a scale (a theme's own column), the values are taken as they are.
+    plain = page.evaluate("(rec) => Atlas.exampleValues('loss')(rec, 'top', 0)", {**rec, "loss_s": None})
+    assert plain == {"1": 100, "3": -25}

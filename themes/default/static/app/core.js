@@ -388,8 +388,10 @@ window.Atlas = window.Atlas || {};
     return function (rec, kind, k) {
       var cols = rec[column], ex = rec.top && rec.top[k];
       if (kind !== 'top' || !cols || !cols[k] || !ex || !(cols[k][0] || []).length) return null;
+      // Values are whole percent of the feature's scale `<column>_s` (docs/ARCHITECTURE.md "Site").
       var offsets = cols[k][0], values = cols[k][1], out = {};
-      for (var j = 0; j < offsets.length; j++) out[ex[3] + offsets[j]] = values[j];
+      var scale = typeof rec[column + '_s'] === 'number' ? rec[column + '_s'] / 100 : 1;
+      for (var j = 0; j < offsets.length; j++) out[ex[3] + offsets[j]] = values[j] * scale;
       return out;
     };
   };
