@@ -553,13 +553,9 @@ def _top_up(jobs: list[tuple[SaeJob, object]], corpus: Corpus, store: CacheStore
                 kept = statistics.wanted(meta, settings)
                 names = set(statistics.arrays_of(kept))
                 meta["statistics"] = statistics.signatures(kept, settings)
-                write_entry(store.sae_dir(job.key), meta, {k: v for k, v in arrays.items() if k in names or not _is_stat_array(k)})
+                write_entry(store.sae_dir(job.key), meta, {k: v for k, v in arrays.items() if k in names or k not in statistics.ALL_ARRAYS})
                 report.computed.append(job.id)
             del model
-
-
-def _is_stat_array(name: str) -> bool:
-    return name in statistics.ALL_ARRAYS
 
 
 # -- cross-layer neighbours of a Set --------------------------------------------------------------

@@ -187,22 +187,8 @@
   }
 
   SaePage.prototype.promptRows = function (prompts) {
-    var S = this.S, pps = S.prompts_per_shard || 64, base = S.corpus || '';
-    // Request shards in example order (top examples first): object keys would sort them numerically.
-    var shards = [], seen = {};
-    prompts.forEach(function (p) {
-      var s = Math.floor(p / pps);
-      if (p >= 0 && !seen[s]) { seen[s] = true; shards.push(s); }
-    });
-    var byShard = {};
-    return Promise.all(shards.map(function (s) {
-      return load(base + pad4(s) + '.js').then(function (data) { byShard[s] = (data && data.rows) || []; }, function () { byShard[s] = null; });
-    })).then(function () {
-      return function (p) {
-        var rows = byShard[Math.floor(p / pps)];
-        return rows ? rows[p % pps] || null : null;
-      };
-    });
+    // Shards are requested in example order (top examples first).
+    return A.corpusRows(this.S.corpus || '', this.S.prompts_per_shard || 64, prompts);
   };
 
   /* ---------- feature view ---------- */
