@@ -48,6 +48,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 D_SAE, VOCAB, CONTEXT = 24576, 50257, 128
 GOAL_INTERACTIVE_MS, GOAL_SWITCH_MS, GOAL_FEATURE_BYTES, GOAL_FRAME_MS = 1000.0, 100.0, 200_000, 1000 / 60
+POINT_MS = 150  # how long the pointer rests on a link before the click, in the pointed-click measure
 VIEWPORT = {"width": 1440, "height": 900}
 
 # Runs before any page script: records when the page became interactive, without touching app.js.
@@ -105,7 +106,7 @@ ARM_SWITCH = """
     });
     observer.observe(body, { subtree: true, childList: true });
     if (arg.mode === 'hash') { t0 = performance.now(); window.location.hash = '#' + arg.target; }
-    else window.addEventListener('keydown', (e) => { t0 = e.timeStamp; }, { capture: true, once: true });
+    else window.addEventListener(arg.mode === 'click' ? 'pointerdown' : 'keydown', (e) => { t0 = e.timeStamp; }, { capture: true, once: true });
   });
 }
 """
@@ -270,10 +271,12 @@ def measure_loads(browser, url: str, key: str, n: int, errors: list[str]) -> lis
     return [cold_load(browser, url, key, errors) for _ in range(n)]
 
 
-def switch(page, mode: str, target: int) -> dict:
+def switch(page, mode: str, target: int, selector: str = "") -> dict:
     page.evaluate(ARM_SWITCH, {"mode": mode, "target": target})
     if mode == "key":
         page.keyboard.press("ArrowRight")
+    elif mode == "click":
+        page.click(selector)
     return page.evaluate("() => window.__benchSwitch")
 
 
@@ -332,6 +335,32 @@ def measure_switches(browser, url: str, summary: dict, n: int, rng: random.Rando
     return keyboard, jumps, transfers
 
 
+def measure_pointed(browser, url: str, summary: dict, n: int, rng: random.Random, errors: list[str]) -> list[dict]:
+    """`n` clicks on a link of the neighbours pane to a feature in a never-loaded shard, each in a fresh page
+    after the pointer rested on the link for POINT_MS (a reader aims, then clicks): from the pointerdown to
+    the examples in the DOM. The page starts loading a pointed-at feature after 60 ms."""
+    shard_size = summary["shard_size"]
+    out = []
+    for _ in range(n):
+        context, page, requests = open_settled(browser, url, errors)
+        try:
+            first = page.evaluate("() => AtlasData.page.current")
+            touched = {(first + d) // shard_size for d in (-1, 0, 1)}
+            links = page.evaluate("""() => Array.from(document.querySelectorAll('#fv-body a.nb-link[href^="#"]'))
+                .map((a, k) => [k, parseInt(a.getAttribute('href').slice(1), 10)])""")
+            links = [(k, i) for k, i in links if i // shard_size not in touched and summary["max"][i] > 0]
+            if not links:
+                continue
+            k, target = rng.choice(links)
+            selector = f"#fv-body a.nb-link[href^='#'] >> nth={k}"
+            page.hover(selector)
+            page.wait_for_timeout(POINT_MS)
+            out.append(switch(page, "click", target, selector))
+        finally:
+            context.close()
+    return out
+
+
 def bytes_of_jump(page, requests: list, target: int, shard_size: int, pps: int) -> dict:
     """Bytes (body + response headers) of the files the feature needs, and of everything the jump loaded."""
     prompts = page.evaluate(
@@ -388,7 +417,7 @@ def ratio(value: float, goal: float) -> str:
     return f"{value / goal:5.2f}x goal"
 
 
-def report_origin(name: str, peer: list[dict], loads: list[dict], keyboard, jumps, transfers, frames) -> dict:
+def report_origin(name: str, peer: list[dict], loads: list[dict], keyboard, jumps, pointed, transfers, frames) -> dict:
     """Prints one origin's numbers against their goals; returns the headline numbers."""
     peer_ms = statistics.median(r["loaded"] for r in peer)
     interactive = [max(r["readyFrame"], r["examplesFrame"]) for r in loads]
@@ -408,7 +437,10 @@ def report_origin(name: str, peer: list[dict], loads: list[dict], keyboard, jump
     starts = [r["start"] for r in loads if r.get("start") is not None]
     if starts:
         print(f"   {'SaePage.start() (map, list, lookup)':38s} {statistics.median(starts):6.0f} ms")
-    for label, samples in (("next feature, keyboard (prefetched)", keyboard), ("jump by hash to a never-loaded shard", jumps)):
+    for label, samples in (("next feature, keyboard (prefetched)", keyboard), ("jump by hash to a never-loaded shard", jumps),
+                           (f"click on a neighbour in a never-loaded shard, pointed at for {POINT_MS} ms", pointed)):
+        if not samples:
+            continue
         files = statistics.median(x["files"] for x in samples)
         # file:// loads leave no Resource Timing entries.
         fetch = (f", {files:.0f} files loaded before the examples, the last after {statistics.median(x['fetched'] for x in samples):.0f} ms, "
@@ -482,9 +514,10 @@ def main(argv: list[str] | None = None) -> int:
                     peer_loads = measure_loads(browser, peer_url, "loaded", args.loads, errors)
                     loads = measure_loads(browser, sae_url, "interactive", args.loads, errors)
                     keyboard, jumps, transfers = measure_switches(browser, sae_url, summary, args.switches, rng, errors, origin == "http")
+                    pointed = measure_pointed(browser, sae_url, summary, args.switches, rng, errors)
                     frames = measure_map(browser, sae_url, errors)
                     name = f"{origin}://" + (f" ({args.server} server)" if origin == "http" else "")
-                    report_origin(f"{name} (load average now {os.getloadavg()[0]:.1f})", peer_loads, loads, keyboard, jumps, transfers, frames)
+                    report_origin(f"{name} (load average now {os.getloadavg()[0]:.1f})", peer_loads, loads, keyboard, jumps, pointed, transfers, frames)
             finally:
                 browser.close()
     finally:

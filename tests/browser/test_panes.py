@@ -315,6 +315,33 @@ def test_top_examples_pane_renders_its_rows_once_text_arrives(view):
     assert _texts(page, ".ex-meta") == ["prompt 0"]
 
 
+def test_top_examples_show_each_text_as_its_prompt_arrives(view):
+    """Rows whose prompt file has not come yet are pending (and marked loading); an arrival replaces
+    only its own rows; a prompt whose file failed says so."""
+    page = view()
+    second = [1, 2, 2.0, 1, [], []]
+    third = [2, 2, 1.0, 1, [], []]
+    _render(page, "top_examples", _live(max=4.0, top=[EXAMPLE, second, third]))
+    run = """([tokens, arrived]) => { const p = window.__pane;
+        const fake = Object.assign(Object.create(Atlas.page), { ctxMode: 'all',
+          rowOf: (prompt) => arrived.includes(prompt) ? (prompt === 2 ? null : tokens) : undefined });
+        p.pane.onText(fake, p.rec, p.node, p.ctx);
+        return Array.from(p.node.querySelectorAll('.examples .ex')); }"""
+    page.evaluate(f"() => {{ window.__run = {run}; }}")
+    page.evaluate("(a) => { window.__rows1 = window.__run(a); }", [TOKENS, [1]])
+    assert _texts(page, ".ex-text") == ["Loading text…", "".join(TOKENS[0:2 + site_kit.CONTEXT_AFTER + 1]) + "…", "Loading text…"]
+    assert page.evaluate("() => window.__pane.node.querySelectorAll('.examples .ex.loading').length") == 2
+    page.evaluate("(a) => { window.__rows2 = window.__run(a); }", [TOKENS, [1, 2]])
+    assert _texts(page, ".ex-text") == ["Loading text…", "".join(TOKENS[0:2 + site_kit.CONTEXT_AFTER + 1]) + "…",
+                                        "Text unavailable for prompt 2."]
+    # the rows already drawn are kept, the arrived one replaced in place
+    assert page.evaluate("() => window.__rows1[0] === window.__rows2[0] && window.__rows1[1] === window.__rows2[1] "
+                         "&& window.__rows1[2] !== window.__rows2[2]")
+    page.evaluate("(a) => window.__run(a)", [TOKENS, [0, 1, 2]])
+    assert page.evaluate("() => window.__pane.node.querySelectorAll('.loading').length") == 0
+    assert _texts(page, ".ex-meta") == ["prompt 0", "prompt 1", "prompt 2"]
+
+
 def test_intervals_pane_waits_for_its_text_then_lists_the_slices_highest_first(view):
     page = view()
     assert _render(page, "intervals", _live()) is None

@@ -269,6 +269,51 @@ def test_map_hover_shows_a_tooltip_and_click_opens_the_feature(open_page, summar
     guard.assert_clean()
 
 
+WATCH_LOADS = """() => { window.__loads = [];
+    new MutationObserver((ms) => ms.forEach((m) => m.addedNodes.forEach((n) => { if (n.src) window.__loads.push(n.src); })))
+      .observe(document.head, { childList: true }); }"""
+LOADED = "end => window.__loads.some(src => src.endsWith(end))"
+
+
+def _requested(page, path_end: str) -> bool:
+    """Whether the page has asked for a data file ending in `path_end` since WATCH_LOADS (from file://
+    too, where the browser keeps no resource timing)."""
+    return page.evaluate(LOADED, path_end)
+
+
+def test_pointing_at_a_feature_loads_it_before_the_click(open_page, summary):
+    """A map point or a feature link pointed at for a moment starts loading its shard (and texts)
+    while the reader's click is on its way; the page stays on the current feature until the click."""
+    size = summary["shard_size"]
+    target = _isolated_feature(summary)
+    touched = lambda i: {(i + d) // size for d in (-1, 0, 1)}  # a shown feature's shard and its neighbours'
+    start = next(i for i in _live(summary) if target // size not in touched(i))
+    shard_file = f"data/f/{target // size:04d}.js"
+    for way in ("map", "link"):
+        page, guard = open_page(f"{SAE_URL}#{start}")
+        _ready(page)
+        _feature_shown(page, start)
+        page.evaluate(WATCH_LOADS)
+        if way == "map":
+            canvas = page.locator("#map-canvas")
+            canvas.scroll_into_view_if_needed()
+            box = canvas.bounding_box()
+            x, y = page.evaluate("i => { const m = AtlasData.page.map; return [m.sx(i), m.sy(i)]; }", target)
+            page.mouse.move(box["x"] + x, box["y"] + y)
+        else:  # a link to a feature, as the panes, the list and the lookup make them
+            page.evaluate("""i => { const a = document.createElement('a'); a.href = '#' + i; a.id = 'test-link';
+                a.textContent = 'feature ' + i; document.querySelector('#fv-body').prepend(a); }""", target)
+            assert not _requested(page, shard_file)
+            page.hover("#test-link")
+        page.wait_for_function(LOADED, arg=shard_file, timeout=5000)
+        assert page.evaluate("() => location.hash") == f"#{start}"
+        assert page.text_content("#fv-title") == f"Feature {start}"
+        if way == "link":
+            page.click("#test-link")
+            _feature_shown(page, target)
+        guard.assert_clean()
+
+
 def test_global_search_finds_an_sae_by_id_from_any_depth(open_page, origin):
     for start in ("index.html", SAE_URL):
         page, guard = open_page(start)

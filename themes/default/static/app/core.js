@@ -232,6 +232,11 @@ window.Atlas = window.Atlas || {};
     var text = el('div', 'ex-text' + (opts.breakLines ? ' break-lines' : ''));
     row.appendChild(text);
     row.appendChild(promptLink(prompt, pos, opts));
+    if (tokens === undefined) {  // its prompt's file is still on its way
+      row.classList.add('ex-pending', 'loading');
+      text.appendChild(el('span', 'muted', 'Loading text…'));
+      return row;
+    }
     if (!tokens) {
       text.appendChild(el('span', 'muted', 'Text unavailable for prompt ' + prompt + '.'));
       return row;
@@ -271,21 +276,24 @@ window.Atlas = window.Atlas || {};
   }
 
   /* Loads the corpus shards holding `prompts` (base: the corpus folder, pps: prompts per shard);
-     resolves with rowOf(prompt) -> token strings, or null where its shard is missing. */
-  function corpusRows(base, pps, prompts) {
+     resolves with rowOf(prompt) -> token strings, or null where its shard is missing. With
+     onProgress, calls onProgress(rowOf) as each shard arrives (in arrival order), where rowOf gives
+     undefined for a prompt whose shard has not arrived yet: a view can show each text as it comes. */
+  function corpusRows(base, pps, prompts, onProgress) {
     var shards = [], seen = {}, byShard = {};
     prompts.forEach(function (p) {
       var s = Math.floor(p / pps);
       if (p >= 0 && !seen[s]) { seen[s] = true; shards.push(s); }
     });
+    var rowOf = function (p) {
+      var s = Math.floor(p / pps), rows = byShard[s];
+      if (!(p >= 0) || !seen[s]) return null;
+      return rows === undefined ? undefined : rows ? rows[p % pps] || null : null;
+    };
     return Promise.all(shards.map(function (s) {
-      return load(base + pad4(s) + '.js').then(function (data) { byShard[s] = (data && data.rows) || []; }, function () { byShard[s] = null; });
-    })).then(function () {
-      return function (p) {
-        var rows = byShard[Math.floor(p / pps)];
-        return rows ? rows[p % pps] || null : null;
-      };
-    });
+      return load(base + pad4(s) + '.js').then(function (data) { byShard[s] = (data && data.rows) || []; }, function () { byShard[s] = null; })
+        .then(function () { if (onProgress) onProgress(rowOf); });
+    })).then(function () { return rowOf; });
   }
 
   function isTyping(target) {

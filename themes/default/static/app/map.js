@@ -251,6 +251,7 @@
       this.hover = i;
       this.canvas.classList.toggle('is-pointing', i >= 0);
       this.schedule();
+      if (this.page.intend) this.page.intend(i);
     }
     var tip = this.tooltip;
     if (!tip) return;

@@ -77,11 +77,37 @@
       if (e.key === 'ArrowLeft' || e.key === 'k') { e.preventDefault(); self.step(-1); }
       else if (e.key === 'ArrowRight' || e.key === 'j') { e.preventDefault(); self.step(1); }
     });
+    this.watchIntent();
     A.page = window.AtlasData.page = this;  // for debugging, the browser tests and other parts
     this.fromHash(true);
     window.__atlasReadyMs = performance.now() - t0;
     window.__atlasReadyAt = performance.now();
     document.body.setAttribute('data-ready', 'true');
+  };
+
+  /* A feature the reader points at for INTENT_MS (a link to #N: the list, the neighbours, the lookup's
+     results; a point of the map, see FeatureMap.setHover) or touches starts loading then, so that the
+     click that usually follows finds its record and text on the way or in. */
+  var INTENT_MS = 60;
+
+  SaePage.prototype.intend = function (i, now) {
+    var self = this;
+    if (this.intentTimer) { clearTimeout(this.intentTimer); this.intentTimer = 0; }
+    if (!(i >= 0) || i === this.current) return;
+    if (now) { this.prefetch(i); return; }
+    this.intentTimer = setTimeout(function () { self.intentTimer = 0; self.prefetch(i); }, INTENT_MS);
+  };
+
+  SaePage.prototype.watchIntent = function () {
+    var self = this;
+    var target = function (e) {
+      var a = e.target && e.target.closest ? e.target.closest('a[href^="#"]') : null;
+      var m = a ? /^#(\d+)$/.exec(a.getAttribute('href')) : null;
+      return m ? parseInt(m[1], 10) : -1;
+    };
+    document.addEventListener('pointerover', function (e) { if (e.pointerType !== 'touch') self.intend(target(e)); });
+    document.addEventListener('pointerout', function () { self.intend(-1); });
+    document.addEventListener('touchstart', function (e) { var i = target(e); if (i >= 0) self.intend(i, true); }, { passive: true });
   };
 
   SaePage.prototype.fromHash = function (initial) {
@@ -186,9 +212,9 @@
     return rec;
   }
 
-  SaePage.prototype.promptRows = function (prompts) {
+  SaePage.prototype.promptRows = function (prompts, onProgress) {
     // Shards are requested in example order (top examples first).
-    return A.corpusRows(this.S.corpus || '', this.S.prompts_per_shard || 64, prompts);
+    return A.corpusRows(this.S.corpus || '', this.S.prompts_per_shard || 64, prompts, onProgress);
   };
 
   /* ---------- feature view ---------- */
@@ -252,18 +278,26 @@
   }
 
   /* Renders the registered panes for `rec` into the feature view, then shows the prompts' text in the
-     panes that show it (onText): the top examples' prompts first (what a reader looks at), then the
-     interval samples' (below the fold). The top examples' prompt files are requested before the panes
-     render, so that they load while the panes are built. */
+     panes that show it (onText): the top examples' prompts first (what a reader looks at), each as
+     its file arrives (page.rowOf gives undefined for a prompt still on its way), then the interval
+     samples' (below the fold). The top examples' prompt files are requested before the panes render,
+     so that they load while the panes are built. */
   SaePage.prototype.renderFeature = function (rec, gen) {
     var self = this, frag = document.createDocumentFragment();
     var wantsText = A.panes().some(function (pane) { return pane.onText; });
-    var topRows = wantsText ? this.promptRows(examplePrompts({ top: rec.top })) : null;
+    var arrived = function (rowOf) {
+      if (gen !== self.generation || !self.shown) return;
+      self.rowOf = rowOf;
+      self.renderExamples();
+    };
+    this.shown = null;
+    var topRows = wantsText ? this.promptRows(examplePrompts({ top: rec.top }), arrived) : null;
     var ld = typeof rec.log_density === 'number' ? rec.log_density : (rec.density > 0 ? Math.log10(rec.density) : null);
     var ctx = { dead: !(rec.max > 0), logDensity: ld, gen: gen };
     var shown = [], wrap = null, group = null;
     this.rec = rec;
     this.layerCache = null;
+    this.rowOf = null;
     A.panes().forEach(function (pane) {
       var node;
       try { node = pane.render(self, rec, ctx); } catch (err) {
@@ -282,13 +316,11 @@
     this.ctx = ctx;
 
     this.examplesLoaded = null;
-    this.rowOf = null;
     this.intervalsReady = false;
     if (topRows && shown.some(function (s) { return s.pane.onText; })) {
       this.examplesLoaded = topRows.then(function (rowOf) {
         if (gen !== self.generation) return null;
-        self.rowOf = rowOf;
-        self.renderExamples();
+        arrived(rowOf);
         return self.promptRows(examplePrompts(rec));
       }).then(function (rowOf) {
         if (!rowOf || gen !== self.generation) return;

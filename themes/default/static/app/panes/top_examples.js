@@ -56,15 +56,30 @@
       s.appendChild(holder);
       return s;
     },
+    /* Called as each top example's prompt arrives: rows still waiting for their text are drawn as
+       pending (Atlas.exampleRow with tokens undefined) and replaced when it comes; a new record or
+       another example setting redraws every row. */
     onText: function (page, rec, node) {
       var holder = A.$('.examples', node), rowOf = page.rowOf;
       if (!holder || !rowOf) return;
+      var top = rec.top || [];
+      var key = [page.ctxMode, page.breakLines, page.markSpaces, page.shade].join('|');
+      var state = holder.atlasRows;
+      if (!state || state.rec !== rec || state.key !== key) {
+        state = holder.atlasRows = { rec: rec, key: key, rows: [] };
+        holder.textContent = '';
+        if (!top.length) holder.appendChild(el('p', 'muted', 'No stored examples.'));
+      }
       var f1 = document.createDocumentFragment();
-      (rec.top || []).forEach(function (ex, k) {
-        if (ex) f1.appendChild(A.exampleRow(ex, rowOf(ex[0]), page.exampleOptions(rec, 'top', k)));
+      top.forEach(function (ex, k) {
+        if (!ex) return;
+        var tokens = rowOf(ex[0]), old = state.rows[k];
+        if (old && (!old.pending || tokens === undefined)) return;
+        var row = A.exampleRow(ex, tokens, page.exampleOptions(rec, 'top', k));
+        state.rows[k] = { node: row, pending: tokens === undefined };
+        if (old) holder.replaceChild(row, old.node);
+        else f1.appendChild(row);
       });
-      if (!(rec.top || []).length) f1.appendChild(el('p', 'muted', 'No stored examples.'));
-      holder.textContent = '';
       holder.appendChild(f1);
     }
   });
