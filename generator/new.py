@@ -75,6 +75,7 @@ sets:                               # a Set: the same hook and method across lay
 #   per_interval: 5                 # examples per interval
 #   histogram_bins: 50              # bins of the activation histogram
 #   logits: 10                      # top positive and negative logits
+#   logit_histogram_bins: 50        # bins of a feature's logit effects over the whole vocabulary
 #   neighbours: 10                  # decoder-cosine neighbours
 #   context_before: 24              # tokens shown before an example's token
 #   context_after: 8                # tokens shown after it
@@ -82,6 +83,16 @@ sets:                               # a Set: the same hook and method across lay
 #   umap_epochs: 200                # UMAP n_epochs
 #   seed: 0                         # seed of the map and the interval samples
 #   ce_prompts: 32                  # prompts of the CE loss with the SAE spliced in (0: none)
+#   prompt_view: 256                # the first N corpus prompts get the prompt view (MODEL/prompts.html)
+#   prompt_features: 3              # features kept per token and SAE in the prompt view
+#   loss_effects: auto              # loss effect of each top example's tokens: auto (on CUDA), true, false
+
+# Optional: curated feature lists, each a page of feature cards linked from the release page.
+# lists:
+#   - id: dates                     # a URL slug -> RELEASE/lists/dates.html
+#     title: Date features
+#     description: Features that fire on *dates*.   # optional; Markdown
+#     features: [my-model@0-res:3, my-model@0-res:17]   # MODEL@LAYER-SET:INDEX of this release
 """
 
 GITIGNORE = """\

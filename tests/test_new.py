@@ -112,3 +112,47 @@ def test_the_example_manifest_checks_and_builds_once_its_paths_exist(tmp_path):
     assert built.returncode == 0, built.output
     assert (tmp_path / "build/site/index.html").is_file()
     assert (tmp_path / f"build/site/{manifest['model']['id']}/{sae['layer']}-{res['id']}/index.html").is_file()
+
+
+def _uncommented(text: str, key: str) -> str:
+    """The commented-out `key:` block of the example manifest, uncommented (its lines up to the next
+    blank line)."""
+    lines = text.splitlines()
+    start = lines.index(f"# {key}:")
+    block = []
+    for line in lines[start:]:
+        if not line.startswith("#"):
+            break
+        block.append(line[2:])
+    return "\n".join(block)
+
+
+def test_the_example_manifest_shows_every_compute_setting_with_its_default():
+    import dataclasses
+
+    from sae_atlas.manifest import ComputeSettings
+    from sae_atlas.new import EXAMPLE_MANIFEST
+
+    shown = yaml.safe_load(_uncommented(EXAMPLE_MANIFEST, "compute"))["compute"]
+    defaults = {f.name: f.default for f in dataclasses.fields(ComputeSettings)}
+    assert shown.keys() == defaults.keys()
+    assert {k: str(v).lower() for k, v in shown.items()} == {k: str(v).lower() for k, v in defaults.items()}
+
+
+def test_the_example_manifest_commented_settings_and_list_pass_check(tmp_path):
+    """Uncommenting the example's `compute:` and `lists:` blocks gives a manifest that `check` accepts."""
+    from sae_atlas.new import EXAMPLE_MANIFEST
+
+    assert sae_atlas("new", tmp_path).returncode == 0
+    path = tmp_path / MANIFEST
+    manifest = yaml.safe_load(path.read_text())
+    releases = path.parent
+    text = fixture_text(n_docs=3000)
+    model, _ = make_model_dir(releases / manifest["model"]["path"], text, n_ctx=manifest["corpus"]["context"])
+    (res,) = manifest["sets"]
+    make_sae_dir(releases / res["saes"][0]["path"], model.cfg.d_model, 32, "standard", res["hook"].format(layer=res["saes"][0]["layer"]))
+    make_corpus(releases / manifest["corpus"]["path"], text=text)
+    path.write_text(EXAMPLE_MANIFEST + "\n" + _uncommented(EXAMPLE_MANIFEST, "compute") + "\n"
+                    + _uncommented(EXAMPLE_MANIFEST, "lists") + "\n")
+    checked = sae_atlas("check", cwd=tmp_path)
+    assert checked.returncode == 0, checked.output
