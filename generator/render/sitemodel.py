@@ -14,12 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import orjson
 from markupsafe import Markup
 
 from sae_atlas import ids
 from sae_atlas import stats as statistics
 from sae_atlas.cache import DEFAULT_DTYPE, CacheStore, corpus_key, missing_entry_hint, sae_key, set_key
-from sae_atlas.sources.explanations import load_explanations
+from sae_atlas.sources.explanations import Explanation, load_explanations
 from sae_atlas.errors import AtlasError, InputError, Problem
 from sae_atlas.ids import SaeId
 from sae_atlas.manifest import ListSpec, Release, SaeSpec, SetSpec
@@ -306,6 +307,8 @@ def _explanation_records(entries: list) -> list[dict]:
 
 
 def _snippet(release: Release, spec: SaeSpec) -> str:
+    if release.neuronpedia_export is not None:
+        return ""
     if spec.sae_lens is not None:
         call = f'SAE.from_pretrained(release="{spec.sae_lens.release}", sae_id="{spec.sae_lens.id}")'
     else:
@@ -326,8 +329,20 @@ def neuronpedia_href(spec: SaeSpec) -> str | None:
 
 def _corpus_label(release: Release) -> str:
     c = release.corpus
+    if release.neuronpedia_export is not None:
+        return clean_text(f"Neuronpedia's activation rows ({release.neuronpedia_export.name}), one prompt each")
     name = c.path.name if c.path is not None else str(c.dataset)
     return clean_text(f"{name} · {c.prompts:,} prompts × {c.context} tokens")
+
+
+def _mirrored_explanations(store: CacheStore, release: Release, dtype: str, by_sae: dict[str, dict[int, list]]) -> None:
+    """The explanations a mirrored SAE's entry holds (its export's explanation rows); the
+    manifest's explanations file replaces them feature by feature."""
+    for spec in release.saes():
+        path = store.sae_dir(sae_key(release, spec, dtype)) / "explanations.json"
+        if path.is_file():
+            for e in orjson.loads(path.read_bytes()):
+                by_sae[spec.id].setdefault(e["index"], []).append(Explanation(e["text"], e["author"], e["score"]))
 
 
 def _stats(meta: dict) -> dict:
@@ -382,6 +397,8 @@ def build_site_model(releases: list[Release], cache: Path, dtype: str = DEFAULT_
                 n_prompts, context = (int(x) for x in entry["tokens"].shape)
                 corpora[ckey] = CorpusModel(ckey, entry.path, n_prompts, context, shards.choose_prompts_per_shard(context))
         by_sae: dict[str, dict[int, list]] = defaultdict(dict)
+        if release.neuronpedia_export is not None:
+            _mirrored_explanations(store, release, dtype, by_sae)
         if release.explanations:
             for (sae_name, index), entries in load_explanations(release.explanations).items():
                 by_sae[sae_name][index] = entries

@@ -1,0 +1,280 @@
+"""Mirroring from Neuronpedia: an export written here in Neuronpedia's layout, imported and rendered.
+
+Expected values come from the rows this file writes, never from the importer."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+
+from sae_atlas.cache import dump_feature
+from sae_atlas.cli import main
+from sae_atlas.errors import InputError
+from sae_atlas.manifest import load_content, load_release
+from sae_atlas.mirror import import_release
+from sae_atlas.render import render_site
+
+MODEL, SOURCE = "gpt2-small", "6-res-jb"
+SAE = f"{MODEL}@{SOURCE}"
+TOKENS = ["<|endoftext|>", " The", " cat", " sat", " on", " the", " mat", ".", " It", " was", " warm", "!"]
+
+
+def feature_row(index: int, max_act: float, frac: float, neighbours: list[int], cosines: list[float]) -> dict:
+    return {
+        "modelId": MODEL, "layer": SOURCE, "index": str(index), "maxActApprox": max_act, "frac_nonzero": frac,
+        "pos_str": [" cat", " dog"], "pos_values": [0.9, 0.5], "neg_str": [" the"], "neg_values": [-0.7],
+        "freq_hist_data_bar_heights": [3, 2, 1], "freq_hist_data_bar_values": [0.1, 0.2, 0.3],
+        "logits_hist_data_bar_heights": [], "logits_hist_data_bar_values": [],
+        "topkCosSimIndices": neighbours, "topkCosSimValues": cosines,
+        "umap_x": 1.0 + index, "umap_y": 2.0 * index, "umap_cluster": index % 2, "umap_log_feature_sparsity": -2.0,
+        "correlated_neurons_indices": [], "correlated_neurons_pearson": [], "correlated_neurons_l1": [],
+        "correlated_features_indices": [], "correlated_features_pearson": [], "correlated_features_l1": [],
+        "neuron_alignment_indices": [], "neuron_alignment_values": [], "neuron_alignment_l1": [],
+    }
+
+
+def activation_row(index: int, tokens: list[str], values: list[float], bin_min=-1, bin_max=-1, contains=-1) -> dict:
+    peak = max(range(len(values)), key=lambda t: values[t])
+    return {
+        "modelId": MODEL, "layer": SOURCE, "index": str(index), "tokens": tokens, "values": values,
+        "maxValue": values[peak], "maxValueTokenIndex": peak, "minValue": min(values),
+        "binMin": bin_min, "binMax": bin_max, "binContains": contains,
+    }
+
+
+def write_gz(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(gzip.compress(b"".join(json.dumps(r).encode() + b"\n" for r in rows)))
+
+
+def peaked(n: int, at: int, peak: float) -> list[float]:
+    return [peak if t == at else (peak / 4 if t == at - 1 else 0.0) for t in range(n)]
+
+
+# Features 0, 1, 2, 4; feature 3 is dead (skipped_indexes.json); feature 1 has no cosine neighbours.
+FEATURES = [
+    feature_row(0, 5.0, 0.01, [0, 2, 4], [1.0, 0.6, 0.3]),
+    feature_row(1, 3.0, 0.002, [], []),
+    feature_row(2, 8.0, 0.05, [2, 0], [1.0, 0.6]),
+    feature_row(4, 1.5, 0.2, [4, 1], [1.0, 0.2]),
+]
+ACTIVATIONS = {
+    0: [activation_row(0, TOKENS, peaked(12, 2, 4.0)), activation_row(0, TOKENS, peaked(12, 6, 5.0)),
+        activation_row(0, TOKENS[:8], peaked(8, 5, 1.2), 1.0, 2.0, 0.25)],
+    1: [activation_row(1, TOKENS, peaked(12, 9, 3.0))],
+    2: [activation_row(2, TOKENS, peaked(12, 1, 8.0)), activation_row(2, TOKENS, peaked(12, 10, 2.5), 2.0, 3.0, 0.1)],
+    4: [activation_row(4, TOKENS, peaked(12, 4, 1.5))],
+}
+
+
+def write_export(root: Path) -> Path:
+    sae = root / MODEL / SOURCE
+    sae.mkdir(parents=True)
+    (sae / "release.jsonl").write_text(json.dumps({"name": "res-jb", "description": "JB"}) + "\n")
+    (sae / "model.jsonl").write_text(json.dumps({"id": MODEL, "layers": 12}) + "\n")
+    (sae / "sourceset.jsonl").write_text(json.dumps({"modelId": MODEL, "name": "res-jb"}) + "\n")
+    cfg = {"hook_name": "blocks.6.hook_resid_pre", "architecture": "standard", "d_in": 768}
+    (sae / "source.jsonl").write_text(json.dumps({"id": SOURCE, "modelId": MODEL, "setName": "res-jb", "saelensConfig": cfg, "num_prompts": 100, "num_tokens_in_prompt": 128}) + "\n")
+    write_gz(sae / "features" / "batch-0.jsonl.gz", FEATURES[:2])
+    write_gz(sae / "features" / "batch-1.jsonl.gz", FEATURES[2:])
+    rows = [r for i in sorted(ACTIVATIONS) for r in ACTIVATIONS[i]]
+    write_gz(sae / "activations" / "batch-0.jsonl.gz", rows[:3])
+    write_gz(sae / "activations" / "batch-1.jsonl.gz", rows[3:])
+    write_gz(sae / "explanations" / "batch-0.jsonl.gz", [
+        {"modelId": MODEL, "layer": SOURCE, "index": "2", "description": "cats <script>alert(1)</script>sitting", "explanationModelName": "gpt-4o-mini", "typeName": "oai_token-act-pair", "scoreV1": 0.5}
+    ])
+    (sae / "skipped_indexes.json").write_text(json.dumps({"skipped_indexes": [3]}))
+    return root
+
+
+def write_manifest(content: Path, export: Path) -> Path:
+    (content / "releases").mkdir(parents=True, exist_ok=True)
+    path = content / "releases" / "jb-mirror.yaml"
+    path.write_text(f"release: jb-mirror\ntitle: A mirror\nsource:\n  neuronpedia_export: {export}\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def mirrored(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("mirror")
+    export = write_export(tmp / "export")
+    write_manifest(tmp / "content", export)
+    releases = load_content(tmp / "content")
+    cache, site = tmp / "cache", tmp / "site"
+    assert main(["compute", "--content", str(tmp / "content"), "--cache", str(cache), "--quiet"]) == 0
+    render_site(releases, cache=cache, out=site, quiet=True)
+    return releases, cache, site
+
+
+def shard_records(site: Path) -> dict[int, dict]:
+    out = {}
+    for path in sorted((site / MODEL / SOURCE / "data" / "f").glob("*.js")):
+        text = path.read_text()
+        args = orjson.loads("[" + text[text.index("(") + 1 : -3] + "]")
+        out.update({rec["i"]: rec for rec in args[1]})
+    return out
+
+
+def test_the_manifest_names_the_exports_model_and_sets(mirrored):
+    (release,) = mirrored[0]
+    assert release.model.id == MODEL
+    assert [(s.id, [x.layer for x in s.saes]) for s in release.sets] == [("res-jb", [6])]
+
+
+def test_no_torch_is_imported_by_import_and_render(tmp_path):
+    import subprocess
+
+    export = write_export(tmp_path / "export")
+    code = (
+        "import sys; from sae_atlas.cli import main; "
+        f"rc = main(['import', 'neuronpedia', {str(export)!r}, '--cache', {str(tmp_path / 'c')!r}, '--quiet']); "
+        "assert rc == 0 and 'torch' not in sys.modules, rc"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_site_has_the_sae_pages(mirrored):
+    site = mirrored[2]
+    for page in ("index.html", "jb-mirror/index.html", f"{MODEL}/res-jb/index.html", f"{MODEL}/{SOURCE}/index.html"):
+        assert (site / page).is_file(), page
+    assert "blocks.6.hook_resid_pre" in (site / MODEL / SOURCE / "index.html").read_text()
+
+
+def test_the_record_holds_the_rows_numbers(mirrored):
+    releases, cache, _ = mirrored
+    for row in FEATURES:
+        i = int(row["index"])
+        rec = dump_feature(releases, cache, f"{SAE}:{i}")
+        assert rec["max_activation"] == pytest.approx(row["maxActApprox"])
+        assert rec["density"] == pytest.approx(row["frac_nonzero"])
+        top = sorted((r for r in ACTIVATIONS[i] if r["binMin"] == -1), key=lambda r: -r["maxValue"])
+        assert [e["activation"] for e in rec["top_examples"]] == pytest.approx([r["maxValue"] for r in top])
+        for e, r in zip(rec["top_examples"], top):
+            p, before = r["maxValueTokenIndex"], 24
+            start, stop = max(0, p - before), min(len(r["tokens"]), p + 9)
+            assert e["position"] == p
+            assert e["token_strings"][: stop - start] == r["tokens"][start:stop]
+            assert e["activations"][: stop - start] == pytest.approx(r["values"][start:stop], abs=1e-2)
+        samples = [r for r in ACTIVATIONS[i] if r["binMin"] != -1]
+        got = [e for group in rec.get("interval_examples", []) for e in group["examples"]]
+        assert sorted(e["activation"] for e in got) == pytest.approx(sorted(r["maxValue"] for r in samples))
+        for e in got:  # each sample sits in the interval holding its activation
+            group = next(g for g in rec["interval_examples"] if e in g["examples"])
+            assert group["lo"] < e["activation"] <= group["hi"] + 1e-6
+        assert [(x["token_string"], x["value"]) for x in rec["positive_logits"]] == [(t, pytest.approx(v)) for t, v in zip(row["pos_str"], row["pos_values"])]
+        assert [(x["token_string"], x["value"]) for x in rec["negative_logits"]] == [(t, pytest.approx(v)) for t, v in zip(row["neg_str"], row["neg_values"])]
+        expected_nb = [(j, c) for j, c in zip(row["topkCosSimIndices"], row["topkCosSimValues"]) if j != i]
+        assert [(x["index"], x["cosine"]) for x in rec["neighbours"]] == [(j, pytest.approx(c)) for j, c in expected_nb]
+        assert rec["umap"]["x"] == pytest.approx(row["umap_x"]) and rec["umap"]["y"] == pytest.approx(row["umap_y"])
+        assert rec["umap"]["cluster"] == row["umap_cluster"]
+
+
+def test_the_dead_feature_has_nothing(mirrored):
+    releases, cache, site = mirrored
+    rec = dump_feature(releases, cache, f"{SAE}:3")
+    assert rec["max_activation"] == 0 and rec["density"] == 0 and rec["top_examples"] == []
+    assert shard_records(site)[3]["max"] == 0
+
+
+def test_what_the_rows_lack_is_absent_not_an_error(mirrored):
+    records = shard_records(mirrored[2])
+    assert sorted(records) == [0, 1, 2, 3, 4]
+    for rec in records.values():
+        for key in ("hist", "cf", "cn", "al", "lh", "dfa", "loss"):
+            assert key not in rec
+    assert records[1]["nb"] == []
+    assert [j for j, _ in records[0]["nb"]] == [2, 4]
+
+
+def test_the_exports_explanations_show_with_their_model_and_score(mirrored):
+    rec = shard_records(mirrored[2])[2]
+    (expl,) = rec["expl"]
+    assert expl["author"] == "gpt-4o-mini" and expl["score"] == pytest.approx(0.5)
+    assert "<script" not in expl["html"] and "cats" in expl["html"]
+
+
+def test_the_map_uses_the_rows_umap_coordinates(mirrored):
+    text = (mirrored[2] / MODEL / SOURCE / "data" / "summary.js").read_text()
+    summary = orjson.loads(text[text.index("(") + 1 : -3])
+    xs = [1.0 + i if i != 3 else 0.0 for i in range(5)]
+    lo, hi = min(xs), max(xs)
+    assert summary["x"] == pytest.approx([(x - lo) / (hi - lo) for x in xs], abs=1e-3)
+
+
+def test_check_accepts_the_manifest(mirrored, tmp_path):
+    export = write_export(tmp_path / "export")
+    write_manifest(tmp_path / "content", export)
+    assert main(["check", "--content", str(tmp_path / "content")]) == 0
+
+
+# -- bad input --------------------------------------------------------------------------------------
+
+
+def corrupt(tmp_path: Path, rows: list[str], folder: str = "features") -> tuple[Path, Path]:
+    """An export whose `folder/batch-1.jsonl.gz` holds the raw `rows`; (its manifest, that file)."""
+    export = write_export(tmp_path / "export")
+    target = export / MODEL / SOURCE / folder / "batch-1.jsonl.gz"
+    target.write_bytes(gzip.compress("\n".join(rows).encode() + b"\n"))
+    return write_manifest(tmp_path / "content", export), target
+
+
+def import_problems(manifest: Path, cache: Path) -> list[str]:
+    with pytest.raises(InputError) as e:
+        import_release(load_release(manifest), cache, quiet=True)
+    assert not cache.exists() or not any(cache.rglob("meta.json")), "a partial cache entry was written"
+    return [str(p) for p in e.value.problems]
+
+
+def test_a_bad_json_line_is_reported_at_its_line_and_column(tmp_path):
+    good = json.dumps(FEATURES[2])
+    bad = '{"modelId": "gpt2-small", "index": }'
+    manifest, target = corrupt(tmp_path, [good, bad])
+    # The column of the "}" where a value was expected (36), counted by hand.
+    assert bad.index("}") + 1 == 36
+    assert import_problems(manifest, tmp_path / "cache") == [f"{target}:2:36: invalid JSON (Expecting value); expected one object per line"]
+
+
+def test_a_missing_field_and_a_wrong_type_are_reported_each(tmp_path):
+    missing = dict(FEATURES[2])
+    del missing["maxActApprox"]
+    wrong = {**FEATURES[3], "frac_nonzero": "0.2"}
+    line = json.dumps(wrong)
+    manifest, target = corrupt(tmp_path, [json.dumps(missing), line])
+    assert import_problems(manifest, tmp_path / "cache") == [
+        f'{target}:1:1: feature row lacks "maxActApprox"; expected a number',
+        f'{target}:2:{line.index(chr(34) + "frac_nonzero") + 1}: "frac_nonzero" is str; expected a number',
+    ]
+
+
+def test_an_activation_row_with_a_bad_peak_is_reported(tmp_path):
+    row = {**ACTIVATIONS[4][0], "maxValueTokenIndex": 40}
+    line = json.dumps(row)
+    manifest, target = corrupt(tmp_path, [line], "activations")
+    assert import_problems(manifest, tmp_path / "cache") == [
+        f'{target}:1:{line.index(chr(34) + "maxValueTokenIndex") + 1}: "maxValueTokenIndex" 40 is outside the 12 tokens; expected a token index'
+    ]
+
+
+def test_a_manifest_with_source_and_model_is_an_error(tmp_path):
+    export = write_export(tmp_path / "export")
+    path = write_manifest(tmp_path / "content", export)
+    path.write_text(path.read_text() + "model: {id: x, transformer_lens: gpt2-small}\n")
+    with pytest.raises(InputError) as e:
+        load_release(path)
+    assert [str(p) for p in e.value.problems] == [
+        f"{path}:5:1: 'model' with 'source'; expected one of them: a mirrored release takes its model from the export"
+    ]
+
+
+def test_a_source_without_sae_folders_is_an_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    path = write_manifest(tmp_path / "content", tmp_path / "empty")
+    with pytest.raises(InputError) as e:
+        load_release(path)
+    (problem,) = e.value.problems
+    assert (problem.line, problem.col) == (4, 23) and "has no SAE folder" in problem.message
