@@ -194,7 +194,7 @@ def test_unknown_key_in_an_sae_entry(tmp_path):
 def test_theme_is_not_a_manifest_key(tmp_path):
     path = write(tmp_path, VALID + "theme: dark\n")
     assert only_problem(path) == at(path, 23, 1, "unknown key 'theme' in the manifest; expected one of: " + ", ".join(
-        ["release", "title", "description", "authors", "links", "model", "corpus", "sets", "explanations", "compute", "lists"]
+        ["release", "title", "description", "authors", "links", "model", "corpus", "sets", "explanations", "compute", "lists", "source"]
     ))
 
 
