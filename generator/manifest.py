@@ -769,7 +769,9 @@ def _parse(path: Path) -> _Parsed:
     ok_authors, authors = optional("authors", lambda n: _read_authors(r, n), ())
     ok_links, links = optional("links", lambda n: _read_links(r, n), ())
     ok_expl, explanations = optional(
-        "explanations", lambda n: r.path(n, "explanations", "file", "a .jsonl file of {sae, index, text, author, score}"), None
+        "explanations",
+        lambda n: r.path(n, "explanations", "any", "a .jsonl file of {sae, index, text, author, score}, Neuronpedia's explanation export or delphi's output folder"),
+        None,
     )
     ok_compute, compute = optional("compute", lambda n: _read_compute(r, n), ComputeSettings())
 
@@ -885,7 +887,7 @@ def _parse_mirror(r: _Reader, root: Node, items: dict[str, tuple[Node, Node]], p
         "description": lambda n: r.text(n, "description", allow_empty=True),
         "authors": lambda n: _read_authors(r, n),
         "links": lambda n: _read_links(r, n),
-        "explanations": lambda n: r.path(n, "explanations", "file", "an explanations file"),
+        "explanations": lambda n: r.path(n, "explanations", "any", "an explanations file or folder (see the README)"),
         "compute": lambda n: _read_compute(r, n),
     }
     values = {k: read[k](items[k][1]) for k in read if k in items}

@@ -278,3 +278,22 @@ def test_a_source_without_sae_folders_is_an_error(tmp_path):
         load_release(path)
     (problem,) = e.value.problems
     assert (problem.line, problem.col) == (4, 23) and "has no SAE folder" in problem.message
+
+
+def test_a_delphi_run_named_by_the_manifest_shows_its_scores_on_the_mirror(tmp_path):
+    export = write_export(tmp_path / "export")
+    run = tmp_path / "delphi"
+    (run / "explanations").mkdir(parents=True)
+    (run / "explanations" / "layers.6_latent0.txt").write_text(json.dumps("cats"))
+    (run / "scores" / "detection").mkdir(parents=True)
+    rows = [{"prediction": True, "correct": True}, {"prediction": False, "correct": False}, {"prediction": True, "correct": True}, {"prediction": True, "correct": True}]
+    (run / "scores" / "detection" / "layers.6_latent0.txt").write_text(json.dumps(rows))
+    path = write_manifest(tmp_path / "content", export)
+    path.write_text(path.read_text() + f"explanations: {run}\n")
+    assert main(["check", "--content", str(tmp_path / "content")]) == 0
+    assert main(["build", "--content", str(tmp_path / "content"), "--cache", str(tmp_path / "c"), "--out", str(tmp_path / "site"), "--quiet"]) == 0
+    (expl,) = shard_records(tmp_path / "site")[0]["expl"]
+    assert expl["author"] == "delphi" and expl["scores"] == [["detection", 0.75]]
+    # A broken score file is a check error at its own position.
+    (run / "scores" / "detection" / "layers.6_latent0.txt").write_text("[{")
+    assert main(["check", "--content", str(tmp_path / "content")]) == 2

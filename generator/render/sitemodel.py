@@ -301,6 +301,7 @@ def _explanation_records(entries: list) -> list[dict]:
                 "text": plain_text(html),
                 "author": clean_text(e.author) if e.author else None,
                 "score": e.score,
+                **({"scores": [[clean_text(name), value] for name, value in e.scores]} if e.scores else {}),
             }
         )
     return records
@@ -400,7 +401,7 @@ def build_site_model(releases: list[Release], cache: Path, dtype: str = DEFAULT_
         if release.neuronpedia_export is not None:
             _mirrored_explanations(store, release, dtype, by_sae)
         if release.explanations:
-            for (sae_name, index), entries in load_explanations(release.explanations).items():
+            for (sae_name, index), entries in load_explanations(release.explanations, release.saes()).items():
                 by_sae[sae_name][index] = entries
         settings = release.compute
         shard_size = shards.choose_shard_size(
