@@ -126,14 +126,17 @@ def test_the_manifest_names_the_exports_model_and_sets(mirrored):
     assert [(s.id, [x.layer for x in s.saes]) for s in release.sets] == [("res-jb", [6])]
 
 
-def test_no_torch_is_imported_by_import_and_render(tmp_path):
+def test_no_torch_is_imported_by_import_build_and_render(tmp_path):
     import subprocess
 
     export = write_export(tmp_path / "export")
+    write_manifest(tmp_path / "content", export)
+    cache, content, out = str(tmp_path / "c"), str(tmp_path / "content"), str(tmp_path / "site")
     code = (
         "import sys; from sae_atlas.cli import main; "
-        f"rc = main(['import', 'neuronpedia', {str(export)!r}, '--cache', {str(tmp_path / 'c')!r}, '--quiet']); "
-        "assert rc == 0 and 'torch' not in sys.modules, rc"
+        f"assert main(['import', 'neuronpedia', {str(export)!r}, '--cache', {cache!r}, '--quiet']) == 0; "
+        f"assert main(['build', '--content', {content!r}, '--cache', {cache!r}, '--out', {out!r}, '--quiet']) == 0; "
+        "assert 'torch' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
 
