@@ -891,9 +891,9 @@ def _parse_mirror(r: _Reader, root: Node, items: dict[str, tuple[Node, Node]], p
         "compute": lambda n: _read_compute(r, n),
     }
     values = {k: read[k](items[k][1]) for k in read if k in items}
-    if "lists" in items:
-        r.problem(items["lists"][0], "'lists' with 'source' is not supported; expected a manifest without lists")
     export = _read_export(r, items["source"][1])
+    if "lists" in items:
+        values["lists"] = _read_lists(r, items["lists"][1], list(export[2]) if export else [], export[1].id if export else None)
     if export is not None:
         parsed.model_id = (export[1].id, export[1].mark)
         parsed.set_ids = [(s.id, s.mark) for s in export[2]]
@@ -913,6 +913,7 @@ def _parse_mirror(r: _Reader, root: Node, items: dict[str, tuple[Node, Node]], p
         links=values.get("links", ()),
         explanations=values.get("explanations"),
         compute=values.get("compute", ComputeSettings()),
+        lists=values.get("lists", ()),
         neuronpedia_export=export[0],
         mark=r.mark(root),
         marks=marks,

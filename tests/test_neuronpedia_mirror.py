@@ -300,3 +300,25 @@ def test_a_delphi_run_named_by_the_manifest_shows_its_scores_on_the_mirror(tmp_p
     # A broken score file is a check error at its own position.
     (run / "scores" / "detection" / "layers.6_latent0.txt").write_text("[{")
     assert main(["check", "--content", str(tmp_path / "content")]) == 2
+
+
+def test_a_mirror_can_have_lists_of_its_features(tmp_path):
+    path = write_manifest(tmp_path / "content", write_export(tmp_path / "export"))
+    path.write_text(path.read_text() + f"lists:\n  - {{id: picks, title: Picks, features: ['{SAE}:2', '{SAE}:0']}}\n")
+    assert main(["build", "--content", str(tmp_path / "content"), "--cache", str(tmp_path / "c"), "--out", str(tmp_path / "site"), "--quiet"]) == 0
+    text = (tmp_path / "site" / "jb-mirror" / "lists" / "picks.js").read_text()
+    cards = orjson.loads(text[text.index("(") + 1 : -3])["features"]
+    assert [(c["i"], c["max"]) for c in cards] == [(2, 8.0), (0, 5.0)]
+    path.write_text(path.read_text().replace(f"'{SAE}:0'", f"'{MODEL}@7-res-jb:0'"))
+    with pytest.raises(InputError) as e:
+        load_release(path)
+    assert "7-res-jb" in str(e.value)
+
+
+def test_the_import_command_reports_bad_rows_and_exits_2(tmp_path, capsys):
+    manifest, target = corrupt(tmp_path, ['{"modelId": 3}'])
+    assert main(["import", "neuronpedia", str(tmp_path / "export"), "--cache", str(tmp_path / "c"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f'{target}:1:2: "modelId" is int; expected a string\n')
+    assert not (tmp_path / "c").exists() or not any((tmp_path / "c").rglob("meta.json"))
+    assert main(["import", "neuronpedia", str(tmp_path / "nowhere"), "--cache", str(tmp_path / "c")]) == 1
