@@ -27,6 +27,7 @@ from sae_atlas.cache import CacheStore, corpus_key, sae_key, write_entry
 from sae_atlas.errors import AtlasError, Problem
 from sae_atlas.manifest import Release, SaeSpec
 from sae_atlas.sources import neuronpedia as np_export
+from sae_atlas.sources.explanations import neuronpedia_explanation
 
 # Neuronpedia's (indices, values[, l1]) columns -> our arrays, each [F, N] (N: the longest row's list).
 _PAIRED = (
@@ -40,6 +41,13 @@ _PAIRED = (
 )
 
 
+_UMAP_FIELDS = {k: np_export.FEATURE_OPTIONAL[k] for k in ("umap_x", "umap_y", "umap_cluster")}
+_EXPLANATION_FIELDS = {
+    **_UMAP_FIELDS, "scoreV1": np_export.NUMBER, "scoreV2": np_export.NUMBER,
+    "explanationModelName": np_export.TEXT, "typeName": np_export.TEXT,
+}
+
+
 @dataclass
 class _Sae:
     spec: SaeSpec
@@ -48,6 +56,8 @@ class _Sae:
     top: dict[int, list[dict]] = field(default_factory=dict)
     samples: dict[int, list[dict]] = field(default_factory=dict)
     explanations: list[dict] = field(default_factory=list)
+    # (umap_x, umap_y, umap_cluster) of the explanation rows: Neuronpedia's export carries the map there.
+    umap: dict[int, tuple] = field(default_factory=dict)
     skipped: list[int] = field(default_factory=list)
 
 
@@ -85,19 +95,14 @@ def _read_sae(spec: SaeSpec, problems: list[Problem]) -> _Sae:
             (sae.top if top else sae.samples).setdefault(int(obj["index"]), []).append(obj)
     for path in np_export.batch_files(folder / "explanations"):
         for line_no, line, obj in np_export.read_rows(path, problems):
-            bad = np_export.check_row(obj, line, {"index": np_export.INDEX, "description": np_export.TEXT}, {}, "explanation")
+            bad = np_export.check_row(obj, line, {"index": np_export.INDEX, "description": np_export.TEXT}, _EXPLANATION_FIELDS, "explanation")
             if bad:
                 problems.append(Problem(str(path), line_no, bad[0], bad[1]))
                 continue
-            score = obj.get("scoreV2") if np_export.is_number(obj.get("scoreV2")) else obj.get("scoreV1")
-            sae.explanations.append(
-                {
-                    "index": int(obj["index"]),
-                    "text": obj["description"],
-                    "author": str(obj.get("explanationModelName") or obj.get("authorId") or ""),
-                    "score": float(score) if np_export.is_number(score) and score else None,
-                }
-            )
+            if obj.get("umap_x") is not None and obj.get("umap_y") is not None:
+                sae.umap.setdefault(int(obj["index"]), (obj["umap_x"], obj["umap_y"], obj.get("umap_cluster")))
+            e = neuronpedia_explanation(obj)
+            sae.explanations.append({"index": int(obj["index"]), "text": e.text, "author": e.author, "score": e.score, "scores": e.scores})
     return sae
 
 
@@ -189,8 +194,14 @@ def _arrays(sae: _Sae, vocab: _Vocab, prompt_of: dict[int, int], release: Releas
                 for a, c in zip(out, columns):
                     a[i, j] = c[j]
         arrays.update(zip(names, out))
-    arrays["umap"] = np.array([[float(r.get("umap_x") or 0), float(r.get("umap_y") or 0)] for r in feats], np.float32).reshape(d_sae, 2)
-    arrays["cluster"] = np.array([int(r.get("umap_cluster") or 0) for r in feats], np.int32)
+    # The map: the feature row's UMAP columns, else its explanation row's (where the export has them).
+    umap = [
+        (r["umap_x"], r["umap_y"], r.get("umap_cluster")) if r.get("umap_x") is not None and r.get("umap_y") is not None
+        else sae.umap.get(i, (0, 0, 0))
+        for i, r in enumerate(feats)
+    ]
+    arrays["umap"] = np.array([[float(x), float(y)] for x, y, _ in umap], np.float32).reshape(d_sae, 2)
+    arrays["cluster"] = np.array([int(c or 0) for _, _, c in umap], np.int32)
     return arrays, n_tokens
 
 
@@ -199,7 +210,7 @@ def _meta(sae: _Sae, release: Release, d_sae: int, n_tokens: int, n_prompts: int
     spec = sae.spec
     meta = {
         "sae_id": spec.id, "release": release.id, "model": spec.model_id, "set": spec.set_id, "layer": spec.layer,
-        "hook": str(cfg.get("hook_name") or ""), "architecture": str(cfg.get("architecture") or ""),
+        "hook": str(cfg.get("hook_name") or next((r["hookName"] for r in sae.features.values() if isinstance(r.get("hookName"), str)), "")), "architecture": str(cfg.get("architecture") or ""),
         "d_in": cfg.get("d_in") if isinstance(cfg.get("d_in"), int) else None, "d_sae": d_sae, "dtype": cfg.get("dtype"),
         "n_tokens": n_tokens or None, "n_prompts": n_prompts, "context": context, "corpus_key": ckey, "map": "neuronpedia",
         "source": "neuronpedia", "settings": dataclasses.asdict(release.compute),

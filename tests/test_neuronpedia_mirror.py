@@ -61,8 +61,10 @@ FEATURES = [
     feature_row(0, 5.0, 0.01, [0, 2, 4], [1.0, 0.6, 0.3]),
     feature_row(1, 3.0, 0.002, [], []),
     feature_row(2, 8.0, 0.05, [2, 0], [1.0, 0.6]),
-    feature_row(4, 1.5, 0.2, [4, 1], [1.0, 0.2]),
+    # As Neuronpedia's export writes them, without UMAP columns: the map comes from the explanation row.
+    {k: v for k, v in feature_row(4, 1.5, 0.2, [4, 1], [1.0, 0.2]).items() if not k.startswith("umap_")},
 ]
+UMAP_4 = (-3.0, 0.5, 1)
 ACTIVATIONS = {
     0: [activation_row(0, TOKENS, peaked(12, 2, 4.0)), activation_row(0, TOKENS, peaked(12, 6, 5.0)),
         activation_row(0, TOKENS[:8], peaked(8, 5, 1.2), 1.0, 2.0, 0.25)],
@@ -86,7 +88,9 @@ def write_export(root: Path) -> Path:
     write_gz(sae / "activations" / "batch-0.jsonl.gz", rows[:3])
     write_gz(sae / "activations" / "batch-1.jsonl.gz", rows[3:])
     write_gz(sae / "explanations" / "batch-0.jsonl.gz", [
-        {"modelId": MODEL, "layer": SOURCE, "index": "2", "description": "cats <script>alert(1)</script>sitting", "explanationModelName": "gpt-4o-mini", "typeName": "oai_token-act-pair", "scoreV1": 0.5}
+        {"modelId": MODEL, "layer": SOURCE, "index": "2", "description": "cats <script>alert(1)</script>sitting", "explanationModelName": "gpt-4o-mini", "typeName": "oai_token-act-pair", "scoreV1": 0.5},
+        {"id": "e4", "modelId": MODEL, "layer": SOURCE, "index": "4", "authorId": "u", "description": "warmth", "embedding": None,
+         "typeName": None, "explanationModelName": None, "umap_x": UMAP_4[0], "umap_y": UMAP_4[1], "umap_cluster": UMAP_4[2], "umap_log_feature_sparsity": -1.0},
     ])
     (sae / "skipped_indexes.json").write_text(json.dumps({"skipped_indexes": [3]}))
     return root
@@ -173,8 +177,8 @@ def test_the_record_holds_the_rows_numbers(mirrored):
         assert [(x["token_string"], x["value"]) for x in rec["negative_logits"]] == [(t, pytest.approx(v)) for t, v in zip(row["neg_str"], row["neg_values"])]
         expected_nb = [(j, c) for j, c in zip(row["topkCosSimIndices"], row["topkCosSimValues"]) if j != i]
         assert [(x["index"], x["cosine"]) for x in rec["neighbours"]] == [(j, pytest.approx(c)) for j, c in expected_nb]
-        assert rec["umap"]["x"] == pytest.approx(row["umap_x"]) and rec["umap"]["y"] == pytest.approx(row["umap_y"])
-        assert rec["umap"]["cluster"] == row["umap_cluster"]
+        x, y, cluster = (row["umap_x"], row["umap_y"], row["umap_cluster"]) if "umap_x" in row else UMAP_4
+        assert (rec["umap"]["x"], rec["umap"]["y"], rec["umap"]["cluster"]) == (pytest.approx(x), pytest.approx(y), cluster)
 
 
 def test_the_dead_feature_has_nothing(mirrored):
@@ -197,14 +201,15 @@ def test_what_the_rows_lack_is_absent_not_an_error(mirrored):
 def test_the_exports_explanations_show_with_their_model_and_score(mirrored):
     rec = shard_records(mirrored[2])[2]
     (expl,) = rec["expl"]
-    assert expl["author"] == "gpt-4o-mini" and expl["score"] == pytest.approx(0.5)
+    assert expl["author"] == "gpt-4o-mini · oai_token-act-pair" and expl["score"] == pytest.approx(0.5)
+    assert expl["scores"] == [["scoreV1", 0.5]]
     assert "<script" not in expl["html"] and "cats" in expl["html"]
 
 
 def test_the_map_uses_the_rows_umap_coordinates(mirrored):
     text = (mirrored[2] / MODEL / SOURCE / "data" / "summary.js").read_text()
     summary = orjson.loads(text[text.index("(") + 1 : -3])
-    xs = [1.0 + i if i != 3 else 0.0 for i in range(5)]
+    xs = [1.0, 2.0, 3.0, 0.0, UMAP_4[0]]  # feature 3 is dead (0); feature 4's from its explanation row
     lo, hi = min(xs), max(xs)
     assert summary["x"] == pytest.approx([(x - lo) / (hi - lo) for x in xs], abs=1e-3)
 

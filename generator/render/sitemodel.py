@@ -343,7 +343,7 @@ def _mirrored_explanations(store: CacheStore, release: Release, dtype: str, by_s
         path = store.sae_dir(sae_key(release, spec, dtype)) / "explanations.json"
         if path.is_file():
             for e in orjson.loads(path.read_bytes()):
-                by_sae[spec.id].setdefault(e["index"], []).append(Explanation(e["text"], e["author"], e["score"]))
+                by_sae[spec.id].setdefault(e["index"], []).append(Explanation(e["text"], e["author"], e["score"], tuple(map(tuple, e["scores"]))))
 
 
 def _stats(meta: dict) -> dict:

@@ -167,12 +167,16 @@ def _load_neuronpedia(path: Path, problems: list[Problem]) -> dict[tuple[str, in
             if bad:
                 problems.append(problem_at(f, bad[1], line_no, _col(line, bad[0])))
                 continue
-            scores = tuple((k, float(obj[k])) for k in ("scoreV1", "scoreV2") if _number(obj.get(k)) and obj[k])
-            author = " · ".join(str(obj[k]) for k in ("explanationModelName", "typeName") if obj.get(k))
-            out.setdefault((f"{model}@{layer}", int(index)), []).append(
-                Explanation(text, author, scores[-1][1] if scores else None, scores)
-            )
+            out.setdefault((f"{model}@{layer}", int(index)), []).append(neuronpedia_explanation(obj))
     return out
+
+
+def neuronpedia_explanation(row: dict) -> Explanation:
+    """A checked Neuronpedia explanation row: its explainer model and type as the author, its
+    non-zero `scoreV1`/`scoreV2` as the scores."""
+    scores = tuple((k, float(row[k])) for k in ("scoreV1", "scoreV2") if _number(row.get(k)) and row[k])
+    author = " · ".join(str(row[k]) for k in ("explanationModelName", "typeName") if isinstance(row.get(k), str) and row[k])
+    return Explanation(row["description"], author, scores[-1][1] if scores else None, scores)
 
 
 def _delphi_sae(module: str, saes: Sequence) -> str | None:

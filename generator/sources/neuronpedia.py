@@ -134,7 +134,7 @@ FEATURE_REQUIRED = {"modelId": TEXT, "layer": TEXT, "index": INDEX, "maxActAppro
 FEATURE_OPTIONAL = {
     "pos_str": STRINGS, "pos_values": NUMBERS, "neg_str": STRINGS, "neg_values": NUMBERS,
     "topkCosSimIndices": INTS, "topkCosSimValues": NUMBERS,
-    "umap_x": NUMBER, "umap_y": NUMBER, "umap_cluster": (_int, "an integer"), "umap_log_feature_sparsity": NUMBER,
+    "hookName": TEXT, "umap_x": NUMBER, "umap_y": NUMBER, "umap_cluster": (_int, "an integer"), "umap_log_feature_sparsity": NUMBER,
     "correlated_features_indices": INTS, "correlated_features_pearson": NUMBERS,
     "correlated_neurons_indices": INTS, "correlated_neurons_pearson": NUMBERS,
     "neuron_alignment_indices": INTS, "neuron_alignment_values": NUMBERS, "neuron_alignment_l1": NUMBERS,
