@@ -145,7 +145,9 @@ def _examples(rows_by_feature: list[list[dict]], groups: int, prompt_of: dict[in
 
 def _arrays(sae: _Sae, vocab: _Vocab, prompt_of: dict[int, int], release: Release) -> tuple[dict[str, np.ndarray], int]:
     s = release.compute
-    d_sae = max([*sae.features, *sae.skipped, *sae.top, *sae.samples, -1]) + 1
+    cfg = sae.source.get("saelensConfig") if isinstance(sae.source.get("saelensConfig"), dict) else {}
+    named = cfg.get("d_sae") if isinstance(cfg.get("d_sae"), int) else 0  # trailing dead features have no row
+    d_sae = max([*sae.features, *sae.skipped, *sae.top, *sae.samples, named - 1, -1]) + 1
     feats = [sae.features.get(i, {}) for i in range(d_sae)]
     n_tokens = int(sae.source.get("num_prompts") or 0) * int(sae.source.get("num_tokens_in_prompt") or 0)
     max_act = np.array([float(r.get("maxActApprox") or 0) for r in feats], np.float32)

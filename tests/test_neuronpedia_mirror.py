@@ -21,7 +21,7 @@ from sae_atlas.render import render_site
 
 MODEL, SOURCE = "gpt2-small", "6-res-jb"
 SAE = f"{MODEL}@{SOURCE}"
-TOKENS = ["<|endoftext|>", " The", " cat", " sat", " on", " the", " mat", ".", " It", " was", " warm", "!"]
+TOKENS = ["<|endoftext|>", " The", " cat", " sat", " on", " the", " mat", ".", " It", " was", "</script><img src=x onerror=alert(1)>", "!"]
 
 
 def feature_row(index: int, max_act: float, frac: float, neighbours: list[int], cosines: list[float]) -> dict:
@@ -80,7 +80,7 @@ def write_export(root: Path) -> Path:
     (sae / "release.jsonl").write_text(json.dumps({"name": "res-jb", "description": "JB"}) + "\n")
     (sae / "model.jsonl").write_text(json.dumps({"id": MODEL, "layers": 12}) + "\n")
     (sae / "sourceset.jsonl").write_text(json.dumps({"modelId": MODEL, "name": "res-jb"}) + "\n")
-    cfg = {"hook_name": "blocks.6.hook_resid_pre", "architecture": "standard", "d_in": 768}
+    cfg = {"hook_name": "blocks.6.hook_resid_pre", "architecture": "standard", "d_in": 768, "d_sae": 6}  # 5: dead, no row
     (sae / "source.jsonl").write_text(json.dumps({"id": SOURCE, "modelId": MODEL, "setName": "res-jb", "saelensConfig": cfg, "num_prompts": 100, "num_tokens_in_prompt": 128}) + "\n")
     write_gz(sae / "features" / "batch-0.jsonl.gz", FEATURES[:2])
     write_gz(sae / "features" / "batch-1.jsonl.gz", FEATURES[2:])
@@ -181,16 +181,18 @@ def test_the_record_holds_the_rows_numbers(mirrored):
         assert (rec["umap"]["x"], rec["umap"]["y"], rec["umap"]["cluster"]) == (pytest.approx(x), pytest.approx(y), cluster)
 
 
-def test_the_dead_feature_has_nothing(mirrored):
+def test_the_dead_features_have_nothing(mirrored):
     releases, cache, site = mirrored
-    rec = dump_feature(releases, cache, f"{SAE}:3")
-    assert rec["max_activation"] == 0 and rec["density"] == 0 and rec["top_examples"] == []
-    assert shard_records(site)[3]["max"] == 0
+    for i in (3, 5):  # in skipped_indexes.json; past the last row, within saelensConfig's d_sae
+        rec = dump_feature(releases, cache, f"{SAE}:{i}")
+        assert rec["max_activation"] == 0 and rec["density"] == 0 and rec["top_examples"] == []
+        assert shard_records(site)[i]["max"] == 0
+    assert "6 features" in (site / MODEL / SOURCE / "index.html").read_text()
 
 
 def test_what_the_rows_lack_is_absent_not_an_error(mirrored):
     records = shard_records(mirrored[2])
-    assert sorted(records) == [0, 1, 2, 3, 4]
+    assert sorted(records) == [0, 1, 2, 3, 4, 5]
     for rec in records.values():
         for key in ("hist", "cf", "cn", "al", "lh", "dfa", "loss"):
             assert key not in rec
@@ -209,7 +211,7 @@ def test_the_exports_explanations_show_with_their_model_and_score(mirrored):
 def test_the_map_uses_the_rows_umap_coordinates(mirrored):
     text = (mirrored[2] / MODEL / SOURCE / "data" / "summary.js").read_text()
     summary = orjson.loads(text[text.index("(") + 1 : -3])
-    xs = [1.0, 2.0, 3.0, 0.0, UMAP_4[0]]  # feature 3 is dead (0); feature 4's from its explanation row
+    xs = [1.0, 2.0, 3.0, 0.0, UMAP_4[0], 0.0]  # 3 and 5 are dead (0); feature 4's from its explanation row
     lo, hi = min(xs), max(xs)
     assert summary["x"] == pytest.approx([(x - lo) / (hi - lo) for x in xs], abs=1e-3)
 
