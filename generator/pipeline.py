@@ -47,15 +47,12 @@ def cmd_compute(args: argparse.Namespace) -> int:
     from sae_atlas import api
 
     releases = load_releases(args.content, args.release)  # before importing torch: bad input fails fast
-    mirrored = [r for r in releases if r.neuronpedia_export is not None]
-    if mirrored:
+    if all(r.neuronpedia_export is not None for r in releases):  # only mirrors: imported, no torch
         from sae_atlas.mirror import import_release
 
-        for release in mirrored:
+        for release in releases:
             import_release(release, args.cache, quiet=args.quiet)
-        releases = [r for r in releases if r.neuronpedia_export is None]
-        if not releases:
-            return 0
+        return 0
     api.compute(
         releases, args.cache, device=args.device, dtype=args.dtype, batch_size=args.batch_size, shard=args.shard,
         replay_memory=args.replay_memory, threads=getattr(args, "threads", None), quiet=args.quiet,

@@ -329,3 +329,12 @@ def test_the_import_command_reports_bad_rows_and_exits_2(tmp_path, capsys):
     assert err.startswith(f'{target}:1:2: "modelId" is int; expected a string\n')
     assert not (tmp_path / "c").exists() or not any((tmp_path / "c").rglob("meta.json"))
     assert main(["import", "neuronpedia", str(tmp_path / "nowhere"), "--cache", str(tmp_path / "c")]) == 1
+
+
+def test_the_python_api_imports_a_mirror_when_asked_to_compute(tmp_path):
+    from sae_atlas import api
+
+    write_manifest(tmp_path / "content", write_export(tmp_path / "export"))
+    report = api.compute(tmp_path / "content", tmp_path / "c", quiet=True)
+    assert report.cached == [SAE] and report.computed == []
+    assert dump_feature(load_content(tmp_path / "content"), tmp_path / "c", f"{SAE}:2")["max_activation"] == 8.0
