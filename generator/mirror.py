@@ -5,8 +5,8 @@ and checked before anything is written, so malformed input (`path:line:col` erro
 cache as it was.
 
 The mirror's corpus: Neuronpedia's activation rows carry token strings, not prompt ids, so each
-activation row becomes its own prompt of the release's imported corpus (numbered in SAE order, then
-feature index, top examples before interval samples, in file order); the vocabulary is every
+activation row becomes its own prompt of the release's imported corpus (numbered SAE by SAE: its top
+examples by feature index, then its interval samples by feature index, each in file order); the vocabulary is every
 distinct token string (of the rows and of the logit tables) after the empty string, id 0, which
 pads prompts shorter than the longest row.
 """
@@ -120,12 +120,12 @@ class _Vocab:
 
 def _examples(rows_by_feature: list[list[dict]], groups: int, prompt_of: dict[int, int], context_before: int, window: int, group_of):
     """value, prompt, position, window arrays [F, groups, S] (+ W) of each feature's rows placed in
-    group `group_of(row, rank)`, in file order within a group; unused slots -1 / 0."""
+    group `group_of(feature, row)`, in the given order within a group; unused slots -1 / 0."""
     f = len(rows_by_feature)
     placed = [[[] for _ in range(groups)] for _ in range(f)]
     for i, rows in enumerate(rows_by_feature):
-        for rank, row in enumerate(rows):
-            placed[i][group_of(i, row, rank)].append(row)
+        for row in rows:
+            placed[i][group_of(i, row)].append(row)
     per = max([len(g) for gs in placed for g in gs] + [1])
     value = np.zeros((f, groups, per), np.float32)
     prompt = np.full((f, groups, per), -1, np.int32)
@@ -158,10 +158,10 @@ def _arrays(sae: _Sae, vocab: _Vocab, prompt_of: dict[int, int], release: Releas
         "nonzero_count": np.array([max(1, round(d * n_tokens)) if d > 0 else 0 for d in density.tolist()], np.int64),
     }
     top_rows = [sorted(sae.top.get(i, []), key=lambda r: -r["maxValue"]) for i in range(d_sae)]
-    v, p, x, w = _examples(top_rows, 1, prompt_of, s.context_before, s.window, lambda i, r, k: 0)
+    v, p, x, w = _examples(top_rows, 1, prompt_of, s.context_before, s.window, lambda i, r: 0)
     arrays.update(top_value=v[:, 0], top_prompt=p[:, 0], top_position=x[:, 0], top_window=w[:, 0])
     if any(sae.samples.values()):
-        def interval(i: int, row: dict, rank: int) -> int:
+        def interval(i: int, row: dict) -> int:
             top = float(max_act[i]) or max(r["maxValue"] for r in sae.samples[i])
             return min(s.intervals - 1, max(0, math.ceil(row["maxValue"] * s.intervals / top) - 1)) if top > 0 else 0
 
