@@ -338,3 +338,20 @@ def test_the_python_api_imports_a_mirror_when_asked_to_compute(tmp_path):
     report = api.compute(tmp_path / "content", tmp_path / "c", quiet=True)
     assert report.cached == [SAE] and report.computed == []
     assert dump_feature(load_content(tmp_path / "content"), tmp_path / "c", f"{SAE}:2")["max_activation"] == 8.0
+
+
+def test_two_layers_of_a_set_share_the_mirrors_corpus(tmp_path):
+    import shutil
+
+    export = write_export(tmp_path / "export")
+    shutil.copytree(export / MODEL / SOURCE, export / MODEL / "7-res-jb")
+    write_manifest(tmp_path / "content", export)
+    (release,) = load_content(tmp_path / "content")
+    assert [(s.id, [x.layer for x in s.saes]) for s in release.sets] == [("res-jb", [6, 7])]
+    assert main(["build", "--content", str(tmp_path / "content"), "--cache", str(tmp_path / "c"), "--out", str(tmp_path / "site"), "--quiet"]) == 0
+    assert (tmp_path / "site" / MODEL / "7-res-jb" / "index.html").is_file()
+    a = dump_feature([release], tmp_path / "c", f"{SAE}:0")["top_examples"]
+    b = dump_feature([release], tmp_path / "c", f"{MODEL}@7-res-jb:0")["top_examples"]
+    n_rows = sum(len(rows) for rows in ACTIVATIONS.values())  # the first SAE's prompts come first
+    assert [e["prompt"] + n_rows for e in a] == [e["prompt"] for e in b]
+    assert [e["token_strings"] for e in a] == [e["token_strings"] for e in b]
