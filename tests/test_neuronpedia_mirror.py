@@ -149,7 +149,9 @@ def test_the_site_has_the_sae_pages(mirrored):
     site = mirrored[2]
     for page in ("index.html", "jb-mirror/index.html", f"{MODEL}/res-jb/index.html", f"{MODEL}/{SOURCE}/index.html"):
         assert (site / page).is_file(), page
-    assert "blocks.6.hook_resid_pre" in (site / MODEL / SOURCE / "index.html").read_text()
+    page = (site / MODEL / SOURCE / "index.html").read_text()
+    assert "blocks.6.hook_resid_pre" in page
+    assert 'href="https://www.neuronpedia.org/gpt2-small/6-res-jb"' in page  # where it is mirrored from
 
 
 def test_the_record_holds_the_rows_numbers(mirrored):

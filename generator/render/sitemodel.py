@@ -328,6 +328,11 @@ def neuronpedia_href(spec: SaeSpec) -> str | None:
     return safe_href(NEURONPEDIA + quote(str(np_id), safe="/")) if np_id else None
 
 
+def mirrored_href(spec: SaeSpec) -> str | None:
+    """Link to the Neuronpedia page a mirrored SAE comes from: `MODEL/SOURCE` (its export folder)."""
+    return safe_href(NEURONPEDIA + quote(f"{spec.model_id}/{Path(spec.path).name}", safe="/")) if spec.path else None
+
+
 def _corpus_label(release: Release) -> str:
     c = release.corpus
     if release.neuronpedia_export is not None:
@@ -433,7 +438,7 @@ def build_site_model(releases: list[Release], cache: Path, dtype: str = DEFAULT_
                         corpus_label=_corpus_label(release),
                         stats=_stats(entry.meta),
                         snippet=_snippet(release, spec),
-                        neuronpedia=neuronpedia_href(spec),
+                        neuronpedia=neuronpedia_href(spec) if release.neuronpedia_export is None else mirrored_href(spec),
                         shard_size=shard_size,
                         prompt_viewed=int(entry["prompt_feature"].shape[0]) if "prompt_feature" in entry.arrays else 0,
                         explanations={
