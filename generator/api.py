@@ -89,9 +89,20 @@ def compute(
     """Fill `cache` with every SAE of `releases` not cached yet (`sae-atlas compute`). Options as
     the command line's; `pca_map=True` draws the feature map with PCA instead of UMAP (no UMAP
     warm-up: for quick previews and tests). The map method is recorded in each entry's meta, not
-    in its cache key: an entry computed with PCA is reused until that SAE is recomputed."""
+    in its cache key: an entry computed with PCA is reused until that SAE is recomputed. Releases
+    mirrored from Neuronpedia (`source: {neuronpedia_export: DIR}`) are imported, not computed."""
     releases = _releases(releases)  # before importing torch: bad input fails fast
-    from sae_atlas.compute import ComputeOptions, compute_releases
+    mirrored = [r for r in releases if r.neuronpedia_export is not None]
+    if mirrored:
+        from sae_atlas.mirror import import_release
+
+        for release in mirrored:
+            import_release(release, Path(cache), quiet=quiet)
+        releases = [r for r in releases if r.neuronpedia_export is None]
+    from sae_atlas.compute import ComputeOptions, ComputeReport, compute_releases
+
+    if not releases:
+        return ComputeReport(cached=[s.id for r in mirrored for s in r.saes()])
 
     if threads:
         import torch

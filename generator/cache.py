@@ -7,6 +7,7 @@ entry is corrupt: it is reported and treated as missing (so it is recomputed, ne
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import shutil
@@ -69,8 +70,19 @@ def _memo_digest(path: Path) -> str:
     return _digest_memo[k]
 
 
+def export_identity(path: Path) -> str:
+    """Digest of every file under one SAE's folder of a Neuronpedia export (by relative path)."""
+    h = hashlib.sha256()
+    for p in sorted(Path(path).rglob("*")):
+        if p.is_file():
+            h.update(p.relative_to(path).as_posix().encode() + b"\0" + _memo_digest(p).encode())
+    return h.hexdigest()
+
+
 def model_identity(release: Release) -> str:
     m = release.model
+    if release.neuronpedia_export is not None:
+        return "neuronpedia:" + m.id
     if m.path is not None:
         return "path:" + _memo_digest(m.path)
     from sae_atlas.backends.transformer_lens import identity
@@ -80,6 +92,9 @@ def model_identity(release: Release) -> str:
 
 def corpus_key(release: Release) -> str:
     c = release.corpus
+    if release.neuronpedia_export is not None:
+        # A mirror's corpus is the activation rows of all its SAEs (sae_atlas.mirror).
+        return _key("corpus", CACHE_FORMAT, "neuronpedia", [(s.id, export_identity(s.path)) for s in release.saes()])
     source = "file:" + _memo_digest(c.path) if c.path is not None else "dataset:" + str(c.dataset)
     # Prompts without BOS (for SAEs trained with prepend_bos false) are another corpus.
     bos = [] if c.prepend_bos else ["no-bos"]
@@ -96,6 +111,9 @@ def sae_key(release: Release, sae: SaeSpec, dtype: str = DEFAULT_DTYPE) -> str:
     """Key of an SAE's statistics; `dtype` is the model's compute dtype (results differ per dtype).
     It covers what the corpus passes depend on; the statistics computed after them are recorded
     with their versions and settings in the entry (`sae_atlas.stats.stale`)."""
+    if release.neuronpedia_export is not None:
+        # Imported, not computed: the same entry for every dtype; the settings shape its arrays.
+        return _key("neuronpedia", CACHE_FORMAT, sae.id, corpus_key(release), dataclasses.asdict(release.compute))
     weights = sae_identity(sae)
     return _key(
         "sae",

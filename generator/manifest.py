@@ -177,6 +177,9 @@ class Release(_HasMarks):
     explanations: Path | None = None
     compute: ComputeSettings = field(default_factory=ComputeSettings)
     lists: tuple[ListSpec, ...] = ()
+    # A release mirrored from Neuronpedia's export (`source: {neuronpedia_export: DIR}`): its model,
+    # sets and SAEs come from the export's folders, and it is imported instead of computed.
+    neuronpedia_export: Path | None = None
     mark: Mark = NO_MARK
     marks: Marks = _marks()
 
@@ -186,7 +189,8 @@ class Release(_HasMarks):
 
 # --- schema --------------------------------------------------------------------------------------
 
-TOP_KEYS = ("release", "title", "description", "authors", "links", "model", "corpus", "sets", "explanations", "compute", "lists")
+TOP_KEYS = ("release", "title", "description", "authors", "links", "model", "corpus", "sets", "explanations", "compute", "lists", "source")
+SOURCE_KEYS = ("neuronpedia_export",)
 MODEL_KEYS = ("id", "transformer_lens", "path")
 CORPUS_KEYS = ("path", "dataset", "prompts", "context", "prepend_bos")
 SET_KEYS = ("id", "title", "description", "hook", "saes")
@@ -741,9 +745,13 @@ def _parse(path: Path) -> _Parsed:
     if root is None:
         return _Parsed(None, r.problems)
     example = "release: my-saes (see the manifest format in the README)"
-    items = r.mapping(root, "the manifest", TOP_KEYS, ("release", "model", "corpus", "sets"), example)
+    mirrored = isinstance(root, MappingNode) and _key_value(root, "source") is not None
+    required = ("release", "source") if mirrored else ("release", "model", "corpus", "sets")
+    items = r.mapping(root, "the manifest", TOP_KEYS, required, example)
     if items is None:
         return _Parsed(None, r.problems)
+    if mirrored:
+        return _parse_mirror(r, root, items, path)
     parsed = _Parsed(None, r.problems)
     marks = {k: r.mark(v) for k, (_, v) in items.items()}
 
@@ -761,7 +769,9 @@ def _parse(path: Path) -> _Parsed:
     ok_authors, authors = optional("authors", lambda n: _read_authors(r, n), ())
     ok_links, links = optional("links", lambda n: _read_links(r, n), ())
     ok_expl, explanations = optional(
-        "explanations", lambda n: r.path(n, "explanations", "file", "a .jsonl file of {sae, index, text, author, score}"), None
+        "explanations",
+        lambda n: r.path(n, "explanations", "any", "a .jsonl file of {sae, index, text, author, score}, Neuronpedia's explanation export or delphi's output folder"),
+        None,
     )
     ok_compute, compute = optional("compute", lambda n: _read_compute(r, n), ComputeSettings())
 
@@ -827,6 +837,87 @@ def _parse(path: Path) -> _Parsed:
             mark=r.mark(root),
             marks=marks,
         )
+    return parsed
+
+
+def _read_export(r: _Reader, node: Node) -> tuple[Path, ModelSpec, tuple[SetSpec, ...]] | None:
+    """`source: {neuronpedia_export: DIR}`: the export folder and the model and sets its SAE
+    folders (`{modelId}/{sourceId}/`, sourceId `{layer}-{setName}`) name."""
+    from sae_atlas.sources.neuronpedia import find_saes
+
+    items = r.mapping(node, "source", SOURCE_KEYS, SOURCE_KEYS, "{neuronpedia_export: neuronpedia/gpt2-small}")
+    if items is None or "neuronpedia_export" not in items:
+        return None
+    value = items["neuronpedia_export"][1]
+    folder = r.path(value, "source.neuronpedia_export", "dir", "a folder of Neuronpedia's export ({modelId}/{sourceId}/features/...)")
+    if folder is None:
+        return None
+    found = find_saes(folder)
+    models = sorted({s.model_id for s in found})
+    if not found:
+        r.problem(value, "source.neuronpedia_export has no SAE folder; expected {modelId}/{sourceId}/ folders with features/batch-N.jsonl.gz, sourceId LAYER-SET")
+        return None
+    if len(models) > 1:
+        r.problem(value, f"source.neuronpedia_export holds SAEs of {len(models)} models ({', '.join(models)}); expected one model per release")
+        return None
+    if not SLUG.fullmatch(models[0]) or any(not SLUG.fullmatch(s.set_name) for s in found):
+        r.problem(value, f"source.neuronpedia_export: model '{models[0]}' or a set name is not a slug; expected lowercase letters, digits and dashes")
+        return None
+    mark = r.mark(value)
+    model = ModelSpec(id=models[0], mark=mark)
+    sets = []
+    for name in sorted({s.set_name for s in found}):
+        saes = tuple(SaeSpec(models[0], name, s.layer, "", path=s.path, mark=mark) for s in found if s.set_name == name)
+        sets.append(SetSpec(name, name, "", saes, mark=mark))
+    return folder, model, tuple(sets)
+
+
+def _parse_mirror(r: _Reader, root: Node, items: dict[str, tuple[Node, Node]], path: Path) -> _Parsed:
+    """A release mirrored from Neuronpedia's export: model, corpus and sets come from the export."""
+    parsed = _Parsed(None, r.problems)
+    marks = {k: r.mark(v) for k, (_, v) in items.items()}
+    for key in ("model", "corpus", "sets"):
+        if key in items:
+            r.problem(items[key][0], f"'{key}' with 'source'; expected one of them: a mirrored release takes its {key} from the export")
+    release_id = r.slug(items["release"][1], "release", "my-saes") if "release" in items else None
+    if release_id is not None:
+        parsed.release_id = (release_id, marks["release"])
+    read = {
+        "title": lambda n: r.text(n, "title"),
+        "description": lambda n: r.text(n, "description", allow_empty=True),
+        "authors": lambda n: _read_authors(r, n),
+        "links": lambda n: _read_links(r, n),
+        "explanations": lambda n: r.path(n, "explanations", "any", "an explanations file or folder (see the README)"),
+        "compute": lambda n: _read_compute(r, n),
+    }
+    values = {k: read[k](items[k][1]) for k in read if k in items}
+    export = _read_export(r, items["source"][1])
+    if "lists" in items:
+        values["lists"] = _read_lists(r, items["lists"][1], list(export[2]) if export else [], export[1].id if export else None)
+    if export is not None:
+        parsed.model_id = (export[1].id, export[1].mark)
+        parsed.set_ids = [(s.id, s.mark) for s in export[2]]
+        if release_id == export[1].id:
+            r.problem(marks["release"], f"release '{release_id}' has the same id as its model; expected distinct ids (releases and models share the site's top level)")
+    if release_id is None or export is None or r.problems or any(v is None for v in values.values()):
+        return parsed
+    parsed.release = Release(
+        id=release_id,
+        title=values.get("title", release_id),
+        model=export[1],
+        corpus=CorpusSpec(mark=export[1].mark),
+        sets=export[2],
+        source=path.resolve(),
+        description=values.get("description", ""),
+        authors=values.get("authors", ()),
+        links=values.get("links", ()),
+        explanations=values.get("explanations"),
+        compute=values.get("compute", ComputeSettings()),
+        lists=values.get("lists", ()),
+        neuronpedia_export=export[0],
+        mark=r.mark(root),
+        marks=marks,
+    )
     return parsed
 
 

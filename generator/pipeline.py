@@ -47,6 +47,12 @@ def cmd_compute(args: argparse.Namespace) -> int:
     from sae_atlas import api
 
     releases = load_releases(args.content, args.release)  # before importing torch: bad input fails fast
+    if all(r.neuronpedia_export is not None for r in releases):  # only mirrors: imported, no torch
+        from sae_atlas.mirror import import_release
+
+        for release in releases:
+            import_release(release, args.cache, quiet=args.quiet)
+        return 0
     api.compute(
         releases, args.cache, device=args.device, dtype=args.dtype, batch_size=args.batch_size, shard=args.shard,
         replay_memory=args.replay_memory, threads=getattr(args, "threads", None), quiet=args.quiet,
@@ -68,6 +74,19 @@ def cmd_build(args: argparse.Namespace) -> int:
         print("sae-atlas: --shard computes a slice only; run `sae-atlas render` once all shards are done", file=sys.stderr)
         return 0
     return cmd_render(args)
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from sae_atlas.mirror import import_export
+
+    release, n = import_export(args.dir, args.cache, quiet=args.quiet)
+    print(
+        f"imported {n} SAE(s) of {release.model.id} into {args.cache}; a manifest with\n"
+        f"  release: {release.id}\n  source: {{neuronpedia_export: {Path(args.dir).resolve()}}}\n"
+        "renders them (`sae-atlas render`)",
+        file=sys.stderr,
+    )
+    return 0
 
 
 def cmd_dump(args: argparse.Namespace) -> int:

@@ -194,7 +194,7 @@ def test_unknown_key_in_an_sae_entry(tmp_path):
 def test_theme_is_not_a_manifest_key(tmp_path):
     path = write(tmp_path, VALID + "theme: dark\n")
     assert only_problem(path) == at(path, 23, 1, "unknown key 'theme' in the manifest; expected one of: " + ", ".join(
-        ["release", "title", "description", "authors", "links", "model", "corpus", "sets", "explanations", "compute", "lists"]
+        ["release", "title", "description", "authors", "links", "model", "corpus", "sets", "explanations", "compute", "lists", "source"]
     ))
 
 
@@ -323,7 +323,7 @@ def test_paths_that_do_not_exist_are_all_reported(tmp_path):
         at(path, 8, 9, f"model.path '../models/nope' {why}; expected a model directory with config.json, model.safetensors and tokenizer files"),
         at(path, 10, 9, f"corpus.path '../corpus/nope.txt' {why}; expected a local .txt or .jsonl file"),
         at(path, 19, 26, f"sets[0].saes[0].path '../saes/res/9' {why}; expected an SAE directory written by SAELens save_model (cfg.json + sae_weights.safetensors)"),
-        at(path, 21, 15, f"explanations '../explanations/nope.jsonl' {why}; expected a .jsonl file of {{sae, index, text, author, score}}"),
+        at(path, 21, 15, f"explanations '../explanations/nope.jsonl' {why}; expected a .jsonl file of {{sae, index, text, author, score}}, Neuronpedia's explanation export or delphi's output folder"),
     ]
 
 

@@ -152,7 +152,10 @@ def list_card(feature: ListFeatureJob, arrays: dict[str, np.ndarray], vocab: tup
         "max": record.get("max"),
         "density": record.get("density"),
         "label": label,
-        "expl": [{"html": e["html"], "author": e["author"], "score": e["score"]} for e in expl],
+        "expl": [
+            {"html": e["html"], "author": e["author"], "score": e["score"], **({"scores": e["scores"]} if e.get("scores") else {})}
+            for e in expl
+        ],
         "top": [ex for ex in record.get("top", []) if ex is not None][:LIST_EXAMPLES],
     }
 

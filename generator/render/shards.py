@@ -139,7 +139,8 @@ def feature_records(job: SaeDataJob, arrays: dict[str, np.ndarray], vocab: tuple
     records = statistics.records(arrays, lo, hi, ctx)
     for record in records:
         record["expl"] = [
-            {"html": e["html"], "author": e["author"], "score": e["score"]} for e in job.explanations.get(record["i"], ())
+            {"html": e["html"], "author": e["author"], "score": e["score"], **({"scores": e["scores"]} if e.get("scores") else {})}
+            for e in job.explanations.get(record["i"], ())
         ]
     return records
 

@@ -14,12 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import orjson
 from markupsafe import Markup
 
 from sae_atlas import ids
 from sae_atlas import stats as statistics
 from sae_atlas.cache import DEFAULT_DTYPE, CacheStore, corpus_key, missing_entry_hint, sae_key, set_key
-from sae_atlas.sources.explanations import load_explanations
+from sae_atlas.sources.explanations import Explanation, load_explanations
 from sae_atlas.errors import AtlasError, InputError, Problem
 from sae_atlas.ids import SaeId
 from sae_atlas.manifest import ListSpec, Release, SaeSpec, SetSpec
@@ -300,12 +301,15 @@ def _explanation_records(entries: list) -> list[dict]:
                 "text": plain_text(html),
                 "author": clean_text(e.author) if e.author else None,
                 "score": e.score,
+                **({"scores": [[clean_text(name), value] for name, value in e.scores]} if e.scores else {}),
             }
         )
     return records
 
 
 def _snippet(release: Release, spec: SaeSpec) -> str:
+    if release.neuronpedia_export is not None:
+        return ""
     if spec.sae_lens is not None:
         call = f'SAE.from_pretrained(release="{spec.sae_lens.release}", sae_id="{spec.sae_lens.id}")'
     else:
@@ -324,10 +328,27 @@ def neuronpedia_href(spec: SaeSpec) -> str | None:
     return safe_href(NEURONPEDIA + quote(str(np_id), safe="/")) if np_id else None
 
 
+def mirrored_href(spec: SaeSpec) -> str | None:
+    """Link to the Neuronpedia page a mirrored SAE comes from: `MODEL/SOURCE` (its export folder)."""
+    return safe_href(NEURONPEDIA + quote(f"{spec.model_id}/{Path(spec.path).name}", safe="/")) if spec.path else None
+
+
 def _corpus_label(release: Release) -> str:
     c = release.corpus
+    if release.neuronpedia_export is not None:
+        return clean_text(f"Neuronpedia's activation rows ({release.neuronpedia_export.name}), one prompt each")
     name = c.path.name if c.path is not None else str(c.dataset)
     return clean_text(f"{name} · {c.prompts:,} prompts × {c.context} tokens")
+
+
+def _mirrored_explanations(store: CacheStore, release: Release, dtype: str, by_sae: dict[str, dict[int, list]]) -> None:
+    """The explanations a mirrored SAE's entry holds (its export's explanation rows); the
+    manifest's explanations file replaces them feature by feature."""
+    for spec in release.saes():
+        path = store.sae_dir(sae_key(release, spec, dtype)) / "explanations.json"
+        if path.is_file():
+            for e in orjson.loads(path.read_bytes()):
+                by_sae[spec.id].setdefault(e["index"], []).append(Explanation(e["text"], e["author"], e["score"], tuple(map(tuple, e["scores"]))))
 
 
 def _stats(meta: dict) -> dict:
@@ -382,8 +403,10 @@ def build_site_model(releases: list[Release], cache: Path, dtype: str = DEFAULT_
                 n_prompts, context = (int(x) for x in entry["tokens"].shape)
                 corpora[ckey] = CorpusModel(ckey, entry.path, n_prompts, context, shards.choose_prompts_per_shard(context))
         by_sae: dict[str, dict[int, list]] = defaultdict(dict)
+        if release.neuronpedia_export is not None:
+            _mirrored_explanations(store, release, dtype, by_sae)
         if release.explanations:
-            for (sae_name, index), entries in load_explanations(release.explanations).items():
+            for (sae_name, index), entries in load_explanations(release.explanations, release.saes()).items():
                 by_sae[sae_name][index] = entries
         settings = release.compute
         shard_size = shards.choose_shard_size(
@@ -415,7 +438,7 @@ def build_site_model(releases: list[Release], cache: Path, dtype: str = DEFAULT_
                         corpus_label=_corpus_label(release),
                         stats=_stats(entry.meta),
                         snippet=_snippet(release, spec),
-                        neuronpedia=neuronpedia_href(spec),
+                        neuronpedia=neuronpedia_href(spec) if release.neuronpedia_export is None else mirrored_href(spec),
                         shard_size=shard_size,
                         prompt_viewed=int(entry["prompt_feature"].shape[0]) if "prompt_feature" in entry.arrays else 0,
                         explanations={

@@ -19,6 +19,7 @@ from sae_atlas.errors import InputError, Problem
 from sae_atlas.manifest import Mark, Release, SaeSpec, SetSpec
 from sae_atlas.sources.architectures import architecture_info
 from sae_atlas.sources.corpus import prepend_bos_problem
+from sae_atlas.sources.explanations import detect_format, load_explanations
 from sae_atlas.sources.configs import (
     MODEL_CONFIG,
     MODEL_WEIGHTS,
@@ -63,7 +64,12 @@ def validate_sources(releases: list[Release]) -> None:
     problems: list[Problem] = []
     missing: dict[str, _MissingRepo] = {}  # shared: one line per hub repo, whichever releases need it
     for release in releases:
-        problems.extend(_ReleaseCheck(release, missing).run())
+        check = _ReleaseCheck(release, missing)
+        if release.neuronpedia_export is None:
+            problems.extend(check.run())
+        elif release.explanations is not None:  # a mirror's export is checked row by row when imported
+            check.check_explanations(release.explanations)
+            problems.extend(check.problems)
     problems.extend(_hub_missing_problems(missing))
     if problems:
         raise InputError(list(dict.fromkeys(problems)))
@@ -502,6 +508,9 @@ class _ReleaseCheck:
 
     def check_explanations(self, path: Path) -> None:
         mark = self.release.mark_of("explanations")
+        if path.is_dir() or detect_format(path) != "atlas":
+            self.check_tool_explanations(path, mark)
+            return
         reader = _CorpusReader(path)
         sae_ids = {sae.id for sae in self.release.saes()}
         n = 0
@@ -522,6 +531,18 @@ class _ReleaseCheck:
                 reader.line_problem(lineno, 'has no "text"; expected the explanation as a string')
         for message in reader.problems:
             self.at(mark, message)
+
+
+    def check_tool_explanations(self, path: Path, mark: Mark) -> None:
+        """Neuronpedia's or delphi's explanations: each file's own problems, then SAEs not in the release."""
+        try:
+            found = load_explanations(path, self.release.saes())
+        except InputError as e:
+            self.problems.extend(e.problems)
+            return
+        sae_ids = {sae.id for sae in self.release.saes()}
+        for sae in sorted({sae for sae, _ in found} - sae_ids):
+            self.at(mark, f"explanations name the SAE {sae!r}, which is not in this release; expected one of {', '.join(sorted(sae_ids))}")
 
 
 class _CorpusReader:

@@ -171,6 +171,15 @@ def test_explanations_pane_shows_cards_else_the_top_tokens_else_nothing(view):
     assert _render(page, "explanations", DEAD_REC) is None  # no explanation, no label
 
 
+def test_explanations_pane_names_each_score_and_keeps_their_names_inert(view):
+    page = view()
+    hostile = "<img src=x onerror=alert(1)>"
+    _render(page, "explanations", _live(expl=[{"html": "<p>cats</p>", "author": "delphi · llama", "score": 0.75,
+                                               "scores": [["detection", 0.75], [hostile, 0.5]]}]))
+    assert _texts(page, ".expl-meta") == [f"delphi · llama · detection 0.75 · {hostile} 0.5"]
+    assert page.evaluate("() => window.__pane.box.querySelectorAll('img').length") == 0
+
+
 def test_histogram_pane_draws_the_non_zero_bins(view):
     page = view()
     hist = [3, 0, 1, 2]

@@ -18,7 +18,9 @@
           card.appendChild(text);
           var meta = [];
           if (e.author) meta.push(e.author);
-          if (typeof e.score === 'number') meta.push('score ' + fmt(e.score));
+          if (e.scores && e.scores.length) {
+            e.scores.forEach(function (s) { meta.push(s[0] + ' ' + fmt(s[1])); });
+          } else if (typeof e.score === 'number') meta.push('score ' + fmt(e.score));
           if (meta.length) card.appendChild(el('div', 'expl-meta', meta.join(' · ')));
           es.appendChild(card);
         });
