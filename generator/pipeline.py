@@ -73,7 +73,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 def cmd_dump(args: argparse.Namespace) -> int:
     import orjson
 
-    from sae_atlas.cache import dump_feature
+    from sae_atlas.export.dump import dump_feature
 
     releases = load_content(args.content)
     record = dump_feature(releases, args.cache, args.feature, args.dtype)
