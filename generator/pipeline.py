@@ -81,6 +81,14 @@ def cmd_dump(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from sae_atlas.export import exporter
+
+    releases = load_releases(args.content, args.release)
+    exporter(args.format)(releases, args.cache, args.out, dtype=args.dtype, quiet=args.quiet)
+    return 0
+
+
 def cmd_init(args: argparse.Namespace) -> int:
     from sae_atlas.scaffold import init_manifest
 
