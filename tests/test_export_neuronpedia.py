@@ -167,6 +167,16 @@ def test_top_examples_are_the_corpus_tokens_around_the_cached_peak(exported):
                 assert row["maxValue"] == max(row["values"]) == row["values"][row["maxValueTokenIndex"]]
                 assert row["minValue"] == min(row["values"])
             assert rows[0]["maxValue"] == float(a["max_activation"][i])
+            for k, row in zip(used, rows):  # direct feature attribution to the peak, on attention SAEs only
+                p, q = int(a["top_prompt"][i, k]), int(a["top_position"][i, k])
+                start = max(0, q - before)
+                if "top_dfa" in a:
+                    window = a["top_dfa"][i, k, start - (q - before) :][: len(row["tokens"])]
+                    assert row["dfaValues"] == [float(v) for v in window] and row["dfaTargetIndex"] == q - start
+                    assert row["dfaMaxValue"] == max(row["dfaValues"])
+                else:
+                    assert (row["dfaValues"], row["dfaTargetIndex"], row["dfaMaxValue"]) == ([], None, None)
+        assert ("top_dfa" in a) == spec.hook.endswith("attn.hook_z")
 
 
 def test_interval_samples_carry_their_bounds_and_the_brute_force_share_of_tokens(exported, brute):

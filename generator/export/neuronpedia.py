@@ -126,6 +126,7 @@ def _activation_row(job: BatchJob, index: int, slot: str, example: dict, start: 
         values[qualifying] = float(example["activation"])  # the window is f16; the peak is exact
     peak = int(np.argmax(values)) if values else 0
     bin_min, bin_max, bin_contains = bins
+    dfa = [float(v) for v in example.get("dfa") or ()]  # top examples of attention SAEs: to the peak
     return {
         "id": _row_id(job.model_id, job.source_id, index, slot),
         "modelId": job.model_id,
@@ -139,6 +140,9 @@ def _activation_row(job: BatchJob, index: int, slot: str, example: dict, start: 
         "maxValueTokenIndex": peak,
         "minValue": min(values) if values else 0.0,
         "qualifyingTokenIndex": qualifying,
+        "dfaValues": dfa,
+        "dfaTargetIndex": qualifying if dfa else None,
+        "dfaMaxValue": max(dfa) if dfa else None,
         "binMin": bin_min,
         "binMax": bin_max,
         "binContains": bin_contains,
