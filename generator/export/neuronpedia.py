@@ -308,11 +308,11 @@ def release_row(release: Release, first_source: str) -> dict:
 
 
 def model_row(release: Release) -> dict:
-    from sae_atlas.sources.configs import read_model_config
+    from sae_atlas.sources.configs import ConfigError, read_model_config
 
     try:
         config = read_model_config(release.model) or {}
-    except Exception:  # noqa: BLE001 - the sizes are informative only; Neuronpedia's own default is 0
+    except ConfigError:  # the sizes are informative only; 0 is Neuronpedia's own exporters' default
         config = {}
     name = model_id(release)
     return {
