@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from sae_atlas.cache import DEFAULT_DTYPE, read_entry
+from sae_atlas.cache import DEFAULT_DTYPE, Entry, read_entry
 from sae_atlas.errors import AtlasError
 from sae_atlas.export import Task, run_tasks
 from sae_atlas.manifest import Release
@@ -245,8 +245,11 @@ def write_batch(job: BatchJob, root: str) -> tuple[int, int]:
     from sae_atlas.export.dump import feature_record
     from sae_atlas.render.shards import load_vocab
 
-    entry = read_entry(Path(job.entry_dir), verify=False)  # verified when the export was planned
-    tokens = np.load(Path(job.corpus_dir, "tokens.npy"), mmap_mode="r", allow_pickle=False)
+    mapped = read_entry(Path(job.entry_dir), verify=False)  # verified when the export was planned
+    # Plain ndarray views of the memory maps: the records index them element by element, which
+    # np.memmap's own indexing makes ~5x slower.
+    entry = Entry(mapped.path, mapped.meta, {name: np.asarray(a) for name, a in mapped.arrays.items()})
+    tokens = np.asarray(np.load(Path(job.corpus_dir, "tokens.npy"), mmap_mode="r", allow_pickle=False))
     vocab = load_vocab(job.corpus_dir)
     meta = entry.meta
     before = int(meta["settings"]["context_before"])
