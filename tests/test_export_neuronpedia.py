@@ -260,6 +260,20 @@ def test_cli_export_is_byte_identical_and_a_bad_release_is_an_error(exported, tm
     assert not (tmp_path / "bad").exists()
 
 
+def test_out_is_replaced_only_when_it_is_new_or_a_previous_export(exported, tmp_path):
+    release, _, cache, out, _ = exported
+    mine = tmp_path / "mine"
+    (mine / "notes").mkdir(parents=True)
+    (mine / "notes" / "keep.txt").write_text("mine")
+    with pytest.raises(AtlasError, match="is not a Neuronpedia export"):
+        export_neuronpedia([release], cache, mine, quiet=True)
+    assert (mine / "notes" / "keep.txt").read_text() == "mine"
+    again = tmp_path / "again"
+    export_neuronpedia([release], cache, again, quiet=True, batch_size=BATCH)
+    export_neuronpedia([release], cache, again, quiet=True, batch_size=BATCH)  # a previous export is replaced
+    assert _rows(_source(again, release.saes()[0]) / "features") == _rows(_source(out, release.saes()[0]) / "features")
+
+
 def test_model_id_is_the_transformer_lens_name(exported):
     release = exported[0]
     named = dataclasses.replace(release, model=dataclasses.replace(release.model, transformer_lens="gpt2-small"))

@@ -421,6 +421,20 @@ def plan(releases: list[Release], cache: Path, dtype: str = DEFAULT_DTYPE, batch
     return tasks, n_live, n_dead
 
 
+def _check_replaceable(out: Path) -> None:
+    """`out` is replaced as a whole: refuse a file, or a folder holding anything but a previous
+    export (`MODEL/SOURCE/source.jsonl`), so that a mistyped --out loses nothing."""
+    if not out.exists():
+        return
+    if out.is_dir() and all(
+        model.is_dir() and all((source / "source.jsonl").is_file() for source in model.iterdir()) for model in out.iterdir()
+    ):
+        return
+    raise AtlasError(
+        f"{out} exists and is not a Neuronpedia export (it would be replaced); expected a new folder or a previous export"
+    )
+
+
 def export_neuronpedia(
     releases: list[Release],
     cache: Path,
@@ -432,6 +446,7 @@ def export_neuronpedia(
 ) -> ExportReport:
     """Write the Neuronpedia export of every SAE of `releases` into `out` (replaced atomically; on
     failure untouched)."""
+    _check_replaceable(Path(out))
     tasks, n_live, n_dead = plan(releases, cache, dtype, batch_size)
     n_saes = sum(1 for function, _ in tasks if function is write_files)
     if workers is None:
