@@ -227,6 +227,11 @@ def test_batches_split_every_batch_size_features(exported, tmp_path):
         assert [f.name for f in files] == [f"batch-{n}.jsonl.gz" for n in range(D_SAE // BATCH)]
         for n, f in enumerate(files):
             assert {int(r["index"]) // BATCH for r in _lines(f)} == {n}
+    pooled = tmp_path / "pooled"  # the batches as picklable tasks in two worker processes
+    export_neuronpedia([release], cache, pooled, quiet=True, batch_size=BATCH, workers=2)
+    files = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(pooled) for p in pooled.rglob("*") if p.is_file())
+    assert all((out / f).read_bytes() == (pooled / f).read_bytes() for f in files)
     whole = tmp_path / "whole"
     export_neuronpedia([release], cache, whole, quiet=True)
     assert [f.name for f in (_source(whole, spec) / "features").glob("*.gz")] == ["batch-0.jsonl.gz"]
