@@ -12,7 +12,6 @@ import hashlib
 import os
 import shutil
 import sys
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,8 +19,6 @@ import numpy as np
 import orjson
 
 from sae_atlas import stats as statistics
-from sae_atlas.errors import AtlasError
-from sae_atlas.ids import parse_feature_id
 from sae_atlas.manifest import Release, SaeSpec, SetSpec
 
 CACHE_FORMAT = 1
@@ -285,52 +282,19 @@ class CacheStore:
         return orjson.loads((self.corpus_dir(key) / "vocab.json").read_bytes())
 
 
-# -- reading one feature ----------------------------------------------------------------------------
+# The readers of one feature (`sae-atlas dump`) live in `sae_atlas.export.dump`, the token display
+# helpers in `sae_atlas.stats.common`; their names stay importable from here.
+_MOVED = {
+    "feature_record": "sae_atlas.export.dump",
+    "dump_feature": "sae_atlas.export.dump",
+    "token_string": "sae_atlas.stats.common",
+    "vocab_covering": "sae_atlas.stats.common",
+}
 
 
-def token_string(vocab: Sequence[str], token: int) -> str:
-    """Display string of a token id. A model's d_vocab may exceed its tokenizer (padded to a
-    multiple of 64 or 128): ids past the tokenizer have no string and show as `<id N>`."""
-    return vocab[token] if 0 <= token < len(vocab) else f"<id {token}>"
+def __getattr__(name: str):
+    if name in _MOVED:
+        import importlib
 
-
-def vocab_covering(vocab: Sequence[str], top: int) -> list[str]:
-    """`vocab` extended so that every id up to `top` indexes it (padded ids as `token_string`)."""
-    return list(vocab) + [token_string(vocab, t) for t in range(len(vocab), top + 1)]
-
-
-def feature_record(entry: Entry, tokens: np.ndarray, vocab: list[str], index: int) -> dict:
-    """The computed record of feature `index` of an SAE entry (the `sae-atlas dump` format): each
-    statistic's keys (`sae_atlas.stats`), in registry order."""
-    m = entry.meta
-    d_sae = int(m["d_sae"])
-    if not 0 <= index < d_sae:
-        raise AtlasError(f"feature index {index} out of range for {m['sae_id']}; expected 0 <= index < {d_sae}")
-    ctx = statistics.DumpContext(m, tokens, vocab)
-    return {"sae": m["sae_id"], "index": index, **statistics.dump(entry.arrays, index, ctx)}
-
-
-def dump_feature(releases: list[Release], cache_root: Path, feature: str, dtype: str = DEFAULT_DTYPE) -> dict:
-    """`MODEL@LAYER-SET:INDEX` -> its record computed with `dtype`; AtlasError if unknown or not computed."""
-    try:
-        sae_id, index = parse_feature_id(feature)
-    except ValueError as e:
-        raise AtlasError(str(e)) from None
-    for release in releases:
-        for spec in release.saes():
-            if spec.sae_id == sae_id:
-                store = CacheStore(cache_root)
-                entry = store.sae_entry(sae_key(release, spec, dtype))
-                corpus = store.corpus(corpus_key(release))
-                if entry is None or corpus is None:
-                    hint = missing_entry_hint(store, release, spec, dtype)
-                    raise AtlasError(
-                        f"{sae_id} is not computed with --dtype {dtype} in {cache_root}{hint or '; run `sae-atlas compute` first'}"
-                    )
-                # The site's token strings (cleaned of lone surrogates and NUL, which JSON cannot carry).
-                from sae_atlas.render.shards import load_vocab
-
-                vocab = load_vocab(str(store.corpus_dir(corpus_key(release))))
-                return feature_record(entry, np.asarray(corpus["tokens"]), vocab, index)
-    known = sorted(spec.id for r in releases for spec in r.saes())
-    raise AtlasError(f"unknown SAE {sae_id}; known: {', '.join(known) or 'none'}")
+        return getattr(importlib.import_module(_MOVED[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from sae_atlas.cache import COMPUTE_DTYPES, DEFAULT_DTYPE
 from sae_atlas.errors import AtlasError, InputError
+from sae_atlas.export import EXPORTERS
 
 DEFAULT_CONTENT = Path("content")
 DEFAULT_OUT = Path("build/site")
@@ -102,6 +103,13 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("feature", help="MODEL@LAYER-SET:INDEX")
     sp.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     dtype_opt(sp, "to print")
+    sp = sub.add_parser("export", help="write the computed statistics in another tool's format")
+    common(sp)
+    sp.add_argument("format", choices=sorted(EXPORTERS), help="neuronpedia: the files Neuronpedia's admin import reads")
+    sp.add_argument("--out", type=Path, required=True, help="the folder to write (replaced atomically)")
+    sp.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    dtype_opt(sp, "to export")
+    sp.add_argument("--release", action="append", default=None, help="only this release (repeatable)")
     sp = sub.add_parser("deploy", help="publish the site as a commit on a gh-pages branch and push it")
     sp.add_argument("--site", type=Path, default=DEFAULT_OUT, help="the rendered site (default: build/site)")
     sp.add_argument("--branch", default="gh-pages", help="the branch to commit onto (default: gh-pages)")

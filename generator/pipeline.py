@@ -92,11 +92,19 @@ def cmd_import(args: argparse.Namespace) -> int:
 def cmd_dump(args: argparse.Namespace) -> int:
     import orjson
 
-    from sae_atlas.cache import dump_feature
+    from sae_atlas.export.dump import dump_feature
 
     releases = load_content(args.content)
     record = dump_feature(releases, args.cache, args.feature, args.dtype)
     sys.stdout.buffer.write(orjson.dumps(record, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY) + b"\n")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from sae_atlas.export import exporter
+
+    releases = load_releases(args.content, args.release)
+    exporter(args.format)(releases, args.cache, args.out, dtype=args.dtype, quiet=args.quiet)
     return 0
 
 

@@ -19,10 +19,9 @@ import numpy as np
 import orjson
 
 from sae_atlas import stats as statistics
-from sae_atlas.cache import vocab_covering
 from sae_atlas.render.markup import clean_text
 from sae_atlas.render.write import SiteWriter
-from sae_atlas.stats.common import round_sig
+from sae_atlas.stats.common import round_sig, vocab_covering
 
 # Sizing (see docs/BENCHMARKS.md): a feature shard of ~16 records is ~33 KB and a prompt shard of
 # one 128-token prompt ~1.1 KB, so opening a feature (its shard + up to 45 prompt shards) stays well

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import os
 import sys
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 
 from sae_atlas.cache import DEFAULT_DTYPE
 from sae_atlas.errors import AtlasError
+from sae_atlas.export import Task, run_tasks
 from sae_atlas.manifest import Release
 from sae_atlas.render import pages, prompts, shards
 from sae_atlas.render.sitemodel import SiteModel, build_site_model
@@ -28,14 +27,8 @@ class RenderReport:
     features: int
 
 
-def _progress(total: int, quiet: bool, desc: str):
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit="SAE", disable=quiet, file=sys.stderr, leave=False)
-
-
-def _data_tasks(site: SiteModel) -> list[tuple]:
-    tasks: list[tuple] = [
+def _data_tasks(site: SiteModel) -> list[Task]:
+    tasks: list[Task] = [
         (shards.write_corpus, (str(c.entry_dir), c.site_dir, c.prompts_per_shard)) for c in site.corpora.values()
     ]
     tasks += [(shards.write_sae_data, (site.job(sae),)) for sae in site.saes]
@@ -44,34 +37,8 @@ def _data_tasks(site: SiteModel) -> list[tuple]:
     return tasks
 
 
-def _run(function, args, root: str) -> tuple[int, int]:
-    return function(*args, root)
-
-
 def write_data(site: SiteModel, root: Path, workers: int, quiet: bool) -> tuple[int, int]:
-    tasks = _data_tasks(site)
-    files = size = 0
-    if workers <= 1:
-        with _progress(len(tasks), quiet, "render data") as bar:
-            for function, args in tasks:
-                f, b = function(*args, str(root))
-                files, size = files + f, size + b
-                bar.update()
-        return files, size
-    # fork: workers inherit the loaded modules (no re-import of a caller's __main__); every task is
-    # submitted before the progress bar starts its monitor thread.
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("fork")) as pool:
-        futures = [pool.submit(_run, function, args, str(root)) for function, args in tasks]
-        try:
-            with _progress(len(tasks), quiet, "render data") as bar:
-                for future in as_completed(futures):
-                    f, b = future.result()
-                    files, size = files + f, size + b
-                    bar.update()
-        except BaseException:
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise
-    return files, size
+    return run_tasks(_data_tasks(site), root, workers, quiet, "render data")
 
 
 def render_site(

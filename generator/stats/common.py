@@ -7,6 +7,17 @@ import numpy as np
 SIGNIFICANT_DIGITS = 4
 
 
+def token_string(vocab, token: int) -> str:
+    """Display string of a token id. A model's d_vocab may exceed its tokenizer (padded to a
+    multiple of 64 or 128): ids past the tokenizer have no string and show as `<id N>`."""
+    return vocab[token] if 0 <= token < len(vocab) else f"<id {token}>"
+
+
+def vocab_covering(vocab, top: int) -> list[str]:
+    """`vocab` extended so that every id up to `top` indexes it (padded ids as `token_string`)."""
+    return list(vocab) + [token_string(vocab, t) for t in range(len(vocab), top + 1)]
+
+
 def round_sig(values: np.ndarray, digits: int = SIGNIFICANT_DIGITS) -> np.ndarray:
     """float64 copy of `values` rounded to `digits` significant digits, computed so that each
     result is the float nearest its short decimal (so JSON prints `1.235`, not `1.2350000143`)."""
@@ -62,8 +73,6 @@ def token_value_pairs(vocab, tokens: np.ndarray, values: np.ndarray) -> list:
 
 def dump_examples(ctx, value: np.ndarray, prompt: np.ndarray, position: np.ndarray, window: np.ndarray) -> list[dict]:
     """Examples as in `sae-atlas dump`: each stored window clipped to its prompt."""
-    from sae_atlas.cache import token_string
-
     before = int(ctx.meta["settings"]["context_before"])
     tokens = ctx.tokens
     context = tokens.shape[1]

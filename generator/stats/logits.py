@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from sae_atlas.stats import Array, Statistic
-from sae_atlas.stats.common import token_value_pairs
+from sae_atlas.stats.common import token_string, token_value_pairs
 
 SHAPE = ("F", "logits")
 
@@ -34,8 +34,6 @@ class Logits(Statistic):
         }
 
     def dump(self, arrays, i, ctx):
-        from sae_atlas.cache import token_string
-
         def rows(token, value):
             return [{"token": int(t), "token_string": token_string(ctx.vocab, int(t)), "value": float(v)} for t, v in zip(token, value) if t >= 0]
 
