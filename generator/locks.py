@@ -195,8 +195,8 @@ class Locks:
             return False
         try:
             current = read_holder(path)
-            if current is not None and (current.token, current.mtime_ns) != (stale.token, stale.mtime_ns):
-                return False
+            if current is None or (current.token, current.mtime_ns) != (stale.token, stale.mtime_ns):
+                return False  # released, renewed or taken over meanwhile: O_EXCL decides again
             tmp = path.with_name(f"{path.name}.{self.host}-{os.getpid()}-{token}")
             with open(tmp, "wb") as f:
                 f.write(self._content(token))

@@ -45,7 +45,7 @@ class SlurmJobs:
 
 
 def _directives(name: str, log: Path, options: SlurmOptions, gpus: bool) -> list[str]:
-    lines = [f"--job-name={name}", f"--output={log}"]
+    lines = [f"--job-name={name}", f"--output={log}", "--ntasks=1"]
     if options.partition:
         lines.append(f"--partition={options.partition}")
     if options.time:

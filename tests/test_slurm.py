@@ -51,7 +51,7 @@ def test_the_scripts_name_the_resources_and_run_a_shard_each(content, reference,
     jobs = tmp_path / "slurm"
     compute, render = (jobs / "compute.sbatch").read_text(), (jobs / "render.sbatch").read_text()
     directives = lambda text: [line.split(" ", 1)[1] for line in text.splitlines() if line.startswith("#SBATCH ")]  # noqa: E731
-    common = ["--partition=gpu", "--time=2:00:00", "--cpus-per-task=4", "--mem=16G", "--account=lab"]
+    common = ["--ntasks=1", "--partition=gpu", "--time=2:00:00", "--cpus-per-task=4", "--mem=16G", "--account=lab"]
     assert set(directives(compute)) == {"--array=0-1", "--job-name=sae-atlas-compute", f"--output={jobs / 'logs'}/compute-%A_%a.log", "--gpus-per-task=1", *common}
     assert set(directives(render)) == {"--job-name=sae-atlas-render", f"--output={jobs / 'logs'}/render-%j.log", *common}
     assert sys.executable in compute and sys.executable in render
