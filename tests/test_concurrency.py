@@ -21,7 +21,7 @@ import pytest
 from sae_atlas.cache import CorruptEntry, corpus_key, read_entry, sae_key, set_key
 from sae_atlas.locks import Locks, read_holder
 from sae_atlas.manifest import load_content
-from tests.test_faults import BATCH, FREQUENT_CHECKPOINTS, ROOT, assert_same_tree, build, partial_states, run_and_kill
+from tests.test_faults import BATCH, ROOT, assert_same_tree, build, partial_states, run_and_kill
 from tests.fixtures import build_fixture_content
 
 HOOK = "blocks.{layer}.hook_resid_post"

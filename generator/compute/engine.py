@@ -6,6 +6,8 @@ so the model usually runs once); then the CE loss and the weights-only parts; on
       corpus tokens -> load model + SAEs -> pass 1 (keep) -> pass 2 (replay) -> CE loss -> weights
       -> write entries
     -> cross-layer neighbours per Set
+Each corpus, SAE and Set entry is computed under its lock (`sae_atlas.locks`), so that processes
+sharing the cache never compute one entry at once.
 """
 
 from __future__ import annotations
