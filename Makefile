@@ -12,12 +12,12 @@ STAMP := $(VENV)/.installed
 # Exact versions of every dependency but torch, used as pip constraints; `make lock` regenerates it.
 LOCK := requirements.lock
 
-.PHONY: build test install lock chromium check render serve bench-compute bench-site bench-browser golden clean
+.PHONY: build test install lock chromium slurm check render serve bench-compute bench-site bench-browser golden clean
 
 build: $(STAMP)
 	$(VENV)/bin/sae-atlas build $(ARGS)
 
-test: $(STAMP) chromium
+test: $(STAMP) chromium slurm
 	$(PY) -m pytest $(ARGS)
 
 install: $(STAMP)
@@ -45,6 +45,17 @@ chromium: $(STAMP)
 	    $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; \
 	  else \
 	    $(PY) -m playwright install chromium; \
+	  fi; }
+
+# Slurm and munge for tests/test_slurm.py, which starts a single-node cluster (as root): the Debian
+# packages where apt-get exists; elsewhere install Slurm's daemons and munge yourself.
+slurm:
+	@command -v slurmctld >/dev/null 2>&1 || test -x /usr/sbin/slurmctld || { \
+	  if command -v apt-get >/dev/null 2>&1; then \
+	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	    $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq slurm-wlm munge; \
+	  else \
+	    echo "make: tests/test_slurm.py needs slurmctld, slurmd, sbatch and munged; install Slurm and munge" >&2; \
 	  fi; }
 
 check: $(STAMP)

@@ -8,6 +8,7 @@ entry is corrupt: it is reported and treated as missing (so it is recomputed, ne
 from __future__ import annotations
 
 import dataclasses
+import contextlib
 import hashlib
 import os
 import shutil
@@ -159,8 +160,10 @@ def write_json_atomic(path: Path, obj: object) -> None:
 
 def _remove_stale_writes(final_dir: Path) -> None:
     """Remove temp dirs of this entry left by runs that were killed mid-write."""
-    for entry in final_dir.parent.glob(final_dir.name + ".writing*"):
-        pid = entry.name.rsplit(".writing", 1)[-1]
+    leftovers = [(p, ".writing") for p in final_dir.parent.glob(final_dir.name + ".writing*")]
+    leftovers += [(p, ".replaced") for p in final_dir.parent.glob(final_dir.name + ".replaced*")]
+    for entry, suffix in leftovers:
+        pid = entry.name.rsplit(suffix, 1)[-1]
         if pid.isdigit() and int(pid) != os.getpid():
             try:
                 os.kill(int(pid), 0)
@@ -193,15 +196,20 @@ def write_entry(
         (tmp / name).write_bytes(data)
         files[name] = hashlib.sha256(data).hexdigest()
     write_json_atomic(tmp / "meta.json", {**meta, "format": CACHE_FORMAT, "files": files})
-    if final_dir.exists():
-        shutil.rmtree(final_dir, ignore_errors=True)
+    # An entry being replaced is renamed aside first (a reader sees it whole or not at all).
+    old = final_dir.with_name(final_dir.name + f".replaced{os.getpid()}")
+    shutil.rmtree(old, ignore_errors=True)
+    with contextlib.suppress(FileNotFoundError):
+        os.replace(final_dir, old)
     try:
         os.replace(tmp, final_dir)
     except OSError:
-        # Another process (a parallel shard) wrote the same entry first: keep theirs.
+        # Another process wrote the same entry first: keep theirs.
         shutil.rmtree(tmp, ignore_errors=True)
         if not (final_dir / "meta.json").exists():
             raise
+    finally:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 @dataclass

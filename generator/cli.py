@@ -52,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     def dtype_opt(sp: argparse.ArgumentParser, verb: str) -> None:
         sp.add_argument("--dtype", default=DEFAULT_DTYPE, choices=COMPUTE_DTYPES, help=f"model dtype of the statistics {verb} (part of the cache key)")
 
-    def compute_opts(sp: argparse.ArgumentParser) -> None:
+    def compute_opts(sp: argparse.ArgumentParser, shard: bool = True) -> None:
         sp.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
         dtype_opt(sp, "to compute")
         sp.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
@@ -63,7 +63,8 @@ def _parser() -> argparse.ArgumentParser:
             help="memory for pass 1's activations, replayed in pass 2 instead of running the model again (e.g. 4G; 0: none; default: 40%% of free memory)",
         )
         sp.add_argument("--release", action="append", default=None, help="only this release (repeatable)")
-        sp.add_argument("--shard", type=_shard, default=None, help="compute SAE slice I of N (for schedulers)")
+        if shard:
+            sp.add_argument("--shard", type=_shard, default=None, help="compute SAE slice I of N (for schedulers)")
 
     def render_opts(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--out", type=Path, default=DEFAULT_OUT)
@@ -110,6 +111,18 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     dtype_opt(sp, "to export")
     sp.add_argument("--release", action="append", default=None, help="only this release (repeatable)")
+    sp = sub.add_parser("slurm", help="write (and --submit) a Slurm array job of compute shards plus a render job after it")
+    common(sp), compute_opts(sp, shard=False), render_opts(sp)
+    sp.add_argument("manifests", nargs="*", type=Path, metavar="MANIFEST", help="CONTENT/releases/NAME.yaml (default: every release of --content)")
+    sp.add_argument("--array-size", type=int, default=None, metavar="N", help="compute tasks, each with --shard I/N (default: one per SAE)")
+    sp.add_argument("--partition", default=None, help="Slurm partition of both jobs")
+    sp.add_argument("--gpus-per-task", type=int, default=None, metavar="N", help="GPUs of each compute task")
+    sp.add_argument("--time", default=None, help="time limit of each job, e.g. 4:00:00")
+    sp.add_argument("--cpus-per-task", type=int, default=None, metavar="N")
+    sp.add_argument("--mem", default=None, help="memory of each job, e.g. 32G")
+    sp.add_argument("--sbatch", action="append", default=[], metavar="OPTION", help="another #SBATCH option for both jobs, e.g. --sbatch=--account=lab (repeatable)")
+    sp.add_argument("--dir", type=Path, default=None, help="where the job scripts and logs go (default: slurm/ beside --out)")
+    sp.add_argument("--submit", action="store_true", help="submit the jobs with sbatch (otherwise: run DIR/submit.sh)")
     sp = sub.add_parser("deploy", help="publish the site as a commit on a gh-pages branch and push it")
     sp.add_argument("--site", type=Path, default=DEFAULT_OUT, help="the rendered site (default: build/site)")
     sp.add_argument("--branch", default="gh-pages", help="the branch to commit onto (default: gh-pages)")

@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from sae_atlas.errors import AtlasError, InputError
+from sae_atlas.errors import AtlasError, InputError, Problem
 from sae_atlas.manifest import Release, load_content
 
 
@@ -137,4 +137,55 @@ def cmd_new(args: argparse.Namespace) -> int:
     for path in new_project(args.dir):
         print(f"wrote {path}", file=sys.stderr)
     print(next_steps(args.dir), end="", file=sys.stderr)
+    return 0
+
+
+def _slurm_releases(args: argparse.Namespace) -> tuple[Path, list[str] | None]:
+    """The content dir and release ids of `sae-atlas slurm`: those of the MANIFEST arguments (files in
+    a content dir's releases/), else --content with its --release filter."""
+    if not args.manifests:
+        return args.content, args.release
+    contents = set()
+    for path in args.manifests:
+        if path.suffix != ".yaml" or path.resolve().parent.name != "releases":
+            raise InputError([Problem(str(path), 1, 1, "expected a manifest CONTENT/releases/NAME.yaml")])
+        contents.add(path.resolve().parent.parent)
+    if len(contents) > 1:
+        raise AtlasError(f"the manifests are in {len(contents)} content dirs ({', '.join(sorted(map(str, contents)))}); expected one")
+    content = contents.pop()
+    wanted = {p.resolve() for p in args.manifests}
+    ids = [r.id for r in load_content(content) if r.source.resolve() in wanted]
+    return content, sorted(set(ids + (args.release or [])))
+
+
+def cmd_slurm(args: argparse.Namespace) -> int:
+    from sae_atlas import slurm
+
+    content, only = _slurm_releases(args)
+    releases = load_releases(content, only)
+    n_saes = len({spec.id for r in releases for spec in r.saes()})
+    size = args.array_size or n_saes
+    if not 1 <= size <= n_saes:
+        raise AtlasError(f"--array-size {size}: expected 1 to {n_saes} (the number of SAEs; a task computes at least one)")
+    where = ["--content", str(content.resolve()), "--cache", str(args.cache.resolve()), "--dtype", args.dtype]
+    for release in only or []:
+        where += ["--release", release]
+    compute_args = [*where, "--device", args.device]
+    for flag, value in (("--batch-size", args.batch_size), ("--threads", args.threads), ("--replay-memory", args.replay_memory)):
+        if value is not None:
+            compute_args += [flag, str(value)]
+    render_args = [*where, "--out", str(args.out.resolve())]
+    if args.theme is not None:
+        render_args += ["--theme", str(args.theme.resolve())]
+    if args.quiet:
+        compute_args.append("--quiet"), render_args.append("--quiet")
+    options = slurm.SlurmOptions(size, args.partition, args.gpus_per_task, args.time, args.cpus_per_task, args.mem, tuple(args.sbatch))
+    jobs = slurm.write_jobs(args.dir or args.out.parent / "slurm", options, compute_args, render_args)
+    print(f"wrote {jobs.compute} ({size} task(s), {n_saes} SAE(s)), {jobs.render} and {jobs.submit}", file=sys.stderr)
+    if not args.submit:
+        print(f"submit them with {jobs.submit} (or sae-atlas slurm --submit); logs go to {jobs.dir / 'logs'}", file=sys.stderr)
+        return 0
+    compute, render = slurm.submit(jobs)
+    print(f"submitted compute array job {compute} and render job {render} (runs once every task succeeded); logs in {jobs.dir / 'logs'}", file=sys.stderr)
+    print(f"{compute} {render}")
     return 0

@@ -6,6 +6,8 @@ so the model usually runs once); then the CE loss and the weights-only parts; on
       corpus tokens -> load model + SAEs -> pass 1 (keep) -> pass 2 (replay) -> CE loss -> weights
       -> write entries
     -> cross-layer neighbours per Set
+Each corpus, SAE and Set entry is computed under its lock (`sae_atlas.locks`), so that processes
+sharing the cache never compute one entry at once.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from sae_atlas.compute.stats import FeatureStats, SparseActs
 from sae_atlas.backends import CeSae
 from sae_atlas.compute.weights import cosine_neighbours, logit_effects, umap_neighbour_count
 from sae_atlas.errors import AtlasError, InputError, Problem
+from sae_atlas.locks import Locks
 from sae_atlas.manifest import Release, SaeSpec, SetSpec
 from sae_atlas.sources.corpus import Corpus, load_corpus, prepend_bos_problem
 from sae_atlas.sources.model import load_model, load_tokenizer, resolve_device
@@ -100,36 +103,72 @@ def compute_releases(releases: list[Release], cache_root: Path, options: Compute
         groups.setdefault((model_identity(job.release), corpus_key(job.release)), []).append(job)
 
     device: str | None = None
-    for group in groups.values():
-        release = group[0].release
-        corpus = load_corpus(release, store.root, lambda: load_tokenizer(release.model))
-        pending, top_up = [], []
-        for job in group:
-            entry = store.sae_entry(job.key)
-            if entry is None:
-                pending.append(job)
-                continue
-            # A run killed between writing the entry and deleting its checkpoint leaves both.
-            shutil.rmtree(store.partial_dir(job.key), ignore_errors=True)
-            if statistics.stale(entry.meta, job.release.compute) or statistics.surplus(entry.meta, job.release.compute):
-                top_up.append((job, entry))
-            else:
-                report.cached.append(job.id)
-        if not pending and not top_up:
-            continue  # every SAE of this model is cached: the model is not loaded
-        device = device or resolve_device(options.device)
-        if pending:
-            _compute_group(pending, corpus, store, options, device, report)
-        if top_up:
-            _top_up(top_up, corpus, store, options, device, report)
+    with Locks(store.root, quiet=options.quiet) as locks:
+        for group in groups.values():
+            release = group[0].release
+            corpus = _locked_corpus(release, store, locks)
+            todo = group
+            while todo:
+                held = [job for job in todo if _needs_work(job, store) and locks.try_acquire(f"sae-{job.key}")]
+                pending, top_up = _classify(held, store, report)
+                try:
+                    if pending or top_up:
+                        device = device or resolve_device(options.device)
+                    if pending:
+                        _compute_group(pending, corpus, store, options, device, report)
+                    if top_up:
+                        _top_up(top_up, corpus, store, options, device, report)
+                finally:
+                    for job in held:
+                        locks.release(f"sae-{job.key}")
+                todo = [job for job in todo if job not in held]
+                waiting = [job for job in todo if _needs_work(job, store)]
+                for job in todo:
+                    if job not in waiting:  # cached, by an earlier run or by another process meanwhile
+                        shutil.rmtree(store.partial_dir(job.key), ignore_errors=True)
+                        report.cached.append(job.id)
+                todo = waiting
+                if todo and not held:  # every SAE left is being computed elsewhere
+                    locks.wait({f"sae-{job.key}": f"SAE {job.id}" for job in todo})
 
-    owned = {job.id for job in jobs}
-    for release in releases:
-        for set_spec in release.sets:
-            if len(set_spec.saes) > 1 and min(s.id for s in set_spec.saes) in owned:
-                if _compute_set(release, set_spec, store, options, device or "cpu"):
-                    report.sets.append(f"{set_spec.saes[0].model_id}/{set_spec.id}")
+        owned = {job.id for job in jobs}
+        for release in releases:
+            for set_spec in release.sets:
+                if len(set_spec.saes) > 1 and min(s.id for s in set_spec.saes) in owned:
+                    if _compute_set(release, set_spec, store, options, device or "cpu", locks):
+                        report.sets.append(f"{set_spec.saes[0].model_id}/{set_spec.id}")
     return report
+
+
+def _locked_corpus(release: Release, store: CacheStore, locks: Locks) -> Corpus:
+    """The release's tokenized corpus, tokenized by one process at a time."""
+    key = corpus_key(release)
+    with locks.hold(f"corpus-{key}", f"the corpus of {release.id}", lambda: (store.corpus_dir(key) / "meta.json").exists()):
+        return load_corpus(release, store.root, lambda: load_tokenizer(release.model))
+
+
+def _needs_work(job: SaeJob, store: CacheStore) -> bool:
+    """Whether the SAE's entry is missing (or corrupt) or needs statistics added or dropped."""
+    entry = store.sae_entry(job.key)
+    settings = job.release.compute
+    return entry is None or bool(statistics.stale(entry.meta, settings) or statistics.surplus(entry.meta, settings))
+
+
+def _classify(jobs: list[SaeJob], store: CacheStore, report: ComputeReport) -> tuple[list[SaeJob], list[tuple[SaeJob, object]]]:
+    """The SAEs (whose locks this process holds) to compute, and those to top up; cached ones are reported."""
+    pending, top_up = [], []
+    for job in jobs:
+        entry = store.sae_entry(job.key)
+        if entry is None:
+            pending.append(job)
+            continue
+        # A run killed between writing the entry and deleting its checkpoint leaves both.
+        shutil.rmtree(store.partial_dir(job.key), ignore_errors=True)
+        if statistics.stale(entry.meta, job.release.compute) or statistics.surplus(entry.meta, job.release.compute):
+            top_up.append((job, entry))
+        else:
+            report.cached.append(job.id)
+    return pending, top_up
 
 
 # -- one model ------------------------------------------------------------------------------------
@@ -561,13 +600,19 @@ def _top_up(jobs: list[tuple[SaeJob, object]], corpus: Corpus, store: CacheStore
 # -- cross-layer neighbours of a Set --------------------------------------------------------------
 
 
-def _compute_set(release: Release, set_spec: SetSpec, store: CacheStore, options: ComputeOptions, device: str) -> bool:
+def _compute_set(release: Release, set_spec: SetSpec, store: CacheStore, options: ComputeOptions, device: str, locks: Locks) -> bool:
     """set/<set_key>/: for each SAE a of the Set (in manifest order), `index_a` i32[F_a, n, 3] and
     `cosine_a` f32[F_a, n, 3]: the 3 most similar decoder directions in each SAE b of the Set
-    (slot b == a holds index -1, cosine 0). Returns True if written."""
+    (slot b == a holds index -1, cosine 0). Returns True if written (by this process)."""
     key = set_key(release, set_spec)
-    if store.set_entry(key) is not None:
-        return False
+    what = f"the Set {set_spec.saes[0].model_id}/{set_spec.id}"
+    with locks.hold(f"set-{key}", what, lambda: store.set_entry(key) is not None) as mine:
+        if mine:
+            _write_set(release, set_spec, store, key)
+        return mine
+
+
+def _write_set(release: Release, set_spec: SetSpec, store: CacheStore, key: str) -> None:
     saes = list(set_spec.saes)
     with torch.inference_mode():
         decoders = [load_sae(spec, "cpu", "float32").W_dec.detach().float() for spec in saes]
@@ -582,4 +627,3 @@ def _compute_set(release: Release, set_spec: SetSpec, store: CacheStore, options
         arrays[f"index_{a}"], arrays[f"cosine_{a}"] = index, cosine
     meta = {"release": release.id, "model": release.model.id, "set": set_spec.id, "sae_ids": [s.id for s in saes]}
     write_entry(store.set_dir(key), meta, arrays)
-    return True
