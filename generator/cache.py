@@ -7,8 +7,8 @@ entry is corrupt: it is reported and treated as missing (so it is recomputed, ne
 
 from __future__ import annotations
 
-import dataclasses
 import contextlib
+import dataclasses
 import hashlib
 import os
 import shutil
