@@ -17,6 +17,7 @@ TARGETS = (
     ("sae_atlas.compute.engine", "load_sae", "load SAEs"),
     ("sae_atlas.compute.engine", "_run_pass", None),
     ("sae_atlas.compute.engine", "_save_checkpoint", "checkpoints"),
+    ("sae_atlas.compute.engine", "_correlate_features", "correlated features"),
     ("sae_atlas.compute.engine", "logit_effects", "logits"),
     ("sae_atlas.compute.engine", "cosine_neighbours", "neighbours"),
     ("sae_atlas.compute.engine", "umap_coords", "map (UMAP)"),
