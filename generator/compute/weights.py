@@ -3,7 +3,10 @@ cross-layer neighbours. Deterministic for a given seed; chunked over features to
 
 from __future__ import annotations
 
+import os
+import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -99,6 +102,30 @@ def map_method(n_features: int, pca_map: bool = False) -> str:
     return "pca" if pca_map or n_features < UMAP_MIN_FEATURES else "umap"
 
 
+def numba_cache_dir() -> Path:
+    """Where numba keeps UMAP's compiled code between runs: NUMBA_CACHE_DIR when set, else
+    sae-atlas/numba under the user's cache directory (XDG_CACHE_HOME, default ~/.cache)."""
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        return Path(os.environ["NUMBA_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sae-atlas" / "numba"
+
+
+def _umap():
+    """umap-learn with numba's on-disk cache turned on for its compiled functions (umap-learn caches
+    almost none of them), so that only the first run on a machine pays their compilation (~10 s)."""
+    if "numba" not in sys.modules:
+        os.environ.setdefault("NUMBA_CACHE_DIR", str(numba_cache_dir()))
+    import umap
+    from numba.core.dispatcher import Dispatcher
+
+    for name, module in list(sys.modules.items()):
+        if name.split(".")[0] in ("umap", "pynndescent") and module is not None:
+            for value in list(vars(module).values()):
+                if isinstance(value, Dispatcher) and value._cache.__class__.__name__ == "NullCache":
+                    value.enable_caching()
+    return umap
+
+
 def umap_neighbour_count(n_features: int, n_neighbours: int) -> int:
     """UMAP's n_neighbors (the point itself included) for a map of n_features points."""
     return max(2, min(n_neighbours, n_features - 1))
@@ -115,8 +142,7 @@ def umap_coords(
     f = x.shape[0]
     if method == "pca":
         return _pca2(x)
-    import umap
-
+    umap = _umap()
     k = umap_neighbour_count(f, n_neighbours)
     # Exact cosine neighbours by matrix product (umap-learn's own search is an O(F^2) loop below
     # 4,096 points and approximate above), in umap-learn's layout: each point first, at distance 0.
