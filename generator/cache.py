@@ -288,21 +288,3 @@ class CacheStore:
 
     def vocab(self, key: str) -> list[str]:
         return orjson.loads((self.corpus_dir(key) / "vocab.json").read_bytes())
-
-
-# The readers of one feature (`sae-atlas dump`) live in `sae_atlas.export.dump`, the token display
-# helpers in `sae_atlas.stats.common`; their names stay importable from here.
-_MOVED = {
-    "feature_record": "sae_atlas.export.dump",
-    "dump_feature": "sae_atlas.export.dump",
-    "token_string": "sae_atlas.stats.common",
-    "vocab_covering": "sae_atlas.stats.common",
-}
-
-
-def __getattr__(name: str):
-    if name in _MOVED:
-        import importlib
-
-        return getattr(importlib.import_module(_MOVED[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sae_atlas.cache import CacheStore, CorruptEntry, feature_record, read_entry, sae_key, set_key, write_entry
+from sae_atlas.cache import CacheStore, CorruptEntry, read_entry, sae_key, set_key, write_entry
+from sae_atlas.export.dump import feature_record
 from sae_atlas.errors import AtlasError
 from sae_atlas.manifest import ComputeSettings, CorpusSpec, ModelSpec, Release, SaeSpec, SetSpec
 
@@ -118,7 +119,7 @@ def test_feature_record_clips_windows_to_the_prompt(tmp_path):
 
 
 def test_dump_rejects_malformed_and_unknown_ids(tmp_path):
-    from sae_atlas.cache import dump_feature
+    from sae_atlas.export.dump import dump_feature
 
     release = _release(tmp_path)
     with pytest.raises(AtlasError, match="not a feature id"):

@@ -20,7 +20,8 @@ import pytest
 import torch
 import yaml
 
-from sae_atlas.cache import CacheStore, corpus_key, dump_feature, sae_key, set_key
+from sae_atlas.cache import CacheStore, corpus_key, sae_key, set_key
+from sae_atlas.export.dump import dump_feature
 from sae_atlas.compute import ComputeOptions, compute_releases
 from sae_atlas.backends.saelens import SaeLensSae
 from sae_atlas.errors import AtlasError

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import yaml
 
-from sae_atlas.cache import dump_feature
+from sae_atlas.export.dump import dump_feature
 from sae_atlas.compute import ComputeOptions, compute_releases
 from sae_atlas.manifest import load_content
 from tests.conftest import sae_atlas

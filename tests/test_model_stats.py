@@ -13,7 +13,8 @@ import torch
 import yaml
 
 from sae_atlas import stats as statistics
-from sae_atlas.cache import CacheStore, corpus_key, feature_record, sae_key
+from sae_atlas.cache import CacheStore, corpus_key, sae_key
+from sae_atlas.export.dump import feature_record
 from sae_atlas.compute import ComputeOptions, compute_releases
 from sae_atlas.manifest import ComputeSettings, load_content
 from tests.brute import brute_dfa, brute_loss_effect, window_of

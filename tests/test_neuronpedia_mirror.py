@@ -12,7 +12,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from sae_atlas.cache import dump_feature
+from sae_atlas.export.dump import dump_feature
 from sae_atlas.cli import main
 from sae_atlas.errors import InputError
 from sae_atlas.manifest import load_content, load_release

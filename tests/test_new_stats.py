@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sae_atlas.cache import dump_feature
+from sae_atlas.export.dump import dump_feature
 from sae_atlas.compute import compute_releases
 from tests.fixtures import residual_directions
 from tests.test_compute import (  # noqa: F401 (fixtures)

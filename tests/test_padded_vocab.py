@@ -101,7 +101,7 @@ def data_payload(path: Path) -> list:
 
 
 def test_dump_names_exactly_the_padded_ids_and_matches_brute_force_logits(padded_build):
-    from sae_atlas.cache import dump_feature
+    from sae_atlas.export.dump import dump_feature
     from sae_atlas.manifest import load_content
 
     content, cache, site, tokenizer = padded_build

@@ -13,7 +13,8 @@ import numpy as np
 import orjson
 import pytest
 
-from sae_atlas.cache import CacheStore, corpus_key, dump_feature, sae_key
+from sae_atlas.cache import CacheStore, corpus_key, sae_key
+from sae_atlas.export.dump import dump_feature
 from sae_atlas.errors import AtlasError
 from sae_atlas.manifest import ComputeSettings, load_content
 from sae_atlas.render import render_site, shards

@@ -172,7 +172,7 @@ def hostile_tokens(releases, cache: Path, sae: str, d_sae: int = 24) -> tuple[in
 
 def hostile_token_at(releases, cache: Path, sae: str, d_sae: int = 24) -> tuple[int, str, int, int]:
     """(feature, token string, prompt, position in the prompt) of the longest hostile token in a top example."""
-    from sae_atlas.cache import dump_feature
+    from sae_atlas.export.dump import dump_feature
 
     before = releases[0].compute.context_before
     best = None
