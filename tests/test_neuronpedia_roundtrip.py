@@ -7,8 +7,9 @@ the front end reads. Every number compared is equal exactly: the export writes t
 values (and the f16 windows widened to f32) as JSON numbers, which the mirror reads back into the
 same dtypes. What differs by design is compared by what it shows: the mirror's corpus is one prompt
 per activation row, so prompt numbers, token ids and absolute positions are its own (the tokens
-around the example's token and their values are the same), and its prompts are padded to the
-longest row with the empty token."""
+around the example's token and their values are the same), and its cached prompts are padded to
+the longest row with the empty token (which the site leaves out; tests/browser/test_roundtrip.py
+compares the rendered views)."""
 
 from __future__ import annotations
 
