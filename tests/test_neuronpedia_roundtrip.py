@@ -25,8 +25,8 @@ from sae_atlas.export.dump import dump_feature
 from sae_atlas.export.neuronpedia import export_neuronpedia
 from sae_atlas.manifest import load_content
 from sae_atlas.render import render_site
-from tests.test_export_neuronpedia import BATCH, COMPUTE, D_SAE, SETS
 from tests.fixtures import build_fixture_content
+from tests.test_export_neuronpedia import BATCH, COMPUTE, D_SAE, SETS
 
 # What Neuronpedia's layout cannot carry, absent on the mirror: dump keys and shard record keys.
 NOT_CARRIED_DUMP = ("histogram", "logit_histogram")  # its bar heights have no bin edges to rebuild ours from
@@ -155,7 +155,9 @@ def test_shard_records_match_but_for_what_the_layout_cannot_carry(roundtrip, n):
     assert explained == ({1: [("fires on animals", "tester", 0.5)], 2: [("punctuation", "tester", None)]} if n == 0 else {})
 
 
-def test_the_mirror_has_no_prompt_view(roundtrip):
+def test_the_mirror_has_no_prompt_view_features(roundtrip):
+    """The prompt view's features of each prompt (MODEL/prompts/NNNN.js) are not carried; the
+    mirror's prompt page shows the rows' text only."""
     root, original, _ = roundtrip
     model = original[0].model.id
     assert any((root / "site" / model / "prompts").glob("*.js"))
