@@ -86,11 +86,15 @@ def _read_sae(spec: SaeSpec, problems: list[Problem]) -> _Sae:
             bad = np_export.check_row(obj, line, np_export.ACTIVATION_REQUIRED, np_export.ACTIVATION_OPTIONAL, "activation")
             if bad is None and len(obj["tokens"]) != len(obj["values"]):
                 bad = (np_export.column(line, "values"), f'"values" has {len(obj["values"])} entries; expected one per token ({len(obj["tokens"])})')
-            if bad is None and not 0 <= obj["maxValueTokenIndex"] < len(obj["tokens"]):
-                bad = (np_export.column(line, "maxValueTokenIndex"), f'"maxValueTokenIndex" {obj["maxValueTokenIndex"]} is outside the {len(obj["tokens"])} tokens; expected a token index')
+            for key in ("maxValueTokenIndex", "qualifyingTokenIndex", "dfaTargetIndex"):
+                if bad is None and obj.get(key) is not None and not 0 <= obj[key] < len(obj["tokens"]):
+                    bad = (np_export.column(line, key), f'"{key}" {obj[key]} is outside the {len(obj["tokens"])} tokens; expected a token index')
             if bad:
                 problems.append(Problem(str(path), line_no, bad[0], bad[1]))
                 continue
+            # The example's own token: qualifyingTokenIndex where the row names it, else its peak.
+            obj["_at"] = obj["maxValueTokenIndex"] if obj.get("qualifyingTokenIndex") is None else obj["qualifyingTokenIndex"]
+            obj["_value"] = float(obj["values"][obj["_at"]]) if obj.get("qualifyingTokenIndex") is not None else obj["maxValue"]
             top = obj.get("binMin") is None or obj["binMin"] == -1
             (sae.top if top else sae.samples).setdefault(int(obj["index"]), []).append(obj)
     for path in np_export.batch_files(folder / "explanations"):
@@ -118,9 +122,15 @@ class _Vocab:
         return self.ids[s]
 
 
+def _window(values: list, at: int, context_before: int, window: int) -> list:
+    """The `window` values around token `at` (`context_before` of them before it); 0 outside the row."""
+    return [values[t] if 0 <= t < len(values) else 0 for t in range(at - context_before, at - context_before + window)]
+
+
 def _examples(rows_by_feature: list[list[dict]], groups: int, prompt_of: dict[int, int], context_before: int, window: int, group_of):
     """value, prompt, position, window arrays [F, groups, S] (+ W) of each feature's rows placed in
-    group `group_of(feature, row)`, in the given order within a group; unused slots -1 / 0."""
+    group `group_of(feature, row)`, in the given order within a group; unused slots -1 / 0. The
+    example's token is the row's `_at` (its qualifying token, else its peak), its value `_value`."""
     f = len(rows_by_feature)
     placed = [[[] for _ in range(groups)] for _ in range(f)]
     for i, rows in enumerate(rows_by_feature):
@@ -134,12 +144,8 @@ def _examples(rows_by_feature: list[list[dict]], groups: int, prompt_of: dict[in
     for i, gs in enumerate(placed):
         for g, rows in enumerate(gs):
             for s, row in enumerate(rows):
-                p = row["maxValueTokenIndex"]
-                value[i, g, s], prompt[i, g, s], position[i, g, s] = row["maxValue"], prompt_of[id(row)], p
-                for j in range(window):
-                    t = p - context_before + j
-                    if 0 <= t < len(row["values"]):
-                        win[i, g, s, j] = row["values"][t]
+                value[i, g, s], prompt[i, g, s], position[i, g, s] = row["_value"], prompt_of[id(row)], row["_at"]
+                win[i, g, s] = _window(row["values"], row["_at"], context_before, window)
     return value, prompt, position, win
 
 
@@ -157,13 +163,21 @@ def _arrays(sae: _Sae, vocab: _Vocab, prompt_of: dict[int, int], release: Releas
         "density": density,
         "nonzero_count": np.array([max(1, round(d * n_tokens)) if d > 0 else 0 for d in density.tolist()], np.int64),
     }
-    top_rows = [sorted(sae.top.get(i, []), key=lambda r: -r["maxValue"]) for i in range(d_sae)]
+    top_rows = [sorted(sae.top.get(i, []), key=lambda r: -r["_value"]) for i in range(d_sae)]
     v, p, x, w = _examples(top_rows, 1, prompt_of, s.context_before, s.window, lambda i, r: 0)
     arrays.update(top_value=v[:, 0], top_prompt=p[:, 0], top_position=x[:, 0], top_window=w[:, 0])
+    if any(r.get("dfaValues") for rows in top_rows for r in rows):  # attribution to the example's token
+        dfa = np.zeros(w[:, 0].shape, np.float16)
+        for i, rows in enumerate(top_rows):
+            for k, r in enumerate(rows):
+                if r.get("dfaValues"):
+                    target = r["_at"] if r.get("dfaTargetIndex") is None else r["dfaTargetIndex"]
+                    dfa[i, k] = _window(r["dfaValues"], target, s.context_before, s.window)
+        arrays["top_dfa"] = dfa
     if any(sae.samples.values()):
         def interval(i: int, row: dict) -> int:
-            top = float(max_act[i]) or max(r["maxValue"] for r in sae.samples[i])
-            return min(s.intervals - 1, max(0, math.ceil(row["maxValue"] * s.intervals / top) - 1)) if top > 0 else 0
+            top = float(max_act[i]) or max(r["_value"] for r in sae.samples[i])
+            return min(s.intervals - 1, max(0, math.ceil(row["_value"] * s.intervals / top) - 1)) if top > 0 else 0
 
         v, p, x, w = _examples([sae.samples.get(i, []) for i in range(d_sae)], s.intervals, prompt_of, s.context_before, s.window, interval)
         arrays.update(interval_value=v, interval_prompt=p, interval_position=x, interval_window=w)

@@ -243,6 +243,8 @@ def test_explanations_are_rows_of_their_features(exported):
     spec = release.saes()[0]  # the fixture explains features 1 and 2 of the first SAE
     rows = _rows(_source(out, spec) / "explanations")
     assert [(r["index"], r["description"]) for r in rows] == [("1", "fires on animals"), ("2", "punctuation")]
+    # The fixture's author and score: the explainer's name and scoreV1 (Neuronpedia's 0 where it has no score).
+    assert [(r["explanationModelName"], r["scoreV1"]) for r in rows] == [("tester", 0.5), ("tester", 0.0)]
     neurons = {r["index"]: r for r in _rows(_source(out, spec) / "features")}
     assert all(r["umap_x"] == neurons[r["index"]]["umap_x"] for r in rows)
     assert len({r["id"] for r in rows}) == 2

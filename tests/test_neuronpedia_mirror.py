@@ -272,6 +272,37 @@ def test_an_activation_row_with_a_bad_peak_is_reported(tmp_path):
     ]
 
 
+def test_an_example_is_its_qualifying_token_and_keeps_its_attribution(tmp_path):
+    """Neuronpedia's rows name the example's own token (qualifyingTokenIndex), which need not be
+    the row's peak; its direct feature attribution (dfaValues) targets that token."""
+    export = write_export(tmp_path / "export")
+    source = export / MODEL / SOURCE / "source.jsonl"
+    row = json.loads(source.read_text())
+    row["saelensConfig"]["hook_name"] = "blocks.6.attn.hook_z"  # DFA is shown for attention SAEs
+    source.write_text(json.dumps(row) + "\n")
+    values = [0.0, 0.5, 0.0, 2.0, 0.0, 3.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]  # qualifying 2.0 at 3, peak 3.0 at 5
+    dfa = [0.25, -0.5, 0.0, 1.5] + [0.0] * 8
+    mine = {**activation_row(1, TOKENS, values), "qualifyingTokenIndex": 3, "dfaValues": dfa, "dfaTargetIndex": 3, "dfaMaxValue": 1.5}
+    rows = [r for i in sorted(ACTIVATIONS) for r in ACTIVATIONS[i]][3:]
+    write_gz(export / MODEL / SOURCE / "activations" / "batch-1.jsonl.gz", [mine if r["index"] == "1" else r for r in rows])
+    write_manifest(tmp_path / "content", export)
+    (release,) = load_content(tmp_path / "content")
+    import_release(release, tmp_path / "c", quiet=True)
+    (e,) = dump_feature([release], tmp_path / "c", f"{SAE}:1")["top_examples"]
+    assert (e["position"], e["activation"]) == (3, 2.0)
+    assert e["token_strings"] == TOKENS and e["activations"] == values and e["dfa"] == dfa  # 24 tokens before: the whole row
+    other = dump_feature([release], tmp_path / "c", f"{SAE}:2")["top_examples"][0]  # a row without DFA: zeros
+    assert other["dfa"] == [0.0] * 10  # its peak at 1 and the 8 tokens after it
+
+
+def test_an_activation_row_with_a_bad_qualifying_token_is_reported(tmp_path):
+    line = json.dumps({**ACTIVATIONS[4][0], "qualifyingTokenIndex": 12})
+    manifest, target = corrupt(tmp_path, [line], "activations")
+    assert import_problems(manifest, tmp_path / "cache") == [
+        f'{target}:1:{line.index(chr(34) + "qualifyingTokenIndex") + 1}: "qualifyingTokenIndex" 12 is outside the 12 tokens; expected a token index'
+    ]
+
+
 def test_a_manifest_with_source_and_model_is_an_error(tmp_path):
     export = write_export(tmp_path / "export")
     path = write_manifest(tmp_path / "content", export)

@@ -96,7 +96,8 @@ class BatchJob:
     set_name: str
     entry_dir: str
     corpus_dir: str
-    explanations: tuple[tuple[int, str], ...] = ()  # (index, plain text) of features in [lo, hi)
+    # (index, plain text, author, score) of features in [lo, hi)
+    explanations: tuple[tuple[int, str, str | None, float | None], ...] = ()
 
 
 def interval_fractions(histogram: np.ndarray, intervals: int, n_tokens: int) -> list[float]:
@@ -225,7 +226,10 @@ def activation_rows(job: BatchJob, record: dict, fractions: list[float], context
     return rows
 
 
-def explanation_row(job: BatchJob, index: int, n: int, text: str, neuron: dict) -> dict:
+def explanation_row(job: BatchJob, index: int, n: int, explanation: tuple, neuron: dict) -> dict:
+    """One explanation as an `Explanation` row: its author as the explainer's name, its score as
+    `scoreV1` (what Neuronpedia's own explanations carry there; 0, its "no score", where it has none)."""
+    text, author, score = explanation
     return {
         "id": _row_id(job.model_id, job.source_id, index, f"e{n}"),
         "modelId": job.model_id,
@@ -237,6 +241,8 @@ def explanation_row(job: BatchJob, index: int, n: int, text: str, neuron: dict) 
         "umap_y": neuron["umap_y"],
         "umap_cluster": neuron["umap_cluster"],
         "umap_log_feature_sparsity": neuron["umap_log_feature_sparsity"],
+        "explanationModelName": author or None,
+        "scoreV1": float(score or 0),  # Neuronpedia's default, 0, where there is no score
     }
 
 
@@ -255,9 +261,9 @@ def write_batch(job: BatchJob, root: str) -> tuple[int, int]:
     before = int(meta["settings"]["context_before"])
     n_tokens = int(meta.get("n_tokens") or 0)
     live = np.asarray(entry["nonzero_count"][job.lo : job.hi]) > 0
-    explanations: dict[int, list[str]] = {}
-    for index, text in job.explanations:
-        explanations.setdefault(index, []).append(text)
+    explanations: dict[int, list[tuple]] = {}
+    for index, *explanation in job.explanations:
+        explanations.setdefault(index, []).append(tuple(explanation))
     neurons, activations, described = [], [], []
     for index in range(job.lo, job.hi):
         if not live[index - job.lo]:
@@ -268,7 +274,7 @@ def write_batch(job: BatchJob, root: str) -> tuple[int, int]:
         n_intervals = len(record.get("interval_examples") or [])
         fractions = interval_fractions(entry["histogram"][index], n_intervals, n_tokens) if "histogram" in entry.arrays else [0.0] * n_intervals
         activations += activation_rows(job, record, fractions, before)
-        described += [explanation_row(job, index, n, text, neuron) for n, text in enumerate(explanations.get(index, ()))]
+        described += [explanation_row(job, index, n, e, neuron) for n, e in enumerate(explanations.get(index, ()))]
     writer = SiteWriter(Path(root))
     name = f"batch-{job.batch}.jsonl.gz"
     for folder, rows in (("features", neurons), ("activations", activations), ("explanations", described)):
@@ -414,7 +420,8 @@ def plan(releases: list[Release], cache: Path, dtype: str = DEFAULT_DTYPE, batch
                 for batch, lo in enumerate(range(0, sae.d_sae, batch_size)):
                     hi = min(sae.d_sae, lo + batch_size)
                     expl = tuple(
-                        (i, e["text"]) for i, entries in sae.explanations.items() if lo <= i < hi for e in entries if e["text"]
+                        (i, e["text"], e.get("author"), e.get("score"))
+                        for i, entries in sae.explanations.items() if lo <= i < hi for e in entries if e["text"]
                     )
                     job = BatchJob(directory, batch, lo, hi, mid, sid, spec.set_id, str(sae.entry_dir), corpus_dir, expl)
                     tasks.append((write_batch, (job,)))

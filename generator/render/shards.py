@@ -230,14 +230,18 @@ def _write_sae_data(job: SaeDataJob, site_root: str) -> tuple[int, int]:
 
 
 def write_corpus(corpus_dir: str, site_dir: str, prompts_per_shard: int, site_root: str) -> tuple[int, int]:
-    """Token strings of every prompt, `prompts_per_shard` prompts per file."""
+    """Token strings of every prompt, `prompts_per_shard` prompts per file. A mirror's prompts (one
+    per activation row, padded with id 0, the empty string) end at their row's last token."""
     writer = SiteWriter(Path(site_root))
     tokens = np.load(Path(corpus_dir, "tokens.npy"), mmap_mode="r", allow_pickle=False)
     encoded = [to_json(s) for s in display_vocab(corpus_dir, tokens)]
+    padded = orjson.loads(Path(corpus_dir, "meta.json").read_bytes()).get("source") == "neuronpedia"
     n_prompts = tokens.shape[0]
     lookup = operator.itemgetter
     for shard, lo in enumerate(range(0, n_prompts, prompts_per_shard)):
         rows = np.asarray(tokens[lo : lo + prompts_per_shard]).tolist()
+        if padded:
+            rows = [row[: len(row) - next((n for n, t in enumerate(reversed(row)) if t != 0), len(row))] for row in rows]
         body = b"[" + b",".join(b"[" + b",".join(_pick(lookup, row, encoded)) + b"]" for row in rows) + b"]"
         writer.write(posixpath.join(site_dir, shard_name(shard)), js_call("prompts", str(shard).encode(), body))
     return writer.files, writer.bytes

@@ -143,7 +143,10 @@ ACTIVATION_REQUIRED = {
     "modelId": TEXT, "layer": TEXT, "index": INDEX, "tokens": STRINGS, "values": NUMBERS,
     "maxValue": NUMBER, "maxValueTokenIndex": (_int, "a token index"),
 }
-ACTIVATION_OPTIONAL = {"minValue": NUMBER, "binMin": NUMBER, "binMax": NUMBER, "binContains": NUMBER}
+ACTIVATION_OPTIONAL = {
+    "minValue": NUMBER, "binMin": NUMBER, "binMax": NUMBER, "binContains": NUMBER,
+    "qualifyingTokenIndex": (_int, "a token index"), "dfaValues": NUMBERS, "dfaTargetIndex": (_int, "a token index"),
+}
 # Pairs that must have equal lengths.
 FEATURE_PAIRS = (
     ("pos_str", "pos_values"), ("neg_str", "neg_values"), ("topkCosSimIndices", "topkCosSimValues"),
