@@ -122,3 +122,43 @@ def test_correlations_do_not_depend_on_batch_size_blocks_or_replay(built, tmp_pa
         out = tmp_path / f"{batch_size}-{replay_memory}"
         compute_releases(releases, out, _options(batch_size=batch_size, replay_memory=replay_memory, correlation_memory=correlation_memory))
         _assert_same_entries(base, _entries(out, releases[0]))
+
+
+def test_the_logit_histogram_kernel_counts_as_numpy_does_on_edges_ties_and_constant_rows():
+    """Values exactly on bin edges (a linspace over the row's range, rounded grids), a constant row,
+    a row of two values and random rows, in chunks of one row and of many: np.histogram's counts."""
+    import torch
+
+    from sae_atlas.compute import weights
+
+    g = torch.Generator().manual_seed(3)
+    rows = [torch.linspace(-1.0, 1.0, 1001), torch.round(torch.randn(1001, generator=g) * 10) / 10,
+            torch.full((1001,), 0.25), torch.tensor([0.0, 1.0] * 500 + [0.5]),
+            torch.arange(1001, dtype=torch.float32) * 0.1 + 1000.0]
+    rows += list(torch.randn(6, 1001, generator=g) * 3)
+    x = torch.stack(rows)
+    # float64 rows holding np.histogram's own edges and their neighbours: where the scaled value's
+    # floor is on the wrong side of an edge, so that the kernel's comparison with the edges is needed
+    exact = []
+    for first, last in [(0.1, 0.7), (-2.123, 0.377), (1000.0, 1100.1)]:
+        e = np.arange(51) * ((last - first) / 50) + first
+        exact.append(np.concatenate([[first, last], e[1:-1], np.nextafter(e[1:-1], np.inf), np.nextafter(e[1:-1], -np.inf),
+                                     np.full(1001 - 2 - 3 * 49, first)]))
+    x64 = torch.tensor(np.stack(exact))
+    naive = np.stack([np.bincount(np.clip(np.floor((r - r.min()) * (50 / (r.max() - r.min()))), 0, 49).astype(int), minlength=50)
+                      for r in x64.numpy()])
+    expected64 = np.stack([np.histogram(r, 50)[0] for r in x64.numpy()])
+    assert (naive != expected64).any()  # the rows do exercise the edge comparison
+    before = x64.clone()
+    np.testing.assert_array_equal(weights.logit_histogram(x64, 50)[0].numpy(), expected64)
+    assert torch.equal(x64, before)  # the input is left as it was
+    expected = np.stack([np.histogram(r.astype(np.float64), 50)[0] for r in x.numpy()])
+    counts, value_range = weights.logit_histogram(x, 50)
+    np.testing.assert_array_equal(counts.numpy(), expected)
+    np.testing.assert_array_equal(value_range.numpy(), np.stack([x.min(1).values.numpy(), x.max(1).values.numpy()], 1))
+    small = weights.chunk_elements
+    try:
+        weights.chunk_elements = lambda device: 8 * 1001  # one row per chunk
+        np.testing.assert_array_equal(weights.logit_histogram(x, 50)[0].numpy(), expected)
+    finally:
+        weights.chunk_elements = small
