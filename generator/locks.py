@@ -41,7 +41,8 @@ def _pid_namespace() -> str:
         return ""
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists on this host (one we may not signal counts as alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -171,7 +172,7 @@ class Locks:
                 probe.unlink()
 
     def _stale(self, name: str, holder: Holder) -> bool:
-        if holder.host == self.host and holder.pid_namespace == self.pid_namespace and holder.pid and not _pid_alive(holder.pid):
+        if holder.host == self.host and holder.pid_namespace == self.pid_namespace and holder.pid and not pid_alive(holder.pid):
             return True
         if self._fs_now() - holder.mtime_ns / 1e9 > self.stale_after:
             return True

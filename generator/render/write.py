@@ -16,22 +16,14 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from sae_atlas.locks import pid_alive
+
 
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
     elif path.exists() or path.is_symlink():
         path.unlink()
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def recover(out: Path) -> None:
@@ -41,7 +33,7 @@ def recover(out: Path) -> None:
     leftovers = []
     for entry in out.parent.iterdir() if out.parent.exists() else ():
         m = pattern.match(entry.name)
-        if m and not _pid_alive(int(m[2])):
+        if m and not pid_alive(int(m[2])):
             leftovers.append((m[1], entry))
     if not (out.exists() or out.is_symlink()):
         olds = sorted((e for kind, e in leftovers if kind == "old"), key=lambda e: e.stat().st_mtime)

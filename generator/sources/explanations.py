@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sae_atlas.errors import InputError, Problem, problem_at
+from sae_atlas.sources.neuronpedia import json_objects
 
 FORMATS = ("atlas", "neuronpedia", "delphi")
 _LATENT = re.compile(r"(.+)_latent(\d+)\.(txt|json)")
@@ -57,21 +58,7 @@ def _read_text(path: Path, expected: str) -> str:
 
 
 def _json_lines(path: Path, problems: list[Problem]) -> list[tuple[int, str, dict]]:
-    out = []
-    # Lines end at "\n" only: splitlines() would also break inside strings at U+2028, U+0085...
-    for line_no, line in enumerate(_read_text(path, "a UTF-8 jsonl file").split("\n"), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            problems.append(problem_at(path, f"invalid JSON ({e.msg}); expected one object per line", line_no, e.colno))
-            continue
-        if not isinstance(obj, dict):
-            problems.append(problem_at(path, "not an object; expected one JSON object per line", line_no, 1))
-            continue
-        out.append((line_no, line, obj))
-    return out
+    return list(json_objects(path, _read_text(path, "a UTF-8 jsonl file"), problems))
 
 
 def detect_format(path: Path) -> str:

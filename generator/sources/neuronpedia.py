@@ -67,6 +67,13 @@ def read_rows(path: Path, problems: list[Problem]) -> Iterator[tuple[int, str, d
     except (OSError, EOFError, zlib.error, gzip.BadGzipFile, UnicodeDecodeError) as e:
         problems.append(problem_at(path, f"cannot read ({e}); expected a gzip-compressed UTF-8 jsonl file"))
         return
+    yield from json_objects(path, text, problems)
+
+
+def json_objects(path: Path, text: str, problems: list[Problem]) -> Iterator[tuple[int, str, dict]]:
+    """(line number, raw line, object) of each non-blank line of jsonl `text` read from `path`; a line
+    that is not a JSON object is added to `problems` at its line and column. Lines end at "\n" only
+    (splitlines() would also break inside strings at U+2028, U+0085...)."""
     for line_no, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
