@@ -19,14 +19,9 @@ EXAMPLES = """(pane) => Array.from(document.querySelectorAll(pane + ' .ex')).map
 
 
 @pytest.fixture(scope="module")
-def browser():
-    try:
-        harness.chromium_path()
-        import playwright  # noqa: F401
-    except (RuntimeError, ImportError) as exc:
-        pytest.skip(str(exc))
-    with harness.chromium() as b:
-        yield b
+def browser(chromium_browser):
+    """The run's one Chromium (a second Playwright driver cannot start while another runs)."""
+    return chromium_browser
 
 
 def _shown(browser, site, spec, feature: int) -> dict:
