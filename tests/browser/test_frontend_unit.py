@@ -111,20 +111,14 @@ def build_site(site: Path, theme: Path | None = None) -> Path:
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory) -> Path:
-    try:
-        harness.chromium_path()
-        import playwright  # noqa: F401
-    except (RuntimeError, ImportError) as exc:
-        pytest.skip(str(exc))
     root = tmp_path_factory.mktemp("frontend-site")
     build_site(root)
     return root
 
 
 @pytest.fixture(scope="module")
-def browser(site):
-    with harness.chromium() as b:
-        yield b
+def browser(site, chromium_browser):
+    return chromium_browser  # the run's one Chromium: a second Playwright driver cannot start beside it
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.browser.harness import Guard, chromium
+from tests.browser.harness import Guard
 from tests.fixtures import SPECIAL_TOKEN, _json_ok, model_config
 
 pytestmark = pytest.mark.browser
@@ -219,9 +219,8 @@ def test_output_files_hold_hostile_text_only_escaped(hostile):
 
 
 @pytest.fixture(scope="module")
-def browser():
-    with chromium() as b:
-        yield b
+def browser(chromium_browser):
+    return chromium_browser  # the run's one Chromium: a second Playwright driver cannot start beside it
 
 
 def open_page(browser, url: str):

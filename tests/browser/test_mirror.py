@@ -16,11 +16,6 @@ pytestmark = pytest.mark.browser
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
-    try:
-        harness.chromium_path()
-        import playwright  # noqa: F401
-    except (RuntimeError, ImportError) as exc:
-        pytest.skip(str(exc))
     tmp = tmp_path_factory.mktemp("mirror-site")
     write_manifest(tmp / "content", write_export(tmp / "export"))
     assert main(["compute", "--content", str(tmp / "content"), "--cache", str(tmp / "cache"), "--quiet"]) == 0
@@ -28,22 +23,22 @@ def site(tmp_path_factory):
     return tmp / "site"
 
 
-def test_a_mirrored_feature_view_renders_without_errors(site):
-    with harness.chromium() as browser:
-        page = browser.new_page()
-        guard = harness.Guard(allowed_origin="file://")
-        guard.attach(page)
-        page.goto((site / MODEL / SOURCE / "index.html").as_uri() + "#2")
-        page.wait_for_selector("body[data-ready=true]")
-        page.wait_for_selector(".fv-expl")
-        text = page.inner_text("main").lower()  # headings are upper-cased by the style sheet
-        assert "gpt-4o-mini" in text and "cats" in text  # the export's explanation, its explainer
-        assert page.locator(".fv-expl script").count() == 0
-        # The top example's text arrived from the mirror's corpus (one prompt per activation row).
-        page.wait_for_function("() => document.body.innerText.includes(' cat')")
-        assert "top activations" in text and "decoder neighbours" in text
-        assert "activation histogram" not in text  # the export has no histogram of ours
-        page.goto((site / MODEL / SOURCE / "index.html").as_uri() + "#1")
-        page.wait_for_function("() => document.body.innerText.toLowerCase().includes('prompt 2')")
-        assert "decoder neighbours" not in page.inner_text("main").lower()  # its topkCosSimIndices is empty
-        guard.assert_clean()
+def test_a_mirrored_feature_view_renders_without_errors(site, chromium_browser):
+    page = chromium_browser.new_page()
+    guard = harness.Guard(allowed_origin="file://")
+    guard.attach(page)
+    page.goto((site / MODEL / SOURCE / "index.html").as_uri() + "#2")
+    page.wait_for_selector("body[data-ready=true]")
+    page.wait_for_selector(".fv-expl")
+    text = page.inner_text("main").lower()  # headings are upper-cased by the style sheet
+    assert "gpt-4o-mini" in text and "cats" in text  # the export's explanation, its explainer
+    assert page.locator(".fv-expl script").count() == 0
+    # The top example's text arrived from the mirror's corpus (one prompt per activation row).
+    page.wait_for_function("() => document.body.innerText.includes(' cat')")
+    assert "top activations" in text and "decoder neighbours" in text
+    assert "activation histogram" not in text  # the export has no histogram of ours
+    page.goto((site / MODEL / SOURCE / "index.html").as_uri() + "#1")
+    page.wait_for_function("() => document.body.innerText.toLowerCase().includes('prompt 2')")
+    assert "decoder neighbours" not in page.inner_text("main").lower()  # its topkCosSimIndices is empty
+    guard.assert_clean()
+    page.close()

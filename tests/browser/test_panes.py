@@ -62,11 +62,6 @@ RENDER = """([name, rec]) => {
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory) -> Path:
-    try:
-        harness.chromium_path()
-        import playwright  # noqa: F401
-    except (RuntimeError, ImportError) as exc:
-        pytest.skip(str(exc))
     root = tmp_path_factory.mktemp("panes-site")
     theme = root / "theme"
     (theme / "static" / "app" / "panes").mkdir(parents=True)
@@ -81,9 +76,8 @@ def site(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def browser(site):
-    with harness.chromium() as b:
-        yield b
+def browser(site, chromium_browser):
+    return chromium_browser  # the run's one Chromium: a second Playwright driver cannot start beside it
 
 
 @pytest.fixture
