@@ -21,7 +21,8 @@ from sae_atlas.export.neuronpedia import export_neuronpedia, interval_fractions,
 from sae_atlas.manifest import load_content
 from tests import neuronpedia_schema as schema
 from tests.conftest import sae_atlas
-from tests.fixtures import build_fixture_content, load_reference_model, load_reference_sae
+from tests.test_compute import _corpus_tokens, _reference
+from tests.fixtures import build_fixture_content
 
 SETS = (
     ("res-st", "blocks.{layer}.hook_resid_post", "standard", (0,)),
@@ -72,25 +73,10 @@ def _shown_vocab(cache: Path, release) -> list[str]:
     return [re.sub("[\x00\ud800-\udfff]", "\ufffd", s) for s in CacheStore(cache).vocab(corpus_key(release))]
 
 
-def _corpus_tokens(release) -> np.ndarray:
-    lines = release.corpus.path.read_text(encoding="utf-8").splitlines()
-    return np.array([json.loads(line)["tokens"] for line in lines if line.strip()], dtype=np.int64)
-
-
 @pytest.fixture(scope="module")
 def brute(exported):
     """{SAE id: activations f32 [prompts, context, F]} recomputed with TransformerLens and SAELens."""
-    import torch
-
-    release = exported[0]
-    tokens = torch.from_numpy(_corpus_tokens(release))
-    model = load_reference_model(release.model.path)
-    out = {}
-    with torch.no_grad():
-        _, acts = model.run_with_cache(tokens, names_filter=sorted({s.hook for s in release.saes()}))
-        for spec in release.saes():
-            out[spec.id] = load_reference_sae(spec.path).encode(acts[spec.hook].float()).float().numpy()
-    return out
+    return {sae_id: ref[0].numpy() for sae_id, ref in _reference(exported[0])[2].items()}
 
 
 def test_every_file_validates_against_neuronpedia_schema(exported):
