@@ -20,6 +20,7 @@ import numpy as np
 import orjson
 
 from sae_atlas import stats as statistics
+from sae_atlas.locks import pid_alive
 from sae_atlas.manifest import Release, SaeSpec, SetSpec
 
 CACHE_FORMAT = 1
@@ -164,13 +165,8 @@ def _remove_stale_writes(final_dir: Path) -> None:
     leftovers += [(p, ".replaced") for p in final_dir.parent.glob(final_dir.name + ".replaced*")]
     for entry, suffix in leftovers:
         pid = entry.name.rsplit(suffix, 1)[-1]
-        if pid.isdigit() and int(pid) != os.getpid():
-            try:
-                os.kill(int(pid), 0)
-            except ProcessLookupError:
-                shutil.rmtree(entry, ignore_errors=True)
-            except PermissionError:
-                pass
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
+            shutil.rmtree(entry, ignore_errors=True)
 
 
 def write_entry(
