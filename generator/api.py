@@ -81,6 +81,7 @@ def compute(
     dtype: str = DEFAULT_DTYPE,
     batch_size: int | None = None,
     shard: tuple[int, int] | None = None,
+    unit_prompts: int | None = None,
     replay_memory: int | None = None,
     threads: int | None = None,
     pca_map: bool = False,
@@ -109,7 +110,8 @@ def compute(
 
         torch.set_num_threads(max(1, threads))
     options = ComputeOptions(
-        device=device, dtype=dtype, batch_size=batch_size, shard=shard, replay_memory=replay_memory, quiet=quiet, pca_map=pca_map
+        device=device, dtype=dtype, batch_size=batch_size, shard=shard, unit_prompts=unit_prompts, replay_memory=replay_memory,
+        quiet=quiet, pca_map=pca_map,
     )
     with _compute_failures():
         return compute_releases(releases, Path(cache), options)

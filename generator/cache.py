@@ -257,6 +257,16 @@ class CacheStore:
     def partial_dir(self, key: str) -> Path:
         return self.root / "sae" / f"{key}.partial"
 
+    def unit_dir(self, key: str, lo: int, hi: int) -> Path:
+        """The state of one work unit of an SAE, prompts [lo, hi) (`compute.units`)."""
+        return self.root / "sae" / f"{key}.u{lo}-{hi}.partial"
+
+    def remove_partials(self, key: str) -> None:
+        """The SAE's checkpoint and work-unit states (once its entry is written)."""
+        shutil.rmtree(self.partial_dir(key), ignore_errors=True)
+        for path in (self.root / "sae").glob(f"{key}.u*-*.partial"):
+            shutil.rmtree(path, ignore_errors=True)
+
     def corpus_dir(self, key: str) -> Path:
         return self.root / "corpus" / key
 

@@ -25,6 +25,16 @@ def _shard(text: str) -> tuple[int, int]:
     return i, n
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number >= 1")
+    return value
+
+
 _SIZE_UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
@@ -63,8 +73,12 @@ def _parser() -> argparse.ArgumentParser:
             help="memory for pass 1's activations, replayed in pass 2 instead of running the model again (e.g. 4G; 0: none; default: 40%% of free memory)",
         )
         sp.add_argument("--release", action="append", default=None, help="only this release (repeatable)")
+        sp.add_argument(
+            "--unit-prompts", type=_positive, default=None, metavar="N",
+            help="prompts per work unit: --shard splits an SAE's corpus into units of N prompts (default: about 4M tokens' worth; every process on one cache must agree)",
+        )
         if shard:
-            sp.add_argument("--shard", type=_shard, default=None, help="compute SAE slice I of N (for schedulers)")
+            sp.add_argument("--shard", type=_shard, default=None, help="compute slice I of N of the (SAE, work unit) pairs (for schedulers)")
 
     def render_opts(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--out", type=Path, default=DEFAULT_OUT)

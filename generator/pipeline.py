@@ -55,7 +55,7 @@ def cmd_compute(args: argparse.Namespace) -> int:
         return 0
     api.compute(
         releases, args.cache, device=args.device, dtype=args.dtype, batch_size=args.batch_size, shard=args.shard,
-        replay_memory=args.replay_memory, threads=getattr(args, "threads", None), quiet=args.quiet,
+        unit_prompts=args.unit_prompts, replay_memory=args.replay_memory, threads=getattr(args, "threads", None), quiet=args.quiet,
     )
     return 0
 
@@ -160,18 +160,22 @@ def _slurm_releases(args: argparse.Namespace) -> tuple[Path, list[str] | None]:
 
 def cmd_slurm(args: argparse.Namespace) -> int:
     from sae_atlas import slurm
+    from sae_atlas.compute.units import count_units
 
     content, only = _slurm_releases(args)
     releases = load_releases(content, only)
     n_saes = len({spec.id for r in releases for spec in r.saes()})
+    n_units = count_units([r for r in releases if r.neuronpedia_export is None], args.unit_prompts) or n_saes
     size = args.array_size or n_saes
-    if not 1 <= size <= n_saes:
-        raise AtlasError(f"--array-size {size}: expected 1 to {n_saes} (the number of SAEs; a task computes at least one)")
+    if not 1 <= size <= n_units:
+        raise AtlasError(
+            f"--array-size {size}: expected 1 to {n_units} (the work units: each SAE's corpus in units of --unit-prompts prompts; a task computes at least one)"
+        )
     where = ["--content", str(content.resolve()), "--cache", str(args.cache.resolve()), "--dtype", args.dtype]
     for release in only or []:
         where += ["--release", release]
     compute_args = [*where, "--device", args.device]
-    for flag, value in (("--batch-size", args.batch_size), ("--threads", args.threads), ("--replay-memory", args.replay_memory)):
+    for flag, value in (("--batch-size", args.batch_size), ("--threads", args.threads), ("--replay-memory", args.replay_memory), ("--unit-prompts", args.unit_prompts)):
         if value is not None:
             compute_args += [flag, str(value)]
     render_args = [*where, "--out", str(args.out.resolve())]

@@ -194,6 +194,12 @@ class NeuronCorrelation:
     def state_arrays(self) -> dict[str, np.ndarray]:
         return {name: getattr(self, name).cpu().numpy() for name in self.STATE}
 
+    def merge(self, other: "NeuronCorrelation") -> None:
+        """Add the sums of `other` (the same features and basis over other tokens): integer sums,
+        so the result is that of one pass over both (the two words of a sum add word by word)."""
+        for name in self.STATE:
+            getattr(self, name).add_(getattr(other, name).to(self.device))
+
     def load_state(self, arrays: dict[str, np.ndarray]) -> None:
         for name in self.STATE:
             ref = getattr(self, name)

@@ -36,6 +36,7 @@ from sae_atlas.cache import (
     set_key,
     write_entry,
 )
+from sae_atlas.compute import units
 from sae_atlas.compute.options import ComputeOptions, chunk_elements, default_batch_size
 from sae_atlas.compute.replay import Replay, replay_budget
 from sae_atlas.compute.stats import FeatureStats, SparseActs
@@ -84,11 +85,15 @@ def plan_jobs(releases: list[Release], dtype: str = "float32") -> list[SaeJob]:
     return [jobs[k] for k in sorted(jobs)]
 
 
-def shard_slice(jobs: list[SaeJob], shard: tuple[int, int] | None) -> list[SaeJob]:
-    if shard is None:
-        return jobs
-    i, n = shard
-    return jobs[i::n]
+def shard_units(jobs: list[SaeJob], shard: tuple[int, int] | None, unit_size: int | None = None) -> dict[str, set[int]]:
+    """{SAE id: the first prompts of its work units in the shard} (`compute.units.shard_pairs`)."""
+    return units.shard_pairs(jobs, shard, lambda job: units.planned_units(job.release, unit_size))
+
+
+def shard_slice(jobs: list[SaeJob], shard: tuple[int, int] | None, unit_size: int | None = None) -> list[SaeJob]:
+    """The SAEs with a work unit in the shard."""
+    mine = shard_units(jobs, shard, unit_size)
+    return [job for job in jobs if job.id in mine]
 
 
 def compute_releases(releases: list[Release], cache_root: Path, options: ComputeOptions | None = None) -> ComputeReport:
@@ -96,7 +101,8 @@ def compute_releases(releases: list[Release], cache_root: Path, options: Compute
     store = CacheStore(Path(cache_root))
     report = ComputeReport()
     all_jobs = plan_jobs(releases, options.dtype)
-    jobs = shard_slice(all_jobs, options.shard)
+    mine = shard_units(all_jobs, options.shard, options.unit_prompts)
+    jobs = [job for job in all_jobs if job.id in mine]
 
     groups: dict[tuple[str, str], list[SaeJob]] = {}
     for job in jobs:
@@ -107,29 +113,14 @@ def compute_releases(releases: list[Release], cache_root: Path, options: Compute
         for group in groups.values():
             release = group[0].release
             corpus = _locked_corpus(release, store, locks)
-            todo = group
-            while todo:
-                held = [job for job in todo if _needs_work(job, store) and locks.try_acquire(f"sae-{job.key}")]
-                pending, top_up = _classify(held, store, report)
-                try:
-                    if pending or top_up:
-                        device = device or resolve_device(options.device)
-                    if pending:
-                        _compute_group(pending, corpus, store, options, device, report)
-                    if top_up:
-                        _top_up(top_up, corpus, store, options, device, report)
-                finally:
-                    for job in held:
-                        locks.release(f"sae-{job.key}")
-                todo = [job for job in todo if job not in held]
-                waiting = [job for job in todo if _needs_work(job, store)]
-                for job in todo:
-                    if job not in waiting:  # cached, by an earlier run or by another process meanwhile
-                        shutil.rmtree(store.partial_dir(job.key), ignore_errors=True)
-                        report.cached.append(job.id)
-                todo = waiting
-                if todo and not held:  # every SAE left is being computed elsewhere
-                    locks.wait({f"sae-{job.key}": f"SAE {job.id}" for job in todo})
+            ranges = units.clip(units.planned_units(release, options.unit_prompts), corpus.n_prompts)
+            if len(ranges) > 1:
+                fresh = [job for job in group if store.sae_entry(job.key) is None]
+                if fresh:
+                    device = device or resolve_device(options.device)
+                    _compute_units(fresh, ranges, mine, corpus, store, options, device, locks, report)
+                group = [job for job in group if job not in fresh]  # cached, or to top up
+            device = _compute_whole(group, corpus, store, options, device, locks, report)
 
         owned = {job.id for job in jobs}
         for release in releases:
@@ -138,6 +129,35 @@ def compute_releases(releases: list[Release], cache_root: Path, options: Compute
                     if _compute_set(release, set_spec, store, options, device or "cpu", locks):
                         report.sets.append(f"{set_spec.saes[0].model_id}/{set_spec.id}")
     return report
+
+
+def _compute_whole(group: list[SaeJob], corpus: Corpus, store: CacheStore, options: ComputeOptions, device: str | None, locks: Locks, report: ComputeReport) -> str | None:
+    """The SAEs of one model and corpus, each whole under its lock: those whose locks are free
+    first, then, when every SAE left is held elsewhere, waiting for one. Returns the device used."""
+    todo = group
+    while todo:
+        held = [job for job in todo if _needs_work(job, store) and locks.try_acquire(f"sae-{job.key}")]
+        pending, top_up = _classify(held, store, report)
+        try:
+            if pending or top_up:
+                device = device or resolve_device(options.device)
+            if pending:
+                _compute_group(pending, corpus, store, options, device, report)
+            if top_up:
+                _top_up(top_up, corpus, store, options, device, report)
+        finally:
+            for job in held:
+                locks.release(f"sae-{job.key}")
+        todo = [job for job in todo if job not in held]
+        waiting = [job for job in todo if _needs_work(job, store)]
+        for job in todo:
+            if job not in waiting:  # cached, by an earlier run or by another process meanwhile
+                store.remove_partials(job.key)
+                report.cached.append(job.id)
+        todo = waiting
+        if todo and not held:  # every SAE left is being computed elsewhere
+            locks.wait({f"sae-{job.key}": f"SAE {job.id}" for job in todo})
+    return device
 
 
 def _locked_corpus(release: Release, store: CacheStore, locks: Locks) -> Corpus:
@@ -163,7 +183,7 @@ def _classify(jobs: list[SaeJob], store: CacheStore, report: ComputeReport) -> t
             pending.append(job)
             continue
         # A run killed between writing the entry and deleting its checkpoint leaves both.
-        shutil.rmtree(store.partial_dir(job.key), ignore_errors=True)
+        store.remove_partials(job.key)
         if statistics.stale(entry.meta, job.release.compute) or statistics.surplus(entry.meta, job.release.compute):
             top_up.append((job, entry))
         else:
@@ -181,6 +201,8 @@ class _Running:
     stats: FeatureStats
     sparse_decode: bool | None = None  # decode from the sparse batch? decided on the first batch
     extra: dict = field(default_factory=dict)  # arrays computed after the passes (correlated features)
+    first: int = 0  # the first prompt of its prompt range (a work unit's; 0: the whole corpus)
+    partial: Path | None = None  # where its state is checkpointed (None: the SAE's checkpoint)
 
 
 def _compute_group(jobs: list[SaeJob], corpus: Corpus, store: CacheStore, options: ComputeOptions, device: str, report: ComputeReport) -> None:
@@ -293,7 +315,7 @@ def _start(job: SaeJob, corpus: Corpus, store: CacheStore, device: str) -> _Runn
 
 def _save_checkpoint(r: _Running, store: CacheStore) -> None:
     meta = {"sae_id": r.job.id, "pass": r.stats.pass_no, "prompts_done": r.stats.prompts_done}
-    write_entry(store.partial_dir(r.job.key), meta, r.stats.state_arrays())
+    write_entry(r.partial or store.partial_dir(r.job.key), meta, r.stats.state_arrays())
 
 
 # -- the passes -----------------------------------------------------------------------------------
@@ -345,13 +367,14 @@ def _decode(r: _Running, sparse: SparseActs, x_in: torch.Tensor) -> torch.Tensor
     return out if skip is None else out + skip.float().reshape(n, -1)
 
 
-def _run_pass(pass_no: int, model, running: list[_Running], corpus: Corpus, store: CacheStore, options: ComputeOptions, batch_size: int, replay: Replay) -> int:
-    """One pass over the corpus for the SAEs in that pass. Pass 1 keeps each batch's firing entries
-    in `replay` (within its budget); pass 2 runs the model only for the batches not kept there."""
+def _run_pass(pass_no: int, model, running: list[_Running], corpus: Corpus, store: CacheStore, options: ComputeOptions, batch_size: int, replay: Replay, end: int | None = None) -> int:
+    """One pass over the corpus (up to prompt `end`: a work unit's) for the SAEs in that pass.
+    Pass 1 keeps each batch's firing entries in `replay` (within its budget); pass 2 runs the
+    model only for the batches not kept there."""
     active = [r for r in running if r.stats.pass_no == pass_no]
     if not active:
         return 0
-    n_prompts, context = corpus.n_prompts, corpus.context
+    n_prompts, context = corpus.n_prompts if end is None else end, corpus.context
     start = min(r.stats.prompts_done for r in active)
     hooks = sorted({h for r in active for h in r.sae.hooks})
     tokens_all = corpus.tokens
@@ -409,29 +432,35 @@ def _run_pass(pass_no: int, model, running: list[_Running], corpus: Corpus, stor
             if options.on_batch is not None:
                 options.on_batch(pass_no, p0)
     for r in active:
-        r.stats.pass_no, r.stats.prompts_done = pass_no + 1, 0
+        r.stats.pass_no, r.stats.prompts_done = pass_no + 1, r.first
         _save_checkpoint(r, store)
     return (n_prompts - start) * context
 
 
-def _correlate_features(r: _Running, model, corpus: Corpus, options: ComputeOptions, batch_size: int, replay: Replay) -> None:
+def _batches(ranges: list[tuple[int, int]], batch_size: int) -> list[tuple[int, int]]:
+    """(first prompt, prompts) of the batches of the passes: each prompt range (the corpus, or its
+    work units) from its start."""
+    return [(p0, min(batch_size, hi - p0)) for lo, hi in ranges for p0 in range(lo, hi, batch_size)]
+
+
+def _correlate_features(r: _Running, model, corpus: Corpus, options: ComputeOptions, batch_size: int, replay: Replay, ranges: list[tuple[int, int]] | None = None) -> None:
     """The `correlated_features` statistic of one SAE, after pass 2: one scan of the corpus's
     pass-1 entries per block of features (`options.correlation_memory`), each batch replayed from
     memory where pass 1 kept it, otherwise recomputed (the model and the encoder run again, once
-    per block: correct, slower)."""
+    per block: correct, slower). The batches are those of the passes over `ranges` (the work
+    units; None: the corpus as one)."""
     from sae_atlas.compute.correlation import correlated_features, feature_blocks
 
     n_prompts, context = corpus.n_prompts, corpus.context
-    starts = list(range(0, n_prompts, batch_size))
-    kept = sum(replay.peek(r.job.id, p0, min(batch_size, n_prompts - p0)) is not None for p0 in starts)
+    starts = _batches(ranges or [(0, n_prompts)], batch_size)
+    kept = sum(replay.peek(r.job.id, p0, nb) is not None for p0, nb in starts)
     n_blocks = len(feature_blocks(r.sae.d_sae, options.correlation_memory))
     if not options.quiet:
         how = "from memory" if kept == len(starts) else f"recomputing {len(starts) - kept} of {len(starts)} batches per scan (--replay-memory)"
         print(f"{r.job.id}: correlated features, {n_blocks} scan(s) of the corpus, {how}", file=sys.stderr)
 
     def batches() -> Iterator[SparseActs]:
-        for p0 in starts:
-            nb = min(batch_size, n_prompts - p0)
+        for p0, nb in starts:
             acts = replay.peek(r.job.id, p0, nb)
             if acts is None:
                 tokens = torch.from_numpy(np.array(corpus.tokens[p0 : p0 + nb])).long().to(r.stats.device)
@@ -560,7 +589,7 @@ def _finish(r: _Running, model, corpus: Corpus, store: CacheStore, ce: tuple[flo
     _compute_later_stats(ctx, [stat for stat in wanted if stat.stage not in statistics.CORPUS_STAGES])
     meta["statistics"] = statistics.signatures(wanted, s)
     write_entry(store.sae_dir(job.key), meta, arrays)
-    shutil.rmtree(store.partial_dir(job.key), ignore_errors=True)
+    store.remove_partials(job.key)
 
 
 def _top_up(jobs: list[tuple[SaeJob, object]], corpus: Corpus, store: CacheStore, options: ComputeOptions, device: str, report: ComputeReport) -> None:
@@ -627,3 +656,169 @@ def _write_set(release: Release, set_spec: SetSpec, store: CacheStore, key: str)
         arrays[f"index_{a}"], arrays[f"cosine_{a}"] = index, cosine
     meta = {"release": release.id, "model": release.model.id, "set": set_spec.id, "sae_ids": [s.id for s in saes]}
     write_entry(store.set_dir(key), meta, arrays)
+
+
+# -- work units: one SAE's corpus passes spread over processes (`compute.units`) -----------------
+
+
+@dataclass(frozen=True)
+class _Task:
+    """The next pass of one work unit of one SAE."""
+
+    job: SaeJob
+    sae: object
+    unit: tuple[int, int]
+    pass_no: int  # 1 or 2
+
+    @property
+    def lock(self) -> str:
+        return units.unit_lock(self.job.key, *self.unit)
+
+
+def _unit_pass(store: CacheStore, job: SaeJob, unit: tuple[int, int]) -> int:
+    """The pass a unit's state is at: 1 (none yet, or pass 1 under way), 2, or 3 (both done)."""
+    try:
+        return int(orjson.loads((store.unit_dir(job.key, *unit) / "meta.json").read_bytes())["pass"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 1
+
+
+def _unit_array(store: CacheStore, job: SaeJob, unit: tuple[int, int], name: str) -> np.ndarray:
+    """One array of a unit's state, checked against its digest (the rest is not read)."""
+    from sae_atlas.cache import file_digest
+
+    path = store.unit_dir(job.key, *unit)
+    meta = orjson.loads((path / "meta.json").read_bytes())
+    if file_digest(path / f"{name}.npy") != meta["files"][f"{name}.npy"]:
+        raise CorruptEntry(f"{path / name}.npy: checksum mismatch")
+    return np.load(path / f"{name}.npy", allow_pickle=False)
+
+
+def _new_stats(job: SaeJob, sae, corpus: Corpus, device: str) -> FeatureStats:
+    return FeatureStats(sae.d_sae, sae.d_out, corpus.context, job.release.compute, device, basis_dim=sae.d_in)
+
+
+def _compute_units(jobs: list[SaeJob], ranges: list[tuple[int, int]], mine: dict[str, set[int]], corpus: Corpus, store: CacheStore,
+                   options: ComputeOptions, device: str, locks: Locks, report: ComputeReport) -> None:
+    """The SAEs of one model and corpus whose corpus spans several work units: the units' passes
+    (this shard's first, then any other nobody holds), the merge and the finish of each SAE."""
+    release = jobs[0].release
+    batch_size = options.batch_size or default_batch_size(device, corpus.context)
+    with torch.inference_mode():
+        running = [_Running(job, load_sae(job.spec, device, "float32"), None) for job in jobs]
+        _check_prepend_bos(release, running)
+        groups: dict[str, list[_Running]] = {}
+        for r in running:
+            groups.setdefault(orjson.dumps(r.sae.model_kwargs, option=orjson.OPT_SORT_KEYS).decode(), []).append(r)
+        for members in groups.values():
+            model = load_model(release.model, device, options.dtype, members[0].sae.model_kwargs, options.quiet)
+            model.enable_hooks(sorted({h for r in members for h in r.sae.hooks}))
+            _check_hooks(model, members)
+            _unit_loop(model, [(r.job, r.sae) for r in members], ranges, mine, corpus, store, options, batch_size, locks, report, device)
+            del model
+
+
+def _unit_loop(model, saes: list[tuple[SaeJob, object]], ranges: list[tuple[int, int]], mine: dict[str, set[int]], corpus: Corpus,
+               store: CacheStore, options: ComputeOptions, batch_size: int, locks: Locks, report: ComputeReport, device: str) -> None:
+    """Until every SAE of `saes` has its entry: take the best free task (a pass 2 whose pass 1
+    this process kept in memory, then this shard's units, then any other: work stealing; pass 1
+    before pass 2) with every free task of the same unit and pass (one model forward feeds them
+    all), or finish an SAE whose units are all done; when every task left is held by another
+    process (or waits for another's pass 1), wait for one of those locks."""
+    replay = Replay(replay_budget(device, options.replay_memory))
+    kept: set[tuple[str, int]] = set()  # (SAE id, unit start) whose pass 1 this process ran
+    sparse_decode: dict[str, bool | None] = {}
+    while True:
+        pending = [(job, sae) for job, sae in saes if not (store.sae_dir(job.key) / "meta.json").exists()]
+        if not pending:
+            break
+        state = {(job.id, unit): _unit_pass(store, job, unit) for job, _ in pending for unit in ranges}
+        tasks, finishable = [], []
+        for job, sae in pending:
+            passes = [state[(job.id, unit)] for unit in ranges]
+            if min(passes) == 3:
+                finishable.append((job, sae))
+            tasks += [_Task(job, sae, unit, p) for unit, p in zip(ranges, passes) if p == 1 or (p == 2 and min(passes) >= 2)]
+        own = mine.get
+        tasks.sort(key=lambda t: (not (t.pass_no == 2 and (t.job.id, t.unit[0]) in kept), t.unit[0] not in (own(t.job.id) or ()), t.pass_no, t.unit, t.job.id))
+        held: list[_Task] = []
+        for t in tasks:
+            if (not held or (t.unit, t.pass_no) == (held[0].unit, held[0].pass_no)) and locks.try_acquire(t.lock):
+                held.append(t)
+        if held:
+            try:
+                # Done meanwhile by the process that held it before us?
+                todo = [t for t in held if _unit_pass(store, t.job, t.unit) == t.pass_no and not (store.sae_dir(t.job.key) / "meta.json").exists()]
+                if todo:
+                    _run_unit(model, todo, ranges, corpus, store, options, batch_size, replay, sparse_decode, device)
+                    if todo[0].pass_no == 1:
+                        kept.update((t.job.id, t.unit[0]) for t in todo)
+            finally:
+                for t in held:
+                    locks.release(t.lock)
+            continue
+        if finishable:
+            for job, sae in finishable:
+                done = lambda job=job: (store.sae_dir(job.key) / "meta.json").exists()  # noqa: E731
+                with locks.hold(f"sae-{job.key}", f"SAE {job.id}", done) as ours:
+                    if ours:
+                        _finish_units(job, sae, model, ranges, corpus, store, options, batch_size, replay, device)
+                        report.computed.append(job.id)
+            continue
+        # Every task left is held elsewhere, or waits for a pass 1 held elsewhere.
+        busy = {units.unit_lock(job.key, *unit): f"SAE {job.id} prompts {unit[0]}-{unit[1]}" for job, _ in pending for unit in ranges
+                if state[(job.id, unit)] < 3 and locks.path(units.unit_lock(job.key, *unit)).exists()}
+        if busy:
+            locks.wait(busy, lambda state=state: any(_unit_pass(store, job, unit) != state[(job.id, unit)] for job, _ in pending for unit in ranges))
+        else:
+            time.sleep(0.5)  # a lock was released between the look at the states and the try
+
+
+def _run_unit(model, tasks: list[_Task], ranges: list[tuple[int, int]], corpus: Corpus, store: CacheStore, options: ComputeOptions,
+              batch_size: int, replay: Replay, sparse_decode: dict, device: str) -> None:
+    """One pass over one unit's prompts for the SAEs of `tasks` (the same unit and pass), from
+    its checkpoint if one was left; pass 2 bins against the SAE's max over all its units."""
+    (lo, hi), pass_no = tasks[0].unit, tasks[0].pass_no
+    running = []
+    for t in tasks:
+        stats = _new_stats(t.job, t.sae, corpus, device)
+        stats.prompts_done = lo
+        path = store.unit_dir(t.job.key, lo, hi)
+        try:
+            entry = read_entry(path)
+            if entry is not None:
+                stats.load_state(entry.arrays, int(entry.meta["pass"]), int(entry.meta["prompts_done"]))
+        except (CorruptEntry, ValueError, KeyError) as e:
+            print(f"sae-atlas: discarding unusable work unit state {path}: {e}", file=sys.stderr)
+            stats = _new_stats(t.job, t.sae, corpus, device)
+            stats.prompts_done = lo
+        if stats.pass_no != pass_no:
+            continue
+        if pass_no == 2:
+            top = torch.zeros_like(stats.max_activation)
+            for unit in ranges:
+                top = torch.maximum(top, torch.from_numpy(_unit_array(store, t.job, unit, "max_activation")).to(top.device))
+            stats.max_activation = top
+        running.append(_Running(t.job, t.sae, stats, sparse_decode.get(t.job.id), first=lo, partial=path))
+    if running:
+        _run_pass(pass_no, model, running, corpus, store, options, batch_size, replay, end=hi)
+        sparse_decode.update((r.job.id, r.sparse_decode) for r in running)
+
+
+def _finish_units(job: SaeJob, sae, model, ranges: list[tuple[int, int]], corpus: Corpus, store: CacheStore, options: ComputeOptions,
+                  batch_size: int, replay: Replay, device: str) -> None:
+    """Merge the SAE's units in unit order (exact: the state one pass over the corpus gives), then
+    as for a whole SAE: correlated features, CE loss, the weights-only parts, the entry."""
+    stats = _new_stats(job, sae, corpus, device)
+    for unit in ranges:
+        part = _new_stats(job, sae, corpus, device)
+        entry = read_entry(store.unit_dir(job.key, *unit))
+        if entry is None:
+            raise AtlasError(f"{job.id}: the state of prompts {unit[0]}-{unit[1]} vanished while merging")
+        part.load_state(entry.arrays, int(entry.meta["pass"]), int(entry.meta["prompts_done"]))
+        stats.merge(part)
+    r = _Running(job, sae, stats)
+    _correlate_features(r, model, corpus, options, batch_size, replay, ranges)
+    ce_bar = None if options.quiet else f"{job.id} CE loss"
+    ce = model.ce_losses(corpus, [CeSae(job.id, sae, job.release.compute.ce_prompts)], batch_size, device, progress=ce_bar)
+    _finish(r, model, corpus, store, ce[job.id], options)

@@ -14,7 +14,10 @@ class ComputeOptions:
     device: str = "auto"  # auto | cpu | cuda | mps (auto: cuda > mps > cpu)
     dtype: str = "float32"  # model dtype; SAEs and statistics stay float32
     batch_size: int | None = None  # prompts per batch; None: TOKENS_PER_BATCH[device] // context
-    shard: tuple[int, int] | None = None  # (I, N): compute slice I of N of all SAEs sorted by id
+    shard: tuple[int, int] | None = None  # (I, N): compute slice I of N of the (SAE, unit) pairs
+    # Prompts per work unit (`compute.units`; None: about 4M tokens' worth). Every process sharing
+    # a cache must use the same; results do not depend on it.
+    unit_prompts: int | None = None
     quiet: bool = False
     # Bytes of pass 1's firing activations kept for pass 2 (None: 40% of the free memory; 0: none,
     # pass 2 runs the model again).

@@ -208,6 +208,17 @@ def merge_examples(
     state_windows[rows] = torch.take_along_dim(all_windows, sel[..., None], dim=1)
 
 
+def merge_top(keys: torch.Tensor, windows: torch.Tensor | None, other_keys: torch.Tensor, other_windows: torch.Tensor | None) -> tuple:
+    """Per row, the k largest of two top-k key states (int64 [G, k], descending, -1 = empty) with
+    their windows f32 [G, k, W] (or None): the state one pass over both sets of candidates keeps."""
+    k = keys.shape[1]
+    top, sel = torch.cat([keys, other_keys.to(keys.device)], 1).topk(k, dim=1)
+    if windows is None:
+        return top, None
+    both = torch.cat([windows, other_windows.to(windows.device)], 1)
+    return top, torch.take_along_dim(both, sel[..., None], dim=1)
+
+
 class FeatureStats:
     """Running state of one SAE over the corpus (feature-major tensors on the compute device).
     Activations are handled sparsely: only the (token, feature) pairs with a > 0."""
@@ -301,6 +312,22 @@ class FeatureStats:
         group = feature * s.intervals + interval_index(value, mx, s.intervals)
         keys = (priority(g, feature, s.seed) << 32) | (LOW - g)
         merge_examples(self.interval_key, self.interval_window, group, keys, windows, token, feature)
+
+    # -- merging the states of work units -------------------------------------------------------
+    def merge(self, other: "FeatureStats") -> None:
+        """Add the state of `other`, the same SAE over other tokens (a work unit of the corpus), in
+        place. Every reduction is exact, so the merged state is the one a single pass over both
+        token ranges gives, bit for bit: counts and fixed-point sums add, maxima take the larger,
+        top-k keys (unique per row) keep the k largest of both with their windows. Pass 2's state
+        (histogram, interval samples) merges the same way when both units binned against the
+        same (global) max."""
+        self.max_activation = torch.maximum(self.max_activation, other.max_activation.to(self.device))
+        for name in ("nonzero_count", "histogram", "sum_x", "sum_sq_x", "sum_sq_err", "sum_l0", "n_tokens"):
+            getattr(self, name).add_(getattr(other, name).to(self.device))
+        self.top_key, self.top_window = merge_top(self.top_key, self.top_window, other.top_key, other.top_window)
+        self.interval_key, self.interval_window = merge_top(self.interval_key, self.interval_window, other.interval_key, other.interval_window)
+        self.prompt_top_key, _ = merge_top(self.prompt_top_key, None, other.prompt_top_key, None)
+        self.neurons.merge(other.neurons)
 
     # -- checkpoint ----------------------------------------------------------------------------
     def state_arrays(self) -> dict[str, np.ndarray]:
