@@ -557,7 +557,8 @@ def test_cached_models_are_not_loaded_and_shards_are_disjoint(built, monkeypatch
         seen.append(compute_releases(releases, tmp_path, _options(shard=(i, 3))).computed)
     flat = [s for part in seen for s in part]
     assert sorted(flat) == sorted(s.id for s in releases[0].saes()) and len(set(flat)) == len(flat)
-    assert seen[0] == sorted(s.id for s in releases[0].saes())[0::3]
+    ids = sorted(s.id for s in releases[0].saes())  # one work unit each: shard i is the i-th contiguous third
+    assert seen == [ids[i * len(ids) // 3 : (i + 1) * len(ids) // 3] for i in range(3)]
 
 
 def test_changing_one_sae_recomputes_only_that_one(built, tmp_path):

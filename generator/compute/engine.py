@@ -684,14 +684,21 @@ def _unit_pass(store: CacheStore, job: SaeJob, unit: tuple[int, int]) -> int:
 
 
 def _unit_array(store: CacheStore, job: SaeJob, unit: tuple[int, int], name: str) -> np.ndarray:
-    """One array of a unit's state, checked against its digest (the rest is not read)."""
+    """One array of a unit's state, checked against its digest (the rest is not read). A state
+    being replaced by its holder's checkpoint is missing for a moment: looked for again."""
     from sae_atlas.cache import file_digest
 
     path = store.unit_dir(job.key, *unit)
-    meta = orjson.loads((path / "meta.json").read_bytes())
-    if file_digest(path / f"{name}.npy") != meta["files"][f"{name}.npy"]:
-        raise CorruptEntry(f"{path / name}.npy: checksum mismatch")
-    return np.load(path / f"{name}.npy", allow_pickle=False)
+    for attempt in range(100):
+        try:
+            meta = orjson.loads((path / "meta.json").read_bytes())
+            if file_digest(path / f"{name}.npy") != meta["files"][f"{name}.npy"]:
+                raise CorruptEntry(f"{path / name}.npy: checksum mismatch")
+            return np.load(path / f"{name}.npy", allow_pickle=False)
+        except (FileNotFoundError, orjson.JSONDecodeError):
+            if attempt == 99:
+                raise
+            time.sleep(0.05)
 
 
 def _new_stats(job: SaeJob, sae, corpus: Corpus, device: str) -> FeatureStats:
@@ -731,6 +738,7 @@ def _unit_loop(model, saes: list[tuple[SaeJob, object]], ranges: list[tuple[int,
     while True:
         pending = [(job, sae) for job, sae in saes if not (store.sae_dir(job.key) / "meta.json").exists()]
         if not pending:
+            report.cached += [job.id for job, _ in saes if job.id not in report.computed]  # finished by others
             break
         state = {(job.id, unit): _unit_pass(store, job, unit) for job, _ in pending for unit in ranges}
         tasks, finishable = [], []
