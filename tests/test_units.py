@@ -259,3 +259,48 @@ def test_a_killed_process_unit_is_taken_over_and_completed(content, reference, t
     assert not list((cache / "sae").glob("*.partial"))
     assert_same_tree(cache / "sae", reference[0] / "sae")
     assert_same_tree(tmp_path / "site", reference[1])
+
+
+def test_a_shard_waits_for_a_unit_a_live_process_holds_and_then_finishes_the_sae(content, reference, tmp_path):
+    import time
+
+    from sae_atlas.compute.units import unit_lock
+    from sae_atlas.locks import Locks
+
+    cache, log, err_path = tmp_path / "cache", tmp_path / "writes.log", tmp_path / "stderr"
+    keys = sae_keys(content)
+    key = keys[min(keys)]
+    env = {**os.environ, "ATLAS_WRITE_LOG": str(log)}
+    with Locks(cache) as locks, open(err_path, "w") as err:
+        assert locks.try_acquire(unit_lock(key, 8, 16))  # this process, alive, "computes" the second unit
+        proc = subprocess.Popen(compute_argv(content, cache, "--shard", "0/12"), cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err)
+        try:
+            deadline = time.monotonic() + 300
+            while "waiting for SAE" not in err_path.read_text():
+                assert proc.poll() is None, err_path.read_text()
+                assert time.monotonic() < deadline, "the shard did not wait"
+                time.sleep(0.1)
+            assert "prompts 8-16" in err_path.read_text()
+            lines = log_lines(log)
+            # Pass 1 of the three free units is done; no pass 2 can start before the held one's pass 1.
+            assert {name for _, name, state in lines if unit_done(name, state, 1)} == {f"sae/{key}.u{lo}-{lo + 8}.partial" for lo in (0, 16, 24)}
+            assert not any(unit_done(name, state, 2) for _, name, state in lines)
+            locks.release(unit_lock(key, 8, 16))  # the holder gives up: the shard takes the unit over
+            assert proc.wait(timeout=300) == 0, err_path.read_text()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert_same_tree(cache / "sae" / key, reference[0] / "sae" / key)
+    assert lock_files(cache) == [] and not list((cache / "sae").glob("*.partial"))
+
+
+def test_slurm_sizes_its_array_by_the_work_units(content, tmp_path):
+    argv = [sys.executable, "-m", "sae_atlas", "slurm", "--content", str(content), "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "site"),
+            "--device", "cpu", "--quiet", *UNIT]
+    done = subprocess.run([*argv, "--array-size", "12"], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    script = (tmp_path / "slurm" / "compute.sbatch").read_text()
+    assert "#SBATCH --array=0-11" in script and "--unit-prompts 8" in script
+    refused = subprocess.run([*argv, "--array-size", "13", "--dir", str(tmp_path / "other")], cwd=ROOT, capture_output=True, text=True)
+    assert refused.returncode == 1 and "--array-size 13: expected 1 to 12" in refused.stderr

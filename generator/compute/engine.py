@@ -2,19 +2,20 @@
 pending SAE of that model (pass 2 replays pass 1's firing activations from memory where they fit,
 so the model usually runs once); then the CE loss and the weights-only parts; one cache entry per SAE.
 
-    plan (sorted SAE jobs, shard slice, skip cached) -> per (model, corpus) group:
+    plan (sorted SAE jobs, the shard's (SAE, unit) pairs, skip cached) -> per (model, corpus) group:
       corpus tokens -> load model + SAEs -> pass 1 (keep) -> pass 2 (replay) -> CE loss -> weights
       -> write entries
     -> cross-layer neighbours per Set
 Each corpus, SAE and Set entry is computed under its lock (`sae_atlas.locks`), so that processes
-sharing the cache never compute one entry at once.
+sharing the cache never compute one entry at once. A corpus longer than one work unit
+(`compute.units`) is computed unit by unit instead (`_compute_units`): each unit's passes under
+its own lock, then the merge of the SAE's units and the rest under the SAE's.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
