@@ -1,6 +1,6 @@
 """`sae-atlas slurm`: the job scripts it writes, and a real single-node Slurm cluster running them
 (`tests/slurm_cluster.py`): the compute array on one shared cache, then the render job after it,
-gives the site of a single-process build byte for byte."""
+gives the site of a single-process build byte for byte, also with more tasks than SAEs (work units)."""
 
 from __future__ import annotations
 
@@ -91,3 +91,23 @@ def test_a_slurm_array_then_its_render_job_give_the_single_process_site(content,
 
 def logs_text(root: Path) -> str:
     return "\n".join(f"--- {p.name}\n{p.read_text()[-2000:]}" for p in sorted((root / "slurm" / "logs").glob("*")))
+
+
+def test_an_array_of_more_tasks_than_saes_splits_them_into_work_units_and_gives_the_single_process_site(content, reference, cluster, tmp_path):
+    # 3 SAEs x 4 units of 8 prompts = 12 tasks; the node runs a few at a time, so the first tasks take
+    # over the units of tasks not started yet, and the later ones find their SAEs done.
+    unit = ["--unit-prompts", "8", "--array-size", "12"]
+    done = subprocess.run(slurm_argv(content, tmp_path, "--submit", "--time", "10:00", "--cpus-per-task", "1", *unit), cwd=ROOT, env=cluster, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "--unit-prompts 8" in (tmp_path / "slurm" / "compute.sbatch").read_text()
+    compute, render = done.stdout.split()
+    deadline = time.monotonic() + 500
+    while (state := job_state(cluster, render)) not in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"):
+        assert time.monotonic() < deadline, f"the render job is {state} (compute: {job_state(cluster, compute)})"
+        assert job_state(cluster, compute) not in ("FAILED", "CANCELLED", "TIMEOUT"), "a compute task failed: " + logs_text(tmp_path)
+        time.sleep(1)
+    assert state == "COMPLETED", logs_text(tmp_path)
+    assert sorted(p.name for p in (tmp_path / "slurm" / "logs").iterdir()) == sorted([f"compute-{compute}_{i}.log" for i in range(12)] + [f"render-{render}.log"])
+    assert lock_files(tmp_path / "cache") == [] and not list((tmp_path / "cache" / "sae").glob("*.partial"))
+    assert_same_tree(tmp_path / "cache" / "sae", reference[0] / "sae")
+    assert_same_tree(tmp_path / "site", reference[1])
