@@ -137,3 +137,47 @@ def test_compute_of_local_files_imports_no_saelens_training_stack_or_plotting(tm
     last = done.stdout.strip().splitlines()[-1]
     assert last == "RC 0 HEAVY [] TORCH True", last
     assert (tmp_path / "cache").is_dir()
+
+
+# A registry release in SAELens's own format (no conversion_func, no config_overrides), on hook_mlp_out.
+REGISTRY_RELEASE, REGISTRY_ID = "pythia-70m-deduped-mlp-sm", "blocks.0.hook_mlp_out"
+
+LOAD_BY_NAME = """
+import sys, torch
+from sae_atlas.backends.saelens_files import native_pretrained
+release, sae_id = sys.argv[1], sys.argv[2]
+ours = native_pretrained(release, sae_id, "cpu", "float32")
+print("NATIVE", ours is not None, "SAELENS_IMPORTED", "sae_lens" in sys.modules)
+if ours is not None:
+    from sae_lens import SAE
+    ref = SAE.from_pretrained(release, sae_id, device="cpu", dtype="float32")
+    x = torch.randn(5, 9, ref.cfg.d_in, generator=torch.Generator().manual_seed(0)) * 2
+    with torch.no_grad():
+        same = all(torch.equal(getattr(ours, n), getattr(ref, n).detach()) for n in ("W_enc", "W_dec", "b_enc", "b_dec"))
+        a_ref, a_ours = ref.encode(x), ours.encode(x)
+        same = same and torch.equal(a_ref, a_ours) and torch.equal(ref.decode(a_ref), ours.decode(a_ours)) and bool(a_ours.count_nonzero())
+    meta = [ours.cfg.metadata.get(k) == ref.cfg.metadata.get(k) for k in ("hook_name", "prepend_bos", "model_from_pretrained_kwargs")]
+    print("SAME", same and all(meta), ours.cfg.architecture() == ref.cfg.architecture())
+"""
+
+
+def test_a_registry_sae_in_saelens_format_loads_by_name_without_saelens_as_saelens_loads_it(tmp_path):
+    from sae_atlas.sources.configs import pretrained_sae_entry
+    from tests.hubcache import HubCache
+
+    entry, sae = pretrained_sae_entry(REGISTRY_RELEASE, REGISTRY_ID)
+    assert entry.get("conversion_func") is None and not entry.get("config_overrides")
+    saved = tmp_path / "saved"
+    make_sae_dir(saved, D_IN, D_SAE, "jumprelu", REGISTRY_ID, seed=4)
+    hub = HubCache(tmp_path / "hf")
+    hub.add_dir(entry["repo_id"], str(sae["path"]), saved)
+    env = {**hub.env(), "PYTHONPATH": str(ROOT), "PATH": "", "HOME": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", LOAD_BY_NAME, REGISTRY_RELEASE, REGISTRY_ID], cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split("\n")[-3:-1] == ["NATIVE True SAELENS_IMPORTED False", "SAME True True"], done.stdout
+    # A pre-6.0 config of the same repo is SAELens's to rewrite: by name it loads through SAELens.
+    old = json.loads((saved / "cfg.json").read_text())
+    old["metadata"]["sae_lens_version"] = "5.9.0"
+    hub.add(entry["repo_id"], f"{sae['path']}/cfg.json", json.dumps(old).encode())
+    done = subprocess.run([sys.executable, "-c", LOAD_BY_NAME, REGISTRY_RELEASE, REGISTRY_ID], cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0 and done.stdout.strip().splitlines()[-1] == "NATIVE False SAELENS_IMPORTED False", done.stdout + done.stderr[-2000:]

@@ -135,13 +135,15 @@ def load_sae(spec: SaeSpec, device: str = "cpu", dtype: str = "float32") -> SaeL
 
 
 def _load_module(spec: SaeSpec, device: str, dtype: str):
-    if spec.path is not None:
-        # A standard, jumprelu or topk save_model directory needs no SAELens import (saelens_files.py).
-        from sae_atlas.backends.saelens_files import native_module
+    # A standard, jumprelu or topk SAE in SAELens's own format needs no SAELens import (saelens_files.py).
+    from sae_atlas.backends.saelens_files import native_module, native_pretrained
 
+    if spec.path is not None:
         module = native_module(spec.path, device=device, dtype=dtype)
-        if module is not None:
-            return module
+    else:
+        module = native_pretrained(spec.sae_lens.release, spec.sae_lens.id, device=device, dtype=dtype)  # type: ignore[union-attr]
+    if module is not None:
+        return module
     from sae_lens import SAE
 
     if spec.path is not None:

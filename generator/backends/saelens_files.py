@@ -1,5 +1,7 @@
-"""SAELens `save_model` directories read without importing SAELens, for the architectures whose
-inference is a few tensor operations: `standard`, `jumprelu` and `topk`.
+"""SAELens-format SAEs read without importing SAELens, for the architectures whose inference is a
+few tensor operations: `standard`, `jumprelu` and `topk`; from a `save_model` directory
+(`native_module`), or by registry release/id (`native_pretrained`) when the release is in SAELens's
+own format (no `conversion_func` in `pretrained_saes.yaml`).
 
 `import sae_lens` imports its training stack (the activations-store runner, its config and wandb)
 on top of the TransformerLens the model needs anyway; a local SAE of these architectures does not
@@ -12,7 +14,8 @@ The reader accepts a directory only when nothing in it needs SAELens's other pat
 config (no pre-6.0 defaulting), no run-time normalisation (`normalize_activations: none`), no hook_z
 reshaping, the exact parameter names of the architecture (no `scaling_factor`, no `log_threshold`),
 and no other config field that changes what encode or decode compute. Anything else (every other
-architecture, a registry release) loads through SAELens as before: `native_module` returns None.
+architecture, a release with a converter, pre-6.0 configs such as gpt2-small-res-jb's) loads
+through SAELens as before: both functions return None.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ _BASE_FIELDS: dict[str, Any] = {
     "dtype": "float32", "device": "cpu", "apply_b_dec_to_input": True, "normalize_activations": "none", "reshape_activations": "none",
 }
 # Fields of a saved config that describe the SAE's training or provenance, not its inference.
-_DESCRIPTIVE = frozenset({"architecture", "metadata", "d_in", "d_sae", "sae_lens_version", "sae_lens_training_version"})
+_DESCRIPTIVE = frozenset({"architecture", "metadata", "d_in", "d_sae", "sae_lens_version", "sae_lens_training_version", "neuronpedia_id"})
 _DTYPES = ("float32", "float64", "float16", "bfloat16")
 
 
@@ -58,15 +61,17 @@ def _version_6_or_later(version: object) -> bool:
         return False
 
 
-def _accepted_config(path: Path, dtype: str | None) -> tuple[str, dict[str, Any], dict[str, Any]] | None:
-    """(architecture, config fields, metadata) when the directory's config is one this reader
-    runs exactly as SAELens does; None otherwise."""
+def _read_cfg(path: Path) -> dict[str, Any] | None:
     try:
-        raw = json.loads((path / CFG_FILENAME).read_text(encoding="utf-8"))
+        raw = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if not isinstance(raw, dict) or not (path / WEIGHTS_FILENAME).is_file():
-        return None
+    return raw if isinstance(raw, dict) else None
+
+
+def _accepted_config(raw: dict[str, Any], dtype: str | None) -> tuple[str, dict[str, Any], dict[str, Any]] | None:
+    """(architecture, config fields, metadata) when a config (cfg.json with SAELens's overrides
+    applied) is one this reader runs exactly as SAELens does; None otherwise."""
     architecture = raw.get("architecture")
     metadata = raw.get("metadata")
     if architecture not in _ARCHITECTURES or not isinstance(metadata, dict):
@@ -157,9 +162,45 @@ class FileSae:
 def native_module(path: Path, device: str = "cpu", dtype: str | None = None) -> FileSae | None:
     """The SAE in directory `path` as SAELens's `SAE.load_from_disk(path, device, dtype)` would hold
     it, when this reader runs it exactly (see the module's docstring); None otherwise."""
-    accepted = _accepted_config(Path(path), dtype)
+    raw = _read_cfg(Path(path) / CFG_FILENAME)
+    if raw is None or not (Path(path) / WEIGHTS_FILENAME).is_file():
+        return None
+    accepted = _accepted_config(raw, dtype)
+    return None if accepted is None else _load(Path(path) / WEIGHTS_FILENAME, accepted, device)
+
+
+def native_pretrained(release: str, sae_id: str, device: str = "cpu", dtype: str = "float32") -> FileSae | None:
+    """A registry SAE as SAELens's `SAE.from_pretrained(release, sae_id, device, dtype)` would hold
+    it, when its release uses SAELens's own format (no `conversion_func`) and its config is one this
+    reader runs exactly; None otherwise (SAELens loads it). The lookups are SAELens's: the release's
+    repo_id and the SAE's path in `pretrained_saes.yaml` (read as data), its `config_overrides` and
+    `neuronpedia` id applied to `PATH/cfg.json`; the files come from the hub (its cache) as SAELens
+    fetches them, and a hub failure propagates as it would from SAELens."""
+    from sae_atlas.sources.configs import pretrained_sae_entry
+
+    found = pretrained_sae_entry(release, sae_id)
+    if found is None:
+        return None
+    entry, sae = found
+    if entry.get("conversion_func") is not None or not isinstance(sae.get("id"), str) or "norm_scaling_factor" in sae:
+        return None
+    repo_id, folder = entry.get("repo_id"), sae.get("path")
+    if not isinstance(repo_id, str) or not isinstance(folder, (str, int)):
+        return None
+    from huggingface_hub import hf_hub_download
+
+    raw = _read_cfg(Path(hf_hub_download(repo_id=repo_id, filename=f"{folder}/{CFG_FILENAME}")))
+    if raw is None:
+        return None
+    raw.update(entry.get("config_overrides") or {})
+    raw["neuronpedia_id"] = sae.get("neuronpedia")
+    accepted = _accepted_config(raw, dtype)
     if accepted is None:
         return None
+    return _load(Path(hf_hub_download(repo_id=repo_id, filename=f"{folder}/{WEIGHTS_FILENAME}")), accepted, device)
+
+
+def _load(weights: Path, accepted: tuple[str, dict[str, Any], dict[str, Any]], device: str) -> FileSae | None:
     architecture, fields, metadata = accepted
     import torch
     from safetensors import safe_open
@@ -167,7 +208,7 @@ def native_module(path: Path, device: str = "cpu", dtype: str | None = None) -> 
     fields["device"] = device
     target = getattr(torch, fields["dtype"])
     params: dict[str, Any] = {}
-    with safe_open(str(Path(path) / WEIGHTS_FILENAME), framework="pt", device=device) as f:
+    with safe_open(str(weights), framework="pt", device=device) as f:
         names = set(f.keys())
         if names != _ARCHITECTURES[architecture][0]:
             return None
