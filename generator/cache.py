@@ -20,6 +20,7 @@ import numpy as np
 import orjson
 
 from sae_atlas import stats as statistics
+from sae_atlas.backends.transformer_lens import neuron_hook
 from sae_atlas.locks import pid_alive
 from sae_atlas.manifest import Release, SaeSpec, SetSpec
 
@@ -114,6 +115,10 @@ def sae_key(release: Release, sae: SaeSpec, dtype: str = DEFAULT_DTYPE) -> str:
         # Imported, not computed: the same entry for every dtype; the settings shape its arrays.
         return _key("neuronpedia", CACHE_FORMAT, sae.id, corpus_key(release), dataclasses.asdict(release.compute))
     weights = sae_identity(sae)
+    # An SAE on hook_mlp_out correlates with the MLP's neurons (mlp.hook_post), not the hook's own
+    # dimensions: that basis is part of its key (so entries from before are recomputed); for every
+    # other SAE the key is what it was.
+    neurons = neuron_hook(sae.hook)
     return _key(
         "sae",
         CACHE_FORMAT,
@@ -124,6 +129,7 @@ def sae_key(release: Release, sae: SaeSpec, dtype: str = DEFAULT_DTYPE) -> str:
         statistics.corpus_settings(release.compute),
         statistics.corpus_signature(),
         dtype,
+        *([["neurons", neurons]] if neurons else []),
     )
 
 

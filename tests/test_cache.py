@@ -69,6 +69,29 @@ def test_keys_follow_settings_and_weights(tmp_path):
     assert sae_key(release, a) == key_a
 
 
+def test_an_mlp_out_saes_key_covers_its_neuron_basis_and_no_other_key_changes(tmp_path):
+    """An SAE on blocks.L.hook_mlp_out correlates with the MLP's neurons (mlp.hook_post) since that
+    basis replaced its hook's dimensions: its key differs from the key formula as it was before (so
+    its old entries are recomputed); every other SAE's key is that formula, unchanged."""
+    from sae_atlas import cache, stats
+
+    release = _release(tmp_path)
+    resid = release.saes()[0]
+    mlp = dataclasses.replace(resid, set_id="mlp", hook="blocks.0.hook_mlp_out")
+    mlp_in = dataclasses.replace(resid, set_id="mlp-in", hook="blocks.0.hook_mlp_in")
+
+    def before(spec: SaeSpec) -> str:  # sae_key's parts, written out as they were
+        return cache._key(
+            "sae", cache.CACHE_FORMAT, cache.model_identity(release), cache.sae_identity(spec), cache.corpus_key(release),
+            spec.hook, stats.corpus_settings(release.compute), stats.corpus_signature(), cache.DEFAULT_DTYPE,
+        )
+
+    assert sae_key(release, resid) == before(resid)
+    assert sae_key(release, mlp_in) == before(mlp_in)
+    assert sae_key(release, mlp) != before(mlp)
+    assert sae_key(release, mlp) != sae_key(release, dataclasses.replace(mlp, hook="blocks.1.hook_mlp_out"))
+
+
 def _fake_entry(tmp_path: Path) -> tuple:
     """A one-feature entry with a top example at the start of a prompt (window clipped on the left)."""
     k, i, s, w, before = 2, 2, 1, 5, 2

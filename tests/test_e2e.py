@@ -243,7 +243,9 @@ def test_data_shards_parse_and_cover_every_feature_and_prompt(built_site):
     corpus_dirs = set()
     for sae in _saes(built_site.content):
         summary = _summary(site, sae)
-        assert set(summary) == SUMMARY_KEYS
+        mlp_out = sae.hook == f"blocks.{sae.layer}.hook_mlp_out"  # its neuron panes list the MLP's neurons
+        assert set(summary) == SUMMARY_KEYS | ({"neurons"} if mlp_out else set())
+        assert summary.get("neurons") == (f"blocks.{sae.layer}.mlp.hook_post" if mlp_out else None)
         n = summary["d_sae"]
         assert summary["sae"] == sae.id
         for column in ("max", "density", "x", "y", "cluster", "label", "expl", "peak_tokens"):

@@ -5,14 +5,17 @@ recomputing every batch."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
+import torch
 
 from sae_atlas.export.dump import dump_feature
 from sae_atlas.compute import compute_releases
 from tests.fixtures import residual_directions
 from tests.test_compute import (  # noqa: F401 (fixtures)
-    Case, _assert_same_entries, _entries, _options, brute, built, case, pre, pre_brute, wide, wide_brute,
+    Case, _assert_same_entries, _corpus_tokens, _entries, _options, brute, built, case, pre, pre_brute, wide, wide_brute,
 )
 
 K = 5
@@ -48,16 +51,40 @@ def _assert_top(index: np.ndarray, value: np.ndarray, r: np.ndarray, valid: np.n
     return rows
 
 
-def test_correlated_neurons_are_the_inputs_dimensions_of_highest_pearson_r(case: Case):
-    checked = 0
+def _mlp_layer(hook: str) -> int | None:
+    """L for an SAE on blocks.L.hook_mlp_out, whose neurons are the MLP's (blocks.L.mlp.hook_post)."""
+    m = re.fullmatch(r"blocks\.(\d+)\.hook_mlp_out", hook)
+    return int(m.group(1)) if m else None
+
+
+def _mlp_neurons(case: Case, layer: int) -> np.ndarray:
+    """f32 [tokens, d_mlp]: the MLP's post-activations at every corpus token, from one forward of
+    the reference model (TransformerLens's run_with_cache)."""
+    tokens = torch.from_numpy(_corpus_tokens(case.release))
+    hook = f"blocks.{layer}.mlp.hook_post"
+    with torch.no_grad():
+        _, cache = case.model.run_with_cache(tokens, names_filter=[hook])
+    post = cache[hook].float().numpy()
+    return post.reshape(-1, post.shape[-1])
+
+
+def test_correlated_neurons_are_the_inputs_dimensions_or_mlp_neurons_of_highest_pearson_r(case: Case):
+    checked, checked_mlp = 0, 0
     for sae_id, entry in case.entries.items():
         acts, x, _, hook = case.acts[sae_id]
         flat = acts.reshape(-1, acts.shape[-1]).numpy()
-        basis = x.reshape(flat.shape[0], -1).numpy()
+        layer = _mlp_layer(hook)
+        basis = x.reshape(flat.shape[0], -1).numpy() if layer is None else _mlp_neurons(case, layer)
+        if layer is not None:
+            assert basis.shape[1] == case.model.cfg.d_mlp != x.shape[-1]
         r, defined = _pearson(flat, basis)
         assert entry["corr_neuron_index"].shape == (flat.shape[1], K) and entry["corr_neuron_value"].dtype == np.float32
-        checked += _assert_top(entry["corr_neuron_index"], entry["corr_neuron_value"], r, defined, f"{sae_id} ({hook})")
+        rows = _assert_top(entry["corr_neuron_index"], entry["corr_neuron_value"], r, defined, f"{sae_id} ({hook})")
+        checked += rows
+        checked_mlp += rows if layer is not None else 0
     assert checked > 0
+    if any(_mlp_layer(spec.hook) is not None for spec in case.release.saes()):
+        assert checked_mlp > 0
 
 
 def test_correlated_features_are_the_other_features_of_highest_positive_r(case: Case):
@@ -71,9 +98,13 @@ def test_correlated_features_are_the_other_features_of_highest_positive_r(case: 
     assert checked > 0
 
 
-def test_aligned_neurons_are_the_largest_decoder_weights(case: Case):
+def test_aligned_neurons_are_the_largest_decoder_weights_or_mlp_neuron_dot_products(case: Case):
     for sae_id, entry in case.entries.items():
         w = case.acts[sae_id][2].W_dec.detach().double().numpy()
+        layer = _mlp_layer(case.acts[sae_id][3])
+        if layer is not None:  # each MLP neuron's output weights (a row of W_out) . the decoder direction
+            w_out = case.model.blocks[layer].mlp.W_out.detach().double().numpy()  # [d_mlp, d_model]
+            w = np.einsum("fd,nd->fn", w, w_out)
         order = np.lexsort((np.broadcast_to(np.arange(w.shape[1]), w.shape), -np.abs(w)))[:, :K]
         np.testing.assert_array_equal(entry["aligned_index"], order, err_msg=sae_id)
         np.testing.assert_allclose(entry["aligned_value"], np.take_along_axis(w, order, 1), rtol=1e-6, err_msg=sae_id)

@@ -112,6 +112,23 @@ def test_pages_exist_for_every_release_set_and_sae(computed):
         assert (site / "static" / name).is_file()
 
 
+def test_summary_names_the_mlp_neurons_of_an_mlp_out_sae_and_nothing_for_others(computed):
+    """The feature view's neuron panes say "MLP neuron" when the summary names the neurons' hook:
+    for an SAE on blocks.L.hook_mlp_out, whose entry correlated the MLP's neurons; no other."""
+    releases, cache, site = computed
+    store = CacheStore(cache)
+    kinds = set()
+    for spec in releases[0].saes():
+        _, (summary,) = data_payload(site / spec.model_id / f"{spec.layer}-{spec.set_id}" / "data" / "summary.js")
+        meta = store.sae_entry(sae_key(releases[0], spec)).meta
+        if spec.hook == f"blocks.{spec.layer}.hook_mlp_out":
+            assert summary["neurons"] == meta["neurons"] == f"blocks.{spec.layer}.mlp.hook_post", spec.id
+        else:
+            assert "neurons" not in summary and "neurons" not in meta, spec.id
+        kinds.add("neurons" in summary)
+    assert kinds == {True, False}
+
+
 def test_shards_parse_and_match_the_cache(computed):
     releases, cache, site = computed
     release = releases[0]

@@ -1,6 +1,8 @@
 """The SAE interface (`sae_atlas.backends.SaeModule`) for SAELens: a `save_model` directory or a
 registry release/id, any registered architecture the engine supports
-(`generator/sources/architectures.py`).
+(`generator/sources/architectures.py`). A `standard`, `jumprelu` or `topk` directory that needs
+nothing else of SAELens is read without importing it (`saelens_files.py`, the same tensors and
+operations); everything else loads through SAELens.
 
 The adapter fixes where an SAE reads and writes: an SAE reads and writes `metadata.hook_name`; a
 transcoder reads `hook_name` and writes `metadata.hook_name_out` (`cfg.d_out` wide), and a skip
@@ -133,6 +135,15 @@ def load_sae(spec: SaeSpec, device: str = "cpu", dtype: str = "float32") -> SaeL
 
 
 def _load_module(spec: SaeSpec, device: str, dtype: str):
+    # A standard, jumprelu or topk SAE in SAELens's own format needs no SAELens import (saelens_files.py).
+    from sae_atlas.backends.saelens_files import native_module, native_pretrained
+
+    if spec.path is not None:
+        module = native_module(spec.path, device=device, dtype=dtype)
+    else:
+        module = native_pretrained(spec.sae_lens.release, spec.sae_lens.id, device=device, dtype=dtype)  # type: ignore[union-attr]
+    if module is not None:
+        return module
     from sae_lens import SAE
 
     if spec.path is not None:

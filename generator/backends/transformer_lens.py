@@ -47,6 +47,16 @@ def hook_layer(hook: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def neuron_hook(hook_in: str, hook_out: str | None = None, head_index: int | None = None) -> str | None:
+    """The hook of the MLP neurons behind an SAE that reads and writes `blocks.L.hook_mlp_out`:
+    `blocks.L.mlp.hook_post` (d_mlp wide, the MLP's post-activations, whose output weights W_out
+    write hook_mlp_out). None for any other SAE, whose neurons are its hook's own dimensions."""
+    m = _BLOCK_HOOK.match(hook_in)
+    if m is None or m.group(2) != "hook_mlp_out" or head_index is not None or (hook_out is not None and hook_out != hook_in):
+        return None
+    return f"blocks.{m.group(1)}.mlp.hook_post"
+
+
 def identity(spec: ModelSpec, kwargs: dict[str, Any] | None = None) -> list:
     """What names a by-name model in a cache key (torch-free): backend, name, loader, kwargs."""
     return ["transformer_lens", str(spec.transformer_lens), "no_processing", dict(sorted((kwargs or {}).items()))]

@@ -61,10 +61,14 @@ def _ranked(r: torch.Tensor, valid: torch.Tensor, k: int) -> tuple[np.ndarray, n
     return index, value
 
 
-def aligned_neurons(w_dec: torch.Tensor, n: int = 5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def aligned_neurons(w_dec: torch.Tensor, n: int = 5, w_out: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The n largest-|w| weights of each decoder row (the output dimensions a feature writes to
-    most): (index i32[F,n], signed value f32[F,n], |w| / the row's L1 norm f32[F,n])."""
-    f, d = w_dec.shape
+    most): (index i32[F,n], signed value f32[F,n], |w| / the row's L1 norm f32[F,n]).
+
+    With `w_out` [neurons, d] (an MLP's output weights, for an SAE on its output), the row is the
+    decoder direction's dot product with each neuron's output weights, w_dec @ w_out.T."""
+    f = w_dec.shape[0]
+    d = w_dec.shape[1] if w_out is None else w_out.shape[0]
     k = min(n, d)
     index = np.full((f, n), -1, np.int32)
     value = np.zeros((f, n), np.float32)
@@ -72,6 +76,8 @@ def aligned_neurons(w_dec: torch.Tensor, n: int = 5) -> tuple[np.ndarray, np.nda
     step = max(1, chunk_elements(w_dec.device) // max(d, 1))
     for lo in range(0, f, step):
         rows = w_dec[lo : lo + step].float()
+        if w_out is not None:
+            rows = rows @ w_out.float().T
         magnitude, i = rows.abs().topk(k, dim=1)
         l1 = rows.abs().sum(1, keepdim=True)
         index[lo : lo + step, :k] = i.cpu().numpy()

@@ -42,6 +42,7 @@ from sae_atlas.compute.options import ComputeOptions, chunk_elements, default_ba
 from sae_atlas.compute.replay import Replay, replay_budget
 from sae_atlas.compute.stats import FeatureStats, SparseActs
 from sae_atlas.backends import CeSae
+from sae_atlas.backends.transformer_lens import neuron_hook
 from sae_atlas.compute.weights import cosine_neighbours, logit_effects, umap_neighbour_count
 from sae_atlas.errors import AtlasError, InputError, Problem
 from sae_atlas.locks import Locks
@@ -300,10 +301,30 @@ def _check_hooks(model, running: list["_Running"]) -> None:
         raise InputError(problems)
 
 
+def _neurons(sae) -> str | None:
+    """The hook whose dimensions are the SAE's neurons (correlated neurons, neuron alignment) when
+    they are not its input's: an MLP-out SAE's `blocks.L.mlp.hook_post`."""
+    return neuron_hook(sae.hook_in, sae.hook_out, sae.head_index)
+
+
+def _neuron_width(job: SaeJob, hook: str) -> int:
+    """d_mlp of the neurons' hook, from the model's config (read before the model loads)."""
+    from sae_atlas.sources.configs import hook_width, read_model_config
+
+    config = read_model_config(job.release.model)
+    width = None if config is None else hook_width(config, hook)
+    if not width:
+        raise AtlasError(f"{job.id}: the width of {hook} (the MLP neurons of its hook) is not in the config of model {job.release.model.id!r}")
+    return int(width)
+
+
 def _start(job: SaeJob, corpus: Corpus, store: CacheStore, device: str) -> _Running:
     sae = load_sae(job.spec, device, "float32")
     # Reconstruction statistics are of what the SAE writes: d_out wide (d_in but for transcoders).
-    stats = FeatureStats(sae.d_sae, sae.d_out, corpus.context, job.release.compute, device, basis_dim=sae.d_in)
+    # Correlated neurons are of its input's dimensions, or of the MLP's neurons for an MLP-out SAE.
+    neurons = _neurons(sae)
+    basis_dim = sae.d_in if neurons is None else _neuron_width(job, neurons)
+    stats = FeatureStats(sae.d_sae, sae.d_out, corpus.context, job.release.compute, device, basis_dim=basis_dim)
     partial = store.partial_dir(job.key)
     try:
         entry = read_entry(partial)
@@ -377,7 +398,7 @@ def _run_pass(pass_no: int, model, running: list[_Running], corpus: Corpus, stor
         return 0
     n_prompts, context = corpus.n_prompts if end is None else end, corpus.context
     start = min(r.stats.prompts_done for r in active)
-    hooks = sorted({h for r in active for h in r.sae.hooks})
+    hooks = sorted({h for r in active for h in r.sae.hooks} | ({_neurons(r.sae) for r in active} - {None} if pass_no == 1 else set()))
     tokens_all = corpus.tokens
     device = active[0].stats.device
     bar = tqdm(
@@ -420,7 +441,9 @@ def _run_pass(pass_no: int, model, running: list[_Running], corpus: Corpus, stor
                 if pass_no == 1:
                     x_in = r.sae.read(captured[r.sae.hook_in][first - p0 :])
                     target = r.sae.read(captured[r.sae.hook_out][first - p0 :]).float()
-                    r.stats.update_pass1(sparse, windows, target, _decode(r, sparse, x_in), basis=x_in.float())
+                    neurons = _neurons(r.sae)
+                    basis = x_in if neurons is None else captured[neurons][first - p0 :]
+                    r.stats.update_pass1(sparse, windows, target, _decode(r, sparse, x_in), basis=basis.float())
                     replay.add(r.job.id, sparse)
                 else:
                     r.stats.update_pass2(sparse, windows)
@@ -512,6 +535,17 @@ class StatContext:
     def w_dec(self) -> torch.Tensor:
         return self.sae.W_dec.detach().float()
 
+    def neuron_weights(self) -> torch.Tensor | None:
+        """For an entry whose neurons are an MLP's (`meta["neurons"]`, an MLP-out SAE): the MLP's
+        output weights W_out [d_mlp, d_model], whose rows are what each neuron writes; None otherwise."""
+        hook = self.meta.get("neurons")
+        if not hook:
+            return None
+        w_out = self.model.output_map(hook)
+        if w_out is None or w_out.shape[1] != self.w_dec.shape[1]:
+            raise AtlasError(f"{self.meta['sae_id']}: the output weights of {hook} do not write the SAE's {self.w_dec.shape[1]} dimensions")
+        return w_out.to(self.w_dec.device).float()
+
     def output_map(self) -> torch.Tensor | None:
         """The map of the SAE's output hook into the residual stream (None when there is none)."""
         out_map = self.model.output_map(self.sae.hook_out, self.sae.head_index)
@@ -585,6 +619,8 @@ def _finish(r: _Running, model, corpus: Corpus, store: CacheStore, ce: tuple[flo
         "settings": dataclasses.asdict(s),
         "stats": stats,
     }
+    if _neurons(sae) is not None:  # only then: other entries' meta stays as it was
+        meta["neurons"] = _neurons(sae)
     wanted = statistics.wanted(meta, s)
     ctx = StatContext(sae, model, s, arrays, meta, corpus, options)
     _compute_later_stats(ctx, [stat for stat in wanted if stat.stage not in statistics.CORPUS_STAGES])

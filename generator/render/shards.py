@@ -129,6 +129,7 @@ class SaeDataJob:
     layers: tuple[tuple[str, str], ...]  # (sae id, href) of every SAE of the Set
     explanations: dict[int, list[dict]] = field(default_factory=dict)  # index -> [{html, author, score, text}]
     cross: CrossNeighbours | None = None
+    neurons: str | None = None  # the hook of the MLP neurons of an MLP-out SAE's neuron panes (entry meta "neurons")
 
 
 def feature_records(job: SaeDataJob, arrays: dict[str, np.ndarray], vocab: tuple[str, ...], lo: int, hi: int) -> list[dict]:
@@ -180,6 +181,7 @@ def summary_object(job: SaeDataJob, arrays: dict[str, np.ndarray], vocab: tuple[
         "expl": expl,
         "peak_tokens": peak_tokens,
         "layers": [{"sae": sae, "href": href} for sae, href in job.layers],
+        **({"neurons": job.neurons} if job.neurons else {}),  # only then: other summaries stay as they were
     }
 
 

@@ -260,6 +260,7 @@ class SiteModel:
             layers=tuple((other.id, ids.relative(sae.page, other.page)) for other in set_model.saes),
             explanations=sae.explanations,
             cross=sae.cross,
+            neurons=sae.meta.get("neurons"),
         )
 
 

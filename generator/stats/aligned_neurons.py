@@ -1,5 +1,14 @@
 """The dimensions of the SAE's output basis a feature writes to most: its decoder row's N largest
-weights by magnitude, signed, with each one's share of the row's L1 norm (weights only)."""
+weights by magnitude, signed, with each one's share of the row's L1 norm (weights only).
+
+For an SAE on an MLP's output (`blocks.L.hook_mlp_out`; the entry's meta["neurons"] is then
+`blocks.L.mlp.hook_post`) the neurons are the MLP's: the row is the decoder direction's dot
+product with each neuron's output weights, W_dec[f] . W_out[n], with the same columns (value,
+share of the row's L1 norm). A dot product, not a cosine: it is the feature direction read in the
+neurons' output basis, as a decoder weight is in a hook's own basis (the value and % of L1 that
+SAEDashboard's and Neuronpedia's neuron alignment table shows), so a neuron that writes little
+counts for little; a cosine would rank a neuron whose output weights are tiny but point along
+the feature as high as one that writes it strongly."""
 
 from __future__ import annotations
 
@@ -24,7 +33,7 @@ class AlignedNeurons(Statistic):
     def compute(self, ctx):
         from sae_atlas.compute.correlation import aligned_neurons
 
-        index, value, share = aligned_neurons(ctx.w_dec, N)
+        index, value, share = aligned_neurons(ctx.w_dec, N, ctx.neuron_weights())
         return {"aligned_index": index, "aligned_value": value, "aligned_l1": share}
 
     def record(self, arrays, lo, hi, ctx):

@@ -1,5 +1,7 @@
 """The dimensions of the SAE's input (its hook's own basis) whose values correlate most with a
-feature's activation: Pearson's r over every corpus token (pass 1, `compute.correlation`)."""
+feature's activation: Pearson's r over every corpus token (pass 1, `compute.correlation`). For an
+SAE on an MLP's output (`blocks.L.hook_mlp_out`) they are the MLP's neurons instead: its
+post-activations `blocks.L.mlp.hook_post`, d_mlp wide (the entry's meta["neurons"] names the hook)."""
 
 from __future__ import annotations
 

@@ -287,6 +287,24 @@ def test_correlated_and_aligned_neuron_panes_list_dimensions(view):
         assert _render(page, name, _live()) is None
 
 
+def test_neuron_panes_of_an_mlp_out_sae_say_they_list_the_mlps_neurons(view):
+    page = view()
+    page.evaluate("() => { Atlas.page.S.neurons = 'blocks.0.mlp.hook_post'; }")  # as summary.js has it for such an SAE
+    try:
+        _render(page, "correlated_neurons", _live(cn=[[12, 0.5], [700, -0.125]]))
+        assert _texts(page, "th") == ["MLP neuron", "r"]
+        assert _texts(page, "td") == ["12", "0.5", "700", "-0.125"]
+        assert _texts(page, ".chart-caption") == ["neurons of the MLP (blocks.0.mlp.hook_post), by Pearson r with this feature"]
+        _render(page, "aligned_neurons", _live(al=[[5, 0.25, 0.125]]))
+        assert _texts(page, "h3") == ["Neuron alignment"]
+        assert _texts(page, "th") == ["MLP neuron", "weight", "% of L1"]
+        assert _texts(page, ".chart-caption") == ["neurons of the MLP (blocks.0.mlp.hook_post), by W_out row \u00b7 decoder direction"]
+    finally:
+        page.evaluate("() => { delete Atlas.page.S.neurons; }")
+    _render(page, "correlated_neurons", _live(cn=[[12, 0.5]]))
+    assert _texts(page, "th") == ["dimension", "r"] and _texts(page, ".chart-caption") == []
+
+
 TOKENS = ["a", "b", " c", "d", "e", "f", "g", "h", "i", "j", "k", "l", "m"]
 # prompt 0, peak at 2 with 3.0, window from 1: offsets [0] -> position 1 at 1.5
 EXAMPLE = [0, 2, 3.0, 1, [0], [1.5]]
