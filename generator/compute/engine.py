@@ -320,11 +320,7 @@ def _neuron_width(job: SaeJob, hook: str) -> int:
 
 def _start(job: SaeJob, corpus: Corpus, store: CacheStore, device: str) -> _Running:
     sae = load_sae(job.spec, device, "float32")
-    # Reconstruction statistics are of what the SAE writes: d_out wide (d_in but for transcoders).
-    # Correlated neurons are of its input's dimensions, or of the MLP's neurons for an MLP-out SAE.
-    neurons = _neurons(sae)
-    basis_dim = sae.d_in if neurons is None else _neuron_width(job, neurons)
-    stats = FeatureStats(sae.d_sae, sae.d_out, corpus.context, job.release.compute, device, basis_dim=basis_dim)
+    stats = _new_stats(job, sae, corpus, device)
     partial = store.partial_dir(job.key)
     try:
         entry = read_entry(partial)
@@ -739,7 +735,12 @@ def _unit_array(store: CacheStore, job: SaeJob, unit: tuple[int, int], name: str
 
 
 def _new_stats(job: SaeJob, sae, corpus: Corpus, device: str) -> FeatureStats:
-    return FeatureStats(sae.d_sae, sae.d_out, corpus.context, job.release.compute, device, basis_dim=sae.d_in)
+    """The SAE's empty corpus statistics. Reconstruction statistics are of what the SAE writes: d_out
+    wide (d_in but for transcoders). Correlated neurons are of its input's dimensions, or of the
+    MLP's neurons for an MLP-out SAE."""
+    neurons = _neurons(sae)
+    basis_dim = sae.d_in if neurons is None else _neuron_width(job, neurons)
+    return FeatureStats(sae.d_sae, sae.d_out, corpus.context, job.release.compute, device, basis_dim=basis_dim)
 
 
 def _compute_units(jobs: list[SaeJob], ranges: list[tuple[int, int]], mine: dict[str, set[int]], corpus: Corpus, store: CacheStore,
