@@ -148,6 +148,35 @@ def test_correlated_features_identical_across_batches_and_blocks(data, budget):
         np.testing.assert_array_equal(value, want_value)
 
 
+def exact_co_firing(acts: np.ndarray) -> np.ndarray:
+    """sum_t q_ti q_tj of the quantized activations in Python integers (object array [F, F])."""
+    q = np.round(acts.astype(np.float64) * correlation.FACTOR_SCALE).astype(np.int64).astype(object)
+    return q.T.dot(q)
+
+
+@pytest.mark.parametrize("scale", [1.0, 1500.0])  # 1500: products near 2**62, the row buffers' two-word sums
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("path", ["compiled", "pairs"])
+def test_co_firing_sums_are_exact(data, scale, threads, path):
+    acts = (data[0] * scale).astype(np.float32)
+    want = exact_co_firing(acts)
+    add = correlation._add_co_firing if path == "compiled" else correlation._add_co_firing_pairs
+    if path == "compiled":
+        assert correlation._co_firing_kernel() is not None, "numba is part of the compute extra"
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for lo, hi in ((0, F), (5, 17), (39, 40)):
+            low = torch.zeros((hi - lo) * F, dtype=torch.int64)
+            high = torch.zeros_like(low)
+            for b in batches(acts, SPLITS[3]):
+                add((low, high), b, lo, hi)
+            got = high.numpy().astype(object) * (1 << 32) + low.numpy().astype(object)
+            assert (got.reshape(hi - lo, F) == want[lo:hi]).all(), (lo, hi)
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_correlated_features_rejects_batches_that_change_between_scans(data):
     acts, _ = data
     scans = iter([batches(acts, [30]), batches(acts, [29])])
