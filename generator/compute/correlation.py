@@ -21,8 +21,6 @@ from __future__ import annotations
 
 from typing import Callable, Iterable
 
-import os
-import sys
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 
@@ -362,24 +360,11 @@ def _co_fire_rows(low, high, r0, r1, lo, f, f_ptr, f_tok, f_val, t_ptr, t_feat, 
             buf[j] = 0
 
 
-_KERNEL: list = []
-
-
 def _co_firing_kernel():
-    """`_co_fire_rows` compiled by numba (kept in numba's on-disk cache, as UMAP's code), or None
-    where numba is not installed."""
-    if not _KERNEL:
-        try:
-            if "numba" not in sys.modules:
-                from sae_atlas.compute.weights import numba_cache_dir
+    """`_co_fire_rows` compiled (`weights.compiled`), or None where numba is not installed."""
+    from sae_atlas.compute.weights import compiled
 
-                os.environ.setdefault("NUMBA_CACHE_DIR", str(numba_cache_dir()))
-            import numba
-        except ImportError:
-            _KERNEL.append(None)
-        else:
-            _KERNEL.append(numba.njit(cache=True, nogil=True)(_co_fire_rows))
-    return _KERNEL[0]
+    return compiled(_co_fire_rows)
 
 
 def _add_co_firing_pairs(acc: tuple[torch.Tensor, torch.Tensor], acts: SparseActs, lo: int, hi: int) -> None:
