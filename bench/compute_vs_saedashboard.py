@@ -11,9 +11,18 @@ subprocess driven like Neuronpedia's runner drives it (see _saedashboard_runner.
 this process. Only feature computation is timed on both sides (not model loading, not writing
 JSON / cache files).
 
+Fair both ways: SAEDashboard's correlation tables (FeatureTablesConfig) and our correlated neurons
+and features are on on both sides or off on both (--correlations on|off|both, default both), and
+each side gets an untimed warm-up in its process and the best of --repeat runs at every size.
+
 The script checks that both find the same top activations for the first 32 features, prints
-tokens/s and features/s for both, how our time scales with tokens and with features, and ends with
-`speedup_vs_saedashboard=X` for 32,768 tokens x 512 features.
+tokens/s and features/s for both, how our time scales with tokens and with features, the floor
+(one forward of the model to the hook plus the encoder's bare matmul, measured in the same run),
+our time over the floor (whole, and like for like: without the CE loss, UMAP and clusters, which
+SAEDashboard does not compute) and SAEDashboard's over ours per setting, and ends with
+`ours_over_floor=X like_for_like_over_floor=Y` (262,144 tokens x 4,096 features) and
+`speedup_vs_saedashboard=X` (32,768 tokens x 512 features; correlations on when measured).
+--ours-only skips SAEDashboard (our times and the floor only).
 """
 
 from __future__ import annotations
