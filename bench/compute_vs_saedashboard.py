@@ -261,6 +261,7 @@ def _stage_targets() -> list[tuple[object, str, str]]:
     import sae_atlas.compute.engine as engine
     import sae_atlas.compute.correlation as correlation
     import sae_atlas.compute.stats as stats
+    import sae_atlas.compute.weights as weights
     from sae_lens import StandardSAE
 
     targets = [
@@ -284,8 +285,8 @@ def _stage_targets() -> list[tuple[object, str, str]]:
         (ce, "ce_losses", "CE loss (rest)"),
         (engine, "logit_effects", "logits"),
         (engine, "cosine_neighbours", "neighbours"),
-        (engine, "umap_coords", "UMAP"),
-        (engine, "cluster_ids", "clusters"),
+        (weights, "umap_coords", "UMAP"),  # imported from weights when the map statistic runs
+        (weights, "cluster_ids", "clusters"),
         (engine, "write_entry", "write cache entry"),
     ]
     return [(owner, attr, label) for owner, attr, label in targets if owner is not None and callable(getattr(owner, attr, None))]
