@@ -55,7 +55,7 @@ def main() -> None:
     ap.add_argument("--n-features-at-a-time", type=int, default=128)
     ap.add_argument("--n-prompts-in-forward-pass", type=int, default=32)
     ap.add_argument("--quantile-feature-batch-size", type=int, default=64)
-    ap.add_argument("--no-feature-tables", action="store_true", help="leave FeatureTablesConfig (correlated neurons and features) out")
+    ap.add_argument("--no-feature-tables", action="store_true", help="turn FeatureTablesConfig's tables off (0.8.0 still computes its correlations)")
     ap.add_argument("--warmup-prompts", type=int, default=0, help="first run the first batch on this many prompts, untimed")
     ap.add_argument("--repeat", type=int, default=1, help="run everything this many times (each with a fresh activation cache); the fastest counts")
     args = ap.parse_args()
@@ -86,7 +86,10 @@ def main() -> None:
     batches = [features[i : i + args.n_features_at_a_time] for i in range(0, len(features), args.n_features_at_a_time)]
 
     def run(batch: list[int], prompts, cache_dir: str):
-        tables = [] if args.no_feature_tables else [FeatureTablesConfig(n_rows=3)]
+        # SAEDashboard 0.8.0 needs a FeatureTablesConfig (SaeVisRunner reads its n_rows) and updates
+        # its correlation coefficients whatever the layout says; "off" only leaves the tables out.
+        off = dict(neuron_alignment_table=False, correlated_neurons_table=False, correlated_features_table=False)
+        tables = [FeatureTablesConfig(n_rows=3, **(off if args.no_feature_tables else {}))]
         layout = SaeVisLayoutConfig(
             columns=[
                 Column(

@@ -11,9 +11,11 @@ subprocess driven like Neuronpedia's runner drives it (see _saedashboard_runner.
 this process. Only feature computation is timed on both sides (not model loading, not writing
 JSON / cache files).
 
-Fair both ways: SAEDashboard's correlation tables (FeatureTablesConfig) and our correlated neurons
-and features are on on both sides or off on both (--correlations on|off|both, default both), and
-each side gets an untimed warm-up in its process and the best of --repeat runs at every size.
+Fair both ways: SAEDashboard computes its correlation tables (FeatureTablesConfig: correlated
+neurons and features) and so do we; --correlations off|both (default both) also times ours without
+them against the floor (SAEDashboard 0.8.0 cannot leave its correlations out: it updates them
+whatever its layout says). Each side gets an untimed warm-up in its process and the best of
+--repeat runs at every size.
 
 The script checks that both find the same top activations for the first 32 features, prints
 tokens/s and features/s for both, how our time scales with tokens and with features, the floor
@@ -559,8 +561,14 @@ def main() -> None:
 
         theirs: dict[tuple[bool, tuple[int, int]], dict] = {}
         n_sub = min(plan.dashboard_big_features, big_features)
+        if dashboard_py is not None and False in settings:
+            print(
+                "\nSAEDashboard 0.8.0 cannot turn its correlations off: SaeVisRunner needs a FeatureTablesConfig and"
+                " updates its RollingCorrCoef of neurons and features whatever the layout says (feature_data_generator);"
+                " so SAEDashboard runs with its correlations only, and the correlations-off setting is ours against the floor."
+            )
         if dashboard_py is not None:
-            for corr in settings:
+            for corr in (c for c in settings if c):
                 tables = "with" if corr else "without"
                 print(f"\nSAEDashboard 0.8.0 (SaeVisRunner with Neuronpedia's layout and batching, {tables} FeatureTablesConfig):", flush=True)
                 for n_tok, n_feat in sizes:
