@@ -637,9 +637,8 @@ def main() -> None:
 
         problems: list[str] = []
         if theirs:
-            for corr in settings:
-                for size in sizes:
-                    problems += compare_top(ours[corr, size], theirs[corr, size])
+            for key, t in theirs.items():
+                problems += compare_top(ours[key], t)
             if problems:
                 print(f"\nMISMATCH in top activations ({len(problems)} problems):")
                 for p in problems[:20]:
@@ -647,7 +646,7 @@ def main() -> None:
             else:
                 print(
                     f"\ntop activations agree on {sum(len(t['checked']) for t in theirs.values())} checks (first {CHECK_FEATURES}"
-                    f" features, both sizes, every setting): max activation within {REL_TOL:g} relative and the same top (prompt, position)"
+                    f" features, both sizes): max activation within {REL_TOL:g} relative and the same top (prompt, position)"
                 )
 
         floors = {}
