@@ -11,9 +11,20 @@ subprocess driven like Neuronpedia's runner drives it (see _saedashboard_runner.
 this process. Only feature computation is timed on both sides (not model loading, not writing
 JSON / cache files).
 
+Fair both ways: SAEDashboard computes its correlation tables (FeatureTablesConfig: correlated
+neurons and features) and so do we; --correlations off|both (default both) also times ours without
+them against the floor (SAEDashboard 0.8.0 cannot leave its correlations out: it updates them
+whatever its layout says). Each side gets an untimed warm-up in its process and the best of
+--repeat runs at every size.
+
 The script checks that both find the same top activations for the first 32 features, prints
-tokens/s and features/s for both, how our time scales with tokens and with features, and ends with
-`speedup_vs_saedashboard=X` for 32,768 tokens x 512 features.
+tokens/s and features/s for both, how our time scales with tokens and with features, the floor
+(one forward of the model to the hook plus the encoder's bare matmul, measured in the same run),
+our time over the floor (whole, and like for like: without the CE loss, UMAP and clusters, which
+SAEDashboard does not compute) and SAEDashboard's over ours per setting, and ends with
+`ours_over_floor=X like_for_like_over_floor=Y` (262,144 tokens x 4,096 features) and
+`speedup_vs_saedashboard=X` (32,768 tokens x 512 features; correlations on when measured).
+--ours-only skips SAEDashboard (our times and the floor only).
 """
 
 from __future__ import annotations
@@ -200,8 +211,14 @@ def ensure_dashboard_venv() -> Path:
     return py
 
 
-def run_dashboard(py: Path, inputs: dict, n_sae: int, n_prompts: int, n_features: int, work: Path, threads: int) -> dict:
-    out = work / f"dashboard-{n_prompts}-{n_sae}-{n_features}.json"
+def run_dashboard(
+    py: Path, inputs: dict, n_sae: int, n_prompts: int, n_features: int, work: Path, threads: int,
+    feature_tables: bool = True, warmup_prompts: int = 8, repeat: int = 1,
+) -> dict:
+    """SAEDashboard over the first n_features features; warm-up: its first batch on warmup_prompts
+    prompts in the same process, untimed; the fastest of `repeat` runs (each with a fresh
+    activation cache) counts."""
+    out = work / f"dashboard-{n_prompts}-{n_sae}-{n_features}-{int(feature_tables)}.json"
     cmd = [
         str(py), str(DASHBOARD_RUNNER),
         "--model", str(inputs["model"]),
@@ -211,7 +228,9 @@ def run_dashboard(py: Path, inputs: dict, n_sae: int, n_prompts: int, n_features
         "--features", str(n_features),
         "--check", str(CHECK_FEATURES),
         "--out", str(out),
-    ]
+        "--warmup-prompts", str(warmup_prompts),
+        "--repeat", str(repeat),
+    ] + ([] if feature_tables else ["--no-feature-tables"])
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false", WANDB_MODE="disabled")
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -242,7 +261,9 @@ def extrapolate_dashboard(result: dict, all_features: int) -> float:
 def _stage_targets() -> list[tuple[object, str, str]]:
     import sae_atlas.backends.transformer_lens_ce as ce
     import sae_atlas.compute.engine as engine
+    import sae_atlas.compute.correlation as correlation
     import sae_atlas.compute.stats as stats
+    import sae_atlas.compute.weights as weights
     from sae_lens import StandardSAE
 
     targets = [
@@ -257,6 +278,8 @@ def _stage_targets() -> list[tuple[object, str, str]]:
         (getattr(stats, "SparseActs", None), "from_dense", "firing entries"),
         (getattr(engine, "FeatureStats", None), "update_pass1", "stats pass 1 (max, counts, top-k)"),
         (getattr(engine, "FeatureStats", None), "update_pass2", "stats pass 2 (histogram, intervals)"),
+        (correlation.NeuronCorrelation, "update", "correlated neurons"),
+        (engine, "_correlate_features", "correlated features"),
         (engine, "_run_pass", "pass loop (rest)"),
         (engine, "_save_checkpoint", "checkpoints"),
         (ce, "_ce_clean", "CE loss clean"),
@@ -264,8 +287,8 @@ def _stage_targets() -> list[tuple[object, str, str]]:
         (ce, "ce_losses", "CE loss (rest)"),
         (engine, "logit_effects", "logits"),
         (engine, "cosine_neighbours", "neighbours"),
-        (engine, "umap_coords", "UMAP"),
-        (engine, "cluster_ids", "clusters"),
+        (weights, "umap_coords", "UMAP"),  # imported from weights when the map statistic runs
+        (weights, "cluster_ids", "clusters"),
         (engine, "write_entry", "write cache entry"),
     ]
     return [(owner, attr, label) for owner, attr, label in targets if owner is not None and callable(getattr(owner, attr, None))]
@@ -274,8 +297,9 @@ def _stage_targets() -> list[tuple[object, str, str]]:
 LOADING = ("load corpus", "load model")  # not timed on either side
 PASS_STAGES = (
     "model forward", "SAE encode/decode", "firing entries", "stats pass 1 (max, counts, top-k)",
-    "stats pass 2 (histogram, intervals)", "pass loop (rest)",
+    "correlated neurons", "stats pass 2 (histogram, intervals)", "pass loop (rest)",
 )
+CORRELATION_STAGES = ("correlated neurons", "correlated features")
 CE_STAGES = ("CE loss clean", "CE loss spliced", "CE loss (rest)")
 # What SAEDashboard does not compute: the like-for-like time leaves them out.
 NOT_IN_DASHBOARD = (*CE_STAGES, "UMAP", "clusters")
@@ -388,9 +412,33 @@ def like_for_like(r: dict) -> float:
     return r["seconds"] - sum(r["stages"].get(k, 0.0) for k in NOT_IN_DASHBOARD)
 
 
-def run_ours(inputs: dict, n_sae: int, n_prompts: int, cache: Path, device: str = "cpu") -> dict:
+@contextmanager
+def correlations_off() -> Iterator[None]:
+    """The engine without its correlated neurons and features (as SAEDashboard without
+    FeatureTablesConfig): their updates and scans skipped, their arrays left empty."""
+    import sae_atlas.compute.correlation as correlation
+    import sae_atlas.compute.engine as engine
+
+    def no_scan(r, *args, **kwargs):
+        f = r.sae.d_sae
+        r.extra.update(corr_feature_index=np.full((f, engine.CORRELATED_FEATURES), -1, np.int32),
+                       corr_feature_value=np.zeros((f, engine.CORRELATED_FEATURES), np.float32))
+
+    saved = engine._correlate_features, correlation.NeuronCorrelation.update
+    engine._correlate_features, correlation.NeuronCorrelation.update = no_scan, lambda self, acts, x: None
+    try:
+        yield
+    finally:
+        engine._correlate_features, correlation.NeuronCorrelation.update = saved
+
+
+def run_ours(inputs: dict, n_sae: int, n_prompts: int, cache: Path, device: str = "cpu", correlations: bool = True) -> dict:
     """compute_releases on a one-SAE release with a fresh cache; seconds exclude loading the model and
-    the corpus (as on SAEDashboard's side) but include everything else, UMAP and writing the entry."""
+    the corpus (as on SAEDashboard's side) but include everything else, UMAP and writing the entry.
+    correlations=False: without the correlated neurons and features (`correlations_off`)."""
+    if not correlations:
+        with correlations_off():
+            return run_ours(inputs, n_sae, n_prompts, cache, device)
     from sae_atlas.cache import CacheStore, sae_key
     from sae_atlas.compute import ComputeOptions, compute_releases
     from sae_atlas.manifest import load_release
@@ -472,11 +520,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small smoke run")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads on both sides")
-    ap.add_argument("--repeat", type=int, default=2, help="runs of ours per size below the large one (best is kept)")
+    ap.add_argument("--repeat", type=int, default=2, help="runs of each measurement on both sides (the fastest counts)")
     ap.add_argument("--density", type=float, default=0.01, help="fraction of tokens each random feature fires on")
+    ap.add_argument(
+        "--correlations", choices=("both", "on", "off"), default="both",
+        help="SAEDashboard's FeatureTablesConfig and our correlated neurons and features: on on both sides, off on both, or both settings",
+    )
+    ap.add_argument("--ours-only", action="store_true", help="skip SAEDashboard: our times and the floor only")
+    ap.add_argument("--no-scaling", action="store_true", help="skip our scaling with tokens and features")
     ap.add_argument("--json", type=Path, help="also write all measurements here")
     args = ap.parse_args()
     plan = QUICK if args.quick else FULL
+    settings = {"both": (True, False), "on": (True,), "off": (False,)}[args.correlations]
 
     import torch
 
@@ -485,12 +540,14 @@ def main() -> None:
     sae_sizes = sorted({*plan.feature_steps, plan.base_features, big_features})
     max_prompts = max(*plan.token_steps, big_tokens) // CONTEXT
     base_prompts = plan.base_tokens // CONTEXT
+    sizes = ((plan.base_tokens, plan.base_features), plan.big)
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cpus, torch {torch.__version__}, {args.threads} threads,"
         f" cuda {'available' if torch.cuda.is_available() else 'absent'} (both sides run on the cpu);"
         f" {time.strftime('%Y-%m-%d')}; load average {os.getloadavg()[0]:.1f} at start"
     )
-    dashboard_py = ensure_dashboard_venv()
+    dashboard_py = None if args.ours_only else ensure_dashboard_venv()
+    label = {True: "correlations on", False: "correlations off"}
 
     with tempfile.TemporaryDirectory(prefix="bench-compute-") as tmp:
         work = Path(tmp)
@@ -499,44 +556,55 @@ def main() -> None:
         print(
             f"model: random 2-layer TransformerLens, d_model {D_MODEL}, vocab {D_VOCAB:,}; SAE: random StandardSAE on"
             f" {HOOK}, d_sae {', '.join(map(str, sae_sizes))}, each feature firing on ~{args.density:.0%} of tokens;"
-            f" random prompts of {CONTEXT} tokens"
+            f" random prompts of {CONTEXT} tokens; best of {args.repeat} runs on both sides, after a warm-up on both"
         )
 
-        print("\nSAEDashboard 0.8.0 (SaeVisRunner with Neuronpedia's layout and batching):", flush=True)
-        theirs_base = run_dashboard(
-            dashboard_py, inputs, plan.base_features, base_prompts, plan.base_features, work, args.threads
-        )
-        print(line("measured", plan.base_tokens, plan.base_features, theirs_base["seconds"]), flush=True)
+        theirs: dict[tuple[bool, tuple[int, int]], dict] = {}
         n_sub = min(plan.dashboard_big_features, big_features)
-        theirs_big = run_dashboard(dashboard_py, inputs, big_features, big_tokens // CONTEXT, n_sub, work, args.threads)
-        theirs_big_seconds = extrapolate_dashboard(theirs_big, big_features)
-        n_batches = -(-big_features // theirs_big["features_per_batch"])
-        print(line("measured", big_tokens, n_sub, theirs_big["seconds"]))
-        if n_sub < big_features:
-            print(line("extrapolated", big_tokens, big_features, theirs_big_seconds))
+        if dashboard_py is not None and False in settings:
             print(
-                f"    extrapolated, not measured: SAEDashboard ran the first {n_sub} of {big_features:,} features in"
-                f" batches of {theirs_big['features_per_batch']}"
-                f" ({', '.join(f'{x:.1f}' for x in theirs_big['batch_seconds'])} s); the estimate is the first"
-                f" batch (forward passes, activation cache) + {n_batches - 1} x the mean later batch",
-                flush=True,
+                "\nSAEDashboard 0.8.0 cannot turn its correlations off: SaeVisRunner needs a FeatureTablesConfig and"
+                " updates its RollingCorrCoef of neurons and features whatever the layout says (feature_data_generator);"
+                " so SAEDashboard runs with its correlations only, and the correlations-off setting is ours against the floor."
             )
+        if dashboard_py is not None:
+            for corr in (c for c in settings if c):
+                tables = "with" if corr else "without"
+                print(f"\nSAEDashboard 0.8.0 (SaeVisRunner with Neuronpedia's layout and batching, {tables} FeatureTablesConfig):", flush=True)
+                for n_tok, n_feat in sizes:
+                    n_run = n_feat if (n_tok, n_feat) != plan.big else n_sub
+                    r = run_dashboard(dashboard_py, inputs, n_feat, n_tok // CONTEXT, n_run, work, args.threads, corr, repeat=args.repeat)
+                    r["total"] = extrapolate_dashboard(r, n_feat)
+                    theirs[corr, (n_tok, n_feat)] = r
+                    print(line("measured", n_tok, n_run, r["seconds"]), flush=True)
+                    if n_run < n_feat:
+                        n_batches = -(-n_feat // r["features_per_batch"])
+                        print(line("extrapolated", n_tok, n_feat, r["total"]))
+                        print(
+                            f"    extrapolated, not measured: SAEDashboard ran the first {n_run} of {n_feat:,} features in"
+                            f" batches of {r['features_per_batch']} ({', '.join(f'{x:.1f}' for x in r['batch_seconds'])} s);"
+                            f" the estimate is the first batch (forward passes, activation cache) + {n_batches - 1} x the mean later batch",
+                            flush=True,
+                        )
 
         print("\nSAE Atlas (sae_atlas.compute.compute_releases, device cpu, default compute settings):", flush=True)
         # Warm-up: UMAP compiles its numba code on first use in a process (exact neighbours below 4,096
-        # points, NN-descent from 4,096 up); that one-time cost is shown, not charged to a size.
+        # points, NN-descent from 4,096 up), the correlated features their kernel; that one-time cost
+        # is shown, not charged to a size (SAEDashboard's runner warms up likewise, untimed).
         t0 = time.perf_counter()
         run_ours(inputs, min(sae_sizes), 8, cache)
         warm_umap(max(sae_sizes))
         print(f"  (one-time warm-up in this process, not counted: {time.perf_counter() - t0:.1f} s)", flush=True)
-        ours_base = best_of(args.repeat, lambda: run_ours(inputs, plan.base_features, base_prompts, cache))
-        print(line("measured", plan.base_tokens, plan.base_features, ours_base["seconds"]))
-        print(f"    stages: {stage_line(ours_base['stages'])}", flush=True)
-        ours_big = run_ours(inputs, big_features, big_tokens // CONTEXT, cache)
-        print(line("measured", big_tokens, big_features, ours_big["seconds"]))
-        print(f"    stages: {stage_line(ours_big['stages'])}", flush=True)
+        ours: dict[tuple[bool, tuple[int, int]], dict] = {}
+        for corr in settings:
+            print(f"  {label[corr]}:")
+            for n_tok, n_feat in sizes:
+                r = best_of(args.repeat, lambda: run_ours(inputs, n_feat, n_tok // CONTEXT, cache, correlations=corr))
+                ours[corr, (n_tok, n_feat)] = r
+                print(line("measured", n_tok, n_feat, r["seconds"]))
+                print(f"    stages: {stage_line(r['stages'])}", flush=True)
         print(
-            f"    (best of {args.repeat} except the large size; times exclude loading the model and the corpus, as on SAEDashboard's side,"
+            f"    (best of {args.repeat}; times exclude loading the model and the corpus, as on SAEDashboard's side,"
             " and include everything else: both passes, CE loss, logits, neighbours, UMAP, clusters, cache writes)"
         )
 
@@ -549,83 +617,89 @@ def main() -> None:
                 f" UMAP {st.get('UMAP', 0.0):5.2f} s"
             )
 
-        print(f"\nscaling of ours with tokens ({plan.base_features:,} features):")
-        token_scaling = []
-        for n_tok in plan.token_steps:
-            if n_tok == plan.base_tokens:
-                r = ours_base
-            elif (n_tok, plan.base_features) == plan.big:
-                r = ours_big
+        token_scaling, feature_scaling = [], []
+        if not args.no_scaling:
+            corr = settings[0]
+            print(f"\nscaling of ours with tokens ({plan.base_features:,} features, {label[corr]}):")
+            for n_tok in plan.token_steps:
+                r = ours.get((corr, (n_tok, plan.base_features))) or best_of(
+                    args.repeat, lambda: run_ours(inputs, plan.base_features, n_tok // CONTEXT, cache, correlations=corr)
+                )
+                token_scaling.append({"tokens": n_tok, **r})
+                print(scaling_row(f"{n_tok:,} tokens", r, token_scaling[0]), flush=True)
+            print(f"scaling of ours with features ({plan.base_tokens:,} tokens, {label[corr]}):")
+            for n_feat in plan.feature_steps:
+                r = ours.get((corr, (plan.base_tokens, n_feat))) or best_of(
+                    args.repeat, lambda: run_ours(inputs, n_feat, base_prompts, cache, correlations=corr)
+                )
+                feature_scaling.append({"features": n_feat, **r})
+                print(scaling_row(f"{n_feat:,} features", r, feature_scaling[0]), flush=True)
+
+        problems: list[str] = []
+        if theirs:
+            for key, t in theirs.items():
+                problems += compare_top(ours[key], t)
+            if problems:
+                print(f"\nMISMATCH in top activations ({len(problems)} problems):")
+                for p in problems[:20]:
+                    print("  " + p)
             else:
-                r = best_of(args.repeat, lambda: run_ours(inputs, plan.base_features, n_tok // CONTEXT, cache))
-            token_scaling.append({"tokens": n_tok, **r})
-            print(scaling_row(f"{n_tok:,} tokens", r, token_scaling[0]), flush=True)
-        print(f"scaling of ours with features ({plan.base_tokens:,} tokens):")
-        feature_scaling = []
-        for n_feat in plan.feature_steps:
-            r = ours_base if n_feat == plan.base_features else best_of(
-                args.repeat, lambda: run_ours(inputs, n_feat, base_prompts, cache)
-            )
-            feature_scaling.append({"features": n_feat, **r})
-            print(scaling_row(f"{n_feat:,} features", r, feature_scaling[0]), flush=True)
+                print(
+                    f"\ntop activations agree on {sum(len(t['checked']) for t in theirs.values())} checks (first {CHECK_FEATURES}"
+                    f" features, both sizes): max activation within {REL_TOL:g} relative and the same top (prompt, position)"
+                )
 
-        problems = compare_top(ours_base, theirs_base) + compare_top(ours_big, theirs_big)
-        n_checked = len(theirs_base["checked"]) + len(theirs_big["checked"])
-        if problems:
-            print(f"\nMISMATCH in top activations ({len(problems)} problems):")
-            for p in problems[:20]:
-                print("  " + p)
-        else:
-            print(
-                f"\ntop activations agree on {n_checked} checks (first {CHECK_FEATURES} features, both sizes):"
-                f" max activation within {REL_TOL:g} relative and the same top (prompt, position)"
-            )
-
-        speedup = theirs_base["seconds"] / ours_base["seconds"]
-        speedup_big = theirs_big_seconds / ours_big["seconds"]
-        print(
-            f"ratio at {big_tokens:,} tokens x {big_features:,} features: {speedup_big:.1f}x"
-            + (f" (SAEDashboard time extrapolated from {n_sub} features)" if n_sub < big_features else "")
-        )
-        lfl, lfl_big = like_for_like(ours_base), like_for_like(ours_big)
-        print(
-            f"like for like (ours without the CE loss, UMAP and clusters, which SAEDashboard does not compute):"
-            f" {lfl:.2f} s -> {theirs_base['seconds'] / lfl:.1f}x at {plan.base_tokens:,} x {plan.base_features:,},"
-            f" {lfl_big:.2f} s -> {theirs_big_seconds / lfl_big:.1f}x at {big_tokens:,} x {big_features:,}"
-        )
         floors = {}
-        for (n_tok, n_feat), theirs_s in (((plan.base_tokens, plan.base_features), theirs_base["seconds"]), (plan.big, theirs_big_seconds)):
-            fl = measure_floor(inputs, n_feat, n_tok // CONTEXT)
+        for n_tok, n_feat in sizes:
+            fl = measure_floor(inputs, n_feat, n_tok // CONTEXT, repeat=args.repeat)
             floors[f"{n_tok}x{n_feat}"] = fl
             print(
                 f"floor at {n_tok:,} x {n_feat:,}: one model forward to the hook {fl['forward']:.2f} s + the encoder's bare"
-                f" matmul {fl['encoder matmul']:.2f} s = {fl['total']:.2f} s, so no engine that runs the model and the"
-                f" encoder can be more than {theirs_s / fl['total']:.0f}x faster than SAEDashboard here"
+                f" matmul {fl['encoder matmul']:.2f} s = {fl['total']:.2f} s (best of {args.repeat})"
             )
+        summary = {}
+        print("\nratios (SAEDashboard / ours: how much faster we are; ours / floor: how far above the floor we are):")
+        for corr in settings:
+            for n_tok, n_feat in sizes:
+                size = (n_tok, n_feat)
+                r, fl = ours[corr, size], floors[f"{n_tok}x{n_feat}"]["total"]
+                lfl = like_for_like(r)
+                row = {"ours": r["seconds"], "like_for_like": lfl, "floor": fl, "ours_over_floor": r["seconds"] / fl, "like_for_like_over_floor": lfl / fl}
+                text = (
+                    f"  {label[corr]}, {n_tok:,} x {n_feat:,}: ours {r['seconds']:.2f} s = {r['seconds'] / fl:.2f}x the floor;"
+                    f" like for like (without CE loss, UMAP, clusters) {lfl:.2f} s = {lfl / fl:.2f}x the floor"
+                )
+                if (corr, size) in theirs:
+                    t = theirs[corr, size]["total"]
+                    row.update(dashboard=t, speedup=t / r["seconds"], speedup_like_for_like=t / lfl, dashboard_over_floor=t / fl)
+                    extra = " (SAEDashboard extrapolated)" if size == plan.big and n_sub < n_feat else ""
+                    text += f"; SAEDashboard {t:.2f} s{extra} -> {t / r['seconds']:.1f}x, like for like {t / lfl:.1f}x, floor bound {t / fl:.0f}x"
+                summary[f"{label[corr]} {n_tok}x{n_feat}"] = row
+                print(text)
+        big_key = f"{label[settings[0]]} {big_tokens}x{big_features}"
+        print(f"ours_over_floor={summary[big_key]['ours_over_floor']:.2f} like_for_like_over_floor={summary[big_key]['like_for_like_over_floor']:.2f}"
+              f" ({big_tokens:,} x {big_features:,}, {label[settings[0]]})")
         if args.json:
             args.json.write_text(
                 json.dumps(
                     {
                         "plan": plan.__dict__,
-                        "dashboard_base": theirs_base,
-                        "dashboard_big": theirs_big,
-                        "dashboard_big_extrapolated_seconds": theirs_big_seconds,
-                        "ours_base": ours_base,
-                        "ours_big": ours_big,
+                        "dashboard": {f"{label[c]} {t}x{f}": v for (c, (t, f)), v in theirs.items()},
+                        "ours": {f"{label[c]} {t}x{f}": v for (c, (t, f)), v in ours.items()},
                         "token_scaling": token_scaling,
                         "feature_scaling": feature_scaling,
                         "problems": problems,
-                        "speedup": speedup,
-                        "speedup_big": speedup_big,
-                        "like_for_like": {"base": lfl, "big": lfl_big},
                         "floors": floors,
+                        "summary": summary,
                     },
                     indent=1,
                     default=str,
                 )
             )
         print(f"load average {os.getloadavg()[0]:.1f} at the end (other work on the machine skews both sides)")
-        print(f"speedup_vs_saedashboard={speedup:.1f}")
+        base_key = f"{label[settings[0]]} {plan.base_tokens}x{plan.base_features}"
+        if "speedup" in summary[base_key]:
+            print(f"speedup_vs_saedashboard={summary[base_key]['speedup']:.1f}")
         if problems:
             sys.exit(1)
 

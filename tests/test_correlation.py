@@ -148,6 +148,35 @@ def test_correlated_features_identical_across_batches_and_blocks(data, budget):
         np.testing.assert_array_equal(value, want_value)
 
 
+def exact_co_firing(acts: np.ndarray) -> np.ndarray:
+    """sum_t q_ti q_tj of the quantized activations in Python integers (object array [F, F])."""
+    q = np.round(acts.astype(np.float64) * correlation.FACTOR_SCALE).astype(np.int64).astype(object)
+    return q.T.dot(q)
+
+
+@pytest.mark.parametrize("scale", [1.0, 1500.0])  # 1500: products near 2**62, the row buffers' two-word sums
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("path", ["compiled", "pairs"])
+def test_co_firing_sums_are_exact(data, scale, threads, path):
+    acts = (data[0] * scale).astype(np.float32)
+    want = exact_co_firing(acts)
+    add = correlation._add_co_firing if path == "compiled" else correlation._add_co_firing_pairs
+    if path == "compiled":
+        assert correlation._co_firing_kernel() is not None, "numba is part of the compute extra"
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for lo, hi in ((0, F), (5, 17), (39, 40)):
+            low = torch.zeros((hi - lo) * F, dtype=torch.int64)
+            high = torch.zeros_like(low)
+            for b in batches(acts, SPLITS[3]):
+                add((low, high), b, lo, hi)
+            got = high.numpy().astype(object) * (1 << 32) + low.numpy().astype(object)
+            assert (got.reshape(hi - lo, F) == want[lo:hi]).all(), (lo, hi)
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_correlated_features_rejects_batches_that_change_between_scans(data):
     acts, _ = data
     scans = iter([batches(acts, [30]), batches(acts, [29])])
@@ -180,8 +209,18 @@ def logit_weights():
     return w_dec, out_map, w_u
 
 
+@pytest.fixture(params=["compiled", "elementwise"])
+def histogram_path(request, monkeypatch):
+    """The logit histogram's compiled CPU kernel, or its elementwise version (other devices)."""
+    if request.param == "compiled":
+        assert weights.compiled(weights._histogram_rows) is not None, "numba is part of the compute extra"
+    else:
+        monkeypatch.setattr(weights, "compiled", lambda fn: None)
+    return request.param
+
+
 @pytest.mark.parametrize("chunk", [None, 2 * 301])  # one chunk; two features per chunk
-def test_logit_histogram_matches_numpy(logit_weights, monkeypatch, chunk):
+def test_logit_histogram_matches_numpy(logit_weights, monkeypatch, chunk, histogram_path):
     w_dec, out_map, w_u = logit_weights
     if chunk is not None:
         monkeypatch.setattr(weights, "chunk_elements", lambda device: chunk)
@@ -196,6 +235,24 @@ def test_logit_histogram_matches_numpy(logit_weights, monkeypatch, chunk):
     assert counts[2, 25] == 301  # a constant row: the middle bin, as numpy puts it
     for got, want in zip((pos_t, pos_v, neg_t, neg_v), logit_effects(*args)):
         assert got.dtype == want.dtype and got.tobytes() == want.tobytes()
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_logit_histogram_of_random_rows_matches_numpy(histogram_path, threads):
+    rng = np.random.default_rng(12)
+    logits = rng.normal(0.0, 3.0, (9, 1000)).astype(np.float32)
+    logits[4] = 1.25  # constant
+    logits[5, ::3] = logits[5, 0]  # repeated values, some at the minimum
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        counts, value_range = weights.logit_histogram(torch.from_numpy(logits), 17)
+    finally:
+        torch.set_num_threads(before)
+    for f, row in enumerate(logits):
+        want, _ = np.histogram(row.astype(np.float64), bins=17)
+        np.testing.assert_array_equal(counts[f].numpy(), want, err_msg=f"row {f}")
+        np.testing.assert_array_equal(value_range[f].numpy(), [row.min(), row.max()])
 
 
 def test_logit_histogram_without_output_map_is_zero(logit_weights):

@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import Callable, Iterable
 
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -166,9 +167,15 @@ class NeuronCorrelation:
 
     def update(self, acts: SparseActs, x: torch.Tensor) -> None:
         """acts: a batch's firing entries; x f32 [B * T, d]: the basis at the same tokens."""
-        x_q = quantized(x.reshape(acts.n_tokens, self.d))
-        feature, a_q = acts.feature, quantized(acts.value)
-        self.n_tokens += acts.n_tokens
+        n, f = acts.n_tokens, self.n_features
+        x_q = quantized(x.reshape(n, self.d))
+        # The entries feature-major (tokens ascending within a feature; the order the example
+        # windows use too): the rows of A^T as a CSR matrix without a sort of its own.
+        fkey, fvalue = acts._feature_major()
+        feature = torch.div(fkey, max(n, 1), rounding_mode="floor")
+        token = fkey - feature * n
+        a_q = quantized(fvalue)
+        self.n_tokens += n
         self.sum_a.index_add_(0, feature, a_q.to(torch.int64))
         add_wide(self.sum_a2, self.sum_a2_high, feature, _squares(a_q))
         self.sum_x += x_q.to(torch.int64).sum(0)
@@ -177,25 +184,30 @@ class NeuronCorrelation:
         self.sum_x2_high += (x2 >> 32).sum(0)
         if a_q.numel() == 0:
             return
-        largest_a = torch.zeros(acts.n_tokens, dtype=torch.float64, device=x_q.device)
-        largest_a.scatter_reduce_(0, acts.token, a_q.abs(), "amax")
+        largest_a = torch.zeros(n, dtype=torch.float64, device=x_q.device)
+        largest_a.scatter_reduce_(0, token, a_q.abs(), "amax")
         bounds = exact_parts(largest_a * x_q.abs().amax(1))
-        starts = _entry_starts(acts, bounds)
         rows_per_block = max(1, chunk_elements(x_q.device) // max(self.d, 1))
-        for t0, t1, e0, e1 in zip(bounds[:-1], bounds[1:], starts[:-1], starts[1:]):
-            if e0 == e1:
+        for t0, t1 in zip(bounds[:-1], bounds[1:]):
+            if len(bounds) > 2:  # several runs (huge values): the run's entries, still feature-major
+                mine = (token >= t0) & (token < t1)
+                feat, col, a = feature[mine], token[mine] - t0, a_q[mine]
+            else:
+                feat, col, a = feature, token, a_q
+            if feat.numel() == 0:
                 continue
-            rows, local = torch.unique(feature[e0:e1], return_inverse=True)  # the run's firing features
-            order = torch.argsort(local, stable=True)  # feature-major; tokens stay ascending
-            col = acts.token[e0:e1][order] - t0
-            crow = torch.zeros(rows.shape[0] + 1, dtype=torch.int64, device=x_q.device)
-            crow[1:] = torch.cumsum(torch.bincount(local, minlength=rows.shape[0]), 0)
-            a, xp = a_q[e0:e1][order], x_q[t0:t1]
-            for r0 in range(0, rows.shape[0], rows_per_block):
-                r1 = min(r0 + rows_per_block, rows.shape[0])
+            crow = torch.zeros(f + 1, dtype=torch.int64, device=x_q.device)
+            crow[1:] = torch.cumsum(torch.bincount(feat, minlength=f), 0)
+            xp = x_q[t0:t1]
+            for r0 in range(0, f, rows_per_block):
+                r1 = min(r0 + rows_per_block, f)
                 c0, c1 = int(crow[r0]), int(crow[r1])
+                if c0 == c1:
+                    continue
                 block = _csr(crow[r0 : r1 + 1] - c0, col[c0:c1], a[c0:c1], (r1 - r0, t1 - t0))
-                add_wide(self.sum_ax, self.sum_ax_high, rows[r0:r1], (block @ xp).to(torch.int64))
+                product = (block @ xp).to(torch.int64)
+                self.sum_ax_high[r0:r1] += product >> 32
+                self.sum_ax[r0:r1] += product & WORD
 
     def state_arrays(self) -> dict[str, np.ndarray]:
         return {name: getattr(self, name).cpu().numpy() for name in self.STATE}
@@ -265,10 +277,112 @@ def _add_co_firing_dense(acc: tuple[torch.Tensor, torch.Tensor], acts: SparseAct
 
 def _add_co_firing(acc: tuple[torch.Tensor, torch.Tensor], acts: SparseActs, lo: int, hi: int) -> None:
     """acc (two words, int64 [(hi - lo) * F] each) += a_ti * a_tj (quantized) for every token t
-    and every pair of its firing features i in [lo, hi), j any: the block's rows of A^T A, one
-    exact int64 product per (entry of the block, entry of the same token). (A float64 sparse x
-    sparse product of the same sums was 3-10x slower on a CPU: it builds the whole batch's matrix
-    once per block.)"""
+    and every pair of its firing features i in [lo, hi), j any: the block's rows of A^T A, exact
+    int64 products. On a CPU a compiled sparse product (`_co_fire_rows`: per row, the sums of the
+    row's co-firing pairs in a row buffer, then added to the row once), on other devices one
+    product per pair added in place (`_add_co_firing_pairs`)."""
+    kernel = _co_firing_kernel() if acts.value.device.type == "cpu" else None
+    if kernel is None:
+        _add_co_firing_pairs(acc, acts, lo, hi)
+        return
+    n, f = acts.n_tokens, acts.n_features
+    if acts.key.numel() == 0:
+        return
+    # Token-major (A's rows) and, for the block's features, feature-major (A^T's rows) entries.
+    token = torch.div(acts.key, f, rounding_mode="floor")
+    t_feat = acts.key - token * f
+    t_val = quantized(acts.value).to(torch.int64)
+    t_ptr = torch.zeros(n + 1, dtype=torch.int64)
+    per_token = torch.bincount(token, minlength=n)
+    t_ptr[1:] = torch.cumsum(per_token, 0)
+    fkey, fvalue = acts._feature_major()
+    e0, e1 = torch.searchsorted(fkey, torch.tensor([lo * n, hi * n])).tolist()
+    if e0 == e1:
+        return
+    f_ptr = torch.searchsorted(fkey[e0:e1], torch.arange(lo, hi + 1) * n)
+    f_tok = fkey[e0:e1] % n
+    f_val = quantized(fvalue[e0:e1]).to(torch.int64)
+    # A cell's sum over the batch stays below 2**62 unless the largest value is huge: then the
+    # row buffers hold the products' two words apart.
+    split = float(t_val.max()) ** 2 * n >= 2.0**62
+    # Rows in parallel (disjoint rows of acc), split where the co-firing pairs are shared evenly.
+    workers = max(1, min(torch.get_num_threads(), hi - lo))
+    cuts = [lo, hi]
+    if workers > 1:
+        cost = torch.cumsum(per_token[f_tok], 0)
+        at = torch.searchsorted(cost, torch.arange(1, workers) * int(cost[-1]) // workers).clamp_max(e1 - e0 - 1)
+        rows = torch.searchsorted(f_ptr, at, right=True) - 1 + lo
+        cuts = sorted({lo, hi, *rows.tolist()})
+    args = [a.numpy() for a in (f_ptr, f_tok, f_val, t_ptr, t_feat, t_val)]
+    low, high = acc[0].numpy(), acc[1].numpy()
+    jobs = [(low, high, r0, r1, lo, f, *args, split) for r0, r1 in zip(cuts[:-1], cuts[1:]) if r1 > r0]
+    if len(jobs) == 1:
+        kernel(*jobs[0])
+    else:
+        with ThreadPoolExecutor(len(jobs)) as pool:  # the kernel releases the GIL
+            for done in [pool.submit(kernel, *job) for job in jobs]:
+                done.result()
+
+
+def _co_fire_rows(low, high, r0, r1, lo, f, f_ptr, f_tok, f_val, t_ptr, t_feat, t_val, split):  # pragma: no cover (compiled)
+    """low/high[(i - lo) * f + j] += sum_t a_ti a_tj for the features i in [r0, r1): row i's
+    entries f_tok/f_val[f_ptr[i - lo]:f_ptr[i - lo + 1]] (feature-major), token t's entries
+    t_feat/t_val[t_ptr[t]:t_ptr[t + 1]]. A row's sums gather in a row buffer, added to acc once:
+    over the whole row when its pairs are many, else over the columns it touched. split: the
+    products' low and high 32 bits summed apart (when a cell's sum could reach 2**63)."""
+    buf = np.zeros(f, np.int64)
+    buf_high = np.zeros(f if split else 1, np.int64)
+    seen = np.zeros(f, np.int64)
+    touched = np.empty(f, np.int64)
+    for i in range(r0, r1):
+        e0, e1 = f_ptr[i - lo], f_ptr[i - lo + 1]
+        pairs = 0
+        for e in range(e0, e1):
+            pairs += t_ptr[f_tok[e] + 1] - t_ptr[f_tok[e]]
+        whole = pairs * 4 >= f
+        n = 0
+        for e in range(e0, e1):
+            t = f_tok[e]
+            ai = f_val[e]
+            for p in range(t_ptr[t], t_ptr[t + 1]):
+                j = t_feat[p]
+                if not whole:
+                    touched[n] = j
+                    n += 1 - seen[j]
+                    seen[j] = 1
+                v = ai * t_val[p]
+                if split:
+                    buf[j] += v & 0xFFFFFFFF
+                    buf_high[j] += v >> 32
+                else:
+                    buf[j] += v
+        base = (i - lo) * f
+        if whole:
+            n = f
+        for m in range(n):
+            j = m if whole else touched[m]
+            seen[j] = 0
+            if split:
+                low[base + j] += buf[j]
+                high[base + j] += buf_high[j]
+                buf_high[j] = 0
+            else:
+                low[base + j] += buf[j] & 0xFFFFFFFF
+                high[base + j] += buf[j] >> 32
+            buf[j] = 0
+
+
+def _co_firing_kernel():
+    """`_co_fire_rows` compiled (`weights.compiled`), or None where numba is not installed."""
+    from sae_atlas.compute.weights import compiled
+
+    return compiled(_co_fire_rows)
+
+
+def _add_co_firing_pairs(acc: tuple[torch.Tensor, torch.Tensor], acts: SparseActs, lo: int, hi: int) -> None:
+    """As `_add_co_firing`: one exact int64 product per (entry of the block, entry of the same
+    token), added in place. (A float64 sparse x sparse product of torch's was 3-10x slower on a
+    CPU: it builds the whole batch's matrix once per block.)"""
     f = acts.n_features
     token, feature, a_q = acts.token, acts.feature, quantized(acts.value).to(torch.int64)
     per_token = torch.bincount(token, minlength=acts.n_tokens)

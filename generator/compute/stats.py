@@ -188,8 +188,9 @@ def merge_examples(
     windows: Windows, token: torch.Tensor, feature: torch.Tensor,
 ) -> None:
     """Keep, per group g, the k = state_keys.shape[1] largest keys seen so far (in place).
-    state_keys int64 [G, k] (descending, -1 = empty), state_windows f32 [G, k, W];
-    candidates: group, keys, token, feature [M]; windows(token, feature) gives their windows."""
+    state_keys int64 [G, k] (descending, -1 = empty), state_windows f32 [G, k, W] (zero in empty
+    slots); candidates: group, keys, token, feature [M]; windows(token, feature) gives their
+    windows, asked only for the candidates that enter the top k."""
     k = state_keys.shape[1]
     better = keys > state_keys[group, k - 1]  # cannot enter otherwise (keys are unique per group)
     group, keys, token, feature = group[better], keys[better], token[better], feature[better]
@@ -199,13 +200,17 @@ def merge_examples(
     rows, row_of = torch.unique(group[entry], sorted=True, return_inverse=True)
     cand_keys = torch.full((rows.shape[0], k), -1, dtype=torch.int64, device=keys.device)
     cand_keys[row_of, rank] = keys[entry]
-    cand_windows = torch.zeros((rows.shape[0], k, state_windows.shape[2]), dtype=state_windows.dtype, device=keys.device)
-    cand_windows[row_of, rank] = windows(token[entry], feature[entry])
-    all_keys = torch.cat([state_keys[rows], cand_keys], 1)
-    top, sel = all_keys.topk(k, dim=1)
-    all_windows = torch.cat([state_windows[rows], cand_windows], 1)
+    cand_entry = torch.zeros((rows.shape[0], k), dtype=torch.int64, device=keys.device)
+    cand_entry[row_of, rank] = entry
+    top, sel = torch.cat([state_keys[rows], cand_keys], 1).topk(k, dim=1)
+    # Slots kept from the state move with their windows; a candidate's window is made only if it enters.
+    merged = torch.take_along_dim(state_windows[rows], sel.clamp_max(k - 1)[..., None], dim=1)
+    fresh = (sel >= k) & (top >= 0)
+    merged[top < 0] = 0
+    picked = torch.take_along_dim(cand_entry, (sel - k).clamp_min(0), dim=1)[fresh]
+    merged[fresh] = windows(token[picked], feature[picked])
     state_keys[rows] = top
-    state_windows[rows] = torch.take_along_dim(all_windows, sel[..., None], dim=1)
+    state_windows[rows] = merged
 
 
 def merge_top(keys: torch.Tensor, windows: torch.Tensor | None, other_keys: torch.Tensor, other_windows: torch.Tensor | None) -> tuple:
@@ -285,21 +290,31 @@ class FeatureStats:
         last = self.top_key[:, -1]
         threshold = torch.where(last >= 0, key_value(last.clamp_min(0)), torch.zeros_like(self.max_activation))
         enter = value > threshold[feature]
-        token, feature = token[enter], feature[enter]
         keys = activation_keys(value[enter], g[enter])
-        merge_examples(self.top_key, self.top_window, feature, keys, windows, token, feature)
-        self._update_prompt_view(g, acts.feature, acts.value)
+        merge_examples(self.top_key, self.top_window, feature[enter], keys, windows, token[enter], feature[enter])
+        self._update_prompt_view(g, feature, value)
 
     def _update_prompt_view(self, g: torch.Tensor, feature: torch.Tensor, value: torch.Tensor) -> None:
-        """Each token of the viewed prompts is in one batch only: its top features are final here."""
+        """Each token of the viewed prompts is in one batch only: its top features are final here.
+        Entries come in token order; a token's best k are taken in k rounds of a per-token max
+        (its keys are unique: one per feature), cheaper than sorting the batch's entries."""
         k = self.prompt_top_key.shape[1]
-        viewed = g < self.view_tokens
-        if k == 0 or not bool(viewed.any()):
+        if k == 0 or g.numel() == 0 or int(g[0]) >= self.view_tokens:
             return
+        viewed = g < self.view_tokens
         g, feature, value = g[viewed], feature[viewed], value[viewed]
         keys = activation_keys(value, feature)
-        entry, rank = segmented_top(g, keys, k)
-        self.prompt_top_key[g[entry], rank] = keys[entry]
+        first = int(g[0])
+        local = g - first
+        n = int(local[-1]) + 1
+        rows = self.prompt_top_key[first : first + n]
+        best = torch.empty(n, dtype=torch.int64, device=keys.device)
+        for rank in range(k):
+            best.fill_(-1).scatter_reduce_(0, local, keys, "amax")
+            found = best >= 0
+            rows[found, rank] = best[found]
+            if rank + 1 < k:
+                keys = torch.where(keys == best[local], -1, keys)
 
     # -- pass 2 ------------------------------------------------------------------------------
     def update_pass2(self, acts: SparseActs, windows: Windows) -> None:

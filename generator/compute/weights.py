@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import sys
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,84 @@ def logit_effects(w_dec: torch.Tensor, out_map: torch.Tensor | None, w_u: torch.
 
 
 def logit_histogram(logits: torch.Tensor, bins: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's values in `bins` equal-width bins between its min and max, exactly as
+    np.histogram(row.astype(np.float64), bins) counts them (edges i * (max - min) / bins + min in
+    float64, bin i = [edge i, edge i+1), the last bin closed; a constant row lands in the middle
+    bin of [v - 0.5, v + 0.5]). Returns (counts i32 [R, bins], (min, max) f32 [R, 2]).
+
+    The bin is the floor of the scaled value; only values within 1e-4 of a bin of an edge (where
+    the quotient's rounding could put them on the wrong side) are compared with the edges
+    themselves. On a CPU one compiled pass per row (`_histogram_rows`, rows split over the torch
+    threads), elsewhere the same arithmetic in float64 elementwise passes and one bincount."""
+    kernel = compiled(_histogram_rows) if logits.device.type == "cpu" and bins > 0 else None
+    if kernel is None:
+        return _logit_histogram_torch(logits, bins)
+    values = logits.detach().contiguous().numpy()
+    rows_total = values.shape[0]
+    counts = np.zeros((rows_total, bins), np.int64)
+    workers = max(1, min(torch.get_num_threads(), rows_total))
+    cuts = [rows_total * w // workers for w in range(workers + 1)]
+    jobs = [(values, counts, r0, r1, bins) for r0, r1 in zip(cuts[:-1], cuts[1:]) if r1 > r0]
+    if len(jobs) == 1:
+        kernel(*jobs[0])
+    else:
+        with ThreadPoolExecutor(len(jobs)) as pool:  # the kernel releases the GIL
+            for done in [pool.submit(kernel, *job) for job in jobs]:
+                done.result()
+    value_range = torch.stack([logits.min(1).values, logits.max(1).values], 1).float() if rows_total else torch.zeros((0, 2))
+    return torch.from_numpy(counts).int(), value_range
+
+
+def _histogram_rows(values, counts, r0, r1, bins):  # pragma: no cover (compiled)
+    """counts[r] of rows r0..r1 of values, by `logit_histogram`'s arithmetic (float64, no fused
+    multiply-adds: the same bins as its elementwise version)."""
+    n = values.shape[1]
+    for r in range(r0, r1):
+        first = np.float64(values[r, 0])
+        last = first
+        for c in range(1, n):
+            x = np.float64(values[r, c])
+            if x < first:
+                first = x
+            if x > last:
+                last = x
+        if first == last:
+            first, last = first - 0.5, last + 0.5
+        scale = bins / (last - first)
+        width = (last - first) / bins
+        for c in range(n):
+            x = np.float64(values[r, c])
+            q = (x - first) * scale
+            index = np.floor(q)
+            near = abs(q - index - 0.5) > 0.5 - 1e-4
+            i = int(min(index, bins - 1))
+            if near:
+                if x < (last if i == bins else i * width + first):
+                    i -= 1
+                if i != bins - 1 and x >= (last if i + 1 == bins else (i + 1) * width + first):
+                    i += 1
+            counts[r, i] += 1
+
+
+_COMPILED: dict = {}
+
+
+def compiled(fn):
+    """fn compiled by numba (nogil, kept in numba's on-disk cache under numba_cache_dir(), as
+    UMAP's code), or None where numba is not installed."""
+    if fn not in _COMPILED:
+        try:
+            if "numba" not in sys.modules:
+                os.environ.setdefault("NUMBA_CACHE_DIR", str(numba_cache_dir()))
+            import numba
+        except ImportError:
+            _COMPILED[fn] = None
+        else:
+            _COMPILED[fn] = numba.njit(cache=True, nogil=True)(fn)
+    return _COMPILED[fn]
+
+
+def _logit_histogram_torch(logits: torch.Tensor, bins: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Each row's values in `bins` equal-width bins between its min and max, exactly as
     np.histogram(row.astype(np.float64), bins) counts them (edges i * (max - min) / bins + min in
     float64, bin i = [edge i, edge i+1), the last bin closed; a constant row lands in the middle
