@@ -45,6 +45,16 @@ LOGGED_CLI = (
     "        f.write(f'{os.getpid()} {final_dir.parent.name}/{final_dir.name} {state}\\n')\n"
     "engine.write_entry = corpus.write_entry = logged\n"
     "from sae_atlas.cli import main\n"
+    # A start line: racing processes begin once all are imported (their imports take seconds, and
+    # a process that starts first would otherwise take every unit before the others begin).
+    "barrier = os.environ.get('ATLAS_START_BARRIER')\n"
+    "if barrier:\n"
+    "    import pathlib, time\n"
+    "    folder, n = barrier.rsplit(':', 1)\n"
+    "    (pathlib.Path(folder) / str(os.getpid())).touch()\n"
+    "    deadline = time.monotonic() + 300\n"
+    "    while len(list(pathlib.Path(folder).iterdir())) < int(n) and time.monotonic() < deadline:\n"
+    "        time.sleep(0.05)\n"
     "sys.exit(main(sys.argv[1:]))\n"
 )
 
@@ -206,8 +216,9 @@ def test_the_slurm_array_may_have_a_task_per_unit(content):
 
 def test_racing_shards_split_each_sae_and_give_the_single_process_cache_and_site(content, reference, tmp_path):
     cache, log = tmp_path / "cache", tmp_path / "writes.log"
-    env = {**os.environ, "ATLAS_WRITE_LOG": str(log)}
     shards = [["--shard", f"{i}/5"] for i in range(5)] + [[]]  # five shards of 12 pairs and an unsharded run
+    (tmp_path / "barrier").mkdir()
+    env = {**os.environ, "ATLAS_WRITE_LOG": str(log), "ATLAS_START_BARRIER": f"{tmp_path / 'barrier'}:{len(shards)}"}
     procs = [subprocess.Popen(compute_argv(content, cache, *s), cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for s in shards]
     errs = [p.communicate(timeout=600)[1] for p in procs]
     for p, err in zip(procs, errs):
