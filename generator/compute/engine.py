@@ -36,7 +36,7 @@ from sae_atlas.cache import (
     set_key,
     write_entry,
 )
-from sae_atlas.compute.options import ComputeOptions, chunk_elements, default_batch_size
+from sae_atlas.compute.options import ComputeOptions, chunk_elements, default_batch_size, entry_budget
 from sae_atlas.compute.replay import Replay, replay_budget
 from sae_atlas.compute.stats import FeatureStats, SparseActs
 from sae_atlas.backends import CeSae
@@ -345,6 +345,10 @@ def _decode(r: _Running, sparse: SparseActs, x_in: torch.Tensor) -> torch.Tensor
     return out if skip is None else out + skip.float().reshape(n, -1)
 
 
+def _windows(acts: SparseActs, settings):
+    return functools.partial(acts.windows, before=settings.context_before, after=settings.context_after)
+
+
 def _run_pass(pass_no: int, model, running: list[_Running], corpus: Corpus, store: CacheStore, options: ComputeOptions, batch_size: int, replay: Replay) -> int:
     """One pass over the corpus for the SAEs in that pass. Pass 1 keeps each batch's firing entries
     in `replay` (within its budget); pass 2 runs the model only for the batches not kept there."""
@@ -380,7 +384,8 @@ def _run_pass(pass_no: int, model, running: list[_Running], corpus: Corpus, stor
             if any(kept is None for _, _, kept in todo):
                 tokens = torch.from_numpy(np.array(tokens_all[p0 : p0 + nb])).long().to(device)
                 captured = _forward_capture(model, tokens, hooks)
-            for r, first, kept in todo:
+            while todo:  # each batch's entries (and their caches) freed once its statistics are in
+                r, first, kept = todo.pop(0)
                 st = r.job.release.compute
                 if kept is None:
                     parts = []
@@ -392,14 +397,22 @@ def _run_pass(pass_no: int, model, running: list[_Running], corpus: Corpus, stor
                     sparse = SparseActs.concat(parts)
                 else:
                     sparse = kept
-                windows = functools.partial(sparse.windows, before=st.context_before, after=st.context_after)
+                # A batch where features fire densely is handled in runs of prompts (`entry_budget`).
+                parts = sparse.split(entry_budget(device))
                 if pass_no == 1:
+                    n = sparse.n_tokens
                     x_in = r.sae.read(captured[r.sae.hook_in][first - p0 :])
-                    target = r.sae.read(captured[r.sae.hook_out][first - p0 :]).float()
-                    r.stats.update_pass1(sparse, windows, target, _decode(r, sparse, x_in), basis=x_in.float())
+                    target = r.sae.read(captured[r.sae.hook_out][first - p0 :]).float().reshape(n, -1)
+                    x_hat, basis = _decode(r, sparse, x_in), x_in.float().reshape(n, -1)
+                    for part in parts:
+                        t0 = (part.first_prompt - first) * context
+                        t1 = t0 + part.n_tokens
+                        r.stats.update_pass1(part, _windows(part, st), target[t0:t1], x_hat[t0:t1], basis=basis[t0:t1])
                     replay.add(r.job.id, sparse)
                 else:
-                    r.stats.update_pass2(sparse, windows)
+                    for part in parts:
+                        r.stats.update_pass2(part, _windows(part, st))
+                parts = sparse = kept = None
                 r.stats.prompts_done = p0 + nb
             bar.update(nb * context)
             batches += 1
@@ -437,7 +450,7 @@ def _correlate_features(r: _Running, model, corpus: Corpus, options: ComputeOpti
                 tokens = torch.from_numpy(np.array(corpus.tokens[p0 : p0 + nb])).long().to(r.stats.device)
                 captured = _forward_capture(model, tokens, sorted(set(r.sae.hooks)))
                 acts = SparseActs.concat([sparse for _, sparse in _encode(r, captured, 0, p0)])
-            yield acts
+            yield from acts.split(entry_budget(r.stats.device))  # in runs of prompts where it fires densely
 
     index, value = correlated_features(batches, r.sae.d_sae, CORRELATED_FEATURES, options.correlation_memory)
     r.extra.update(corr_feature_index=index, corr_feature_value=value)
