@@ -37,7 +37,7 @@ from sae_atlas.cache import (
     write_entry,
 )
 from sae_atlas.compute.options import ComputeOptions, chunk_elements, default_batch_size, entry_budget
-from sae_atlas.compute.replay import Replay, replay_budget
+from sae_atlas.compute.replay import Replay, release_free_memory, replay_budget, resident_bytes, working_set
 from sae_atlas.compute.stats import FeatureStats, SparseActs
 from sae_atlas.backends import CeSae
 from sae_atlas.compute.weights import cosine_neighbours, logit_effects, umap_neighbour_count
@@ -214,16 +214,28 @@ def _compute_saes(model, running: list["_Running"], corpus: Corpus, store: Cache
     """Both corpus passes, the CE loss and the weights-only parts for SAEs sharing one model."""
     model_id = running[0].job.release.model.id
     device = _model_device(model)
-    replay = Replay(replay_budget(device, options.replay_memory))
+    in_use = resident_bytes(device)
+    ws = working_set(batch_size * corpus.context, corpus.context, [(r.sae.d_sae, r.sae.d_out) for r in running], int(model.unembedding().shape[0]), device, options.correlation_memory)
+    replay = Replay(replay_budget(device, options.replay_memory, ws))
+    if not options.quiet:
+        before = "" if in_use is None else f"{in_use / 2**20:,.0f} MiB in use + "
+        print(
+            f"{model_id}: memory bound {((in_use or 0) + replay.budget + ws) / 2**20:,.0f} MiB: {before}replay budget"
+            f" {replay.budget / 2**20:,.0f} MiB (--replay-memory) + working set {ws / 2**20:,.0f} MiB (--batch-size, d_sae)",
+            file=sys.stderr,
+        )
     started = time.perf_counter()
     done_tokens = _run_pass(1, model, running, corpus, store, options, batch_size, replay)
+    release_free_memory()  # what a pass freed goes back to the system, not to the next stage's peak
     done_tokens += _run_pass(2, model, running, corpus, store, options, batch_size, replay)
+    release_free_memory()
     elapsed = time.perf_counter() - started
     if elapsed > 0 and done_tokens:
         report.tokens_per_second = done_tokens / elapsed
     _report_replay(model_id, replay, report, options)
     for r in running:
         _correlate_features(r, model, corpus, options, batch_size, replay)
+        release_free_memory()
     replay.clear()
     ce_saes = [CeSae(r.job.id, r.sae, r.job.release.compute.ce_prompts) for r in running]
     ce_bar = None if options.quiet else f"{model_id} CE loss"

@@ -53,6 +53,50 @@ def replay_budget(device: str, requested: int | None, working_set: int = 0) -> i
     return int(max(0, free - working_set) * BUDGET_FRACTION) if free is not None else 1 << 30
 
 
+# Bytes of temporaries per firing entry of a run of statistics (`SparseActs.split`): pass 1's top-k
+# merge and prompt view sort their candidates, about 160 bytes an entry measured at 4,096 features.
+STATS_BYTES_PER_ENTRY = 256
+# Bytes per token and model dimension of a forward's activations (blocks' intermediates, the
+# captured hooks, the CE loss's residual streams), an upper bound for transformers' usual shapes.
+FORWARD_BYTES_PER_DIM = 128
+
+
+def working_set(batch_tokens: int, context: int, widths: list[tuple[int, int]], d_model: int, device, correlation_memory: int) -> int:
+    """Bytes the corpus passes and the scans and the CE loss after them allocate, at most, besides
+    the replay, the model's weights and the running statistics (allocated before the passes): the
+    model's forward of a batch of `batch_tokens` (`FORWARD_BYTES_PER_DIM`, and the logits of a
+    chunk) and, for the widest SAE (d_sae, d_out) with every (token, feature) pair firing at
+    worst, the batch's entries (12 bytes each, twice while its encoder calls' parts are joined) and
+    its dense decode (4 bytes each, where the SAE cannot decode sparsely), its reconstruction, and
+    the larger of a run of statistics (`entry_budget` entries, or one prompt's) with an encoder call
+    (`chunk_elements`) and a block of the correlated features' co-occurrence sums
+    (`correlation_memory`, or all of an SAE's F x F) with its products' temporaries. It depends on
+    the batch size and the widths, not on the corpus length or on how densely the features fire."""
+    from sae_atlas.compute.options import chunk_elements, entry_budget
+
+    chunk, runs = chunk_elements(device), entry_budget(device)
+    forward = FORWARD_BYTES_PER_DIM * batch_tokens * d_model + 16 * chunk
+    most = 0
+    for d_sae, d_out in widths:
+        cells = batch_tokens * d_sae
+        batch = 28 * cells + 3 * 4 * batch_tokens * d_out
+        stats = STATS_BYTES_PER_ENTRY * min(cells, max(runs, context * d_sae)) + 16 * chunk
+        scan = min(correlation_memory, 16 * d_sae * d_sae) + 40 * chunk
+        most = max(most, batch + max(stats, scan))
+    return forward + most
+
+
+def resident_bytes(device: str) -> int | None:
+    """The memory the process uses now: allocated device memory for cuda, else the resident set."""
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return int(torch.cuda.memory_allocated(torch.device(device)))
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+
+
 def held_bytes(*tensors: torch.Tensor) -> int:
     """The bytes the tensors keep alive: their storages, each once (a view holds its whole base)."""
     storages = {}
