@@ -10,8 +10,9 @@ The budget bounds what the store really holds: the bytes of the storages its ten
 (not the elements they show), and nothing else: a batch is kept as its key and value tensors alone,
 and what the statistics derive from a kept batch (`SparseActs.windows`'s feature-major order, as
 large again) lives on a copy handed out per use and dies with it. The process's peak is then the
-budget plus a working set of one batch (`working_set`) that depends on the batch size and the SAEs'
-widths, not on the corpus length or on how densely the features fire."""
+memory in use when the passes start, plus the budget, plus a working set of one batch
+(`working_set`) that depends on the batch size and the SAEs' widths, not on the corpus length or on
+how densely the features fire. On CUDA the same holds for the device's memory."""
 
 from __future__ import annotations
 
