@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 # Exact versions of every dependency but torch, used as pip constraints; `make lock` regenerates it.
 LOCK := requirements.lock
 
-.PHONY: build test install lock chromium slurm check render serve bench-compute bench-cold bench-site bench-browser golden clean
+.PHONY: build test install lock chromium slurm check render serve bench-compute bench-cold bench-memory bench-site bench-browser golden clean
 
 build: $(STAMP)
 	$(VENV)/bin/sae-atlas build $(ARGS)
@@ -72,6 +72,9 @@ bench-compute: $(STAMP)
 
 bench-cold: $(STAMP)
 	$(PY) bench/cold_compute.py $(ARGS)
+
+bench-memory: $(STAMP)
+	$(PY) bench/memory_bound.py $(ARGS)
 
 bench-site: $(STAMP)
 	$(PY) bench/synthetic_release.py $(ARGS)

@@ -70,7 +70,7 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's own; 1 is faster on a busy machine)")
         sp.add_argument(
             "--replay-memory", type=_size, default=None, metavar="SIZE",
-            help="memory for pass 1's activations, replayed in pass 2 instead of running the model again (e.g. 4G; 0: none; default: 40%% of free memory)",
+            help="memory for pass 1's activations, replayed in pass 2 instead of running the model again (e.g. 4G; 0: none; default: 40%% of the free memory less the working set; the peak stays within the memory in use, this and a working set of one batch)",
         )
         sp.add_argument("--release", action="append", default=None, help="only this release (repeatable)")
         sp.add_argument(

@@ -270,9 +270,12 @@ def _add_co_firing_dense(acc: tuple[torch.Tensor, torch.Tensor], acts: SparseAct
         dense = torch.zeros((t1 - t0) * f, dtype=torch.float64, device=device)
         dense[acts.key[e0:e1] - t0 * f] = a_q[e0:e1]
         dense = dense.view(t1 - t0, f)
-        product = (dense[:, lo:hi].T @ dense).to(torch.int64).view(-1)
-        acc[1].add_(product >> 32)
-        acc[0].add_(product & WORD)
+        for r0 in range(lo, hi, step):  # rows of the block a chunk at a time: the product's temporaries stay small
+            r1 = min(r0 + step, hi)
+            product = (dense[:, r0:r1].T @ dense).to(torch.int64).view(-1)
+            cells = slice((r0 - lo) * f, (r1 - lo) * f)
+            acc[1][cells].add_(product >> 32)
+            acc[0][cells].add_(product & WORD)
 
 
 def _add_co_firing(acc: tuple[torch.Tensor, torch.Tensor], acts: SparseActs, lo: int, hi: int) -> None:

@@ -38,8 +38,8 @@ from sae_atlas.cache import (
     write_entry,
 )
 from sae_atlas.compute import units
-from sae_atlas.compute.options import ComputeOptions, chunk_elements, default_batch_size
-from sae_atlas.compute.replay import Replay, replay_budget
+from sae_atlas.compute.options import ComputeOptions, chunk_elements, default_batch_size, entry_budget
+from sae_atlas.compute.replay import Replay, release_free_memory, replay_budget, resident_bytes, working_set
 from sae_atlas.compute.stats import FeatureStats, SparseActs
 from sae_atlas.backends import CeSae
 from sae_atlas.backends.transformer_lens import neuron_hook
@@ -238,16 +238,19 @@ def _compute_saes(model, running: list["_Running"], corpus: Corpus, store: Cache
     """Both corpus passes, the CE loss and the weights-only parts for SAEs sharing one model."""
     model_id = running[0].job.release.model.id
     device = _model_device(model)
-    replay = Replay(replay_budget(device, options.replay_memory))
+    replay = _bounded_replay(model_id, model, [r.sae for r in running], corpus, options, batch_size, device)
     started = time.perf_counter()
     done_tokens = _run_pass(1, model, running, corpus, store, options, batch_size, replay)
+    release_free_memory()  # what a pass freed goes back to the system, not to the next stage's peak
     done_tokens += _run_pass(2, model, running, corpus, store, options, batch_size, replay)
+    release_free_memory()
     elapsed = time.perf_counter() - started
     if elapsed > 0 and done_tokens:
         report.tokens_per_second = done_tokens / elapsed
     _report_replay(model_id, replay, report, options)
     for r in running:
         _correlate_features(r, model, corpus, options, batch_size, replay)
+        release_free_memory()
     replay.clear()
     ce_saes = [CeSae(r.job.id, r.sae, r.job.release.compute.ce_prompts) for r in running]
     ce_bar = None if options.quiet else f"{model_id} CE loss"
@@ -258,6 +261,22 @@ def _compute_saes(model, running: list["_Running"], corpus: Corpus, store: Cache
             bar.set_postfix_str(r.job.id)
             _finish(r, model, corpus, store, ce[r.job.id], options)
             report.computed.append(r.job.id)
+
+
+def _bounded_replay(model_id: str, model, saes: list, corpus: Corpus, options: ComputeOptions, batch_size: int, device: str) -> Replay:
+    """The replay store of these SAEs' passes, its budget what is left once the working set they
+    need is set aside; the bound on the process's memory is stated unless quiet."""
+    in_use = resident_bytes(device)
+    ws = working_set(batch_size * corpus.context, corpus.context, [(sae.d_sae, sae.d_out) for sae in saes], int(model.unembedding().shape[0]), device, options.correlation_memory)
+    replay = Replay(replay_budget(device, options.replay_memory, ws))
+    if not options.quiet:
+        before = "" if in_use is None else f"{in_use / 2**20:,.0f} MiB in use + "
+        print(
+            f"{model_id}: memory bound {((in_use or 0) + replay.budget + ws) / 2**20:,.0f} MiB: {before}replay budget"
+            f" {replay.budget / 2**20:,.0f} MiB (--replay-memory) + working set {ws / 2**20:,.0f} MiB (--batch-size, d_sae)",
+            file=sys.stderr,
+        )
+    return replay
 
 
 def _model_device(model) -> str:
@@ -385,6 +404,10 @@ def _decode(r: _Running, sparse: SparseActs, x_in: torch.Tensor) -> torch.Tensor
     return out if skip is None else out + skip.float().reshape(n, -1)
 
 
+def _windows(acts: SparseActs, settings):
+    return functools.partial(acts.windows, before=settings.context_before, after=settings.context_after)
+
+
 def _run_pass(pass_no: int, model, running: list[_Running], corpus: Corpus, store: CacheStore, options: ComputeOptions, batch_size: int, replay: Replay, end: int | None = None) -> int:
     """One pass over the corpus (up to prompt `end`: a work unit's) for the SAEs in that pass.
     Pass 1 keeps each batch's firing entries in `replay` (within its budget); pass 2 runs the
@@ -421,7 +444,8 @@ def _run_pass(pass_no: int, model, running: list[_Running], corpus: Corpus, stor
             if any(kept is None for _, _, kept in todo):
                 tokens = torch.from_numpy(np.array(tokens_all[p0 : p0 + nb])).long().to(device)
                 captured = _forward_capture(model, tokens, hooks)
-            for r, first, kept in todo:
+            while todo:  # each batch's entries (and their caches) freed once its statistics are in
+                r, first, kept = todo.pop(0)
                 st = r.job.release.compute
                 if kept is None:
                     parts = []
@@ -433,16 +457,24 @@ def _run_pass(pass_no: int, model, running: list[_Running], corpus: Corpus, stor
                     sparse = SparseActs.concat(parts)
                 else:
                     sparse = kept
-                windows = functools.partial(sparse.windows, before=st.context_before, after=st.context_after)
+                # A batch where features fire densely is handled in runs of prompts (`entry_budget`).
+                parts = sparse.split(entry_budget(device))
                 if pass_no == 1:
+                    n = sparse.n_tokens
                     x_in = r.sae.read(captured[r.sae.hook_in][first - p0 :])
-                    target = r.sae.read(captured[r.sae.hook_out][first - p0 :]).float()
+                    target = r.sae.read(captured[r.sae.hook_out][first - p0 :]).float().reshape(n, -1)
                     neurons = _neurons(r.sae)
                     basis = x_in if neurons is None else captured[neurons][first - p0 :]
-                    r.stats.update_pass1(sparse, windows, target, _decode(r, sparse, x_in), basis=basis.float())
+                    x_hat, basis = _decode(r, sparse, x_in), basis.float().reshape(n, -1)
+                    for part in parts:
+                        t0 = (part.first_prompt - first) * context
+                        t1 = t0 + part.n_tokens
+                        r.stats.update_pass1(part, _windows(part, st), target[t0:t1], x_hat[t0:t1], basis=basis[t0:t1])
                     replay.add(r.job.id, sparse)
                 else:
-                    r.stats.update_pass2(sparse, windows)
+                    for part in parts:
+                        r.stats.update_pass2(part, _windows(part, st))
+                parts = sparse = kept = None
                 r.stats.prompts_done = p0 + nb
             bar.update(nb * context)
             batches += 1
@@ -486,7 +518,7 @@ def _correlate_features(r: _Running, model, corpus: Corpus, options: ComputeOpti
                 tokens = torch.from_numpy(np.array(corpus.tokens[p0 : p0 + nb])).long().to(r.stats.device)
                 captured = _forward_capture(model, tokens, sorted(set(r.sae.hooks)))
                 acts = SparseActs.concat([sparse for _, sparse in _encode(r, captured, 0, p0)])
-            yield acts
+            yield from acts.split(entry_budget(r.stats.device))  # in runs of prompts where it fires densely
 
     index, value = correlated_features(batches, r.sae.d_sae, CORRELATED_FEATURES, options.correlation_memory)
     r.extra.update(corr_feature_index=index, corr_feature_value=value)
@@ -770,7 +802,7 @@ def _unit_loop(model, saes: list[tuple[SaeJob, object]], ranges: list[tuple[int,
     before pass 2) with every free task of the same unit and pass (one model forward feeds them
     all), or finish an SAE whose units are all done; when every task left is held by another
     process (or waits for another's pass 1), wait for one of those locks."""
-    replay = Replay(replay_budget(device, options.replay_memory))
+    replay = _bounded_replay(saes[0][0].release.model.id, model, [sae for _, sae in saes], corpus, options, batch_size, device)
     kept: set[tuple[str, int]] = set()  # (SAE id, unit start) whose pass 1 this process ran
     sparse_decode: dict[str, bool | None] = {}
     while True:
@@ -848,6 +880,7 @@ def _run_unit(model, tasks: list[_Task], ranges: list[tuple[int, int]], corpus: 
         running.append(_Running(t.job, t.sae, stats, sparse_decode.get(t.job.id), first=lo, partial=path))
     if running:
         _run_pass(pass_no, model, running, corpus, store, options, batch_size, replay, end=hi)
+        release_free_memory()
         sparse_decode.update((r.job.id, r.sparse_decode) for r in running)
 
 
@@ -865,6 +898,7 @@ def _finish_units(job: SaeJob, sae, model, ranges: list[tuple[int, int]], corpus
         stats.merge(part)
     r = _Running(job, sae, stats)
     _correlate_features(r, model, corpus, options, batch_size, replay, ranges)
+    release_free_memory()
     ce_bar = None if options.quiet else f"{job.id} CE loss"
     ce = model.ce_losses(corpus, [CeSae(job.id, sae, job.release.compute.ce_prompts)], batch_size, device, progress=ce_bar)
     _finish(r, model, corpus, store, ce[job.id], options)

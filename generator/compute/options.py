@@ -47,3 +47,16 @@ def chunk_elements(device) -> int:
 
 def default_batch_size(device: str, context: int) -> int:
     return max(1, TOKENS_PER_BATCH.get(device, 4096) // max(1, context))
+
+
+# Firing entries the statistics take at once (`SparseActs.split`): a batch where features fire densely
+# is handled in runs of whole prompts of at most this many entries, so that the temporaries of its
+# statistics stay bounded (a few hundred bytes an entry at most) whatever the density.
+ENTRY_BUDGET = {"cpu": 1 << 21}
+ACCELERATOR_ENTRY_BUDGET = 1 << 24
+
+
+def entry_budget(device) -> int:
+    """For a torch.device or a name such as "cuda:1"."""
+    kind = getattr(device, "type", None) or str(device).split(":")[0]
+    return ENTRY_BUDGET.get(kind, ACCELERATOR_ENTRY_BUDGET)

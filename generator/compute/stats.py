@@ -103,9 +103,35 @@ class SparseActs:
             return parts[0]
         first = parts[0]
         per_prompt = first.context * first.n_features
-        key = torch.cat([p.key + (p.first_prompt - first.first_prompt) * per_prompt for p in parts])
-        value = torch.cat([p.value for p in parts])
+        total = sum(p.key.numel() for p in parts)
+        key = torch.empty(total, dtype=first.key.dtype, device=first.key.device)  # filled in place: no temporaries
+        value = torch.empty(total, dtype=first.value.dtype, device=first.value.device)
+        at = 0
+        for p in parts:
+            n = p.key.numel()
+            torch.add(p.key, (p.first_prompt - first.first_prompt) * per_prompt, out=key[at : at + n])
+            value[at : at + n] = p.value
+            at += n
         return cls(key, value, first.first_prompt, sum(p.n_prompts for p in parts), first.context, first.n_features)
+
+    def split(self, max_entries: int) -> list["SparseActs"]:
+        """The batch as runs of consecutive whole prompts of at most `max_entries` entries each (a
+        prompt with more is a run of its own): what a batch where features fire densely is handled
+        in, so that the statistics' temporaries stay within a bound. Every statistic is exact and
+        order-independent, so the runs give the results of the whole batch."""
+        if self.key.numel() <= max_entries or self.n_prompts <= 1:
+            return [self]
+        per_prompt = self.context * self.n_features
+        at = torch.arange(self.n_prompts + 1, dtype=torch.int64, device=self.key.device) * per_prompt
+        ends = torch.searchsorted(self.key, at).tolist()  # the first entry of each prompt, and the end
+        runs, p0 = [], 0
+        for p in range(1, self.n_prompts + 1):
+            if p == self.n_prompts or ends[p + 1] - ends[p0] > max_entries:
+                e0, e1 = ends[p0], ends[p]
+                key = self.key[e0:e1] - p0 * per_prompt
+                runs.append(SparseActs(key, self.value[e0:e1], self.first_prompt + p0, p - p0, self.context, self.n_features))
+                p0 = p
+        return runs
 
     def to_dense(self) -> torch.Tensor:
         """f32 [B * T, F]."""
