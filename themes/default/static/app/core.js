@@ -21,9 +21,10 @@
    render gets the SaePage (page.S is the SAE summary), the feature record (an entry of a data/f/
    shard as Atlas.decodeRecord expands it) and ctx {dead, logDensity, gen}; it returns a DOM node
    (or fragment) to show, or null for nothing. A pane with onText makes the page load the prompts'
-   text of the feature's examples; onText runs once the top examples' text has arrived
-   (page.rowOf(prompt) -> tokens), again when the interval samples' text has (page.intervalsReady),
-   and whenever an example setting changes.
+   text of the feature's examples; onText runs once the top examples' text is there
+   (page.rowOf(prompt) -> tokens: at once from the record's `tt` where vocab.js has loaded, as the
+   tokens around each peak, else and for wider context from the prompt files as they arrive), again
+   when the interval samples' text has (page.intervalsReady), and whenever an example setting changes.
 
    Token layers: a second shading of the example tokens, chosen with the examples' "Shade" selector.
      Atlas.tokenLayer({
