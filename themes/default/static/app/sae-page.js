@@ -80,11 +80,6 @@
       else if (e.key === 'ArrowRight' || e.key === 'j') { e.preventDefault(); self.step(1); }
     });
     this.watchIntent();
-    // The token strings the records' top example text (`tt`) indexes: with them, a feature's top
-    // examples show their text from its shard alone, before any prompt file has arrived.
-    if (this.textContext > 0) {
-      load((this.S.corpus || '') + 'vocab.js').then(function (v) { self.vocab = (v && v.tokens) || null; }, function () {});
-    }
     A.page = window.AtlasData.page = this;  // for debugging, the browser tests and other parts
     this.fromHash(true);
     window.__atlasReadyMs = performance.now() - t0;
@@ -244,6 +239,7 @@
     var self = this, fv = this.fv;
     var gen = ++this.generation;
     var t0 = performance.now();
+    var record = this.record(i);  // first, so that the shard is on its way while the rest of the page follows
     this.current = i;
     this.status('');
     fv.title.textContent = 'Feature ' + i;
@@ -254,7 +250,7 @@
     this.map.select(i);
     this.list.markCurrent(i);
     document.title = document.title.replace(/^(Feature \d+ · )?/, 'Feature ' + i + ' · ');
-    this.record(i).then(function (rec) {
+    record.then(function (rec) {
       if (gen !== self.generation) return;
       self.renderFeature(rec, gen);
       window.__atlasLastFeatureMs = performance.now() - t0;
@@ -262,6 +258,7 @@
       // Warm the neighbours' records and texts so stepping with ← → stays instant, once this
       // feature's own text has arrived (so the prefetch never competes with it).
       Promise.resolve(self.examplesLoaded).then(function () {
+        self.loadVocab();
         setTimeout(function () {
           if (gen !== self.generation) return;
           self.prefetch(i + 1);
@@ -273,6 +270,16 @@
       fv.body.textContent = '';
       fv.body.appendChild(el('p', 'notice notice-error', err.message));
     });
+  };
+
+  /* The token strings the records' top example text (`tt`) indexes, loaded once, after the first
+     feature's own text (so that it never delays the page becoming interactive): with them, every
+     later feature's top examples show their text from its shard alone. */
+  SaePage.prototype.loadVocab = function () {
+    var self = this;
+    if (this.vocabLoading || !(this.textContext > 0)) return;
+    this.vocabLoading = true;
+    load((this.S.corpus || '') + 'vocab.js').then(function (v) { self.vocab = (v && v.tokens) || null; }, function () {});
   };
 
   SaePage.prototype.prefetch = function (i) {
