@@ -314,3 +314,18 @@ def test_packed_columns_read_back_what_the_render_stage_packed(open_page):
     tt = "".join(packing.pack(r) + ("." if ended else "") for _, r, ended in windows)
     assert page.evaluate("a => Atlas.unpackText(a[0], a[1], 5)", [tt, top]) == windows
     guard.assert_clean()
+
+
+def test_an_example_row_over_a_partial_row_shows_only_what_it_has_every_token_of(open_page):
+    """A row of some of a prompt's tokens (the record's text around its top examples' peaks): an example
+    inside it is drawn, one reaching outside it says its text is unavailable (never blank tokens)."""
+    page, guard = open_page()
+    _ready(page)
+    drawn = page.evaluate("""() => {
+      const row = []; for (let t = 10; t <= 20; t++) row[t] = 'w' + t; row.length = 22; row.partial = true;
+      const draw = (pos) => Atlas.exampleRow([3, pos, 1.0, 0, [], []], row, { max: 1, contextBefore: 6, contextAfter: 3, ctxMode: '5' });
+      return [draw(15), draw(19), draw(30)].map(r => r.querySelector('.ex-text').textContent);
+    }""")
+    assert drawn[0] == "…" + "".join(f"w{t}" for t in range(10, 21)) + "…"
+    assert drawn[1] == drawn[2] == "Text unavailable for prompt 3."
+    guard.assert_clean()

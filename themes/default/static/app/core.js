@@ -250,6 +250,13 @@ window.Atlas = window.Atlas || {};
     var storedLo = Math.max(0, pos - (opts.contextBefore || 0)), storedHi = Math.min(len - 1, pos + (opts.contextAfter || 0));
     if (mode === 'all') { lo = storedLo; hi = storedHi; }
     else { var k = parseInt(mode, 10); lo = Math.max(0, pos - k); hi = Math.min(len - 1, pos + k); }
+    // A row of only some of the prompt's tokens (a record's text around its top examples' peaks,
+    // SaePage.windowRows) can show an example only where it has every token of it.
+    if (tokens.partial) {
+      var lacks = !(pos < len);
+      for (var u = lo; u <= hi && !lacks; u++) lacks = tokens[u] === undefined;
+      if (lacks) { text.appendChild(el('span', 'muted', 'Text unavailable for prompt ' + prompt + '.')); return row; }
+    }
     if (lo > 0) text.appendChild(el('span', 'ellipsis', '…'));
     renderTokens(text, tokens, {
       lo: lo, hi: hi, values: values, scale: opts.max > 0 ? opts.max : (act || 1), storedLo: storedLo, storedHi: storedHi,

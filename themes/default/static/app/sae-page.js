@@ -376,7 +376,10 @@
       if (w[2]) ends[p] = hi + 1;
       if (!(his[p] >= hi)) his[p] = hi;
     });
-    Object.keys(rows).forEach(function (p) { rows[p].length = ends[p] !== undefined ? ends[p] : his[p] + 2; });
+    Object.keys(rows).forEach(function (p) {
+      rows[p].length = ends[p] !== undefined ? ends[p] : his[p] + 2;
+      rows[p].partial = true;  // Atlas.exampleRow shows no example it lacks tokens of
+    });
     rec.windowRows = { vocab: V, rows: rows };
     return rows;
   };
