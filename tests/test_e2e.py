@@ -18,6 +18,7 @@ import orjson
 import pytest
 import yaml
 
+from tests import packed
 from tests.conftest import ROOT, BuiltSite, sae_atlas
 from tests.fixtures import load_reference_model, load_reference_sae, residual_directions
 
@@ -29,10 +30,11 @@ DUMP_KEYS = {
 EXAMPLE_KEYS = {"prompt", "position", "activation", "tokens", "token_strings", "activations"}
 SUMMARY_KEYS = {
     "sae", "d_sae", "shard_size", "corpus", "prompts_per_shard", "context_before", "context_after",
-    "max", "density", "x", "y", "cluster", "label", "expl", "peak_tokens", "layers",
+    "max", "density", "x", "y", "cluster", "label", "expl", "peak_tokens", "layers", "text_context",
 }
 RECORD_KEYS = {
     "i", "max", "density", "hist", "pos", "neg", "nb", "xnb", "top", "intervals", "expl", "lh", "cf", "cn", "al",
+    "tt",  # the top examples' text, absent for a feature without any
 }
 # What SAEs reading attn.hook_z add: direct feature attribution per top example (loss effects are
 # off on a CPU by default).
@@ -258,7 +260,7 @@ def test_data_shards_parse_and_cover_every_feature_and_prompt(built_site):
             name, (shard, records) = data_call(path)
             assert (name, shard, path.stem) == ("features", number, f"{number:04d}")
             for r in records:
-                assert set(r) == RECORD_KEYS | (HOOK_Z_RECORD_KEYS if sae.hook.endswith("attn.hook_z") else set())
+                assert set(r) | ({"tt"} if not r["top"] else set()) == RECORD_KEYS | (HOOK_Z_RECORD_KEYS if sae.hook.endswith("attn.hook_z") else set())
                 assert math.isclose(r["max"], summary["max"][r["i"]], rel_tol=1e-9)
                 # correlated features: [index, r] of other features, r in (0, 1], highest first
                 assert all(0 <= j < n and j != r["i"] and 0 < v <= 1 for j, v in r["cf"])
@@ -266,6 +268,7 @@ def test_data_shards_parse_and_cover_every_feature_and_prompt(built_site):
                 assert all(isinstance(j, int) and -1 <= v <= 1 for j, v in r["cn"])
                 assert len(r["al"]) == 5 and all(0 < share <= 1 for _, _, share in r["al"])
                 lo, hi, counts = r["lh"]  # logit histogram: the range and the counts of every vocabulary token
+                counts = packed.ints(counts)
                 assert lo <= hi and len(counts) == 50
                 vocab_sizes.add(sum(counts))
             indices += [r["i"] for r in records]
@@ -274,7 +277,7 @@ def test_data_shards_parse_and_cover_every_feature_and_prompt(built_site):
         corpus_dirs.add(((site / sae.url).parent / summary["corpus"]).resolve())
     (corpus,) = corpus_dirs
     rows = []
-    for number, path in enumerate(sorted(corpus.glob("*.js"))):
+    for number, path in enumerate(sorted(corpus.glob("[0-9]*.js"))):
         name, (shard, shard_rows) = data_call(path)
         assert (name, shard) == ("prompts", number)
         rows += shard_rows

@@ -20,6 +20,7 @@ from sae_atlas.manifest import ComputeSettings, load_content
 from sae_atlas.render import render_site, shards
 from sae_atlas.render.markup import render_markdown, safe_href
 from sae_atlas.render.sitemodel import neuronpedia_href
+from tests import packed
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
@@ -159,7 +160,7 @@ def test_shards_parse_and_match_the_cache(computed):
         dumped = dump_feature(releases, cache, f"{spec.id}:{index}")
         assert record["max"] == pytest.approx(dumped["max_activation"], rel=1e-3)
         assert len(record["top"]) == len(dumped["top_examples"])
-        assert record["hist"] == dumped["histogram"]["counts"]
+        assert packed.ints(record["hist"]) == dumped["histogram"]["counts"]
         assert [p[0] for p in record["pos"]] == [x["token_string"] for x in dumped["positive_logits"]]
         before = entry.meta["settings"]["context_before"]
         for ex, d in zip(record["top"], dumped["top_examples"]):
@@ -181,6 +182,38 @@ def test_shards_parse_and_match_the_cache(computed):
             tokens = prompts[prompt % pps]
             assert tokens[window_start : window_start + len(d["token_strings"])] == d["token_strings"]
     assert len(vocab) > 0
+
+
+def test_a_records_top_example_text_is_its_prompts_tokens_around_the_peak(computed):
+    """`tt` (docs/ARCHITECTURE.md "Site") read with the documented code and vocab.js gives, for every
+    top example, the cache corpus's tokens from position - text_context to position + text_context
+    (clipped to the prompt), so that the feature view needs no prompt file to show them."""
+    releases, cache, site = computed
+    release = releases[0]
+    store = CacheStore(cache)
+    tokens = np.load(store.corpus_dir(corpus_key(release)) / "tokens.npy")
+    vocab = store.vocab(corpus_key(release))
+    checked = 0
+    for spec in release.saes():
+        data = site / spec.model_id / f"{spec.layer}-{spec.set_id}" / "data"
+        _, (summary,) = data_payload(data / "summary.js")
+        k = summary["text_context"]
+        assert k == 5  # what an example row shows before it is widened (the ±5 of top_examples.js)
+        name, (ranked,) = data_payload((data.parent / summary["corpus"] / "vocab.js").resolve())
+        assert name == "vocab"
+        for shard_file in sorted((data / "f").glob("*.js")):
+            for record in data_payload(shard_file)[1][1]:
+                if not record["top"]:
+                    assert "tt" not in record
+                    continue
+                windows = packed.text(record["tt"], record["top"], k)
+                for (prompt, position, *_), (lo, ranks, ended) in zip(record["top"], windows):
+                    hi = min(tokens.shape[1] - 1, position + k)
+                    assert lo == max(0, position - k)
+                    assert [ranked[r] for r in ranks] == [vocab[t] for t in tokens[prompt, lo : hi + 1]]
+                    assert ended == (hi == tokens.shape[1] - 1)
+                    checked += 1
+    assert checked > 50
 
 
 def test_cross_layer_neighbours_link_adjacent_layers(computed):

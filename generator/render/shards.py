@@ -1,7 +1,8 @@
 """Data files of the site: classic scripts calling `AtlasData.*` with JSON made by orjson.
 
 Per SAE: `data/summary.js` (columns) and `data/f/NNNN.js` (feature records, `shard_size` each).
-Per corpus: `corpus/<key>/NNNN.js` (token strings, `prompts_per_shard` prompts each).
+Per corpus: `corpus/<key>/NNNN.js` (token strings, `prompts_per_shard` prompts each) and
+`corpus/<key>/vocab.js` (the corpus's token strings by frequency rank, for the records' `tt`).
 Records are built from the cache arrays a chunk of features at a time with vectorised numpy
 (no Python work per token), so no SAE is ever held as one string in memory.
 """
@@ -19,6 +20,7 @@ import numpy as np
 import orjson
 
 from sae_atlas import stats as statistics
+from sae_atlas.render import packing
 from sae_atlas.render.markup import clean_text
 from sae_atlas.render.write import SiteWriter
 from sae_atlas.stats.common import round_sig, vocab_covering
@@ -132,9 +134,12 @@ class SaeDataJob:
     neurons: str | None = None  # the hook of the MLP neurons of an MLP-out SAE's neuron panes (entry meta "neurons")
 
 
-def feature_records(job: SaeDataJob, arrays: dict[str, np.ndarray], vocab: tuple[str, ...], lo: int, hi: int) -> list[dict]:
+def feature_records(
+    job: SaeDataJob, arrays: dict[str, np.ndarray], vocab: tuple[str, ...], lo: int, hi: int, text: packing.TopText | None = None
+) -> list[dict]:
     """Feature records for features [lo, hi) as plain lists/dicts ready for orjson: each
-    statistic's columns (`sae_atlas.stats`), then the features' explanations."""
+    statistic's columns (`sae_atlas.stats`), then the features' explanations; with `text`, the
+    shard form: the top examples' text (`tt`) added and the packable columns packed (`packing`)."""
     ctx = statistics.RecordContext(vocab, job.context_before, job)
     records = statistics.records(arrays, lo, hi, ctx)
     for record in records:
@@ -142,6 +147,11 @@ def feature_records(job: SaeDataJob, arrays: dict[str, np.ndarray], vocab: tuple
             {"html": e["html"], "author": e["author"], "score": e["score"], **({"scores": e["scores"]} if e.get("scores") else {})}
             for e in job.explanations.get(record["i"], ())
         ]
+    if text is not None:
+        for record, tt in zip(records, text.texts([r.get("top") or [] for r in records])):
+            if tt:
+                record["tt"] = tt
+            packing.pack_columns(record)
     return records
 
 
@@ -172,6 +182,7 @@ def summary_object(job: SaeDataJob, arrays: dict[str, np.ndarray], vocab: tuple[
         "prompts_per_shard": job.prompts_per_shard,
         "context_before": job.context_before,
         "context_after": job.context_after,
+        "text_context": packing.TEXT_CONTEXT,
         "max": round_sig(arrays["max_activation"]),
         "density": round_sig(arrays["density"]),
         "x": round_sig(xy[:, 0]),
@@ -221,9 +232,10 @@ def _write_sae_data(job: SaeDataJob, site_root: str) -> tuple[int, int]:
 
     size = job.shard_size
     chunk = max(size, CHUNK_FEATURES // size * size)
+    text = packing.TopText(job.corpus_dir)
     for lo in range(0, d_sae, chunk):
         hi = min(d_sae, lo + chunk)
-        records = feature_records(job, arrays, vocab, lo, hi)
+        records = feature_records(job, arrays, vocab, lo, hi, text)
         for start in range(lo, hi, size):
             shard = start // size
             body = to_json(records[start - lo : start - lo + size])
@@ -232,11 +244,16 @@ def _write_sae_data(job: SaeDataJob, site_root: str) -> tuple[int, int]:
 
 
 def write_corpus(corpus_dir: str, site_dir: str, prompts_per_shard: int, site_root: str) -> tuple[int, int]:
-    """Token strings of every prompt, `prompts_per_shard` prompts per file. A mirror's prompts (one
-    per activation row, padded with id 0, the empty string) end at their row's last token."""
+    """Token strings of every prompt, `prompts_per_shard` prompts per file, and `vocab.js`: the
+    strings of the tokens the corpus has, by frequency rank (`packing.corpus_ranking`). A mirror's
+    prompts (one per activation row, padded with id 0, the empty string) end at their row's last
+    token."""
     writer = SiteWriter(Path(site_root))
     tokens = np.load(Path(corpus_dir, "tokens.npy"), mmap_mode="r", allow_pickle=False)
     encoded = [to_json(s) for s in display_vocab(corpus_dir, tokens)]
+    order, _, _ = packing.corpus_ranking(corpus_dir)
+    ranked = b"[" + b",".join(encoded[t] for t in order.tolist()) + b"]"
+    writer.write(posixpath.join(site_dir, "vocab.js"), js_call("vocab", ranked))
     padded = orjson.loads(Path(corpus_dir, "meta.json").read_bytes()).get("source") == "neuronpedia"
     n_prompts = tokens.shape[0]
     lookup = operator.itemgetter

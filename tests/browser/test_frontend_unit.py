@@ -294,3 +294,38 @@ def test_works_under_a_server_sub_path(open_page, site):
         page.wait_for_selector(".fv-examples .ex")
         assert page.text_content("#fv-title") == "Feature 2"
         guard.assert_clean()
+
+
+def test_packed_columns_read_back_what_the_render_stage_packed(open_page):
+    """Atlas.unpackInts / unpackExampleValues / unpackText (the front end) against the render stage's
+    packer (generator/render/packing.py), two implementations of docs/ARCHITECTURE.md's packed columns,
+    over numbers of every code length (1 to 5 characters) and negative q."""
+    from sae_atlas.render import packing
+
+    page, guard = open_page()
+    _ready(page)
+    numbers = [0, 1, 59, 60, 61, 1799, 1800, 1801, 52259, 52260, 1_000_000, 10_000_000, 123_456_789]
+    assert page.evaluate("s => Atlas.unpackInts(s)", packing.pack(numbers)) == numbers
+    values = [[[0, 3, 32], [100, -5, -100]], [[], []], [[7], [1]]]
+    assert page.evaluate("s => Atlas.unpackExampleValues(s)", packing.pack_example_values(values)) == values
+    # tt: ranks of the tokens around each peak; '.' after a prompt's last token
+    top = [[4, 1, 2.0], [9, 20, 1.5], [2, 6, 1.0]]
+    windows = [[0, [5, 70, 2000, 0, 1, 2, 3], False], [15, [9] * 11, False], [1, [61, 62, 63, 64, 65, 66, 67], True]]
+    tt = "".join(packing.pack(r) + ("." if ended else "") for _, r, ended in windows)
+    assert page.evaluate("a => Atlas.unpackText(a[0], a[1], 5)", [tt, top]) == windows
+    guard.assert_clean()
+
+
+def test_an_example_row_over_a_partial_row_shows_only_what_it_has_every_token_of(open_page):
+    """A row of some of a prompt's tokens (the record's text around its top examples' peaks): an example
+    inside it is drawn, one reaching outside it says its text is unavailable (never blank tokens)."""
+    page, guard = open_page()
+    _ready(page)
+    drawn = page.evaluate("""() => {
+      const row = []; for (let t = 10; t <= 20; t++) row[t] = 'w' + t; row.length = 22; row.partial = true;
+      const draw = (pos) => Atlas.exampleRow([3, pos, 1.0, 0, [], []], row, { max: 1, contextBefore: 6, contextAfter: 3, ctxMode: '5' });
+      return [draw(15), draw(19), draw(30)].map(r => r.querySelector('.ex-text').textContent);
+    }""")
+    assert drawn[0] == "…" + "".join(f"w{t}" for t in range(10, 21)) + "…"
+    assert drawn[1] == drawn[2] == "Text unavailable for prompt 3."
+    guard.assert_clean()

@@ -5,7 +5,10 @@ outside the site. Screenshots of every page type, light and dark, go to tests/br
 
 from __future__ import annotations
 
+import contextlib
 import math
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -312,6 +315,63 @@ def test_pointing_at_a_feature_loads_it_before_the_click(open_page, summary):
             page.click("#test-link")
             _feature_shown(page, target)
         guard.assert_clean()
+
+
+# The strings of an example row's tokens, from their titles (each starts with the token as a JSON string).
+ROW_TOKENS = """() => Array.from(document.querySelectorAll('.fv-examples .examples > .ex')).map(row =>
+    row.classList.contains('loading') ? null : Array.from(row.querySelectorAll('.ex-text .tok'))
+      .map(t => JSON.parse(t.title.match(/^"(?:[^"\\\\]|\\\\.)*"/)[0])))"""
+
+
+@pytest.fixture(scope="module")
+def site_without_prompt_files(built_site, tmp_path_factory) -> Path:
+    """A copy of the built site without its corpus's prompt files (vocab.js kept)."""
+    copy = tmp_path_factory.mktemp("no-prompts") / "site"
+    shutil.copytree(built_site.site, copy)
+    removed = [p for p in (copy / "corpus").rglob("*.js") if p.name[:1].isdigit()]
+    assert removed
+    for path in removed:
+        path.unlink()
+    return copy
+
+
+@pytest.mark.parametrize("way", ["file", "http"])
+def test_a_hash_jump_shows_the_top_examples_text_without_any_prompt_file(chromium_browser, site_without_prompt_files, built_site, summary, way):
+    """The top examples' text shown by default (±text_context tokens around the peak) comes with the
+    feature's shard: a permalink set in an open page shows it where no prompt file can load."""
+    size, k = summary["shard_size"], summary["text_context"]
+    with contextlib.ExitStack() as stack:
+        base = site_without_prompt_files.as_uri() + "/" if way == "file" else stack.enter_context(
+            harness.serve_site(site_without_prompt_files, prefix="/repo/"))
+        context = chromium_browser.new_context(viewport=VIEWPORT, color_scheme="light")
+        stack.callback(context.close)
+        page = context.new_page()
+        guard = harness.Guard(allowed_origin=base)
+        guard.attach(page)
+        page.goto(base + SAE_URL)
+        _ready(page)
+        page.wait_for_function("() => AtlasData.page.vocab")  # vocab.js, loaded once by the page
+        first = page.evaluate("() => AtlasData.page.current")
+        touched = {(first + d) // size for d in (-1, 0, 1)}  # the shown feature's shard and its neighbours'
+        target = next(i for i in _live(summary) if i // size not in touched)
+        page.evaluate("i => { location.hash = '#' + i; }", target)
+        record = [r for r in data_call(built_site.site / SAE_URL.replace("index.html", f"data/f/{target // size:04d}.js"))[1][1]
+                  if r["i"] == target][0]
+        # The new feature's rows (the old ones stay until its shard is in): their prompts are the record's.
+        page.wait_for_function("n => document.querySelector('#fv-title').textContent === 'Feature ' + n[0]"
+                               " && Array.from(document.querySelectorAll('.fv-examples .examples > .ex .ex-meta'))"
+                               "   .map(a => a.textContent).join() === n[1]",
+                               arg=[target, ",".join(f"prompt {e[0]}" for e in record["top"])])
+        corpus = (built_site.site / SAE_URL).parent / summary["corpus"]
+        pps = summary["prompts_per_shard"]
+        want = []
+        for prompt, position, *_ in record["top"]:
+            tokens = data_call(corpus / f"{prompt // pps:04d}.js")[1][1][prompt % pps]
+            want.append(tokens[max(0, position - k) : position + k + 1])
+        assert page.evaluate(ROW_TOKENS) == want
+        page.wait_for_timeout(300)  # the prompt files are asked for after the text is painted, and fail
+        assert page.evaluate(ROW_TOKENS) == want
+        assert not guard.page_errors and not guard.dialogs and not guard.outside_requests
 
 
 def test_global_search_finds_an_sae_by_id_from_any_depth(open_page, origin):

@@ -21,9 +21,10 @@
    render gets the SaePage (page.S is the SAE summary), the feature record (an entry of a data/f/
    shard as Atlas.decodeRecord expands it) and ctx {dead, logDensity, gen}; it returns a DOM node
    (or fragment) to show, or null for nothing. A pane with onText makes the page load the prompts'
-   text of the feature's examples; onText runs once the top examples' text has arrived
-   (page.rowOf(prompt) -> tokens), again when the interval samples' text has (page.intervalsReady),
-   and whenever an example setting changes.
+   text of the feature's examples; onText runs once the top examples' text is there
+   (page.rowOf(prompt) -> tokens: at once from the record's `tt` where vocab.js has loaded, as the
+   tokens around each peak, else and for wider context from the prompt files as they arrive), again
+   when the interval samples' text has (page.intervalsReady), and whenever an example setting changes.
 
    Token layers: a second shading of the example tokens, chosen with the examples' "Shade" selector.
      Atlas.tokenLayer({
@@ -249,6 +250,13 @@ window.Atlas = window.Atlas || {};
     var storedLo = Math.max(0, pos - (opts.contextBefore || 0)), storedHi = Math.min(len - 1, pos + (opts.contextAfter || 0));
     if (mode === 'all') { lo = storedLo; hi = storedHi; }
     else { var k = parseInt(mode, 10); lo = Math.max(0, pos - k); hi = Math.min(len - 1, pos + k); }
+    // A row of only some of the prompt's tokens (a record's text around its top examples' peaks,
+    // SaePage.windowRows) can show an example only where it has every token of it.
+    if (tokens.partial) {
+      var lacks = !(pos < len);
+      for (var u = lo; u <= hi && !lacks; u++) lacks = tokens[u] === undefined;
+      if (lacks) { text.appendChild(el('span', 'muted', 'Text unavailable for prompt ' + prompt + '.')); return row; }
+    }
     if (lo > 0) text.appendChild(el('span', 'ellipsis', '…'));
     renderTokens(text, tokens, {
       lo: lo, hi: hi, values: values, scale: opts.max > 0 ? opts.max : (act || 1), storedLo: storedLo, storedHi: storedHi,
@@ -316,6 +324,89 @@ window.Atlas = window.Atlas || {};
     return (v && v.trim()) || fallback;
   }
 
+  /* ---------- packed shard columns (docs/ARCHITECTURE.md "Site"; generator/render/packing.py) ---------- */
+
+  // Base-89 numbers: the printable ASCII characters but " \ < > & . ; the first 60 end a number, the
+  // other 29 come before its last digit (0..59 one character, 60..1,799 two, 1,800..52,259 three).
+  var PACK_TERMINAL = 60, PACK_END = 46;  // '.', the end-of-prompt marker of `tt`
+  var PACK_DIGIT = new Int16Array(128).fill(-1), PACK_OFFSET = [0], PACK_CONT = 0;
+  (function () {
+    var n = 0;
+    for (var c = 0x20; c < 0x7f; c++) if ('"\\<>&.'.indexOf(String.fromCharCode(c)) < 0) PACK_DIGIT[c] = n++;
+    PACK_CONT = n - PACK_TERMINAL;
+    for (var m = 1, span = PACK_TERMINAL; m < 8; m++) { PACK_OFFSET.push(PACK_OFFSET[m - 1] + span); span *= PACK_CONT; }
+  })();
+
+  /* A reader of a packed string: next() gives the next number (NaN past the end or at a marker),
+     peek() the next character's code. */
+  function PackReader(s) { this.s = String(s || ''); this.at = 0; }
+  PackReader.prototype.done = function () { return this.at >= this.s.length; };
+  PackReader.prototype.peek = function () { return this.s.charCodeAt(this.at); };
+  PackReader.prototype.next = function () {
+    var acc = 0, m = 0, cont = PACK_CONT;
+    while (this.at < this.s.length) {
+      var d = PACK_DIGIT[this.s.charCodeAt(this.at++)];
+      if (!(d >= 0)) return NaN;
+      if (d < PACK_TERMINAL) return PACK_OFFSET[m] + acc * PACK_TERMINAL + d;
+      acc = acc * cont + (d - PACK_TERMINAL);
+      m++;
+    }
+    return NaN;
+  };
+
+  function unpackInts(s) {
+    var r = new PackReader(s), out = [];
+    while (!r.done()) out.push(r.next());
+    return out;
+  }
+
+  /* dfa / loss: per example its number of values, then per value the gap after the previous offset
+     (the first from -1) and q zigzagged -> [[offsets], [q]] per example. */
+  function unpackExampleValues(s) {
+    var r = new PackReader(s), out = [];
+    while (!r.done()) {
+      var n = r.next(), offsets = [], q = [], prev = -1;
+      if (!(n >= 0)) break;
+      for (var j = 0; j < n; j++) {
+        prev += 1 + r.next();
+        var z = r.next();
+        offsets.push(prev);
+        q.push(z % 2 ? -(z + 1) / 2 : z / 2);
+      }
+      out.push([offsets, q]);
+    }
+    return out;
+  }
+
+  /* The top examples' text `tt` of a shard record: per example of `top` ([prompt, position, ...]),
+     [lo, ranks, ended]: the vocabulary ranks (vocab.js) of the prompt's tokens lo .. lo + ranks.length - 1,
+     lo = max(0, position - k), up to position + k; ended when the last of them is the prompt's last. */
+  function unpackText(s, top, k) {
+    var r = new PackReader(s), out = [];
+    for (var e = 0; e < (top || []).length; e++) {
+      var ex = top[e];
+      if (!ex || r.done()) { out.push(null); continue; }
+      var lo = Math.max(0, ex[1] - k), ranks = [], ended = false;
+      for (var t = lo; t <= ex[1] + k; t++) {
+        if (r.peek() === PACK_END) break;
+        ranks.push(r.next());
+      }
+      if (r.peek() === PACK_END) { ended = true; r.at++; }
+      out.push([lo, ranks, ended]);
+    }
+    return out;
+  }
+
+  /* A shard record's packed columns (hist, lh's counts, dfa, loss) as lists; `tt` is left as it is
+     (unpackText needs the record's examples). Lists pass as they are. */
+  function unpackColumns(rec) {
+    if (typeof rec.hist === 'string') rec.hist = unpackInts(rec.hist);
+    if (rec.lh && typeof rec.lh[2] === 'string') rec.lh = [rec.lh[0], rec.lh[1], unpackInts(rec.lh[2])];
+    if (typeof rec.dfa === 'string') rec.dfa = unpackExampleValues(rec.dfa);
+    if (typeof rec.loss === 'string') rec.loss = unpackExampleValues(rec.loss);
+    return rec;
+  }
+
   /* ---------- data loading: classic <script src> files calling AtlasData.* ---------- */
 
   var files = Object.create(null);   // absolute URL -> {promise, data}
@@ -366,6 +457,7 @@ window.Atlas = window.Atlas || {};
     search: function (obj) { registered('search', obj); },
     promptView: function (prompt, obj) { registered('promptView', obj); },
     featureList: function (obj) { registered('featureList', obj); },
+    vocab: function (tokens) { registered('vocab', { tokens: tokens || [] }); },
     load: load
   };
 
@@ -483,6 +575,10 @@ window.Atlas = window.Atlas || {};
   A.exampleRow = exampleRow;
   A.promptsHref = promptsHref;
   A.corpusRows = corpusRows;
+  A.unpackInts = unpackInts;
+  A.unpackExampleValues = unpackExampleValues;
+  A.unpackText = unpackText;
+  A.unpackColumns = unpackColumns;
   A.isTyping = isTyping;
   A.debounce = debounce;
   A.cssVar = cssVar;

@@ -92,6 +92,7 @@
       if (gen !== self.generation) return null;
       var rec = ((data && data.records) || []).filter(function (r) { return r.i === i; })[0];
       if (!rec) { self.fail('Feature ' + i + ' is missing from its data shard.'); return null; }
+      rec = A.unpackColumns(Object.assign({}, rec));
       var card = {
         sae: self.sae, href: self.saeHref, i: i, max: rec.max, density: rec.density, expl: rec.expl,
         label: (rec.pos || []).slice(0, 3).map(function (p) { return p[0]; }).join(' '), top: rec.top || []

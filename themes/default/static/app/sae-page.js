@@ -18,6 +18,8 @@
     this.breakLines = false;
     this.markSpaces = false;
     this.shade = 'activation';  // what example tokens are shaded by: activation or a token layer's name
+    this.textContext = S.text_context || 0;  // tokens each side of the peak in the records' `tt`
+    this.vocab = null;  // the corpus's token strings by rank (vocab.js), once loaded
     this.prepareDensity();
   }
 
@@ -193,13 +195,17 @@
   }
 
   /* A feature record as the panes see it, from its compact form in a data/f/ shard (docs/ARCHITECTURE.md,
-     "Site"): the other keys as they are, plus log_density (log10 of density, null when 0), the examples
-     expanded (decodeExample), the intervals as [{lo, hi, ex}] without the empty ones, and the cross-layer
-     neighbours as [sae id, href, index, cosine] from summary.layers. */
+     "Site"): the other keys as they are, plus log_density (log10 of density, null when 0), the packed
+     columns as lists (Atlas.unpackColumns), the examples expanded (decodeExample), the intervals as
+     [{lo, hi, ex}] without the empty ones, the cross-layer neighbours as [sae id, href, index, cosine]
+     from summary.layers, and `text` from `tt`: per top example [lo, vocabulary ranks, ended]
+     (Atlas.unpackText). */
   function decodeRecord(raw, S) {
     var rec = {}, cb = S.context_before || 0, layers = S.layers || [];
     for (var k in raw) if (Object.prototype.hasOwnProperty.call(raw, k)) rec[k] = raw[k];
+    A.unpackColumns(rec);
     var expand = function (e) { return e ? decodeExample(e, cb) : e; };
+    if (typeof raw.tt === 'string') rec.text = A.unpackText(raw.tt, raw.top || [], S.text_context || 0);
     rec.log_density = raw.density > 0 ? Math.log10(raw.density) : null;
     rec.top = (raw.top || []).map(expand);
     var groups = raw.intervals || [], n = groups.length;
@@ -233,6 +239,7 @@
     var self = this, fv = this.fv;
     var gen = ++this.generation;
     var t0 = performance.now();
+    var record = this.record(i);  // first, so that the shard is on its way while the rest of the page follows
     this.current = i;
     this.status('');
     fv.title.textContent = 'Feature ' + i;
@@ -243,7 +250,7 @@
     this.map.select(i);
     this.list.markCurrent(i);
     document.title = document.title.replace(/^(Feature \d+ · )?/, 'Feature ' + i + ' · ');
-    this.record(i).then(function (rec) {
+    record.then(function (rec) {
       if (gen !== self.generation) return;
       self.renderFeature(rec, gen);
       window.__atlasLastFeatureMs = performance.now() - t0;
@@ -251,6 +258,7 @@
       // Warm the neighbours' records and texts so stepping with ← → stays instant, once this
       // feature's own text has arrived (so the prefetch never competes with it).
       Promise.resolve(self.examplesLoaded).then(function () {
+        self.loadVocab();
         setTimeout(function () {
           if (gen !== self.generation) return;
           self.prefetch(i + 1);
@@ -262,6 +270,16 @@
       fv.body.textContent = '';
       fv.body.appendChild(el('p', 'notice notice-error', err.message));
     });
+  };
+
+  /* The token strings the records' top example text (`tt`) indexes, loaded once, after the first
+     feature's own text (so that it never delays the page becoming interactive): with them, every
+     later feature's top examples show their text from its shard alone. */
+  SaePage.prototype.loadVocab = function () {
+    var self = this;
+    if (this.vocabLoading || !(this.textContext > 0)) return;
+    this.vocabLoading = true;
+    load((this.S.corpus || '') + 'vocab.js').then(function (v) { self.vocab = (v && v.tokens) || null; }, function () {});
   };
 
   SaePage.prototype.prefetch = function (i) {
@@ -285,13 +303,15 @@
   SaePage.prototype.renderFeature = function (rec, gen) {
     var self = this, frag = document.createDocumentFragment();
     var wantsText = A.panes().some(function (pane) { return pane.onText; });
+    var windows = wantsText ? this.windowRows(rec) : null;
     var arrived = function (rowOf) {
       if (gen !== self.generation || !self.shown) return;
-      self.rowOf = rowOf;
+      self.rowOf = self.textOf(rowOf, windows);
       self.renderExamples();
     };
+    var requestTop = function () { return self.promptRows(examplePrompts({ top: rec.top }), arrived); };
     this.shown = null;
-    var topRows = wantsText ? this.promptRows(examplePrompts({ top: rec.top }), arrived) : null;
+    var topRows = wantsText && !windows ? requestTop() : null;
     var ld = typeof rec.log_density === 'number' ? rec.log_density : (rec.density > 0 ? Math.log10(rec.density) : null);
     var ctx = { dead: !(rec.max > 0), logDensity: ld, gen: gen };
     var shown = [], wrap = null, group = null;
@@ -317,19 +337,76 @@
 
     this.examplesLoaded = null;
     this.intervalsReady = false;
-    if (topRows && shown.some(function (s) { return s.pane.onText; })) {
+    if (wantsText && shown.some(function (s) { return s.pane.onText; })) {
+      if (windows) {
+        // The top examples' text is in the record: draw it now, load the prompt files (wider context,
+        // the interval samples) once this has been painted.
+        this.rowOf = this.textOf(null, windows);
+        this.renderExamples();
+        topRows = afterPaint().then(function () { return gen === self.generation ? requestTop() : null; });
+      }
       this.examplesLoaded = topRows.then(function (rowOf) {
-        if (gen !== self.generation) return null;
+        if (!rowOf || gen !== self.generation) return null;
         arrived(rowOf);
         return self.promptRows(examplePrompts(rec));
       }).then(function (rowOf) {
         if (!rowOf || gen !== self.generation) return;
-        self.rowOf = rowOf;
+        self.rowOf = self.textOf(rowOf, windows);
         self.intervalsReady = true;
         self.renderExamples();
       });
     }
   };
+
+  /* The top examples' text from the record (`text`, decoded from `tt`) as rows of token strings per
+     prompt, or null without it or before vocab.js has loaded: row[t] is token t's string for the
+     positions the record has (±text_context around each example's peak), and the row's length is
+     the prompt's where a window reached its end, else one more than the last position it has (so
+     that an example row shows "…" after it). */
+  SaePage.prototype.windowRows = function (rec) {
+    var V = this.vocab;
+    if (!V || !rec.text || !this.textContext) return null;
+    if (rec.windowRows && rec.windowRows.vocab === V) return rec.windowRows.rows;
+    var rows = Object.create(null), ends = Object.create(null), his = Object.create(null);
+    rec.text.forEach(function (w, k) {
+      var ex = rec.top[k];
+      if (!w || !ex) return;
+      var p = ex[0], row = rows[p] || (rows[p] = []), hi = w[0] + w[1].length - 1;
+      for (var j = 0; j < w[1].length; j++) { var s = V[w[1][j]]; row[w[0] + j] = s === undefined ? '' : s; }
+      if (w[2]) ends[p] = hi + 1;
+      if (!(his[p] >= hi)) his[p] = hi;
+    });
+    Object.keys(rows).forEach(function (p) {
+      rows[p].length = ends[p] !== undefined ? ends[p] : his[p] + 2;
+      rows[p].partial = true;  // Atlas.exampleRow shows no example it lacks tokens of
+    });
+    rec.windowRows = { vocab: V, rows: rows };
+    return rows;
+  };
+
+  /* page.rowOf for the panes: a prompt's tokens from its file once it has arrived (`fileRowOf`),
+     before that (or where the file is missing) from the record's windows when the context shown
+     (ctxMode) is within them; undefined while on its way, null when unavailable. */
+  SaePage.prototype.textOf = function (fileRowOf, windows) {
+    var self = this;
+    return function (p) {
+      var full = fileRowOf ? fileRowOf(p) : undefined;
+      if (full) return full;
+      var mode = self.ctxMode;
+      var covered = windows && windows[p] && mode !== 'all' && parseInt(mode, 10) <= self.textContext;
+      if (covered) return windows[p];
+      return fileRowOf ? full : undefined;
+    };
+  };
+
+  /* Resolves after the next frame has been painted (or 100 ms, where frames are not drawn). */
+  function afterPaint() {
+    return new Promise(function (resolve) {
+      var done = false, go = function () { if (!done) { done = true; resolve(); } };
+      if (window.requestAnimationFrame) requestAnimationFrame(function () { setTimeout(go, 0); });
+      setTimeout(go, 100);
+    });
+  }
 
   /* Redraws the panes that show prompt text (after text arrives or an example setting changes). */
   SaePage.prototype.renderExamples = function () {

@@ -1,0 +1,1 @@
+AtlasData.vocab(["\u003c/script\u003e\u003cscript\u003ealert(1)\u003c/script\u003e"," yol","wqt","srklj","sezoy"," grhnhv"," rash","\u003cb\u003e","\u0026amp;","\u2028","\u2029","�","�","\"\\","ehlzn"," rerlj"," kbelp"," lvazgm","aesw"," uhaod","hrcdthhlk","sblukcek"," iuhv","nzet"," bbddts","obgtet"," neu"," hdogt"," qtsnscleal","qaqoeg"," tsr","wpand"," qsenhx"]);
