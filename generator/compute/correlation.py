@@ -22,7 +22,6 @@ from __future__ import annotations
 from typing import Callable, Iterable
 
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -318,13 +317,9 @@ def _add_co_firing(acc: tuple[torch.Tensor, torch.Tensor], acts: SparseActs, lo:
         cuts = sorted({lo, hi, *rows.tolist()})
     args = [a.numpy() for a in (f_ptr, f_tok, f_val, t_ptr, t_feat, t_val)]
     low, high = acc[0].numpy(), acc[1].numpy()
-    jobs = [(low, high, r0, r1, lo, f, *args, split) for r0, r1 in zip(cuts[:-1], cuts[1:]) if r1 > r0]
-    if len(jobs) == 1:
-        kernel(*jobs[0])
-    else:
-        with ThreadPoolExecutor(len(jobs)) as pool:  # the kernel releases the GIL
-            for done in [pool.submit(kernel, *job) for job in jobs]:
-                done.result()
+    from sae_atlas.compute.weights import run_jobs
+
+    run_jobs(kernel, [(low, high, r0, r1, lo, f, *args, split) for r0, r1 in zip(cuts[:-1], cuts[1:]) if r1 > r0])
 
 
 def _co_fire_rows(low, high, r0, r1, lo, f, f_ptr, f_tok, f_val, t_ptr, t_feat, t_val, split):  # pragma: no cover (compiled)

@@ -339,15 +339,23 @@ def _neuron_width(job: SaeJob, hook: str) -> int:
 
 def _start(job: SaeJob, corpus: Corpus, store: CacheStore, device: str) -> _Running:
     sae = load_sae(job.spec, device, "float32")
+    return _Running(job, sae, _resumed_stats(job, sae, corpus, device, store.partial_dir(job.key), 0, "checkpoint"))
+
+
+def _resumed_stats(job: SaeJob, sae, corpus: Corpus, device: str, path: Path, first: int, what: str) -> FeatureStats:
+    """The SAE's statistics from the state saved at `path` (a checkpoint, a work unit's state),
+    or new ones starting at prompt `first` where there is none or it is unusable."""
     stats = _new_stats(job, sae, corpus, device)
-    partial = store.partial_dir(job.key)
+    stats.prompts_done = first
     try:
-        entry = read_entry(partial)
+        entry = read_entry(path)
         if entry is not None:
             stats.load_state(entry.arrays, int(entry.meta["pass"]), int(entry.meta["prompts_done"]))
     except (CorruptEntry, ValueError, KeyError) as e:
-        print(f"sae-atlas: discarding unusable checkpoint {partial}: {e}", file=sys.stderr)
-    return _Running(job, sae, stats)
+        print(f"sae-atlas: discarding unusable {what} {path}: {e}", file=sys.stderr)
+        stats = _new_stats(job, sae, corpus, device)
+        stats.prompts_done = first
+    return stats
 
 
 def _save_checkpoint(r: _Running, store: CacheStore) -> None:
@@ -859,17 +867,8 @@ def _run_unit(model, tasks: list[_Task], ranges: list[tuple[int, int]], corpus: 
     (lo, hi), pass_no = tasks[0].unit, tasks[0].pass_no
     running = []
     for t in tasks:
-        stats = _new_stats(t.job, t.sae, corpus, device)
-        stats.prompts_done = lo
         path = store.unit_dir(t.job.key, lo, hi)
-        try:
-            entry = read_entry(path)
-            if entry is not None:
-                stats.load_state(entry.arrays, int(entry.meta["pass"]), int(entry.meta["prompts_done"]))
-        except (CorruptEntry, ValueError, KeyError) as e:
-            print(f"sae-atlas: discarding unusable work unit state {path}: {e}", file=sys.stderr)
-            stats = _new_stats(t.job, t.sae, corpus, device)
-            stats.prompts_done = lo
+        stats = _resumed_stats(t.job, t.sae, corpus, device, path, lo, "work unit state")
         if stats.pass_no != pass_no:
             continue
         if pass_no == 2:

@@ -65,13 +65,7 @@ def logit_histogram(logits: torch.Tensor, bins: int) -> tuple[torch.Tensor, torc
     counts = np.zeros((rows_total, bins), np.int64)
     workers = max(1, min(torch.get_num_threads(), rows_total))
     cuts = [rows_total * w // workers for w in range(workers + 1)]
-    jobs = [(values, counts, r0, r1, bins) for r0, r1 in zip(cuts[:-1], cuts[1:]) if r1 > r0]
-    if len(jobs) == 1:
-        kernel(*jobs[0])
-    else:
-        with ThreadPoolExecutor(len(jobs)) as pool:  # the kernel releases the GIL
-            for done in [pool.submit(kernel, *job) for job in jobs]:
-                done.result()
+    run_jobs(kernel, [(values, counts, r0, r1, bins) for r0, r1 in zip(cuts[:-1], cuts[1:]) if r1 > r0])
     value_range = torch.stack([logits.min(1).values, logits.max(1).values], 1).float() if rows_total else torch.zeros((0, 2))
     return torch.from_numpy(counts).int(), value_range
 
@@ -123,6 +117,17 @@ def compiled(fn):
         else:
             _COMPILED[fn] = numba.njit(cache=True, nogil=True)(fn)
     return _COMPILED[fn]
+
+
+def run_jobs(kernel, jobs: list[tuple]) -> None:
+    """kernel(*job) for each job: a compiled kernel (`compiled`, which releases the GIL) on a
+    thread each, or in this thread when there is one job."""
+    if len(jobs) == 1:
+        kernel(*jobs[0])
+    elif jobs:
+        with ThreadPoolExecutor(len(jobs)) as pool:
+            for done in [pool.submit(kernel, *job) for job in jobs]:
+                done.result()
 
 
 def _logit_histogram_torch(logits: torch.Tensor, bins: int) -> tuple[torch.Tensor, torch.Tensor]:
