@@ -1,6 +1,6 @@
 """Work units finer than an SAE (`sae_atlas.compute.units`): the merge of units' partial statistics
 against brute force over every token; `compute --shard I/N` processes racing on one cache with
-more shards than SAEs (one SAE's tokens split between processes) give the cache and the site of a
+more shards than SAEs (one SAE's units free to go to different processes) give the cache and the site of a
 single-process build byte for byte; a shard alone takes over the units nobody holds; a killed
 process's unit is taken over and completed."""
 
@@ -214,7 +214,7 @@ def test_the_slurm_array_may_have_a_task_per_unit(content):
     assert count_units([release], 8) == 12
 
 
-def test_racing_shards_split_each_sae_and_give_the_single_process_cache_and_site(content, reference, tmp_path):
+def test_racing_shards_compute_each_unit_once_and_give_the_single_process_cache_and_site(content, reference, tmp_path):
     cache, log = tmp_path / "cache", tmp_path / "writes.log"
     shards = [["--shard", f"{i}/5"] for i in range(5)] + [[]]  # five shards of 12 pairs and an unsharded run
     (tmp_path / "barrier").mkdir()
@@ -227,13 +227,13 @@ def test_racing_shards_split_each_sae_and_give_the_single_process_cache_and_site
     finished = collections.Counter(name for _, name, state in lines if state == "-")
     assert set(finished) == entry_names(reference[0]) == entry_names(cache)
     assert all(n == 1 for n in finished.values()), f"entries computed more than once: {finished}"
-    # Pass 1 of one SAE's units ran in several processes, and each unit's pass ran once.
+    # Each unit's pass ran once. (Which process ran which unit depends on when each got going; an
+    # SAE's work done by two processes for sure is the killed-process test below: a unit resumed from
+    # the checkpoint of a process killed part-way.)
     keys = sae_keys(content)
     unit_passes = collections.Counter((name, state) for _, name, state in lines if unit_done(name, state))
     assert unit_passes and all(n == 1 for n in unit_passes.values()), unit_passes
     assert len(unit_passes) == 2 * 4 * len(keys)
-    split = [k for k in keys.values() if len({pid for pid, name, state in lines if name.startswith(f"sae/{k}.u") and unit_done(name, state, 1)}) > 1]
-    assert split, "no SAE had its units computed by more than one process"
     assert lock_files(cache) == []
     assert not list((cache / "sae").glob("*.partial"))
     assert_same_tree(cache / "sae", reference[0] / "sae")
