@@ -178,3 +178,25 @@ def test_peak_rss_exceeds_the_run_without_replay_by_at_most_the_budget(tmp_path)
     assert growth_b <= growth_0 + budget + slack, (
         f"with --replay-memory {budget // MiB}M the process grew by {growth_b / MiB:.1f} MiB, without replay by {growth_0 / MiB:.1f} MiB"
     )
+
+
+def test_cuda_bound_reads_the_models_device(monkeypatch):
+    """On a second GPU the budget and the memory in use are that GPU's (`mem_get_info` and
+    `memory_allocated` of its index), not the current device's; the batch size is CUDA's."""
+    from types import SimpleNamespace
+
+    from sae_atlas.compute import engine, replay
+    from sae_atlas.compute.options import TOKENS_PER_BATCH, default_batch_size
+
+    asked = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda d: asked.append(("free", d)) or (3 * MiB, 8 * MiB))
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda d: asked.append(("used", d)) or MiB)
+    w_u = SimpleNamespace(device=torch.device("cuda", 1), shape=(16, 32))
+    model = SimpleNamespace(unembedding=lambda: w_u)
+    device = engine._memory_device(model)
+    assert device == "cuda:1"
+    assert replay.replay_budget(device, None, working_set=MiB) == int(2 * MiB * replay.BUDGET_FRACTION)
+    assert replay.resident_bytes(device) == MiB
+    assert asked == [("free", torch.device("cuda", 1)), ("used", torch.device("cuda", 1))]
+    assert default_batch_size(device, 128) == default_batch_size("cuda", 128) == TOKENS_PER_BATCH["cuda"] // 128

@@ -237,7 +237,7 @@ def _compute_group(jobs: list[SaeJob], corpus: Corpus, store: CacheStore, option
 def _compute_saes(model, running: list["_Running"], corpus: Corpus, store: CacheStore, options: ComputeOptions, batch_size: int, report: ComputeReport) -> None:
     """Both corpus passes, the CE loss and the weights-only parts for SAEs sharing one model."""
     model_id = running[0].job.release.model.id
-    device = _model_device(model)
+    device = _memory_device(model)
     replay = _bounded_replay(model_id, model, [r.sae for r in running], corpus, options, batch_size, device)
     started = time.perf_counter()
     done_tokens = _run_pass(1, model, running, corpus, store, options, batch_size, replay)
@@ -281,6 +281,12 @@ def _bounded_replay(model_id: str, model, saes: list, corpus: Corpus, options: C
 
 def _model_device(model) -> str:
     return str(model.unembedding().device.type)
+
+
+def _memory_device(model) -> str:
+    """The model's device with its index ("cuda:1"): the memory bound is that device's, not the
+    current one's."""
+    return str(model.unembedding().device)
 
 
 def _report_replay(model_id: str, replay: Replay, report: ComputeReport, options: ComputeOptions) -> None:

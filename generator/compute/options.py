@@ -45,8 +45,10 @@ def chunk_elements(device) -> int:
     return CHUNK_ELEMENTS.get(kind, ACCELERATOR_CHUNK_ELEMENTS)
 
 
-def default_batch_size(device: str, context: int) -> int:
-    return max(1, TOKENS_PER_BATCH.get(device, 4096) // max(1, context))
+def default_batch_size(device, context: int) -> int:
+    """For a torch.device or a name such as "cuda:1"."""
+    kind = getattr(device, "type", None) or str(device).split(":")[0]
+    return max(1, TOKENS_PER_BATCH.get(kind, 4096) // max(1, context))
 
 
 # Firing entries the statistics take at once (`SparseActs.split`): a batch where features fire densely
