@@ -183,8 +183,11 @@ def exit_now(code: int) -> None:
     takes longer than some commands' work. Every file the commands write is closed before they
     return, so skipping the teardown loses nothing: atexit handlers (temporary directories,
     multiprocessing, logging) still run and stdio is flushed. While a non-daemon thread still runs,
-    the interpreter's own exit (which waits for it) is used."""
+    the interpreter's own exit (which waits for it) is used, and so it is under a profiler, tracer or
+    debugger (`python -m cProfile -m sae_atlas`), which may still have work to do when we return."""
     gc.disable()  # no collection of the heap from here on
+    if sys.getprofile() is not None or sys.gettrace() is not None:
+        sys.exit(code)
     if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
         sys.exit(code)
     atexit._run_exitfuncs()

@@ -30,12 +30,12 @@ sys.modules[__name__].probe = _Teardown()  # cleared, and so finalised, only whe
 """
 
 
-def _run(tmp_path: Path, *args: object, code: str | None = None) -> subprocess.CompletedProcess:
+def _run(tmp_path: Path, *args: object, code: str | None = None, python_args: bool = False) -> subprocess.CompletedProcess:
     probe = tmp_path / "probe"
     probe.mkdir(exist_ok=True)
     (probe / "sitecustomize.py").write_text(SITECUSTOMIZE)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(probe), str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
-    argv = [sys.executable, "-c", code] if code else [sys.executable, "-m", "sae_atlas"]
+    argv = [sys.executable, "-c", code] if code else [sys.executable] if python_args else [sys.executable, "-m", "sae_atlas"]
     return subprocess.run([*argv, *(str(a) for a in args)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
 
 
@@ -104,3 +104,11 @@ def test_a_running_non_daemon_thread_is_waited_for(tmp_path):
     done = _run(tmp_path, code=code)
     assert done.returncode == 3
     assert out.read_text() == "written after main returned"
+
+
+def test_under_a_profiler_the_ordinary_exit_lets_it_write_its_report(tmp_path):
+    profile = tmp_path / "profile.out"
+    done = _run(tmp_path, "-m", "cProfile", "-o", profile, "-m", "sae_atlas", "new", "project", code=None, python_args=True)
+    assert done.returncode == 0, done.stderr
+    assert profile.stat().st_size > 0
+    assert (tmp_path / "project" / "README.md").is_file()
