@@ -73,4 +73,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # The way the console script exits (cli.run), so that "process exit" is the user's.
+    from sae_atlas import cli
+
+    getattr(cli, "exit_now", sys.exit)(main())

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -97,14 +98,17 @@ def run_compute(root: Path, threads: int | None) -> dict:
         cmd += ["--threads", str(threads)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(BENCH.parent), os.environ.get("PYTHONPATH", "")])}
     t0 = time.perf_counter()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     env["SAE_ATLAS_BENCH_LAUNCHED"] = repr(time.time())
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
         sys.stderr.write(done.stderr[-4000:])
         raise SystemExit(f"sae-atlas compute failed ({done.returncode})")
     result = json.loads(stages_file.read_text())
     result["wall"] = wall
+    result["cpu"] = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     result["imports"] = import_times(done.stderr)
     return result
 
@@ -113,6 +117,7 @@ def report(n_prompts: int, r: dict, floor: dict) -> float:
     stages = r["stages"]
     print(f"\n{n_prompts} prompts x 128 tokens ({n_prompts * 128:,} tokens), 2 SAEs x {D_SAE:,} features")
     print(f"  wall (whole process)           {r['wall']:7.2f} s")
+    print(f"  CPU time (user + sys)          {r['cpu']:7.2f} s")
     print(f"  launch to the driver           {r['cli_start']:7.2f} s")
     print(f"  driver's imports, patching     {r['patching']:7.2f} s")
     for name, s in r["imports"].items():

@@ -1,3 +1,3 @@
-from sae_atlas.cli import main
+from sae_atlas.cli import run
 
-raise SystemExit(main())
+run()

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import atexit
+import gc
+import os
 import sys
+import threading
 from pathlib import Path
 
 from sae_atlas.cache import COMPUTE_DTYPES, DEFAULT_DTYPE
@@ -168,5 +172,38 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def run() -> None:
+    """The console script and `python -m sae_atlas`: `main`, then `exit_now` with its exit code."""
+    exit_now(main())
+
+
+def exit_now(code: int) -> None:
+    """Exit with `code` without the interpreter's teardown. After a compute, tearing down its heap
+    (torch, transformers, numba: 600k objects, collected again and again as modules are cleared)
+    takes longer than some commands' work. Every file the commands write is closed before they
+    return, so skipping the teardown loses nothing: atexit handlers (temporary directories,
+    multiprocessing, logging) still run and stdio is flushed. While a non-daemon thread still runs,
+    the interpreter's own exit (which waits for it) is used, and so it is under a profiler, tracer or
+    debugger (`python -m cProfile -m sae_atlas`), which may still have work to do when we return."""
+    gc.disable()  # no collection of the heap from here on
+    if sys.getprofile() is not None or sys.gettrace() is not None:
+        sys.exit(code)
+    if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
+        sys.exit(code)
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed or broken pipe: nothing more can be written
+            pass
+    try:  # what C libraries wrote through stdio's buffers, which exit() would flush
+        import ctypes
+
+        ctypes.CDLL(None).fflush(None)
+    except (OSError, AttributeError):
+        pass
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -109,6 +109,39 @@ def test_vocab_strings_round_trip_unicode(model_dir):
     assert "".join(vocab[i] for i in ids).startswith("caf")
 
 
+def _decoded_alone(tok) -> list[str]:
+    """Every id through transformers' own decode, one id per sequence (the reference)."""
+    return [tok.batch_decode([[i]], clean_up_tokenization_spaces=False)[0] for i in range(len(tok))]
+
+
+def test_vocab_strings_match_transformers_decode_for_every_id(model_dir, tmp_path):
+    from sae_atlas.sources.corpus import rust_decoder, vocab_strings
+
+    tok = load_tokenizer(ModelSpec("m", path=model_dir))
+    assert rust_decoder(tok) is not None  # the fast path is the one under test
+    assert vocab_strings(tok) == _decoded_alone(tok)
+    # Added tokens, special and not, past the trained vocabulary; the byte-level alphabet covers
+    # ids that decode alone to partial UTF-8 sequences.
+    tok.add_tokens(["<added>", " spaced added"])
+    tok.add_special_tokens({"additional_special_tokens": ["<|special|>"]})
+    tok.save_pretrained(str(tmp_path / "added"))
+    grown = load_tokenizer(ModelSpec("m", path=tmp_path / "added"))
+    strings = vocab_strings(grown)
+    assert len(strings) == len(tok) and strings == _decoded_alone(grown)
+    assert strings[-3:] == ["<added>", " spaced added", "<|special|>"]
+
+
+def test_vocab_strings_of_a_tokenizer_overriding_decode_go_through_it(model_dir):
+    from sae_atlas.sources.corpus import rust_decoder, vocab_strings
+
+    tok = load_tokenizer(ModelSpec("m", path=model_dir))
+    base = type(tok)
+    marked = type("Marked", (base,), {"_decode": lambda self, token_ids, **kw: "<" + base._decode(self, token_ids, **kw) + ">"})
+    tok.__class__ = marked
+    assert rust_decoder(tok) is None
+    assert vocab_strings(tok) == _decoded_alone(tok) and all(s.startswith("<") for s in vocab_strings(tok))
+
+
 def test_explanations_load_by_sae_and_index(tmp_path):
     path = tmp_path / "e.jsonl"
     lines = [

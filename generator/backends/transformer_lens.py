@@ -35,6 +35,12 @@ PROCESSING_KWARGS = ("fold_ln", "center_writing_weights", "center_unembed", "ref
 _PLACEMENT_KWARGS = ("device", "n_devices", "dtype", "torch_dtype", "move_to_device", "first_n_layers")
 
 
+def import_transformer_lens():
+    """transformer_lens, imported without what a compute never uses (see `deferred_imports`)."""
+    from sae_atlas.backends.deferred_imports import import_transformer_lens as _import
+
+    return _import()
+
 
 def torch_dtype(name: str):
     import torch
@@ -64,6 +70,7 @@ def identity(spec: ModelSpec, kwargs: dict[str, Any] | None = None) -> list:
 
 def read_local_config(directory: Path) -> dict:
     """config.json as HookedTransformerConfig keyword arguments (unknown keys dropped)."""
+    import_transformer_lens()
     from transformer_lens import HookedTransformerConfig
 
     path = Path(directory) / "config.json"
@@ -82,6 +89,7 @@ def add_mlp_input_hooks(model) -> None:
     """Give each block's MLP a HookPoint `hook_in` that sees (and may replace) the MLP's input,
     named `blocks.L.mlp.hook_in` in the model's hook_dict. Idempotent; attention-only blocks are left
     as they are."""
+    import_transformer_lens()
     from transformer_lens.hook_points import HookPoint
 
     added = False
@@ -111,6 +119,7 @@ def load_tokenizer(spec: ModelSpec):
             return AutoTokenizer.from_pretrained(str(spec.path))
         except (OSError, ValueError) as e:
             raise InputError([problem_at(spec.path, f"cannot load tokenizer ({e}); expected files written by save_pretrained")]) from e
+    import_transformer_lens()
     from transformer_lens.loading_from_pretrained import NON_HF_HOSTED_MODEL_NAMES, get_pretrained_model_config
 
     mark = spec.mark_of("transformer_lens")
@@ -167,6 +176,7 @@ class TransformerLensBackend:
 
     @classmethod
     def _load(cls, spec: ModelSpec, device: str, dtype: str, kwargs: dict[str, Any] | None) -> "TransformerLensBackend":
+        import_transformer_lens()
         from transformer_lens import HookedTransformer, HookedTransformerConfig
 
         kwargs = {k: v for k, v in (kwargs or {}).items() if k not in _PLACEMENT_KWARGS}

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from sae_atlas.compute.options import chunk_elements
 from sae_atlas.backends import CeSae
-from sae_atlas.backends.transformer_lens import hook_layer
+from sae_atlas.backends.transformer_lens import hook_layer, import_transformer_lens
 from sae_atlas.sources.corpus import Corpus
 
 
@@ -39,6 +39,7 @@ def _fused(model) -> bool:
     """Whether the forward of `model` is HookedTransformer's own (body, ln_final, unembed, soft cap,
     lm_cross_entropy_loss), which the fused loss replicates."""
     try:
+        import_transformer_lens()
         from transformer_lens import HookedTransformer
     except ImportError:  # pragma: no cover - transformer_lens is a dependency
         return False
@@ -85,6 +86,7 @@ def _next_token_loss(model, resid: torch.Tensor, tokens: torch.Tensor, mask: tor
     `resid` [batch, pos, d_model] (before ln_final), as TransformerLens's forward computes it after
     its last block, `chunk_elements` logits at a time (on a CPU a few MB, which stay in cache).
     With `positions` (bool [batch, pos - 1]) only those positions are unembedded; the others are 0."""
+    import_transformer_lens()
     from transformer_lens.components import Unembed
 
     batch, pos = tokens.shape

@@ -150,8 +150,37 @@ def pack_documents(documents: Iterable[list[int]], prompts: int, context: int, b
     return out[:n]
 
 
+# The transformers classes whose decode of one id is exactly the Rust tokenizer's decode of it with
+# the special tokens kept (the clean-up of spaces is off here): (owner of `_decode`) and (of `decode`,
+# `batch_decode`). A tokenizer class that overrides any of them decodes through transformers.
+_RUST_DECODE = {"transformers.tokenization_utils_tokenizers.TokenizersBackend", "transformers.tokenization_utils_fast.PreTrainedTokenizerFast"}
+_BASE_DECODE = "transformers.tokenization_utils_base.PreTrainedTokenizerBase"
+
+
+def _owner(cls: type, name: str) -> str | None:
+    for klass in cls.__mro__:
+        if name in vars(klass):
+            return f"{klass.__module__}.{klass.__qualname__}"
+    return None
+
+
+def rust_decoder(tokenizer):
+    """The `tokenizers.Tokenizer` whose `decode([i], skip_special_tokens=False)` is
+    `tokenizer.batch_decode([[i]], clean_up_tokenization_spaces=False)[0]` for every id, or None."""
+    cls = type(tokenizer)
+    if _owner(cls, "_decode") not in _RUST_DECODE or any(_owner(cls, m) != _BASE_DECODE for m in ("decode", "batch_decode")):
+        return None
+    return getattr(tokenizer, "_tokenizer", None)
+
+
 def vocab_strings(tokenizer) -> list[str]:
+    """The display string of every token id, each id decoded alone. Through the Rust tokenizer
+    where that is what transformers would call (0.3 s less for 50k ids); one id at a time, not
+    `decode_batch`, whose thread pool would make a later fork warn and run single-threaded."""
     n = len(tokenizer)
+    rust = rust_decoder(tokenizer)
+    if rust is not None:
+        return [rust.decode([i], skip_special_tokens=False) for i in range(n)]
     return list(tokenizer.batch_decode([[i] for i in range(n)], clean_up_tokenization_spaces=False))
 
 

@@ -1,0 +1,103 @@
+"""transformer_lens imported by the backend without datasets, pandas and transformers' model code,
+which it still gets, as the real objects, when it uses them. Each check runs in a fresh interpreter
+(what a process has imported is what is tested)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from tests.conftest import ROOT
+
+HEAVY = ("datasets", "pandas", "transformers.modeling_utils", "transformers.models.bert.modeling_bert", "torch._dynamo", "sympy")
+
+
+def _python(code: str) -> dict:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_a_plain_import_of_transformer_lens_imports_the_heavy_modules():
+    """What the deferral is measured against: the ordinary import loads every one of them."""
+    loaded = _python(f"import sys, json, transformer_lens; print(json.dumps([m in sys.modules for m in {HEAVY!r}]))")
+    assert loaded == [True] * len(HEAVY)
+
+
+def test_the_backend_builds_and_runs_a_model_without_the_heavy_modules():
+    code = f"""
+import json, sys
+import torch
+from sae_atlas.backends.transformer_lens import import_transformer_lens
+tl = import_transformer_lens()
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+cfg = HookedTransformerConfig(n_layers=1, d_model=8, n_ctx=4, d_head=4, n_heads=2, d_mlp=16, d_vocab=11, act_fn="gelu", device="cpu")
+torch.manual_seed(0)
+model = HookedTransformer(cfg)
+logits, cache = model.run_with_cache(torch.tensor([[1, 2, 3]]))
+print(json.dumps({{"loaded": [m for m in {HEAVY!r} if m in sys.modules], "shape": list(logits.shape),
+                  "hooks": "blocks.0.hook_resid_pre" in cache}}))
+"""
+    assert _python(code) == {"loaded": [], "shape": [1, 3, 11], "hooks": True}
+
+
+def test_deferred_names_are_the_real_objects_once_used():
+    code = """
+import json, sys
+from sae_atlas.backends.transformer_lens import import_transformer_lens
+from sae_atlas.backends.deferred_imports import Deferred
+import_transformer_lens()
+import transformer_lens.loading_from_pretrained as lfp
+ht = sys.modules["transformer_lens.HookedTransformer"]
+import transformer_lens.utilities.hf_utils as hf
+before = [type(lfp.BertForPreTraining) is Deferred, type(ht.PreTrainedModel) is Deferred, type(hf.load_dataset) is Deferred]
+not_a_model = isinstance(object(), ht.PreTrainedModel)  # an isinstance check imports the real class
+import transformers
+from transformers import PreTrainedModel
+lfp.BertForPreTraining.from_pretrained  # an attribute: resolves and rebinds
+import datasets, pandas
+from datasets.load import load_dataset
+print(json.dumps({
+    "before": before, "not_a_model": not_a_model,
+    "class": ht.PreTrainedModel is PreTrainedModel and transformers.PreTrainedModel is PreTrainedModel,
+    "auto": lfp.BertForPreTraining is transformers.BertForPreTraining,
+    "real_modules": [type(sys.modules[m]).__name__ for m in ("datasets", "pandas", "transformers.modeling_utils")],
+    "dataframe": pandas.DataFrame({"a": [1, 2]}).shape[0],
+    "load_dataset": callable(load_dataset) and type(load_dataset) is not Deferred and load_dataset is datasets.load_dataset,
+}))
+"""
+    out = _python(code)
+    assert out["before"] == [True, True, True]
+    assert out["not_a_model"] is False
+    assert out["class"] and out["auto"] and out["load_dataset"]
+    assert out["real_modules"] == ["module", "module", "module"]
+    assert out["dataframe"] == 2
+
+
+def test_a_module_bound_by_transformer_lens_imports_the_real_one_on_first_use():
+    code = """
+import json, sys
+from sae_atlas.backends.transformer_lens import import_transformer_lens
+import_transformer_lens()
+import transformer_lens.patching as patching
+stand_in = type(patching.pd).__name__
+frame = patching.pd.DataFrame({"x": [1, 2, 3]})
+print(json.dumps({"stand_in": stand_in, "rows": len(frame), "pandas": type(sys.modules["pandas"]).__name__,
+                  "same": type(frame) is sys.modules["pandas"].DataFrame}))
+"""
+    assert _python(code) == {"stand_in": "_StandIn", "rows": 3, "pandas": "module", "same": True}
+
+
+def test_an_earlier_ordinary_import_is_kept():
+    code = """
+import json, sys
+import transformer_lens, transformers
+from sae_atlas.backends.transformer_lens import import_transformer_lens
+assert import_transformer_lens() is transformer_lens
+import transformer_lens.loading_from_pretrained as lfp
+print(json.dumps(lfp.AutoModelForCausalLM is transformers.AutoModelForCausalLM))
+"""
+    assert _python(code) is True
