@@ -35,8 +35,11 @@ def logit_effects(w_dec: torch.Tensor, out_map: torch.Tensor | None, w_u: torch.
     directions = w_dec.float() @ out_map.to(w_dec.device)
     w_u = w_u.float().to(w_dec.device)
     step = max(1, chunk_elements(w_dec.device) // w_u.shape[1])  # rows of logits per chunk
+    kernel = compiled(_logit_rows) if directions.device.type == "cpu" else None
     for lo in range(0, f, step):
         logits = directions[lo : lo + step] @ w_u
+        if kernel is not None and _logit_chunk(kernel, logits, n, histogram_bins, lo, (pos_t, pos_v, neg_t, neg_v) + hist):
+            continue
         v, t = logits.topk(n, dim=1)
         pos_t[lo : lo + step], pos_v[lo : lo + step] = t.cpu().numpy(), v.cpu().numpy()
         v, t = logits.topk(n, dim=1, largest=False)
@@ -45,6 +48,117 @@ def logit_effects(w_dec: torch.Tensor, out_map: torch.Tensor | None, w_u: torch.
             counts, value_range = logit_histogram(logits, histogram_bins)
             hist[0][lo : lo + step], hist[1][lo : lo + step] = counts.cpu().numpy(), value_range.cpu().numpy()
     return (pos_t, pos_v, neg_t, neg_v) + hist
+
+
+def _logit_chunk(kernel, logits: torch.Tensor, n: int, bins: int, lo: int, out: tuple) -> bool:
+    """One chunk of `logit_effects` on a CPU in one compiled pass per row (`_logit_rows`): the rows'
+    top n both ways, their (min, max) and, with bins > 0, their histogram, written into `out`'s rows
+    from lo. False (nothing written) when a row's top n has ties (torch.topk orders equal values its
+    own way), a NaN or a zero minimum or maximum (whose sign torch's min/max pick their own way):
+    then the caller computes the chunk with torch, as if this chunk had no kernel."""
+    values = logits.contiguous().numpy()
+    rows_total = values.shape[0]
+    pos_t, pos_v = np.empty((rows_total, n), np.int32), np.empty((rows_total, n), np.float32)
+    neg_t, neg_v = np.empty((rows_total, n), np.int32), np.empty((rows_total, n), np.float32)
+    counts = np.zeros((rows_total, max(bins, 1)), np.int64)
+    value_range = np.empty((rows_total, 2), np.float32)
+    exact = np.zeros(rows_total, np.bool_)
+    workers = max(1, min(torch.get_num_threads(), rows_total))
+    cuts = [rows_total * w // workers for w in range(workers + 1)]
+    run_jobs(kernel, [(values, n, bins, pos_t, pos_v, neg_t, neg_v, counts, value_range, exact, r0, r1)
+                      for r0, r1 in zip(cuts[:-1], cuts[1:]) if r1 > r0])
+    if not exact.all():
+        return False
+    hi = lo + rows_total
+    out[0][lo:hi], out[1][lo:hi], out[2][lo:hi], out[3][lo:hi] = pos_t, pos_v, neg_t, neg_v
+    if bins > 0:
+        out[4][lo:hi], out[5][lo:hi] = counts, value_range
+    return True
+
+
+def _logit_rows(values, n, bins, pos_t, pos_v, neg_t, neg_v, counts, value_range, exact, r0, r1):  # pragma: no cover (compiled)
+    """Rows r0..r1 of a float32 chunk of logits: the n largest values in descending order and the n
+    smallest in ascending order with their columns, the (min, max), the counts of `_histogram_rows`
+    (the same arithmetic) when bins > 0, and exact[r]: whether the row has no NaN, a nonzero min
+    and max and distinct top values with no other value equal to the n-th (so that its top n are
+    what torch.topk gives and its range what torch's min and max give)."""
+    m = values.shape[1]
+    for r in range(r0, r1):
+        nan = False
+        first = np.float64(values[r, 0])
+        last = first
+        filled = 0
+        for c in range(m):
+            x = values[r, c]
+            if x != x:
+                nan = True
+            x64 = np.float64(x)
+            if x64 < first:
+                first = x64
+            if x64 > last:
+                last = x64
+            if n == 0:
+                continue
+            if filled < n:  # insertion into the sorted heads while they fill
+                j = filled
+                while j > 0 and pos_v[r, j - 1] < x:
+                    pos_v[r, j], pos_t[r, j] = pos_v[r, j - 1], pos_t[r, j - 1]
+                    j -= 1
+                pos_v[r, j], pos_t[r, j] = x, c
+                j = filled
+                while j > 0 and neg_v[r, j - 1] > x:
+                    neg_v[r, j], neg_t[r, j] = neg_v[r, j - 1], neg_t[r, j - 1]
+                    j -= 1
+                neg_v[r, j], neg_t[r, j] = x, c
+                filled += 1
+                continue
+            if x > pos_v[r, n - 1]:
+                j = n - 1
+                while j > 0 and pos_v[r, j - 1] < x:
+                    pos_v[r, j], pos_t[r, j] = pos_v[r, j - 1], pos_t[r, j - 1]
+                    j -= 1
+                pos_v[r, j], pos_t[r, j] = x, c
+            if x < neg_v[r, n - 1]:
+                j = n - 1
+                while j > 0 and neg_v[r, j - 1] > x:
+                    neg_v[r, j], neg_t[r, j] = neg_v[r, j - 1], neg_t[r, j - 1]
+                    j -= 1
+                neg_v[r, j], neg_t[r, j] = x, c
+        value_range[r, 0], value_range[r, 1] = first, last
+        ok = not nan and first != 0.0 and last != 0.0
+        for j in range(1, n):
+            if pos_v[r, j] == pos_v[r, j - 1] or neg_v[r, j] == neg_v[r, j - 1]:
+                ok = False
+        if first == last:
+            first, last = first - 0.5, last + 0.5
+        scale = bins / (last - first)
+        width = (last - first) / bins
+        pos_kth = pos_v[r, n - 1] if n > 0 else np.float32(0.0)
+        neg_kth = neg_v[r, n - 1] if n > 0 else np.float32(0.0)
+        above = 0
+        below = 0
+        for c in range(m):
+            x = values[r, c]
+            if x >= pos_kth:
+                above += 1
+            if x <= neg_kth:
+                below += 1
+            if bins > 0:
+                x64 = np.float64(x)
+                q = (x64 - first) * scale
+                index = np.floor(q)
+                near = abs(q - index - 0.5) > 0.5 - 1e-4
+                i = int(min(index, bins - 1))
+                if near:
+                    if x64 < (last if i == bins else i * width + first):
+                        i -= 1
+                    if i != bins - 1 and x64 >= (last if i + 1 == bins else (i + 1) * width + first):
+                        i += 1
+                if 0 <= i < bins:  # always, but for a NaN or infinite row
+                    counts[r, i] += 1
+        if n > 0 and (above != n or below != n):
+            ok = False
+        exact[r] = ok
 
 
 def logit_histogram(logits: torch.Tensor, bins: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -98,7 +212,8 @@ def _histogram_rows(values, counts, r0, r1, bins):  # pragma: no cover (compiled
                     i -= 1
                 if i != bins - 1 and x >= (last if i + 1 == bins else (i + 1) * width + first):
                     i += 1
-            counts[r, i] += 1
+            if 0 <= i < bins:  # always, but for a NaN or infinite row (whose bins no count could be right for)
+                counts[r, i] += 1
 
 
 _COMPILED: dict = {}
