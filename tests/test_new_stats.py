@@ -257,3 +257,10 @@ def test_the_compiled_logit_pass_gives_numpys_top_logits_range_and_histogram_and
     for compiled, plain in ((whole, run(kernel=False)[0]), (rows, run(1, kernel=False)[0])):
         for a, b in zip(compiled, plain):
             assert a.dtype == b.dtype and a.tobytes() == b.tobytes()
+    w_dec[[3, 4, 7, 9]] = w_dec[0].clone()
+    for top, bins in ((n, 0), (0, bins), (0, 0)):  # without the histogram, without top logits
+        out = [np.asarray(a) for a in weights.logit_effects(w_dec, out_map, w_u, top, histogram_bins=bins)]
+        assert len(out) == (6 if bins else 4) and out[0].shape == (24, top)
+        for a, b in zip(out, whole if top else whole[4:]):
+            if a.size:
+                np.testing.assert_array_equal(a[[0, 1, 2]], b[[0, 1, 2]])

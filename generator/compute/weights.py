@@ -132,7 +132,7 @@ def _logit_rows(values, n, bins, pos_t, pos_v, neg_t, neg_v, counts, value_range
         if first == last:
             first, last = first - 0.5, last + 0.5
         scale = bins / (last - first)
-        width = (last - first) / bins
+        width = (last - first) / max(bins, 1)
         pos_kth = pos_v[r, n - 1] if n > 0 else np.float32(0.0)
         neg_kth = neg_v[r, n - 1] if n > 0 else np.float32(0.0)
         above = 0
