@@ -223,10 +223,11 @@ def test_the_compiled_logit_pass_gives_numpys_top_logits_range_and_histogram_and
 
     def run(rows_per_chunk=None, kernel=True):
         monkeypatch.setattr(weights, "chunk_elements", lambda device: (rows_per_chunk or 24) * vocab)
-        if not kernel:
-            monkeypatch.setitem(weights._COMPILED, weights._logit_rows, None)  # torch's top-k, min and max throughout
+        if not kernel:  # torch's top-k, min and max throughout (and the histogram on its own)
+            monkeypatch.setattr(weights, "_logit_chunk", lambda *a: compiled_chunks.append(False))
         compiled_chunks.clear()
         out = [np.asarray(a).copy() for a in weights.logit_effects(w_dec, out_map, w_u, n, histogram_bins=bins)]
+        assert compiled_chunks  # a chunk at a time
         monkeypatch.undo()
         monkeypatch.setattr(weights, "_logit_chunk", chunk)
         return out, list(compiled_chunks)
