@@ -213,7 +213,7 @@ def logit_weights():
 def histogram_path(request, monkeypatch):
     """The logit histogram's compiled CPU kernel, or its elementwise version (other devices)."""
     if request.param == "compiled":
-        assert weights.compiled(weights._histogram_rows) is not None, "numba is part of the compute extra"
+        assert weights.compiled(weights._logit_rows) is not None, "numba is part of the compute extra"
     else:
         monkeypatch.setattr(weights, "compiled", lambda fn: None)
     return request.param

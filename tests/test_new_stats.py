@@ -193,3 +193,75 @@ def test_the_logit_histogram_kernel_counts_as_numpy_does_on_edges_ties_and_const
         np.testing.assert_array_equal(weights.logit_histogram(x, 50)[0].numpy(), expected)
     finally:
         weights.chunk_elements = small
+
+
+def test_the_compiled_logit_pass_gives_numpys_top_logits_range_and_histogram_and_torchs_on_ties(monkeypatch):
+    """`logit_effects` on a CPU (one compiled pass per row of logits) against numpy on the same
+    float32 logits: each row's top 4 both ways (distinct values: a single order), its (min, max) and
+    np.histogram's counts. A chunk with a row whose top values tie (a duplicated unembedding
+    column), a zero decoder row (a constant row of zeros) or a NaN row is left to torch: in one
+    chunk and in chunks of one row, byte-identical to runs without the compiled pass."""
+    from sae_atlas.compute import weights
+
+    g = torch.Generator().manual_seed(5)
+    d, vocab, n, bins = 16, 3001, 4, 7
+    w_dec = torch.randn(24, d, generator=g)
+    w_u = torch.randn(d, vocab, generator=g)
+    w_u[:, 1] = w_u[:, 0] = w_dec[3]  # rows 3 and 4 have two equal top logits
+    w_dec[4] = w_dec[3] * 1.25
+    w_dec[7] = 0.0
+    w_dec[9, 2] = float("nan")
+    out_map = torch.eye(d)
+    compiled_chunks = []
+
+    def chunk(*a):
+        compiled_chunks.append(done := real_chunk(*a))
+        return done
+
+    real_chunk = weights._logit_chunk
+    monkeypatch.setattr(weights, "_logit_chunk", chunk)
+
+    def run(rows_per_chunk=None, kernel=True):
+        monkeypatch.setattr(weights, "chunk_elements", lambda device: (rows_per_chunk or 24) * vocab)
+        if not kernel:  # torch's top-k, min and max throughout (and the histogram on its own)
+            monkeypatch.setattr(weights, "_logit_chunk", lambda *a: compiled_chunks.append(False))
+        compiled_chunks.clear()
+        out = [np.asarray(a).copy() for a in weights.logit_effects(w_dec, out_map, w_u, n, histogram_bins=bins)]
+        assert compiled_chunks  # a chunk at a time
+        monkeypatch.undo()
+        monkeypatch.setattr(weights, "_logit_chunk", chunk)
+        return out, list(compiled_chunks)
+
+    whole, whole_chunks = run()
+    rows, row_chunks = run(1)
+    assert whole_chunks == [False]  # the ties, zeros and NaN
+    assert [r for r, done in enumerate(row_chunks) if not done] == [3, 4, 7, 9]
+
+    def untied(row, order):  # distinct top n, none equal to the n-th outside them
+        return len(set(row[order])) == n and (row == row[order[-1]]).sum() == 1
+
+    directions = w_dec @ out_map
+    for r in range(24):
+        row = (directions[r : r + 1] @ w_u)[0].numpy()  # the logits of a one-row chunk
+        top, bottom = np.argsort(-row, kind="stable")[:n], np.argsort(row, kind="stable")[:n]
+        if r in (3, 4, 7, 9):
+            continue
+        assert untied(row, top) and untied(row, bottom)
+        np.testing.assert_array_equal(rows[0][r], top)
+        np.testing.assert_array_equal(rows[1][r], row[top])
+        np.testing.assert_array_equal(rows[2][r], bottom)
+        np.testing.assert_array_equal(rows[3][r], row[bottom])
+        np.testing.assert_array_equal(rows[4][r], np.histogram(row.astype(np.float64), bins)[0])
+        np.testing.assert_array_equal(rows[5][r], [row.min(), row.max()])
+    for r in (3, 4):
+        assert set(rows[0][r][:2]) == {0, 1} and rows[1][r][0] == rows[1][r][1] == rows[5][r][1]
+    for compiled, plain in ((whole, run(kernel=False)[0]), (rows, run(1, kernel=False)[0])):
+        for a, b in zip(compiled, plain):
+            assert a.dtype == b.dtype and a.tobytes() == b.tobytes()
+    w_dec[[3, 4, 7, 9]] = w_dec[0].clone()
+    for top, bins in ((n, 0), (0, bins), (0, 0)):  # without the histogram, without top logits
+        out = [np.asarray(a) for a in weights.logit_effects(w_dec, out_map, w_u, top, histogram_bins=bins)]
+        assert len(out) == (6 if bins else 4) and out[0].shape == (24, top)
+        for a, b in zip(out, whole if top else whole[4:]):
+            if a.size:
+                np.testing.assert_array_equal(a[[0, 1, 2]], b[[0, 1, 2]])

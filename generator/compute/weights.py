@@ -35,8 +35,11 @@ def logit_effects(w_dec: torch.Tensor, out_map: torch.Tensor | None, w_u: torch.
     directions = w_dec.float() @ out_map.to(w_dec.device)
     w_u = w_u.float().to(w_dec.device)
     step = max(1, chunk_elements(w_dec.device) // w_u.shape[1])  # rows of logits per chunk
+    kernel = compiled(_logit_rows) if directions.device.type == "cpu" else None
     for lo in range(0, f, step):
         logits = directions[lo : lo + step] @ w_u
+        if kernel is not None and _logit_chunk(kernel, logits, n, histogram_bins, lo, (pos_t, pos_v, neg_t, neg_v) + hist):
+            continue
         v, t = logits.topk(n, dim=1)
         pos_t[lo : lo + step], pos_v[lo : lo + step] = t.cpu().numpy(), v.cpu().numpy()
         v, t = logits.topk(n, dim=1, largest=False)
@@ -47,6 +50,107 @@ def logit_effects(w_dec: torch.Tensor, out_map: torch.Tensor | None, w_u: torch.
     return (pos_t, pos_v, neg_t, neg_v) + hist
 
 
+def _logit_chunk(kernel, logits: torch.Tensor, n: int, bins: int, lo: int, out: tuple) -> bool:
+    """One chunk of `logit_effects` on a CPU in one compiled pass per row (`_logit_rows`): the rows'
+    top n both ways, their (min, max) and, with bins > 0, their histogram, written into `out`'s rows
+    from lo. False (nothing written) when a row's top n has ties (torch.topk orders equal values its
+    own way), a NaN or a zero minimum or maximum (whose sign torch's min/max pick their own way):
+    then the caller computes the chunk with torch, as if this chunk had no kernel."""
+    *top, counts, value_range, exact = _compiled_rows(kernel, logits, n, bins)
+    if not exact.all():
+        return False
+    hi = lo + logits.shape[0]
+    for target, rows in zip(out, top + [counts, value_range]):
+        target[lo:hi] = rows
+    return True
+
+
+def _compiled_rows(kernel, logits: torch.Tensor, n: int, bins: int) -> tuple[np.ndarray, ...]:
+    """`_logit_rows` over every row of `logits` (rows split over the torch threads): (pos_t, pos_v,
+    neg_t, neg_v, counts i64, value_range, exact)."""
+    values = logits.contiguous().numpy()
+    rows_total = values.shape[0]
+    out = (np.empty((rows_total, n), np.int32), np.empty((rows_total, n), np.float32),
+           np.empty((rows_total, n), np.int32), np.empty((rows_total, n), np.float32),
+           np.zeros((rows_total, max(bins, 1)), np.int64), np.empty((rows_total, 2), np.float32), np.zeros(rows_total, np.bool_))
+    workers = max(1, min(torch.get_num_threads(), rows_total))
+    cuts = [rows_total * w // workers for w in range(workers + 1)]
+    run_jobs(kernel, [(values, n, bins, *out, r0, r1) for r0, r1 in zip(cuts[:-1], cuts[1:]) if r1 > r0])
+    return out
+
+
+def _logit_rows(values, n, bins, pos_t, pos_v, neg_t, neg_v, counts, value_range, exact, r0, r1):  # pragma: no cover (compiled)
+    """Rows r0..r1 of a chunk of logits: the n largest values in descending order and the n smallest
+    in ascending order with their columns, the (min, max), the counts of `logit_histogram` when
+    bins > 0 (float64, no fused multiply-adds: the same bins as its elementwise version), and
+    exact[r]: whether the row has no NaN, a nonzero min and max and distinct top values with no
+    other value equal to the n-th (so that its top n are what torch.topk gives and its range what
+    torch's min and max give)."""
+    m = values.shape[1]
+    for r in range(r0, r1):
+        nan = False
+        first = np.float64(values[r, 0])
+        last = first
+        filled = 0
+        for c in range(m):
+            x = values[r, c]
+            if x != x:
+                nan = True
+            x64 = np.float64(x)
+            if x64 < first:
+                first = x64
+            if x64 > last:
+                last = x64
+            if n > 0 and (filled < n or x > pos_v[r, n - 1]):  # into the sorted heads
+                j = min(filled, n - 1)
+                while j > 0 and pos_v[r, j - 1] < x:
+                    pos_v[r, j], pos_t[r, j] = pos_v[r, j - 1], pos_t[r, j - 1]
+                    j -= 1
+                pos_v[r, j], pos_t[r, j] = x, c
+            if n > 0 and (filled < n or x < neg_v[r, n - 1]):
+                j = min(filled, n - 1)
+                while j > 0 and neg_v[r, j - 1] > x:
+                    neg_v[r, j], neg_t[r, j] = neg_v[r, j - 1], neg_t[r, j - 1]
+                    j -= 1
+                neg_v[r, j], neg_t[r, j] = x, c
+            filled = min(filled + 1, n)
+        value_range[r, 0], value_range[r, 1] = first, last
+        ok = not nan and first != 0.0 and last != 0.0
+        for j in range(1, n):
+            if pos_v[r, j] == pos_v[r, j - 1] or neg_v[r, j] == neg_v[r, j - 1]:
+                ok = False
+        if first == last:
+            first, last = first - 0.5, last + 0.5
+        scale = bins / (last - first)
+        width = (last - first) / max(bins, 1)
+        pos_kth = pos_v[r, n - 1] if n > 0 else np.float32(0.0)
+        neg_kth = neg_v[r, n - 1] if n > 0 else np.float32(0.0)
+        above = 0
+        below = 0
+        for c in range(m):
+            x = values[r, c]
+            if x >= pos_kth:
+                above += 1
+            if x <= neg_kth:
+                below += 1
+            if bins > 0:
+                x64 = np.float64(x)
+                q = (x64 - first) * scale
+                index = np.floor(q)
+                near = abs(q - index - 0.5) > 0.5 - 1e-4
+                i = int(min(index, bins - 1))
+                if near:
+                    if x64 < (last if i == bins else i * width + first):
+                        i -= 1
+                    if i != bins - 1 and x64 >= (last if i + 1 == bins else (i + 1) * width + first):
+                        i += 1
+                if 0 <= i < bins:  # always, but for a NaN or infinite row
+                    counts[r, i] += 1
+        if n > 0 and (above != n or below != n):
+            ok = False
+        exact[r] = ok
+
+
 def logit_histogram(logits: torch.Tensor, bins: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Each row's values in `bins` equal-width bins between its min and max, exactly as
     np.histogram(row.astype(np.float64), bins) counts them (edges i * (max - min) / bins + min in
@@ -55,50 +159,16 @@ def logit_histogram(logits: torch.Tensor, bins: int) -> tuple[torch.Tensor, torc
 
     The bin is the floor of the scaled value; only values within 1e-4 of a bin of an edge (where
     the quotient's rounding could put them on the wrong side) are compared with the edges
-    themselves. On a CPU one compiled pass per row (`_histogram_rows`, rows split over the torch
-    threads), elsewhere the same arithmetic in float64 elementwise passes and one bincount."""
-    kernel = compiled(_histogram_rows) if logits.device.type == "cpu" and bins > 0 else None
+    themselves. On a CPU one compiled pass per row (`_logit_rows` without top logits, rows split
+    over the torch threads), elsewhere the same arithmetic in float64 elementwise passes and one
+    bincount."""
+    kernel = compiled(_logit_rows) if logits.device.type == "cpu" and bins > 0 else None
     if kernel is None:
         return _logit_histogram_torch(logits, bins)
-    values = logits.detach().contiguous().numpy()
-    rows_total = values.shape[0]
-    counts = np.zeros((rows_total, bins), np.int64)
-    workers = max(1, min(torch.get_num_threads(), rows_total))
-    cuts = [rows_total * w // workers for w in range(workers + 1)]
-    run_jobs(kernel, [(values, counts, r0, r1, bins) for r0, r1 in zip(cuts[:-1], cuts[1:]) if r1 > r0])
-    value_range = torch.stack([logits.min(1).values, logits.max(1).values], 1).float() if rows_total else torch.zeros((0, 2))
-    return torch.from_numpy(counts).int(), value_range
-
-
-def _histogram_rows(values, counts, r0, r1, bins):  # pragma: no cover (compiled)
-    """counts[r] of rows r0..r1 of values, by `logit_histogram`'s arithmetic (float64, no fused
-    multiply-adds: the same bins as its elementwise version)."""
-    n = values.shape[1]
-    for r in range(r0, r1):
-        first = np.float64(values[r, 0])
-        last = first
-        for c in range(1, n):
-            x = np.float64(values[r, c])
-            if x < first:
-                first = x
-            if x > last:
-                last = x
-        if first == last:
-            first, last = first - 0.5, last + 0.5
-        scale = bins / (last - first)
-        width = (last - first) / bins
-        for c in range(n):
-            x = np.float64(values[r, c])
-            q = (x - first) * scale
-            index = np.floor(q)
-            near = abs(q - index - 0.5) > 0.5 - 1e-4
-            i = int(min(index, bins - 1))
-            if near:
-                if x < (last if i == bins else i * width + first):
-                    i -= 1
-                if i != bins - 1 and x >= (last if i + 1 == bins else (i + 1) * width + first):
-                    i += 1
-            counts[r, i] += 1
+    counts, value_range, exact = _compiled_rows(kernel, logits.detach(), 0, bins)[4:]
+    if exact.all():
+        return torch.from_numpy(counts).int(), torch.from_numpy(value_range)
+    return torch.from_numpy(counts).int(), torch.stack([logits.min(1).values, logits.max(1).values], 1).float()
 
 
 _COMPILED: dict = {}
