@@ -41,7 +41,12 @@ def load_at(rev: str, path: str, name: str) -> types.ModuleType:
     """The module at `path` as it was at git revision `rev` (imports resolve to the current package)."""
     src = subprocess.run(["git", "-C", str(BENCH.parent), "show", f"{rev}:{path}"], capture_output=True, text=True, check=True).stdout
     module = types.ModuleType(name)
-    module.__file__ = f"{name}.py"
+    # A real file: numba's on-disk cache of a compiled kernel needs its source's path.
+    folder = Path(tempfile.gettempdir()) / f"pass-cost-{rev}"
+    folder.mkdir(exist_ok=True)
+    module.__file__ = str(folder / f"{name}.py")
+    Path(module.__file__).write_text(src)
+    sys.modules[name] = module  # where numba's cache finds the module of a compiled kernel again
     exec(compile(src, module.__file__, "exec"), module.__dict__)
     return module
 

@@ -156,13 +156,20 @@ def exact_co_firing(acts: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize("scale", [1.0, 1500.0])  # 1500: products near 2**62, the row buffers' two-word sums
 @pytest.mark.parametrize("threads", [1, 3])
-@pytest.mark.parametrize("path", ["compiled", "pairs"])
-def test_co_firing_sums_are_exact(data, scale, threads, path):
+# the compiled kernel's buffer: all rows at once, or 3 rows a block
+@pytest.mark.parametrize("path, cache_rows", [("compiled", None), ("compiled", 3), ("pairs", None), ("dense", None)])
+@pytest.mark.parametrize("upper", [False, True])
+def test_co_firing_sums_are_exact(data, scale, threads, path, cache_rows, upper, monkeypatch):
     acts = (data[0] * scale).astype(np.float32)
     want = exact_co_firing(acts)
-    add = correlation._add_co_firing if path == "compiled" else correlation._add_co_firing_pairs
+    if upper:  # only the cells j >= i
+        want = np.where(np.triu(np.ones((F, F), bool)), want, 0)
+    add = {"compiled": correlation._add_co_firing, "pairs": correlation._add_co_firing_pairs, "dense": correlation._add_co_firing_dense}[path]
     if path == "compiled":
         assert correlation._co_firing_kernel() is not None, "numba is part of the compute extra"
+    if cache_rows is not None:
+        # 3 rows of 8-byte cells a block (the split sums at scale 1500 take two buffers: 1 row)
+        monkeypatch.setattr(correlation, "CO_FIRE_CACHE", 8 * F * cache_rows)
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -170,11 +177,46 @@ def test_co_firing_sums_are_exact(data, scale, threads, path):
             low = torch.zeros((hi - lo) * F, dtype=torch.int64)
             high = torch.zeros_like(low)
             for b in batches(acts, SPLITS[3]):
-                add((low, high), b, lo, hi)
+                add((low, high), b, lo, hi, upper=upper)
             got = high.numpy().astype(object) * (1 << 32) + low.numpy().astype(object)
             assert (got.reshape(hi - lo, F) == want[lo:hi]).all(), (lo, hi)
     finally:
         torch.set_num_threads(before)
+
+
+def test_mirror_fills_the_lower_half_from_the_upper(monkeypatch):
+    rng = np.random.default_rng(3)
+    full = rng.integers(-(1 << 40), 1 << 40, (F, F))
+    full = np.triu(full) + np.triu(full, 1).T  # symmetric
+    monkeypatch.setattr(correlation, "chunk_elements", lambda device: 4 * F * 7)  # 7 rows a chunk
+    acc = tuple(torch.from_numpy(np.triu(w).reshape(-1).copy()) for w in (full, full // 3))
+    correlation._mirror(acc, F)
+    np.testing.assert_array_equal(acc[0].numpy().reshape(F, F), full)
+    np.testing.assert_array_equal(acc[1].numpy().reshape(F, F), np.triu(full // 3) + np.triu(full // 3, 1).T)
+
+
+@pytest.mark.parametrize("scan_entries", [1, 150, 1 << 30])  # each batch alone; a few batches per call; all at once
+def test_correlated_features_identical_whatever_the_batches_joined(data, monkeypatch, scan_entries):
+    acts, _ = data
+    want_index, want_value = feature_result(acts, [30], 1 << 20)
+    monkeypatch.setattr(correlation, "SCAN_ENTRIES", scan_entries)
+    for sizes, budget in ((SPLITS[1], 1 << 20), (SPLITS[3], correlation.BYTES_PER_CELL * F * 3)):
+        index, value = feature_result(acts, sizes, budget)
+        np.testing.assert_array_equal(index, want_index)
+        np.testing.assert_array_equal(value, want_value)
+
+
+def test_joined_batches_are_the_batches_concatenated(data):
+    acts, _ = data
+    parts = batches(acts, SPLITS[3])
+    sizes = [p.key.numel() for p in parts]
+    runs = list(correlation._joined(iter(parts), sizes[0] + sizes[1]))  # the first two together, then one each
+    assert [r.n_prompts for r in runs] == [15, 2, 13]
+    whole = batches(acts, [30])[0]
+    assert torch.equal(torch.cat([r.key + r.first_prompt * CONTEXT * F for r in runs]), whole.key)
+    assert torch.equal(torch.cat([r.value for r in runs]), whole.value)
+    gap = [parts[0], parts[2]]  # not consecutive: never joined
+    assert [r.first_prompt for r in correlation._joined(iter(gap), 1 << 30)] == [0, 15]
 
 
 def test_correlated_features_rejects_batches_that_change_between_scans(data):

@@ -19,7 +19,7 @@ Rankings use unique int64 keys: float32 bits of r (mapped to keep the order of n
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import warnings
 
@@ -39,6 +39,12 @@ BYTES_PER_CELL = 16  # of the co-occurrence accumulator: two int64 words
 # A co-firing pair costs about this many multiply-adds of a dense product: a batch where most
 # features fire takes the dense path (`_add_co_firing_dense`), the same exact sums.
 DENSE_PAIR_COST = 64
+# Firing entries the co-occurrence scan takes at once (`_joined`): the kernel's row sums are added to
+# the accumulator once per call, a pass over all of it where features co-fire much (256 MiB at 4,096
+# features), so batches are joined into calls of about this many entries (the statistics' runs'
+# size, `options.ENTRY_BUDGET`; about 60 bytes of temporaries an entry).
+SCAN_ENTRIES = 1 << 21
+CO_FIRE_CACHE = 1 << 19  # bytes of `_co_fire_blocks`' buffer: half a core's L2 cache
 RANK_SHARE = 16  # the ranking's cells at once: chunk_elements / this (about 50 bytes of temporaries each)
 
 
@@ -253,7 +259,7 @@ def feature_blocks(n_features: int, budget: int = BLOCK_BUDGET) -> list[tuple[in
     return [(lo, min(lo + rows, n_features)) for lo in range(0, n_features, rows)]
 
 
-def _add_co_firing_dense(acc: tuple[torch.Tensor, torch.Tensor], acts: SparseActs, lo: int, hi: int) -> None:
+def _add_co_firing_dense(acc: tuple[torch.Tensor, torch.Tensor], acts: SparseActs, lo: int, hi: int, upper: bool = False) -> None:
     """As `_add_co_firing`, for batches where most features fire: a float64 dense product
     A[:, lo:hi]^T A of the quantized values per run of tokens (exact, see `exact_parts`)."""
     f, device = acts.n_features, acts.value.device
@@ -271,113 +277,135 @@ def _add_co_firing_dense(acc: tuple[torch.Tensor, torch.Tensor], acts: SparseAct
         dense = dense.view(t1 - t0, f)
         for r0 in range(lo, hi, step):  # rows of the block a chunk at a time: the product's temporaries stay small
             r1 = min(r0 + step, hi)
-            product = (dense[:, r0:r1].T @ dense).to(torch.int64).view(-1)
+            product = dense[:, r0:r1].T @ dense
+            if upper:
+                product = product.triu(r0)  # row k is feature r0 + k: the cells j >= i
+            product = product.to(torch.int64).view(-1)
             cells = slice((r0 - lo) * f, (r1 - lo) * f)
             acc[1][cells].add_(product >> 32)
             acc[0][cells].add_(product & WORD)
 
 
-def _add_co_firing(acc: tuple[torch.Tensor, torch.Tensor], acts: SparseActs, lo: int, hi: int) -> None:
+def _add_co_firing(acc: tuple[torch.Tensor, torch.Tensor], acts: SparseActs, lo: int, hi: int, upper: bool = False) -> None:
     """acc (two words, int64 [(hi - lo) * F] each) += a_ti * a_tj (quantized) for every token t
-    and every pair of its firing features i in [lo, hi), j any: the block's rows of A^T A, exact
-    int64 products. On a CPU a compiled sparse product (`_co_fire_rows`: per row, the sums of the
-    row's co-firing pairs in a row buffer, then added to the row once), on other devices one
-    product per pair added in place (`_add_co_firing_pairs`)."""
+    and every pair of its firing features i in [lo, hi), j any (j >= i only when `upper`: the
+    other half of a symmetric A^T A is `_mirror`ed): the block's rows of A^T A, exact
+    int64 products. On a CPU a compiled sparse product (`_co_fire_blocks`: a few rows at a time, their
+    sums in a buffer that stays in cache, added to acc once), on other devices one product per pair
+    added in place (`_add_co_firing_pairs`)."""
     kernel = _co_firing_kernel() if acts.value.device.type == "cpu" else None
     if kernel is None:
-        _add_co_firing_pairs(acc, acts, lo, hi)
+        _add_co_firing_pairs(acc, acts, lo, hi, upper)
         return
     n, f = acts.n_tokens, acts.n_features
     if acts.key.numel() == 0:
         return
-    # Token-major (A's rows) and, for the block's features, feature-major (A^T's rows) entries.
+    # The entries token-major (A's rows, as they come) and t_ptr, each token's first entry.
     token = torch.div(acts.key, f, rounding_mode="floor")
     t_feat = acts.key - token * f
     t_val = quantized(acts.value).to(torch.int64)
-    t_ptr = torch.zeros(n + 1, dtype=torch.int64)
     per_token = torch.bincount(token, minlength=n)
+    t_ptr = torch.zeros(n + 1, dtype=torch.int64)
     t_ptr[1:] = torch.cumsum(per_token, 0)
-    fkey, fvalue = acts._feature_major()
-    e0, e1 = torch.searchsorted(fkey, torch.tensor([lo * n, hi * n])).tolist()
-    if e0 == e1:
-        return
-    f_ptr = torch.searchsorted(fkey[e0:e1], torch.arange(lo, hi + 1) * n)
-    f_tok = fkey[e0:e1] % n
-    f_val = quantized(fvalue[e0:e1]).to(torch.int64)
     # A cell's sum over the batch stays below 2**62 unless the largest value is huge: then the
-    # row buffers hold the products' two words apart.
+    # buffers hold the products' two words apart.
     split = float(t_val.max()) ** 2 * n >= 2.0**62
-    # Rows in parallel (disjoint rows of acc), split where the co-firing pairs are shared evenly.
-    workers = max(1, min(torch.get_num_threads(), hi - lo))
-    cuts = [lo, hi]
+    # Blocks of rows whose buffer (8 bytes a cell, twice when split) fits in a core's cache, and
+    # the block's entries in token order (a counting sort of the token-major entries by block).
+    rows = max(1, CO_FIRE_CACHE // (8 * f * (2 if split else 1)))
+    n_blocks = -(-(hi - lo) // rows)
+    mine = torch.nonzero((t_feat >= lo) & (t_feat < hi)).squeeze(1)
+    if mine.numel() == 0:
+        return
+    block = torch.div(t_feat[mine] - lo, rows, rounding_mode="floor")
+    b_ptr = torch.zeros(n_blocks + 1, dtype=torch.int64)
+    b_ptr[1:] = torch.cumsum(torch.bincount(block, minlength=n_blocks), 0)
+    order = torch.empty_like(mine)
+    _bucket_kernel()(block.numpy(), b_ptr.numpy(), mine.numpy(), order.numpy())
+    # Blocks in parallel (disjoint rows of acc), split where the co-firing pairs are shared evenly.
+    workers = max(1, min(torch.get_num_threads(), n_blocks))
+    cuts = [0, n_blocks]
     if workers > 1:
-        cost = torch.cumsum(per_token[f_tok], 0)
-        at = torch.searchsorted(cost, torch.arange(1, workers) * int(cost[-1]) // workers).clamp_max(e1 - e0 - 1)
-        rows = torch.searchsorted(f_ptr, at, right=True) - 1 + lo
-        cuts = sorted({lo, hi, *rows.tolist()})
-    args = [a.numpy() for a in (f_ptr, f_tok, f_val, t_ptr, t_feat, t_val)]
+        cost = torch.cumsum(per_token[token[order]], 0)
+        at = torch.searchsorted(cost, torch.arange(1, workers) * int(cost[-1]) // workers).clamp_max(order.numel() - 1)
+        cuts = sorted({0, n_blocks, *(torch.searchsorted(b_ptr, at, right=True) - 1).tolist()})
+    # Each token's (feature, value) pairs interleaved, in int32 where the values allow: what every
+    # co-firing pair reads (the kernel's memory traffic), in one stream of 8 bytes a pair.
+    narrow = int(t_val.abs().max()) < (1 << 31) and f < (1 << 31)
+    t_entries = torch.stack([t_feat, t_val], 1).reshape(-1)
+    t_entries = t_entries.to(torch.int32) if narrow else t_entries
+    args = [a.numpy() for a in (b_ptr, order, token, t_ptr, t_entries)]
     low, high = acc[0].numpy(), acc[1].numpy()
     from sae_atlas.compute.weights import run_jobs
 
-    run_jobs(kernel, [(low, high, r0, r1, lo, f, *args, split) for r0, r1 in zip(cuts[:-1], cuts[1:]) if r1 > r0])
+    run_jobs(kernel, [(low, high, b0, b1, rows, lo, hi, f, *args, split, upper) for b0, b1 in zip(cuts[:-1], cuts[1:]) if b1 > b0])
 
 
-def _co_fire_rows(low, high, r0, r1, lo, f, f_ptr, f_tok, f_val, t_ptr, t_feat, t_val, split):  # pragma: no cover (compiled)
-    """low/high[(i - lo) * f + j] += sum_t a_ti a_tj for the features i in [r0, r1): row i's
-    entries f_tok/f_val[f_ptr[i - lo]:f_ptr[i - lo + 1]] (feature-major), token t's entries
-    t_feat/t_val[t_ptr[t]:t_ptr[t + 1]]. A row's sums gather in a row buffer, added to acc once:
-    over the whole row when its pairs are many, else over the columns it touched. split: the
-    products' low and high 32 bits summed apart (when a cell's sum could reach 2**63)."""
-    buf = np.zeros(f, np.int64)
-    buf_high = np.zeros(f if split else 1, np.int64)
-    seen = np.zeros(f, np.int64)
-    touched = np.empty(f, np.int64)
-    for i in range(r0, r1):
-        e0, e1 = f_ptr[i - lo], f_ptr[i - lo + 1]
-        pairs = 0
-        for e in range(e0, e1):
-            pairs += t_ptr[f_tok[e] + 1] - t_ptr[f_tok[e]]
-        whole = pairs * 4 >= f
-        n = 0
-        for e in range(e0, e1):
-            t = f_tok[e]
-            ai = f_val[e]
-            for p in range(t_ptr[t], t_ptr[t + 1]):
-                j = t_feat[p]
-                if not whole:
-                    touched[n] = j
-                    n += 1 - seen[j]
-                    seen[j] = 1
-                v = ai * t_val[p]
+def _bucket(block, b_ptr, entries, out):  # pragma: no cover (compiled)
+    """out[b_ptr[b]:b_ptr[b + 1]] = the entries of block b, in their order (a stable counting sort)."""
+    at = b_ptr[:-1].copy()
+    for m in range(block.shape[0]):
+        b = block[m]
+        out[at[b]] = entries[m]
+        at[b] += 1
+
+
+def _co_fire_blocks(low, high, b0, b1, rows, lo, hi, f, b_ptr, order, token, t_ptr, t_entries, split, upper):  # pragma: no cover (compiled)
+    """low/high[(i - lo) * f + j] += sum_t a_ti a_tj for the features i of the blocks [b0, b1) of
+    `rows` rows from lo: block b's entries order[b_ptr[b]:b_ptr[b + 1]] (token-major indices, in
+    token order), token t's entries p in [t_ptr[t], t_ptr[t + 1]): feature t_entries[2 p], value
+    t_entries[2 p + 1] (quantized). A block's sums gather in
+    a buffer of rows * f cells (in cache: random adds into it are cheap, the tokens' entries are
+    read in order), added to acc once. split: the products' low and high 32 bits summed apart
+    (when a cell's sum could reach 2**63). upper: only the pairs j >= i (a token's entries are in
+    feature order: those from the entry itself on)."""
+    buf = np.zeros(rows * f, np.int64)
+    buf_high = np.zeros(rows * f if split else 1, np.int64)
+    for b in range(b0, b1):
+        q0, q1 = b_ptr[b], b_ptr[b + 1]
+        if q0 == q1:
+            continue
+        r0 = lo + b * rows
+        r1 = min(r0 + rows, hi)
+        for q in range(q0, q1):
+            e = order[q]
+            t = token[e]
+            base = (np.int64(t_entries[2 * e]) - r0) * f
+            ai = np.int64(t_entries[2 * e + 1])
+            for p in range(e if upper else t_ptr[t], t_ptr[t + 1]):
+                v = ai * np.int64(t_entries[2 * p + 1])
+                c = base + np.int64(t_entries[2 * p])
                 if split:
-                    buf[j] += v & 0xFFFFFFFF
-                    buf_high[j] += v >> 32
+                    buf[c] += v & 0xFFFFFFFF
+                    buf_high[c] += v >> 32
                 else:
-                    buf[j] += v
-        base = (i - lo) * f
-        if whole:
-            n = f
-        for m in range(n):
-            j = m if whole else touched[m]
-            seen[j] = 0
+                    buf[c] += v
+        out = (r0 - lo) * f
+        for c in range((r1 - r0) * f):
             if split:
-                low[base + j] += buf[j]
-                high[base + j] += buf_high[j]
-                buf_high[j] = 0
+                low[out + c] += buf[c]
+                high[out + c] += buf_high[c]
+                buf_high[c] = 0
             else:
-                low[base + j] += buf[j] & 0xFFFFFFFF
-                high[base + j] += buf[j] >> 32
-            buf[j] = 0
+                low[out + c] += buf[c] & 0xFFFFFFFF
+                high[out + c] += buf[c] >> 32
+            buf[c] = 0
 
 
 def _co_firing_kernel():
-    """`_co_fire_rows` compiled (`weights.compiled`), or None where numba is not installed."""
+    """`_co_fire_blocks` compiled (`weights.compiled`), or None where numba is not installed."""
     from sae_atlas.compute.weights import compiled
 
-    return compiled(_co_fire_rows)
+    return compiled(_co_fire_blocks)
 
 
-def _add_co_firing_pairs(acc: tuple[torch.Tensor, torch.Tensor], acts: SparseActs, lo: int, hi: int) -> None:
+def _bucket_kernel():
+    from sae_atlas.compute.weights import compiled
+
+    return compiled(_bucket)
+
+
+def _add_co_firing_pairs(acc: tuple[torch.Tensor, torch.Tensor], acts: SparseActs, lo: int, hi: int, upper: bool = False) -> None:
     """As `_add_co_firing`: one exact int64 product per (entry of the block, entry of the same
     token), added in place. (A float64 sparse x sparse product of torch's was 3-10x slower on a
     CPU: it builds the whole batch's matrix once per block.)"""
@@ -386,7 +414,10 @@ def _add_co_firing_pairs(acc: tuple[torch.Tensor, torch.Tensor], acts: SparseAct
     per_token = torch.bincount(token, minlength=acts.n_tokens)
     row_start = torch.cumsum(per_token, 0) - per_token
     entry = torch.nonzero((feature >= lo) & (feature < hi)).squeeze(1)
-    partners = per_token[token[entry]]
+    # Each entry's partners: a contiguous run of its token's entries, from the token's first (from
+    # the entry itself when `upper`: a token's entries are in feature order).
+    start = entry if upper else row_start[token[entry]]
+    partners = row_start[token[entry]] + per_token[token[entry]] - start
     pair_start = torch.cumsum(partners, 0) - partners
     # Runs of entries whose pairs start in the same chunk: at most chunk + one token's entries each.
     chunk = max(1, chunk_elements(acc[0].device) // 8)
@@ -394,8 +425,7 @@ def _add_co_firing_pairs(acc: tuple[torch.Tensor, torch.Tensor], acts: SparseAct
     bounds = [0] + torch.cumsum(torch.unique_consecutive(run, return_counts=True)[1], 0).tolist()
     row = (feature[entry] - lo) * f
     mine = a_q[entry]
-    # Each entry's partners: its token's entries, a contiguous run from the token's first.
-    first_partner = row_start[token[entry]] - pair_start
+    first_partner = start - pair_start
     for s, e in zip(bounds[:-1], bounds[1:]):
         count = partners[s:e]
         n_pairs = int(count.sum())
@@ -404,6 +434,27 @@ def _add_co_firing_pairs(acc: tuple[torch.Tensor, torch.Tensor], acts: SparseAct
         index = torch.repeat_interleave(row[s:e], count, output_size=n_pairs) + feature[other]
         product = torch.repeat_interleave(mine[s:e], count, output_size=n_pairs) * a_q[other]
         add_wide(acc[0], acc[1], index, product)
+
+
+def _joined(batches: Iterable[SparseActs], max_entries: int) -> Iterator[SparseActs]:
+    """Runs of consecutive batches (each starting where the previous one ends) joined into one of
+    at most `max_entries` entries (a batch with more is a run of its own). The co-occurrence sums
+    are exact, so they do not depend on how the tokens are grouped; the kernel adds each row's
+    sums to the accumulator once per call, so the fewer calls, the fewer passes over it."""
+    group: list[SparseActs] = []
+    size = 0
+    for acts in batches:
+        n = acts.key.numel()
+        if group:
+            last = group[-1]
+            follows = acts.first_prompt == last.first_prompt + last.n_prompts and (acts.context, acts.n_features) == (last.context, last.n_features)
+            if not follows or size + n > max_entries:
+                yield SparseActs.concat(group)
+                group, size = [], 0
+        group.append(acts)
+        size += n
+    if group:
+        yield SparseActs.concat(group)
 
 
 def correlated_features(
@@ -426,7 +477,8 @@ def correlated_features(
     for lo, hi in feature_blocks(n_features, budget):
         acc = None
         scan_tokens = 0
-        for acts in batches():
+        upper = (lo, hi) == (0, n_features)  # all of the symmetric S at once: half of it, mirrored
+        for acts in _joined(batches(), SCAN_ENTRIES):
             if acc is None:
                 low = torch.zeros((hi - lo) * n_features, dtype=torch.int64, device=acts.value.device)
                 acc = (low, torch.zeros_like(low))
@@ -441,13 +493,26 @@ def correlated_features(
             pairs = int((torch.bincount(acts.token, minlength=acts.n_tokens) * torch.bincount(
                 acts.token[(acts.feature >= lo) & (acts.feature < hi)], minlength=acts.n_tokens)).sum())
             dense = pairs * DENSE_PAIR_COST > acts.n_tokens * (hi - lo) * n_features
-            (_add_co_firing_dense if dense else _add_co_firing)(acc, acts, lo, hi)
+            (_add_co_firing_dense if dense else _add_co_firing)(acc, acts, lo, hi, upper)
         if acc is None:
             return index, value
         if scan_tokens != n_tokens:
             raise ValueError(f"batches() gave {scan_tokens} tokens on a later scan, {n_tokens} on the first")
+        if upper:
+            _mirror(acc, n_features)
         index[lo:hi], value[lo:hi] = _rank_block((acc[0].view(hi - lo, n_features), acc[1].view(hi - lo, n_features)), lo, sums, n_tokens, k)
     return index, value
+
+
+def _mirror(acc: tuple[torch.Tensor, torch.Tensor], f: int) -> None:
+    """The cells j < i of S (two words, int64 [F * F] each) from the cells j > i (S is symmetric),
+    a chunk of rows at a time."""
+    step = max(1, chunk_elements(acc[0].device) // 4 // max(f, 1))
+    for word in acc:
+        m = word.view(f, f)
+        for r0 in range(0, f, step):
+            r1 = min(r0 + step, f)
+            m[r0:r1, :r1] = m[r0:r1, :r1].triu(r0) + m[:r1, r0:r1].T.tril(r0 - 1)
 
 
 def _rank_block(acc: tuple[torch.Tensor, torch.Tensor], lo: int, sums: tuple, n_tokens: int, k: int):
