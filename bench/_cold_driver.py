@@ -20,8 +20,9 @@ TARGETS = (
     ("sae_atlas.compute.engine", "_correlate_features", "correlated features"),
     ("sae_atlas.compute.engine", "logit_effects", "logits"),
     ("sae_atlas.compute.engine", "cosine_neighbours", "neighbours"),
-    ("sae_atlas.compute.engine", "umap_coords", "map (UMAP)"),
-    ("sae_atlas.compute.engine", "cluster_ids", "clusters"),
+    # The map statistic imports these from weights when it runs (stats/feature_map.py).
+    ("sae_atlas.compute.weights", "umap_coords", "map (UMAP)"),
+    ("sae_atlas.compute.weights", "cluster_ids", "clusters"),
     ("sae_atlas.compute.engine", "write_entry", "write cache entry"),
     ("sae_atlas.compute.engine", "_compute_later_stats", "other statistics"),
     ("sae_atlas.backends.transformer_lens", "TransformerLensBackend.ce_losses", "CE loss"),
