@@ -111,7 +111,7 @@ def test_ce_losses_equal_transformer_lens(soft_cap, monkeypatch):
     saes = _saes(model)
     tokens = _tokens(1)
     clean, spliced = _reference(model, tokens, saes)
-    monkeypatch.setattr(ce, "chunk_elements", lambda device, n=16 * D_VOCAB: n)  # chunks that straddle prompts
+    monkeypatch.setattr(ce, "chunk_elements", lambda device, n=16 * D_VOCAB // ce.CE_CPU_CHUNK_FACTOR: n)  # 16 rows: chunks that straddle prompts
     got = ce_losses(model, _Corpus(tokens), saes, batch_size=3, device="cpu")
     want = _means(clean, spliced, N_PROMPTS)
     assert got.keys() == want.keys()
@@ -148,7 +148,7 @@ def test_results_do_not_depend_on_chunking(model, saes, monkeypatch):
     corpus = _Corpus(_tokens(3))
     runs = []
     for batch_size, rows in ((N_PROMPTS, 10_000), (1, 16), (2, 16), (3, 32), (5, 48), (4, 1)):
-        monkeypatch.setattr(ce, "chunk_elements", lambda device, n=rows * D_VOCAB: n)
+        monkeypatch.setattr(ce, "chunk_elements", lambda device, n=rows * D_VOCAB // ce.CE_CPU_CHUNK_FACTOR: n)  # `rows` rows
         runs.append(ce_losses(model, corpus, saes, batch_size, "cpu"))
     # Per-prompt float64 sums added in prompt order, unembedding calls of whole multiples of
     # CE_ROW_ALIGN rows: the same numbers, to the last bit.
@@ -185,7 +185,7 @@ def test_left_padding_mask_as_transformer_lens(monkeypatch):
     saes = _saes(model)
     clean, spliced = _reference(model, tokens, saes)
     assert (clean[0, :3] == 0).all() and (clean[2, :1] == 0).all() and (clean[1] != 0).all()
-    monkeypatch.setattr(ce, "chunk_elements", lambda device, n=32 * D_VOCAB: n)
+    monkeypatch.setattr(ce, "chunk_elements", lambda device, n=32 * D_VOCAB // ce.CE_CPU_CHUNK_FACTOR: n)
     got = ce_losses(model, _Corpus(tokens), saes, batch_size=4, device="cpu")
     want = _means(clean, spliced, N_PROMPTS)
     for k in want:
