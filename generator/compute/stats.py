@@ -20,7 +20,8 @@ Empty slots hold key -1. Both are kept per group with one sort of the batch's fi
 from __future__ import annotations
 
 import warnings
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -206,6 +207,23 @@ class SparseActs:
         slot = fkey[entry] - base[row] - (token[row] - before)
         out[row, slot] = fvalue[entry]
         return out
+
+
+@contextmanager
+def single_threaded() -> Iterator[int]:
+    """torch's CPU ops in this thread only, for the statistics' bookkeeping (gives the thread count
+    before). Its many small, memory-bound ops gain little from a second thread, and on a busy
+    machine every parallel op waits for its slowest thread: at 2 threads under load, pass 2 took
+    12x and pass 1 4x as long as at 1 (bench/pass_cost.py). The model's and the encoder's matrix
+    products keep every thread."""
+    before = torch.get_num_threads()
+    if before != 1:
+        torch.set_num_threads(1)
+    try:
+        yield before
+    finally:
+        if before != 1:
+            torch.set_num_threads(before)
 
 
 def _feature_sort(key, value, n_features, n_tokens, starts, out_key, out_value):  # pragma: no cover (compiled)
