@@ -377,7 +377,9 @@ def _encode(r: _Running, captured: dict[str, torch.Tensor], skip: int, first_pro
     for lo in range(0, x_all.shape[0], step):
         acts = r.sae.encode(x_all[lo : lo + step].float())
         acts = (acts.to_dense() if acts.layout != torch.strided else acts).float()  # some SAEs encode sparsely
-        yield acts, SparseActs.from_dense(acts.reshape(-1, acts.shape[-1]), first_prompt + lo, context)
+        with single_threaded():  # a memory-bound pass: see `single_threaded`
+            sparse = SparseActs.from_dense(acts.reshape(-1, acts.shape[-1]), first_prompt + lo, context)
+        yield acts, sparse
 
 
 def _check_sparse_decode(r: _Running, acts: torch.Tensor, sparse: SparseActs) -> None:
