@@ -41,9 +41,9 @@ BYTES_PER_CELL = 16  # of the co-occurrence accumulator: two int64 words
 DENSE_PAIR_COST = 64
 # Firing entries the co-occurrence scan takes at once (`_joined`): the kernel's row sums are added to
 # the accumulator once per call, a pass over all of it where features co-fire much (256 MiB at 4,096
-# features), so batches are joined into calls of about this many entries (the statistics' runs'
-# size, `options.ENTRY_BUDGET`; about 60 bytes of temporaries an entry).
-SCAN_ENTRIES = 1 << 21
+# features), so batches are joined into calls of about this many entries (about 90 bytes of
+# temporaries an entry: within the scan's share of `replay.working_set`, 40 * chunk_elements).
+SCAN_ENTRIES = 1 << 20
 CO_FIRE_CACHE = 1 << 19  # bytes of `_co_fire_blocks`' buffer: half a core's L2 cache
 RANK_SHARE = 16  # the ranking's cells at once: chunk_elements / this (about 50 bytes of temporaries each)
 
