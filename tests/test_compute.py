@@ -433,6 +433,64 @@ def test_sparse_windows_equal_the_dense_activations_around_each_token():
     assert not empty.windows(token[:5], feature[:5], 2, 2).any()
 
 
+@pytest.mark.parametrize("compiled", [True, False])
+def test_feature_major_order_is_by_feature_then_token(compiled, monkeypatch):
+    from sae_atlas.compute import stats
+    from sae_atlas.compute.stats import SparseActs
+
+    if compiled:
+        assert stats._feature_sort_kernel() is not None, "numba is part of the compute extra"
+    else:
+        monkeypatch.setattr(stats, "_feature_sort_kernel", lambda: None)  # the argsort elsewhere than on a CPU
+    g = torch.Generator().manual_seed(4)
+    for shape in ((60, 9), (1, 1), (30, 1), (0, 5)):
+        acts = torch.rand(shape, generator=g)
+        acts = torch.where(acts > 0.7, acts, torch.zeros(()))
+        sparse = SparseActs.from_dense(acts, first_prompt=2, context=max(shape[0], 1))
+        fkey, fvalue = sparse._feature_major()
+        want = sorted((f, t, float(acts[t, f])) for t in range(shape[0]) for f in range(shape[1]) if acts[t, f] > 0)
+        assert fkey.tolist() == [f * shape[0] + t for f, t, _ in want]
+        assert fvalue.tolist() == [v for _, _, v in want]
+        assert fkey.dtype == torch.int64 and fvalue.dtype == torch.float32
+
+
+def test_merge_examples_keeps_the_k_largest_keys_with_their_windows():
+    from sae_atlas.compute.stats import merge_examples
+
+    rng = np.random.default_rng(8)
+    groups, k, width = 6, 4, 3
+    state_keys = torch.full((groups, k), -1, dtype=torch.int64)
+    state_windows = torch.zeros((groups, k, width))
+    seen: dict[int, dict[int, int]] = {g: {} for g in range(groups)}  # group -> key -> token
+
+    def windows(token, feature):
+        return (token[:, None] * 10 + feature[:, None] + torch.arange(width)[None, :]).float()
+
+    keys_used = set()
+    for _ in range(12):
+        m = int(rng.integers(0, 15))
+        group = rng.integers(0, groups - 1, m)  # the last group never gets a candidate: stays empty
+        keys = []
+        for _ in range(m):
+            key = int(rng.integers(0, 1000))
+            while key in keys_used:  # keys are unique
+                key = int(rng.integers(0, 1000))
+            keys_used.add(key)
+            keys.append(key)
+        token = rng.integers(0, 50, m)
+        for gg, key, t in zip(group, keys, token):
+            seen[int(gg)][key] = int(t)
+        as_t = lambda a: torch.tensor(np.asarray(a, np.int64).reshape(-1), dtype=torch.int64)  # noqa: E731
+        merge_examples(state_keys, state_windows, as_t(group), as_t(keys), windows, as_t(token), as_t(group))
+        for gg in range(groups):
+            best = sorted(seen[gg], reverse=True)[:k]
+            want_keys = best + [-1] * (k - len(best))
+            assert state_keys[gg].tolist() == want_keys
+            for j in range(k):
+                want = [seen[gg][best[j]] * 10 + gg + w for w in range(width)] if j < len(best) else [0] * width
+                assert state_windows[gg, j].tolist() == want, (gg, j)
+
+
 def test_sparse_decode_is_used_when_it_equals_the_dense_decode(brute):
     import sae_atlas.compute.engine as engine
 

@@ -312,3 +312,20 @@ def test_correlated_features_identical_on_the_sparse_and_the_dense_path(data, mo
         index, value = feature_result(acts, sizes, budget)
         np.testing.assert_array_equal(index, want_index)
         np.testing.assert_array_equal(value, want_value)
+
+
+def test_single_threaded_runs_torch_in_one_thread_and_restores_the_count():
+    from sae_atlas.compute.stats import single_threaded
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        with single_threaded() as threads:
+            assert threads == 3 and torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 3
+        with pytest.raises(RuntimeError, match="inside"):
+            with single_threaded():
+                raise RuntimeError("inside")
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)

@@ -127,14 +127,18 @@ class FileSae:
         import torch
 
         sae_in = self.process_sae_in(x)
-        hidden_pre = sae_in @ self.W_enc + self.b_enc
+        hidden_pre = sae_in @ self.W_enc
+        # The bias and the activation in place where the dtypes allow: the same values as SAELens's
+        # out-of-place ops, without a new [tokens, d_sae] tensor for each.
+        in_place = hidden_pre.dtype == self.b_enc.dtype
+        hidden_pre = hidden_pre.add_(self.b_enc) if in_place else hidden_pre + self.b_enc
         arch = self.cfg.architecture()
         if arch == "standard":
-            return torch.relu(hidden_pre)
+            return hidden_pre.relu_() if in_place else torch.relu(hidden_pre)
         if arch == "jumprelu":
-            base_acts = torch.relu(hidden_pre)
-            jump_relu_mask = (hidden_pre > self.threshold).to(base_acts.dtype)
-            return base_acts * jump_relu_mask
+            jump_relu_mask = (hidden_pre > self.threshold).to(hidden_pre.dtype)  # before the relu changes h
+            base_acts = hidden_pre.relu_() if in_place else torch.relu(hidden_pre)
+            return base_acts.mul_(jump_relu_mask) if in_place else base_acts * jump_relu_mask
         # topk (TopK with use_sparse_activations=False)
         if self.cfg.rescale_acts_by_decoder_norm:
             hidden_pre = hidden_pre * self.W_dec.norm(dim=-1)

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from sae_atlas.compute.options import chunk_elements
-from sae_atlas.compute.stats import LOW, SparseActs
+from sae_atlas.compute.stats import LOW, SparseActs, single_threaded
 
 EMPTY = torch.iinfo(torch.int64).min
 BLOCK_BUDGET = 1 << 30  # bytes of the co-occurrence accumulator of `correlated_features`
@@ -41,9 +41,9 @@ BYTES_PER_CELL = 16  # of the co-occurrence accumulator: two int64 words
 DENSE_PAIR_COST = 64
 # Firing entries the co-occurrence scan takes at once (`_joined`): the kernel's row sums are added to
 # the accumulator once per call, a pass over all of it where features co-fire much (256 MiB at 4,096
-# features), so batches are joined into calls of about this many entries (the statistics' runs'
-# size, `options.ENTRY_BUDGET`; about 60 bytes of temporaries an entry).
-SCAN_ENTRIES = 1 << 21
+# features), so batches are joined into calls of about this many entries (about 90 bytes of
+# temporaries an entry: within the scan's share of `replay.working_set`, 40 * chunk_elements).
+SCAN_ENTRIES = 1 << 20
 CO_FIRE_CACHE = 1 << 19  # bytes of `_co_fire_blocks`' buffer: half a core's L2 cache
 RANK_SHARE = 16  # the ranking's cells at once: chunk_elements / this (about 50 bytes of temporaries each)
 
@@ -286,13 +286,13 @@ def _add_co_firing_dense(acc: tuple[torch.Tensor, torch.Tensor], acts: SparseAct
             acc[0][cells].add_(product & WORD)
 
 
-def _add_co_firing(acc: tuple[torch.Tensor, torch.Tensor], acts: SparseActs, lo: int, hi: int, upper: bool = False) -> None:
+def _add_co_firing(acc: tuple[torch.Tensor, torch.Tensor], acts: SparseActs, lo: int, hi: int, upper: bool = False, workers: int | None = None) -> None:
     """acc (two words, int64 [(hi - lo) * F] each) += a_ti * a_tj (quantized) for every token t
     and every pair of its firing features i in [lo, hi), j any (j >= i only when `upper`: the
     other half of a symmetric A^T A is `_mirror`ed): the block's rows of A^T A, exact
     int64 products. On a CPU a compiled sparse product (`_co_fire_blocks`: a few rows at a time, their
     sums in a buffer that stays in cache, added to acc once), on other devices one product per pair
-    added in place (`_add_co_firing_pairs`)."""
+    added in place (`_add_co_firing_pairs`). workers: the kernel's threads (torch's thread count when None)."""
     kernel = _co_firing_kernel() if acts.value.device.type == "cpu" else None
     if kernel is None:
         _add_co_firing_pairs(acc, acts, lo, hi, upper)
@@ -323,7 +323,7 @@ def _add_co_firing(acc: tuple[torch.Tensor, torch.Tensor], acts: SparseActs, lo:
     order = torch.empty_like(mine)
     _bucket_kernel()(block.numpy(), b_ptr.numpy(), mine.numpy(), order.numpy())
     # Blocks in parallel (disjoint rows of acc), split where the co-firing pairs are shared evenly.
-    workers = max(1, min(torch.get_num_threads(), n_blocks))
+    workers = max(1, min(torch.get_num_threads() if workers is None else workers, n_blocks))
     cuts = [0, n_blocks]
     if workers > 1:
         cost = torch.cumsum(per_token[token[order]], 0)
@@ -478,29 +478,34 @@ def correlated_features(
         acc = None
         scan_tokens = 0
         upper = (lo, hi) == (0, n_features)  # all of the symmetric S at once: half of it, mirrored
-        for acts in _joined(batches(), SCAN_ENTRIES):
-            if acc is None:
-                low = torch.zeros((hi - lo) * n_features, dtype=torch.int64, device=acts.value.device)
-                acc = (low, torch.zeros_like(low))
-                if sums is None:
-                    sums = tuple(torch.zeros_like(low[:n_features]) for _ in range(3))  # a, a^2 (two words)
-            if lo == 0:
-                a_q = quantized(acts.value)
-                sums[0].index_add_(0, acts.feature, a_q.to(torch.int64))
-                add_wide(sums[1], sums[2], acts.feature, _squares(a_q))
-                n_tokens += acts.n_tokens
-            scan_tokens += acts.n_tokens
-            pairs = int((torch.bincount(acts.token, minlength=acts.n_tokens) * torch.bincount(
-                acts.token[(acts.feature >= lo) & (acts.feature < hi)], minlength=acts.n_tokens)).sum())
-            dense = pairs * DENSE_PAIR_COST > acts.n_tokens * (hi - lo) * n_features
-            (_add_co_firing_dense if dense else _add_co_firing)(acc, acts, lo, hi, upper)
+        for acts in _joined(batches(), SCAN_ENTRIES):  # (batches recomputed by the model keep every thread)
+            with single_threaded() as threads:  # the bookkeeping's torch ops; the kernel has its own threads
+                if acc is None:
+                    low = torch.zeros((hi - lo) * n_features, dtype=torch.int64, device=acts.value.device)
+                    acc = (low, torch.zeros_like(low))
+                    if sums is None:
+                        sums = tuple(torch.zeros_like(low[:n_features]) for _ in range(3))  # a, a^2 (two words)
+                if lo == 0:
+                    a_q = quantized(acts.value)
+                    sums[0].index_add_(0, acts.feature, a_q.to(torch.int64))
+                    add_wide(sums[1], sums[2], acts.feature, _squares(a_q))
+                    n_tokens += acts.n_tokens
+                scan_tokens += acts.n_tokens
+                pairs = int((torch.bincount(acts.token, minlength=acts.n_tokens) * torch.bincount(
+                    acts.token[(acts.feature >= lo) & (acts.feature < hi)], minlength=acts.n_tokens)).sum())
+                if pairs * DENSE_PAIR_COST > acts.n_tokens * (hi - lo) * n_features:
+                    torch.set_num_threads(threads)  # a dense matrix product: every thread
+                    _add_co_firing_dense(acc, acts, lo, hi, upper)
+                else:
+                    _add_co_firing(acc, acts, lo, hi, upper, workers=threads)
         if acc is None:
             return index, value
         if scan_tokens != n_tokens:
             raise ValueError(f"batches() gave {scan_tokens} tokens on a later scan, {n_tokens} on the first")
-        if upper:
-            _mirror(acc, n_features)
-        index[lo:hi], value[lo:hi] = _rank_block((acc[0].view(hi - lo, n_features), acc[1].view(hi - lo, n_features)), lo, sums, n_tokens, k)
+        with single_threaded():
+            if upper:
+                _mirror(acc, n_features)
+            index[lo:hi], value[lo:hi] = _rank_block((acc[0].view(hi - lo, n_features), acc[1].view(hi - lo, n_features)), lo, sums, n_tokens, k)
     return index, value
 
 

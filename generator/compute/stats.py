@@ -20,7 +20,8 @@ Empty slots hold key -1. Both are kept per group with one sort of the batch's fi
 from __future__ import annotations
 
 import warnings
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -165,11 +166,23 @@ class SparseActs:
             return torch.sparse_csr_tensor(crow, self.feature, self.value, (n, self.n_features), check_invariants=False)
 
     def _feature_major(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(feature * B*T + token ascending, the matching values), built once per batch."""
+        """(feature * B*T + token ascending, the matching values), built once per batch: on a CPU
+        a compiled counting sort by feature (one pass over the entries, single-threaded; a parallel
+        argsort was the largest cost of pass 2 and competes with other threads on a busy machine),
+        elsewhere a stable argsort (within a feature, tokens stay ascending)."""
         if self._by_feature is None:
-            feature = self.feature
-            order = torch.argsort(feature, stable=True)  # within a feature, tokens stay ascending
-            self._by_feature = (feature[order] * self.n_tokens + self.token[order], self.value[order])
+            kernel = _feature_sort_kernel() if self.key.device.type == "cpu" else None
+            if kernel is not None and self.key.numel():
+                starts = torch.zeros(self.n_features + 1, dtype=torch.int64)
+                feature = self.feature
+                starts[1:] = torch.cumsum(torch.bincount(feature, minlength=self.n_features), 0)
+                fkey, fvalue = torch.empty_like(self.key), torch.empty_like(self.value)
+                kernel(self.key.numpy(), self.value.numpy(), self.n_features, self.n_tokens, starts.numpy(), fkey.numpy(), fvalue.numpy())
+                self._by_feature = (fkey, fvalue)
+            else:
+                feature = self.feature
+                order = torch.argsort(feature, stable=True)  # within a feature, tokens stay ascending
+                self._by_feature = (feature[order] * self.n_tokens + self.token[order], self.value[order])
         return self._by_feature
 
     def windows(self, token: torch.Tensor, feature: torch.Tensor, before: int, after: int) -> torch.Tensor:
@@ -194,6 +207,44 @@ class SparseActs:
         slot = fkey[entry] - base[row] - (token[row] - before)
         out[row, slot] = fvalue[entry]
         return out
+
+
+@contextmanager
+def single_threaded() -> Iterator[int]:
+    """torch's CPU ops in this thread only, for the statistics' bookkeeping (gives the thread count
+    before). Its many small, memory-bound ops gain little from a second thread, and on a busy
+    machine every parallel op waits for its slowest thread: at 2 threads under load, pass 2 took
+    12x and pass 1 4x as long as at 1 (bench/pass_cost.py). The model's and the encoder's matrix
+    products keep every thread."""
+    before = torch.get_num_threads()
+    if before != 1:
+        torch.set_num_threads(1)
+    try:
+        yield before
+    finally:
+        if before != 1:
+            torch.set_num_threads(before)
+
+
+def _feature_sort(key, value, n_features, n_tokens, starts, out_key, out_value):  # pragma: no cover (compiled)
+    """Counting sort of token-major entries (key = token * F + feature ascending) by feature: out_key
+    = feature * n_tokens + token, tokens ascending within a feature (the sort is stable), out_value
+    the matching values; starts[f]: feature f's first slot (the counts' exclusive prefix sums)."""
+    at = starts[:-1].copy()
+    for m in range(key.shape[0]):
+        token = key[m] // n_features
+        feature = key[m] - token * n_features
+        slot = at[feature]
+        at[feature] = slot + 1
+        out_key[slot] = feature * n_tokens + token
+        out_value[slot] = value[m]
+
+
+def _feature_sort_kernel():
+    """`_feature_sort` compiled (`weights.compiled`), or None where numba is not installed."""
+    from sae_atlas.compute.weights import compiled
+
+    return compiled(_feature_sort)
 
 
 def segmented_top(group: torch.Tensor, keys: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -229,14 +280,20 @@ def merge_examples(
     cand_entry = torch.zeros((rows.shape[0], k), dtype=torch.int64, device=keys.device)
     cand_entry[row_of, rank] = entry
     top, sel = torch.cat([state_keys[rows], cand_keys], 1).topk(k, dim=1)
-    # Slots kept from the state move with their windows; a candidate's window is made only if it enters.
-    merged = torch.take_along_dim(state_windows[rows], sel.clamp_max(k - 1)[..., None], dim=1)
+    # Slots kept from the state move with their windows, in place: only the slots whose source is
+    # another slot are copied (all sources read before any is written); a candidate's window is made
+    # only if it enters. An empty slot (key -1) keeps its zero window: a slot empty after the
+    # merge was empty before it.
+    slot = torch.arange(k, device=sel.device)
+    base = rows[:, None] * k
+    moved = (sel < k) & (sel != slot)
     fresh = (sel >= k) & (top >= 0)
-    merged[top < 0] = 0
+    flat = state_windows.view(-1, state_windows.shape[-1])
+    if bool(moved.any()):
+        flat[(base + slot)[moved]] = flat[(base + sel)[moved]]
     picked = torch.take_along_dim(cand_entry, (sel - k).clamp_min(0), dim=1)[fresh]
-    merged[fresh] = windows(token[picked], feature[picked])
+    flat[(base + slot)[fresh]] = windows(token[picked], feature[picked])
     state_keys[rows] = top
-    state_windows[rows] = merged
 
 
 def merge_top(keys: torch.Tensor, windows: torch.Tensor | None, other_keys: torch.Tensor, other_windows: torch.Tensor | None) -> tuple:
