@@ -150,3 +150,16 @@ print(json.dumps({"before": before, "version": version == pandas.__version__, "r
     assert out["ranks"] == [3.0, 1.0, 2.0]
     assert out["mode"] == [2]
     assert out["real_modules"] == ["module", "module"]
+
+
+def test_threads_importing_umap_at_once_each_get_the_whole_module():
+    code = """
+import json, sys, threading
+from sae_atlas.backends.deferred_imports import import_umap
+got = []
+threads = [threading.Thread(target=lambda: got.append(hasattr(import_umap(), "UMAP"))) for _ in range(4)]
+for t in threads: t.start()
+for t in threads: t.join()
+print(json.dumps({"got": got, "loaded": [m for m in ("scipy.stats", "pandas") if m in sys.modules]}))
+"""
+    assert _python(code) == {"got": [True] * 4, "loaded": []}

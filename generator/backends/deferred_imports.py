@@ -193,7 +193,9 @@ def import_transformer_lens() -> types.ModuleType:
     if "transformer_lens" not in sys.modules:
         with _deferring(TRANSFORMER_LENS):
             import transformer_lens  # a statement, not import_module: `-X importtime` reports it
-    return sys.modules["transformer_lens"]
+    import transformer_lens  # once another thread's import of it is complete
+
+    return transformer_lens
 
 
 def import_umap() -> types.ModuleType:
@@ -201,7 +203,9 @@ def import_umap() -> types.ModuleType:
     if "umap" not in sys.modules:
         with _deferring(UMAP):
             import umap  # a statement: `-X importtime` reports it
-    return sys.modules["umap"]
+    import umap  # once another thread's import of it is complete
+
+    return umap
 
 
 @contextlib.contextmanager
