@@ -1,6 +1,6 @@
 """transformer_lens imported by the backend without datasets, pandas and transformers' model code,
-which it still gets, as the real objects, when it uses them. Each check runs in a fresh interpreter
-(what a process has imported is what is tested)."""
+and umap without scipy.stats and pandas, which they still get, as the real objects, when they use
+them. Each check runs in a fresh interpreter (what a process has imported is what is tested)."""
 
 from __future__ import annotations
 
@@ -101,3 +101,65 @@ import transformer_lens.loading_from_pretrained as lfp
 print(json.dumps(lfp.AutoModelForCausalLM is transformers.AutoModelForCausalLM))
 """
     assert _python(code) is True
+
+
+UMAP_HEAVY = ("scipy.stats", "pandas")
+UMAP_FIT = """
+import hashlib, json, sys
+import torch
+from sae_atlas.compute.weights import umap_coords
+torch.manual_seed(0)
+w = torch.randn(96, 16)
+coords = umap_coords(w, n_neighbours=10, seed=3, epochs=50)
+print(json.dumps({"sha": hashlib.sha256(coords.tobytes()).hexdigest(), "shape": list(coords.shape),
+                  "loaded": [m for m in %r if m in sys.modules]}))
+"""
+
+
+def test_a_plain_import_of_umap_imports_scipy_stats_and_pandas():
+    loaded = _python(f"import sys, json, umap; print(json.dumps([m in sys.modules for m in {UMAP_HEAVY!r}]))")
+    assert loaded == [True] * len(UMAP_HEAVY)
+
+
+def test_a_umap_map_without_scipy_stats_and_pandas_is_the_map_of_an_ordinary_import():
+    deferred = _python(UMAP_FIT % (UMAP_HEAVY,))
+    ordinary = _python("import umap\n" + UMAP_FIT % (UMAP_HEAVY,))  # _umap() then keeps the ordinary import
+    assert deferred["loaded"] == [] and ordinary["loaded"] == list(UMAP_HEAVY)
+    assert deferred["shape"] == [96, 2]
+    assert deferred["sha"] == ordinary["sha"]
+
+
+def test_umaps_deferred_names_and_modules_are_the_real_ones_once_used():
+    code = """
+import json, sys
+from sae_atlas.backends.deferred_imports import Deferred, import_umap
+import_umap()
+import sklearn.utils.fixes as fixes, sklearn.metrics._ranking as ranking
+before = [type(fixes.pd).__name__, type(ranking.rankdata) is Deferred, "scipy.stats" in sys.modules]
+version = fixes.pd.__version__  # a dunder too, once the import is over
+ranks = ranking.rankdata([30, 10, 20]).tolist()
+import pandas, scipy.stats
+print(json.dumps({"before": before, "version": version == pandas.__version__, "ranks": ranks,
+                  "rebound": ranking.rankdata is scipy.stats.rankdata, "stats": fixes.scipy.stats is scipy.stats,
+                  "mode": fixes._mode([1, 2, 2, 3])[0].tolist(),
+                  "real_modules": [type(sys.modules[m]).__name__ for m in ("pandas", "scipy.stats")]}))
+"""
+    out = _python(code)
+    assert out["before"] == ["_StandIn", True, False]
+    assert out["version"] and out["rebound"] and out["stats"]
+    assert out["ranks"] == [3.0, 1.0, 2.0]
+    assert out["mode"] == [2]
+    assert out["real_modules"] == ["module", "module"]
+
+
+def test_threads_importing_umap_at_once_each_get_the_whole_module():
+    code = """
+import json, sys, threading
+from sae_atlas.backends.deferred_imports import import_umap
+got = []
+threads = [threading.Thread(target=lambda: got.append(hasattr(import_umap(), "UMAP"))) for _ in range(4)]
+for t in threads: t.start()
+for t in threads: t.join()
+print(json.dumps({"got": got, "loaded": [m for m in ("scipy.stats", "pandas") if m in sys.modules]}))
+"""
+    assert _python(code) == {"got": [True] * 4, "loaded": []}

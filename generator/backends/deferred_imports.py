@@ -1,29 +1,37 @@
-"""`import transformer_lens` without the packages a compute never uses.
+"""Import a package without the modules its import loads but a compute never uses.
 
-TransformerLens imports at module level Hugging Face `datasets` (and through it `pandas`, `pyarrow`),
-transformers' model code (`modeling_utils` and the modeling module of every architecture it can
-convert, which import torch's dynamo, distributed tensors and sympy), `pandas` and `pytest`: about
-60% of its import time, used only to load a model by name from the hub, to load a dataset or by its
-analysis tools. `import_transformer_lens()` imports it with those modules deferred:
+`import_transformer_lens()`: TransformerLens imports at module level Hugging Face `datasets` (and
+through it `pandas`, `pyarrow`), transformers' model code (`modeling_utils` and the modeling module
+of every architecture it can convert, which import torch's dynamo, distributed tensors and sympy),
+`pandas` and `pytest`: about 60% of its import time, used only to load a model by name from the hub,
+to load a dataset or by its analysis tools.
 
-- while transformer_lens's own modules are being imported (and only for imports that they ask for,
-  in this thread), a deferred module (`datasets`, `datasets.*`, `pandas`, `pandas.*`,
-  `transformers.modeling_*`, `transformers.models.*.modeling_*`) is a stand-in, and a name imported
-  from it (`from datasets.load import load_dataset`) a `Deferred`;
+`import_umap()`: umap-learn imports scikit-learn, whose `sklearn.utils.fixes` imports `scipy.stats`
+(1.4 s of CPU) and `pandas` (0.35 s) at module level; `umap.distances`, `sklearn.metrics` and
+`sklearn.preprocessing` import `scipy.stats` too. A UMAP fit on a NumPy array uses neither: scipy.stats
+only in functions for other data (`scipy.stats.mode`, `rankdata`, discrete-metric parameters), pandas
+only for DataFrames (scikit-learn looks for it in `sys.modules` before it tests an input).
+
+Each imports its package with those modules deferred:
+
+- while the package's own modules (for umap: umap's, pynndescent's and sklearn's) are being imported
+  (and only for imports that they ask for, in this thread), a deferred module is a stand-in, and a
+  name imported from it (`from datasets.load import load_dataset`) a `Deferred`;
 - the stand-ins leave `sys.modules` and their parent packages when the import ends, so anything that
-  imports them later gets the real modules; a stand-in bound by transformer_lens (`import pandas as
+  imports them later gets the real modules; a stand-in bound by a requesting module (`import pandas as
   pd`) imports the real module on its first attribute;
 - a `Deferred` imports its module on first use (call, attribute, isinstance, subclassing) and then
-  rebinds itself, in every transformer_lens module that holds it, to the real object;
-- `pytest` (when not already imported) is reported missing: TransformerLens only marks one of its
-  docstrings skipped with it, and does without it.
+  rebinds itself, in every requesting module that holds it, to the real object;
+- `pytest` (when not already imported) is reported missing to transformer_lens: TransformerLens only
+  marks one of its docstrings skipped with it, and does without it.
 
-Nothing changes for whoever imports transformer_lens another way (tests, SAELens): it is then the
+Nothing changes for whoever imports the package another way (tests, SAELens): it is then the
 ordinary import.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.abc
 import importlib.machinery
@@ -33,9 +41,28 @@ import threading
 import types
 import typing
 
-_DEFERRED = re.compile(r"^(?:datasets|pandas)(?:\..+)?$|^transformers\.(?:modeling_\w+|models\.\w+\.modeling_\w+)$")
-_MISSING = ("pytest",)
-_REQUESTER = "transformer_lens"
+
+class _Deferral(typing.NamedTuple):
+    """What one deferred import defers: `deferred` (matched against module names) and `missing`,
+    when `requesters` (top-level packages) import them; the names cached in `lazy` packages' modules
+    are cleared when it ends."""
+
+    top: str
+    requesters: tuple[str, ...]
+    deferred: re.Pattern
+    missing: tuple[str, ...] = ()
+    lazy: tuple[str, ...] = ()
+
+    def requests(self, module: str) -> bool:
+        return any(module == r or module.startswith(r + ".") for r in self.requesters)
+
+
+TRANSFORMER_LENS = _Deferral(
+    "transformer_lens", ("transformer_lens",),
+    re.compile(r"^(?:datasets|pandas)(?:\..+)?$|^transformers\.(?:modeling_\w+|models\.\w+\.modeling_\w+)$"),
+    missing=("pytest",), lazy=("transformers",),
+)
+UMAP = _Deferral("umap", ("umap", "pynndescent", "sklearn"), re.compile(r"^(?:pandas|scipy\.stats)(?:\..+)?$"))
 # Frames between an import statement and the finder: the import machinery and transformers' lazy
 # module (`from transformers import X` imports X's module from transformers.utils.import_utils).
 _PASS_THROUGH = ("importlib", "_frozen_importlib", "_frozen_importlib_external", "transformers.utils.import_utils", __name__)
@@ -45,12 +72,13 @@ _lock = threading.Lock()
 class Deferred:
     """Stands for `getattr(import_module(module), name)` until first used."""
 
-    __slots__ = ("_module", "_name", "_target")
+    __slots__ = ("_module", "_name", "_target", "_deferral")
 
-    def __init__(self, module: str, name: str):
+    def __init__(self, module: str, name: str, deferral: _Deferral = TRANSFORMER_LENS):
         object.__setattr__(self, "_module", module)
         object.__setattr__(self, "_name", name)
         object.__setattr__(self, "_target", _UNSET)
+        object.__setattr__(self, "_deferral", deferral)
 
     def _resolve(self):
         target = object.__getattribute__(self, "_target")
@@ -58,7 +86,7 @@ class Deferred:
             module = importlib.import_module(object.__getattribute__(self, "_module"))
             target = getattr(module, object.__getattribute__(self, "_name"))
             object.__setattr__(self, "_target", target)
-            _rebind(self, target)
+            _rebind(self, target, object.__getattribute__(self, "_deferral"))
         return target
 
     def __getattr__(self, name):
@@ -92,10 +120,10 @@ class Deferred:
 _UNSET = object()
 
 
-def _rebind(proxy: Deferred, target) -> None:
-    """Replace `proxy` by `target` in the globals of every transformer_lens module that holds it."""
+def _rebind(proxy: Deferred, target, deferral: _Deferral) -> None:
+    """Replace `proxy` by `target` in the globals of every requesting module that holds it."""
     for name, module in list(sys.modules.items()):
-        if name == _REQUESTER or name.startswith(_REQUESTER + "."):
+        if deferral.requests(name):
             namespace = getattr(module, "__dict__", None) or {}
             for key, value in list(namespace.items()):
                 if value is proxy:
@@ -103,14 +131,15 @@ def _rebind(proxy: Deferred, target) -> None:
 
 
 class _StandIn(types.ModuleType):
-    """A deferred module: a `Deferred` per name while transformer_lens imports, the real module's
-    attribute afterwards."""
+    """A deferred module: a `Deferred` per name while its requesters import, the real module's
+    attribute afterwards (`__version__` included)."""
 
     def __getattr__(self, name):
-        if name.startswith("__"):
+        active = _Finder.active()
+        if active and name.startswith("__"):  # the import system's probes
             raise AttributeError(name)
-        if _Finder.active():
-            return Deferred(self.__name__, name)
+        if active:
+            return Deferred(self.__name__, name, _Finder.deferral)
         if self.__name__ in sys.modules and sys.modules[self.__name__] is self:
             del sys.modules[self.__name__]
         return getattr(importlib.import_module(self.__name__), name)
@@ -130,6 +159,7 @@ class _Finder(importlib.abc.MetaPathFinder):
     """Stands in for the deferred modules that transformer_lens's modules import, in one thread."""
 
     thread: int | None = None
+    deferral: _Deferral = TRANSFORMER_LENS
     created: list[str] = []
 
     @classmethod
@@ -137,50 +167,70 @@ class _Finder(importlib.abc.MetaPathFinder):
         return cls.thread == threading.get_ident()
 
     def find_spec(self, name, path=None, target=None):
-        if not self.active() or not _requested_by_transformer_lens():
+        deferral = _Finder.deferral
+        if not self.active() or not _requested_by(deferral):
             return None
-        if name in _MISSING:  # not yet imported, or the import system would not ask
-            raise ModuleNotFoundError(f"No module named {name!r} (deferred while importing transformer_lens)", name=name)
-        if not _DEFERRED.match(name):
+        if name in deferral.missing:  # not yet imported, or the import system would not ask
+            raise ModuleNotFoundError(f"No module named {name!r} (deferred while importing {deferral.top})", name=name)
+        if not deferral.deferred.match(name):
             return None
         self.created.append(name)
         return importlib.machinery.ModuleSpec(name, _Loader(), is_package=True)
 
 
-def _requested_by_transformer_lens() -> bool:
+def _requested_by(deferral: _Deferral) -> bool:
     frame = sys._getframe(2)
     while frame is not None:
         module = frame.f_globals.get("__name__", "")
         if not module.startswith(_PASS_THROUGH):
-            return module == _REQUESTER or module.startswith(_REQUESTER + ".")
+            return deferral.requests(module)
         frame = frame.f_back
     return False
 
 
 def import_transformer_lens() -> types.ModuleType:
-    """transformer_lens, imported with the deferred modules deferred (once; later calls return it)."""
-    if "transformer_lens" in sys.modules:
-        return sys.modules["transformer_lens"]
+    """transformer_lens, imported with its deferred modules deferred (once; later calls return it)."""
+    if "transformer_lens" not in sys.modules:
+        with _deferring(TRANSFORMER_LENS):
+            import transformer_lens  # a statement, not import_module: `-X importtime` reports it
+    import transformer_lens  # once another thread's import of it is complete
+
+    return transformer_lens
+
+
+def import_umap() -> types.ModuleType:
+    """umap (umap-learn), imported with scipy.stats and pandas deferred (once; later calls return it)."""
+    if "umap" not in sys.modules:
+        with _deferring(UMAP):
+            import umap  # a statement: `-X importtime` reports it
+    import umap  # once another thread's import of it is complete
+
+    return umap
+
+
+@contextlib.contextmanager
+def _deferring(deferral: _Deferral):
     with _lock:
-        if "transformer_lens" in sys.modules:
-            return sys.modules["transformer_lens"]
+        if deferral.top in sys.modules:
+            yield
+            return
         finder = _Finder()
         _Finder.created = []
+        _Finder.deferral = deferral
         _Finder.thread = threading.get_ident()
         sys.meta_path.insert(0, finder)
         try:
-            import transformer_lens  # a statement, not import_module: `-X importtime` reports it
-
-            return transformer_lens
+            yield
         finally:
             sys.meta_path.remove(finder)
             _Finder.thread = None
-            _withdraw(_Finder.created)
+            _withdraw(_Finder.created, deferral)
 
 
-def _withdraw(names: list[str]) -> None:
-    """Take the stand-ins out of sys.modules, and them and the Deferreds transformers' lazy modules
-    cached out of transformers' modules, so that later imports and attributes are the real ones."""
+def _withdraw(names: list[str], deferral: _Deferral) -> None:
+    """Take the stand-ins out of sys.modules, and them and the Deferreds the lazy packages' modules
+    cached (transformers': `from transformers import X`) out of them, so that later imports and
+    attributes are the real ones."""
     for name in names:
         module = sys.modules.get(name)
         if isinstance(module, _StandIn):
@@ -189,7 +239,7 @@ def _withdraw(names: list[str]) -> None:
         if parent and isinstance(getattr(sys.modules.get(parent), "__dict__", {}).get(child), _StandIn):
             delattr(sys.modules[parent], child)
     for name, module in list(sys.modules.items()):
-        if name == "transformers" or name.startswith("transformers."):
+        if any(name == p or name.startswith(p + ".") for p in deferral.lazy):
             namespace = getattr(module, "__dict__", None) or {}
             for key in [k for k, v in namespace.items() if isinstance(v, (Deferred, _StandIn))]:
                 del namespace[key]

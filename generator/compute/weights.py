@@ -284,7 +284,9 @@ def _umap():
     almost none of them), so that only the first run on a machine pays their compilation (~10 s)."""
     if "numba" not in sys.modules:
         os.environ.setdefault("NUMBA_CACHE_DIR", str(numba_cache_dir()))
-    import umap
+    from sae_atlas.backends.deferred_imports import import_umap
+
+    umap = import_umap()  # without scipy.stats and pandas, which a fit on an array never uses
     from numba.core.dispatcher import Dispatcher
 
     for name, module in list(sys.modules.items()):
