@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import inspect
 import io
 import json
 import os
@@ -264,6 +265,7 @@ def _stage_targets() -> list[tuple[object, str, str]]:
     import sae_atlas.compute.correlation as correlation
     import sae_atlas.compute.stats as stats
     import sae_atlas.compute.weights as weights
+    from sae_atlas.backends.saelens_files import FileSae
     from sae_lens import StandardSAE
 
     targets = [
@@ -273,9 +275,13 @@ def _stage_targets() -> list[tuple[object, str, str]]:
         (engine, "_forward_capture", "model forward"),
         (StandardSAE, "encode", "SAE encode/decode"),
         (StandardSAE, "decode", "SAE encode/decode"),
+        (FileSae, "encode", "SAE encode/decode"),  # what the engine runs a SAELens-format SAE with
+        (FileSae, "decode", "SAE encode/decode"),
         (engine, "_encode", "SAE encode/decode"),
         (engine, "_decode", "SAE encode/decode"),
         (getattr(stats, "SparseActs", None), "from_dense", "firing entries"),
+        (getattr(stats, "SparseActs", None), "concat", "firing entries"),
+        (getattr(stats, "SparseActs", None), "split", "firing entries"),
         (getattr(engine, "FeatureStats", None), "update_pass1", "stats pass 1 (max, counts, top-k)"),
         (getattr(engine, "FeatureStats", None), "update_pass2", "stats pass 2 (histogram, intervals)"),
         (correlation.NeuronCorrelation, "update", "correlated neurons"),
@@ -315,6 +321,33 @@ def stage_timers(sync: bool = False) -> Iterator[dict[str, float]]:
     stack: list[float] = []  # time spent in timed callees of each open stage
 
     def wrap(label: str, fn):
+        if inspect.isgeneratorfunction(fn):  # its body runs at each step, not at the call: time the steps
+            def timed_steps(*a, **kw):
+                steps = fn(*a, **kw)
+                while True:
+                    try:
+                        item = timed(steps.__next__)()
+                    except StopIteration:
+                        return
+                    yield item
+
+            def timed(step):
+                def one(*a, **kw):
+                    stack.append(0.0)
+                    t0 = clock()
+                    try:
+                        return step(*a, **kw)
+                    finally:
+                        total = clock() - t0
+                        inner = stack.pop()
+                        times[label] = times.get(label, 0.0) + total - inner
+                        if stack:
+                            stack[-1] += total
+
+                return one
+
+            return timed_steps
+
         def timed(*a, **kw):
             stack.append(0.0)
             t0 = clock()

@@ -454,6 +454,29 @@ def test_feature_major_order_is_by_feature_then_token(compiled, monkeypatch):
         assert fkey.dtype == torch.int64 and fvalue.dtype == torch.float32
 
 
+@pytest.mark.parametrize("compiled", [True, False])
+def test_firing_entries_are_the_positive_values_in_row_major_order(compiled, monkeypatch):
+    from sae_atlas.compute import stats
+    from sae_atlas.compute.stats import SparseActs
+
+    if compiled:
+        assert stats._firing_kernels() is not None, "numba is part of the compute extra"
+    else:
+        monkeypatch.setattr(stats, "_firing_kernels", lambda: None)  # the mask and nonzero elsewhere
+    g = torch.Generator().manual_seed(6)
+    odd = torch.randn(12, 5, generator=g)
+    odd[0, :4] = torch.tensor([float("nan"), -0.0, float("inf"), 1e-45])  # NaN and -0 do not fire
+    cases = [torch.randn(40, 9, generator=g), torch.zeros(6, 3), torch.zeros(0, 4), odd, torch.randn(7, 16, generator=g).t()]
+    for acts in cases:
+        sparse = SparseActs.from_dense(acts, first_prompt=3, context=max(1, acts.shape[0] // 2))
+        dense = acts.numpy()
+        want = [(t * dense.shape[1] + f, dense[t, f]) for t in range(dense.shape[0]) for f in range(dense.shape[1]) if dense[t, f] > 0]
+        assert sparse.key.tolist() == [k for k, _ in want]
+        np.testing.assert_array_equal(sparse.value.numpy(), np.array([v for _, v in want], np.float32))
+        assert sparse.key.dtype == torch.int64 and sparse.value.dtype == torch.float32
+        assert (sparse.first_prompt, sparse.n_features) == (3, acts.shape[1])
+
+
 def test_merge_examples_keeps_the_k_largest_keys_with_their_windows():
     from sae_atlas.compute.stats import merge_examples
 

@@ -48,3 +48,46 @@ def test_umap_map_from_a_shared_neighbour_search_is_the_same_map():
     coords = umap_coords(w_dec, 15, seed=2, knn=wide)
     np.testing.assert_array_equal(coords, umap_coords(w_dec, 15, seed=2, knn=exact))
     assert np.isfinite(coords).all()
+
+
+def _in_threads(n: int):
+    """A context that runs its body at torch.set_num_threads(n) and gives the caller's count back."""
+    from contextlib import contextmanager
+
+    @contextmanager
+    def scope():
+        before = torch.get_num_threads()
+        torch.set_num_threads(n)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
+
+    return scope()
+
+
+def test_umap_map_leaves_torch_thread_count_as_it_found_it():
+    # umap-learn's parallel numba loops go through OpenMP, which torch shares: numba's OpenMP layer
+    # set OpenMP's count to numba's own (the machine's cores), so --threads 1 stopped holding after
+    # the first map. The map now runs in torch's count and gives it back.
+    w_dec, _ = _clustered_directions(n_clusters=2, per_cluster=20)
+    with _in_threads(1):
+        one = umap_coords(w_dec, 15, seed=3)
+        assert torch.get_num_threads() == 1
+    # and the map is the same map whatever the thread count
+    with _in_threads(2):
+        two = umap_coords(w_dec, 15, seed=3)
+        assert torch.get_num_threads() == 2
+    np.testing.assert_array_equal(one, two)
+
+
+def test_compute_releases_with_a_umap_map_keeps_one_thread(tmp_path):
+    from sae_atlas.compute import ComputeOptions, compute_releases
+    from sae_atlas.manifest import load_content
+    from tests.fixtures import build_fixture_content
+
+    sets = (("res-st", "blocks.{layer}.hook_resid_post", "standard", (0,)),)
+    content = build_fixture_content(tmp_path, n_prompts=4, context=8, d_sae=32, corpus="tokens", sets=sets)
+    with _in_threads(1):
+        compute_releases(load_content(content), tmp_path / "cache", ComputeOptions(device="cpu", quiet=True))
+        assert torch.get_num_threads() == 1

