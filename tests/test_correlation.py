@@ -329,3 +329,19 @@ def test_single_threaded_runs_torch_in_one_thread_and_restores_the_count():
         assert torch.get_num_threads() == 3
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("load, want", [(0.5, 3), (2.0, 3), (3.0, 1), (9.0, 1)])  # on 2 cores: busy from 3
+def test_bookkeeping_runs_in_one_thread_only_on_a_busy_machine(monkeypatch, load, want):
+    from sae_atlas.compute import stats
+
+    monkeypatch.setattr(stats.os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(stats.os, "getloadavg", lambda: (load, load, load))
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        with stats.bookkeeping_threads() as threads:
+            assert threads == 3 and torch.get_num_threads() == want
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from sae_atlas.compute.options import chunk_elements
-from sae_atlas.compute.stats import LOW, SparseActs, single_threaded
+from sae_atlas.compute.stats import LOW, SparseActs, bookkeeping_threads
 
 EMPTY = torch.iinfo(torch.int64).min
 BLOCK_BUDGET = 1 << 30  # bytes of the co-occurrence accumulator of `correlated_features`
@@ -479,7 +479,7 @@ def correlated_features(
         scan_tokens = 0
         upper = (lo, hi) == (0, n_features)  # all of the symmetric S at once: half of it, mirrored
         for acts in _joined(batches(), SCAN_ENTRIES):  # (batches recomputed by the model keep every thread)
-            with single_threaded() as threads:  # the bookkeeping's torch ops; the kernel has its own threads
+            with bookkeeping_threads() as threads:  # the bookkeeping's torch ops; the kernel has its own threads
                 if acc is None:
                     low = torch.zeros((hi - lo) * n_features, dtype=torch.int64, device=acts.value.device)
                     acc = (low, torch.zeros_like(low))
@@ -502,7 +502,7 @@ def correlated_features(
             return index, value
         if scan_tokens != n_tokens:
             raise ValueError(f"batches() gave {scan_tokens} tokens on a later scan, {n_tokens} on the first")
-        with single_threaded():
+        with bookkeeping_threads():
             if upper:
                 _mirror(acc, n_features)
             index[lo:hi], value[lo:hi] = _rank_block((acc[0].view(hi - lo, n_features), acc[1].view(hi - lo, n_features)), lo, sums, n_tokens, k)

@@ -40,7 +40,7 @@ from sae_atlas.cache import (
 from sae_atlas.compute import units
 from sae_atlas.compute.options import ComputeOptions, chunk_elements, default_batch_size, entry_budget
 from sae_atlas.compute.replay import Replay, release_free_memory, replay_budget, resident_bytes, working_set
-from sae_atlas.compute.stats import FeatureStats, SparseActs, single_threaded
+from sae_atlas.compute.stats import FeatureStats, SparseActs, bookkeeping_threads
 from sae_atlas.backends import CeSae
 from sae_atlas.backends.transformer_lens import neuron_hook
 from sae_atlas.compute.weights import cosine_neighbours, logit_effects, umap_neighbour_count
@@ -383,7 +383,7 @@ def _encode(r: _Running, captured: dict[str, torch.Tensor], skip: int, first_pro
     for lo in range(0, x_all.shape[0], step):
         acts = r.sae.encode(x_all[lo : lo + step].float())
         acts = (acts.to_dense() if acts.layout != torch.strided else acts).float()  # some SAEs encode sparsely
-        with single_threaded():  # a memory-bound pass: see `single_threaded`
+        with bookkeeping_threads():  # a memory-bound pass: see `bookkeeping_threads`
             sparse = SparseActs.from_dense(acts.reshape(-1, acts.shape[-1]), first_prompt + lo, context)
         yield acts, sparse
 
@@ -482,14 +482,14 @@ def _run_pass(pass_no: int, model, running: list[_Running], corpus: Corpus, stor
                     neurons = _neurons(r.sae)
                     basis = x_in if neurons is None else captured[neurons][first - p0 :]
                     x_hat, basis = _decode(r, sparse, x_in), basis.float().reshape(n, -1)
-                    with single_threaded():
+                    with bookkeeping_threads():
                         for part in parts:
                             t0 = (part.first_prompt - first) * context
                             t1 = t0 + part.n_tokens
                             r.stats.update_pass1(part, _windows(part, st), target[t0:t1], x_hat[t0:t1], basis=basis[t0:t1])
                     replay.add(r.job.id, sparse)
                 else:
-                    with single_threaded():
+                    with bookkeeping_threads():
                         for part in parts:
                             r.stats.update_pass2(part, _windows(part, st))
                 parts = sparse = kept = None

@@ -19,6 +19,7 @@ Empty slots hold key -1. Both are kept per group with one sort of the batch's fi
 
 from __future__ import annotations
 
+import os
 import warnings
 from contextlib import contextmanager
 from typing import Callable, Iterator
@@ -221,11 +222,7 @@ class SparseActs:
 
 @contextmanager
 def single_threaded() -> Iterator[int]:
-    """torch's CPU ops in this thread only, for the statistics' bookkeeping (gives the thread count
-    before). Its many small, memory-bound ops gain little from a second thread, and on a busy
-    machine every parallel op waits for its slowest thread: at 2 threads under load, pass 2 took
-    12x and pass 1 4x as long as at 1 (bench/pass_cost.py). The model's and the encoder's matrix
-    products keep every thread."""
+    """torch's CPU ops in this thread only (gives the thread count before)."""
     before = torch.get_num_threads()
     if before != 1:
         torch.set_num_threads(1)
@@ -234,6 +231,35 @@ def single_threaded() -> Iterator[int]:
     finally:
         if before != 1:
             torch.set_num_threads(before)
+
+
+def machine_busy() -> bool:
+    """Whether other work competes for this process's cores: the 1-minute load average at least
+    one more than the cores it may run on (its own threads count in the load)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    try:
+        return os.getloadavg()[0] >= cores + 1
+    except (AttributeError, OSError):
+        return False
+
+
+@contextmanager
+def bookkeeping_threads() -> Iterator[int]:
+    """The threads of the statistics' bookkeeping (gives torch's thread count): every thread on a
+    machine to itself, one (`single_threaded`) on a busy one. Its many small, memory-bound ops gain
+    a little from a second core that is free (pass 1's statistics 0.8-0.9 s at 2 threads against
+    1.2 s at 1, 262,144 tokens x 4,096 features, idle 2-core CPU), but on a busy machine every
+    parallel op waits for its slowest thread, often descheduled: at 2 threads under load, pass 2
+    took 12x and pass 1 4x as long as at 1 (bench/pass_cost.py). The model's and the encoder's
+    matrix products keep every thread either way."""
+    if machine_busy():
+        with single_threaded() as before:
+            yield before
+    else:
+        yield torch.get_num_threads()
 
 
 def _feature_sort(key, value, n_features, n_tokens, starts, out_key, out_value):  # pragma: no cover (compiled)
