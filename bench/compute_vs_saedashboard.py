@@ -321,46 +321,34 @@ def stage_timers(sync: bool = False) -> Iterator[dict[str, float]]:
     stack: list[float] = []  # time spent in timed callees of each open stage
 
     def wrap(label: str, fn):
-        if inspect.isgeneratorfunction(fn):  # its body runs at each step, not at the call: time the steps
-            def timed_steps(*a, **kw):
-                steps = fn(*a, **kw)
-                while True:
-                    try:
-                        item = timed(steps.__next__)()
-                    except StopIteration:
-                        return
-                    yield item
+        def timed(step):
+            def one(*a, **kw):
+                stack.append(0.0)
+                t0 = clock()
+                try:
+                    return step(*a, **kw)
+                finally:
+                    total = clock() - t0
+                    inner = stack.pop()
+                    times[label] = times.get(label, 0.0) + total - inner
+                    if stack:
+                        stack[-1] += total
 
-            def timed(step):
-                def one(*a, **kw):
-                    stack.append(0.0)
-                    t0 = clock()
-                    try:
-                        return step(*a, **kw)
-                    finally:
-                        total = clock() - t0
-                        inner = stack.pop()
-                        times[label] = times.get(label, 0.0) + total - inner
-                        if stack:
-                            stack[-1] += total
+            return one
 
-                return one
+        if not inspect.isgeneratorfunction(fn):
+            return timed(fn)
 
-            return timed_steps
+        def timed_steps(*a, **kw):  # a generator's body runs at each step, not at the call: time the steps
+            steps = fn(*a, **kw)
+            while True:
+                try:
+                    item = timed(steps.__next__)()
+                except StopIteration:
+                    return
+                yield item
 
-        def timed(*a, **kw):
-            stack.append(0.0)
-            t0 = clock()
-            try:
-                return fn(*a, **kw)
-            finally:
-                total = clock() - t0
-                inner = stack.pop()
-                times[label] = times.get(label, 0.0) + total - inner
-                if stack:
-                    stack[-1] += total
-
-        return timed
+        return timed_steps
 
     patched = []  # (owner, attr, own value or None when inherited)
     for owner, attr, label in _stage_targets():

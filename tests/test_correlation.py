@@ -195,15 +195,21 @@ def test_mirror_fills_the_lower_half_from_the_upper(monkeypatch):
     np.testing.assert_array_equal(acc[1].numpy().reshape(F, F), np.triu(full // 3) + np.triu(full // 3, 1).T)
 
 
+def assert_features_equal(acts, want_index, want_value, sizes):
+    """The correlated features over batches of `sizes`, all features at once and in blocks of 3
+    rows, equal the expected ones."""
+    for batch_sizes, budget in ((sizes, 1 << 20), (SPLITS[3], correlation.BYTES_PER_CELL * F * 3)):
+        index, value = feature_result(acts, batch_sizes, budget)
+        np.testing.assert_array_equal(index, want_index)
+        np.testing.assert_array_equal(value, want_value)
+
+
 @pytest.mark.parametrize("scan_entries", [1, 150, 1 << 30])  # each batch alone; a few batches per call; all at once
 def test_correlated_features_identical_whatever_the_batches_joined(data, monkeypatch, scan_entries):
     acts, _ = data
     want_index, want_value = feature_result(acts, [30], 1 << 20)
     monkeypatch.setattr(correlation, "SCAN_ENTRIES", scan_entries)
-    for sizes, budget in ((SPLITS[1], 1 << 20), (SPLITS[3], correlation.BYTES_PER_CELL * F * 3)):
-        index, value = feature_result(acts, sizes, budget)
-        np.testing.assert_array_equal(index, want_index)
-        np.testing.assert_array_equal(value, want_value)
+    assert_features_equal(acts, want_index, want_value, SPLITS[1])
 
 
 def test_joined_batches_are_the_batches_concatenated(data):
@@ -308,10 +314,7 @@ def test_correlated_features_identical_on_the_sparse_and_the_dense_path(data, mo
     acts, _ = data
     want_index, want_value = feature_result(acts, [30], 1 << 20)
     monkeypatch.setattr(correlation, "DENSE_PAIR_COST", pair_cost)
-    for sizes, budget in ((SPLITS[2], 1 << 20), (SPLITS[3], correlation.BYTES_PER_CELL * F * 3)):
-        index, value = feature_result(acts, sizes, budget)
-        np.testing.assert_array_equal(index, want_index)
-        np.testing.assert_array_equal(value, want_value)
+    assert_features_equal(acts, want_index, want_value, SPLITS[2])
 
 
 def test_single_threaded_runs_torch_in_one_thread_and_restores_the_count():

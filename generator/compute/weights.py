@@ -201,14 +201,8 @@ def run_jobs(kernel, jobs: list[tuple]) -> None:
 
 
 def _logit_histogram_torch(logits: torch.Tensor, bins: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each row's values in `bins` equal-width bins between its min and max, exactly as
-    np.histogram(row.astype(np.float64), bins) counts them (edges i * (max - min) / bins + min in
-    float64, bin i = [edge i, edge i+1), the last bin closed; a constant row lands in the middle
-    bin of [v - 0.5, v + 0.5]). Returns (counts i32 [R, bins], (min, max) f32 [R, 2]).
-
-    The bin is the floor of the scaled value; only values within 1e-4 of a bin of an edge (where
-    the quotient's rounding could put them on the wrong side) are compared with the edges
-    themselves. All in float64 elementwise passes and one bincount: no gathers over the matrix."""
+    """`logit_histogram` in float64 elementwise passes and one bincount, with no gathers over the
+    matrix (for devices other than a CPU, or without numba)."""
     rows_total = logits.shape[0]
     counts = torch.zeros(rows_total * bins, dtype=torch.int64, device=logits.device)
     step = max(1, chunk_elements(logits.device) // 8 // max(logits.shape[1], 1))  # float64 temporaries
