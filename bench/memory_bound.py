@@ -43,7 +43,10 @@ BOUND_LINE = re.compile(r"memory bound ([\d,]+) MiB: (?:([\d,]+) MiB in use \+ )
 REPLAY_LINE = re.compile(r"pass 2 replayed (\d+) of (\d+) SAE batches from memory \(([\d,.]+) MiB at most")
 
 
-def size(text: str) -> int:
+def size(text: str) -> int | None:
+    """A size such as 64M, or "default" (None: the engine's default budget, no --replay-memory)."""
+    if text.strip().lower() == "default":
+        return None
     units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
     m = re.fullmatch(r"(\d+(?:\.\d+)?)([KMG]?)", text.strip().upper())
     if not m:
@@ -71,10 +74,12 @@ def build(root: Path, n_prompts: int, d_sae: int, density: float) -> Path:
     return root / "content"
 
 
-def run_compute(content: Path, cache: Path, replay_memory: int, threads: int | None) -> dict:
-    """`sae-atlas compute` as a child process: its peak RSS (rusage), wall time and stated bound."""
-    argv = [sys.executable, "-m", "sae_atlas", "compute", "--content", str(content), "--cache", str(cache),
-            "--device", "cpu", "--replay-memory", str(replay_memory)]
+def run_compute(content: Path, cache: Path, replay_memory: int | None, threads: int | None) -> dict:
+    """`sae-atlas compute` as a child process: its peak RSS (rusage), wall time and stated bound
+    (replay_memory None: the default budget)."""
+    argv = [sys.executable, "-m", "sae_atlas", "compute", "--content", str(content), "--cache", str(cache), "--device", "cpu"]
+    if replay_memory is not None:
+        argv += ["--replay-memory", str(replay_memory)]
     if threads:
         argv += ["--threads", str(threads)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
@@ -104,22 +109,28 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--prompts", type=int, nargs=2, default=[64, 256], metavar=("SHORT", "LONG"), help="corpus lengths (prompts of 128 tokens)")
     ap.add_argument("--d-sae", type=int, default=1024)
-    ap.add_argument("--replay-memory", type=size, default=size("64M"), help="the budget of the runs with replay")
+    ap.add_argument("--replay-memory", type=size, default=size("64M"), help='the budget of the runs with replay ("default": the engine\'s own)')
+    ap.add_argument("--saes", choices=("dense", "sparse"), nargs="+", default=["dense", "sparse"], help="which SAEs (density 0.5 and 0.01)")
+    ap.add_argument("--no-peer", action="store_true", help="skip the runs with --replay-memory 0")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--workdir", type=Path, default=None)
     args = ap.parse_args()
 
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at the start")
-    print(f"SAE: {args.d_sae} features on {HOOK}; prompts of 128 tokens; budget --replay-memory {args.replay_memory >> 20} MiB")
+    budget = "the default" if args.replay_memory is None else f"--replay-memory {args.replay_memory >> 20} MiB"
+    print(f"SAE: {args.d_sae} features on {HOOK}; prompts of 128 tokens; budget {budget}")
     rows = []
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         for name, density in (("dense", 0.5), ("sparse", 0.01)):
+            if name not in args.saes:
+                continue
             for n_prompts in args.prompts:
                 content = build(Path(tmp) / f"{name}-{n_prompts}", n_prompts, args.d_sae, density)
-                base = run_compute(content, Path(tmp) / f"cache-{name}-{n_prompts}-0", 0, args.threads)
+                base = None if args.no_peer else run_compute(content, Path(tmp) / f"cache-{name}-{n_prompts}-0", 0, args.threads)
                 kept = run_compute(content, Path(tmp) / f"cache-{name}-{n_prompts}-b", args.replay_memory, args.threads)
                 rows.append((name, n_prompts, base, kept))
-                print(f"  {name} {n_prompts} prompts: done ({base['wall']:.0f} s + {kept['wall']:.0f} s)", flush=True)
+                walls = [r["wall"] for r in (base, kept) if r is not None]
+                print(f"  {name} {n_prompts} prompts: done ({' + '.join(f'{w:.0f} s' for w in walls)})", flush=True)
 
     mib = lambda b: "-" if b is None else f"{b / 2**20:,.0f}"  # noqa: E731
     print()
@@ -129,19 +140,20 @@ def main() -> int:
     worst = peer_worst = 0.0
     for name, n_prompts, base, kept in rows:
         ratio = kept["peak"] / kept["bound"] if kept["bound"] else None
-        peer = kept["peak"] / (base["peak"] + kept["budget"])
-        worst, peer_worst = max(worst, ratio or 0.0), max(peer_worst, peer)
+        peer = None if base is None else kept["peak"] / (base["peak"] + kept["budget"])
+        worst, peer_worst = max(worst, ratio or 0.0), max(peer_worst, peer or 0.0)
         print(f"| {name} | {n_prompts} | {mib(kept['kept'])} ({kept['replayed']} batches) | {mib(kept['peak'])} "
               f"| {mib(kept['bound'])} = {mib(kept['in_use'])} + {mib(kept['budget'])} + {mib(kept['working_set'])} "
-              f"| {'-' if ratio is None else f'{ratio:.2f}'} | {mib(base['peak'])} | {peer:.2f} | {kept['wall']:.0f} |")
+              f"| {'-' if ratio is None else f'{ratio:.2f}'} | {'-' if base is None else mib(base['peak'])} | {'-' if peer is None else f'{peer:.2f}'} | {kept['wall']:.0f} |")
     print()
-    if all(base["in_use"] is not None for _, _, base, _ in rows):
+    if all(base is not None and base["in_use"] is not None for _, _, base, _ in rows):
         print("peak without replay - memory in use at the start of the passes (the measured working set, MiB):",
               ", ".join(f"{name} {n}: {mib(base['peak'] - base['in_use'])}" for name, n, base, _ in rows))
     print(f"load average {os.getloadavg()[0]:.2f} at the end")
     # peak / (peak without replay + budget), the largest: two processes' peaks differ by 10-20 MiB
     # from run to run (the heap's layout), so a small budget that binds reads about 1.00 +- 0.02.
-    print(f"replay_cost_ratio={peer_worst:.2f}")
+    if not args.no_peer:
+        print(f"replay_cost_ratio={peer_worst:.2f}")
     print(f"memory_bound_ratio={worst:.2f}")
     return 0 if worst <= 1.0 else 1
 
