@@ -439,9 +439,9 @@ def test_feature_major_order_is_by_feature_then_token(compiled, monkeypatch):
     from sae_atlas.compute.stats import SparseActs
 
     if compiled:
-        assert stats._feature_sort_kernel() is not None, "numba is part of the compute extra"
+        assert stats.compiled(stats._feature_sort) is not None, "numba is part of the compute extra"
     else:
-        monkeypatch.setattr(stats, "_feature_sort_kernel", lambda: None)  # the argsort elsewhere than on a CPU
+        monkeypatch.setattr(stats, "compiled", lambda fn: None)  # the argsort elsewhere than on a CPU
     g = torch.Generator().manual_seed(4)
     for shape in ((60, 9), (1, 1), (30, 1), (0, 5)):
         acts = torch.rand(shape, generator=g)
@@ -460,9 +460,9 @@ def test_firing_entries_are_the_positive_values_in_row_major_order(compiled, mon
     from sae_atlas.compute.stats import SparseActs
 
     if compiled:
-        assert stats._firing_kernels() is not None, "numba is part of the compute extra"
+        assert stats.compiled(stats._count_firing) is not None, "numba is part of the compute extra"
     else:
-        monkeypatch.setattr(stats, "_firing_kernels", lambda: None)  # the mask and nonzero elsewhere
+        monkeypatch.setattr(stats, "compiled", lambda fn: None)  # the mask and nonzero elsewhere
     g = torch.Generator().manual_seed(6)
     odd = torch.randn(12, 5, generator=g)
     odd[0, :4] = torch.tensor([float("nan"), -0.0, float("inf"), 1e-45])  # NaN and -0 do not fire

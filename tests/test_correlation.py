@@ -166,7 +166,7 @@ def test_co_firing_sums_are_exact(data, scale, threads, path, cache_rows, upper,
         want = np.where(np.triu(np.ones((F, F), bool)), want, 0)
     add = {"compiled": correlation._add_co_firing, "pairs": correlation._add_co_firing_pairs, "dense": correlation._add_co_firing_dense}[path]
     if path == "compiled":
-        assert correlation._co_firing_kernel() is not None, "numba is part of the compute extra"
+        assert correlation.compiled(correlation._co_fire_blocks) is not None, "numba is part of the compute extra"
     if cache_rows is not None:
         # 3 rows of 8-byte cells a block (the split sums at scale 1500 take two buffers: 1 row)
         monkeypatch.setattr(correlation, "CO_FIRE_CACHE", 8 * F * cache_rows)

@@ -23,6 +23,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from sae_atlas.backends.deferred_imports import import_transformer_lens
 from sae_atlas.errors import AtlasError, InputError, problem_at
 from sae_atlas.manifest import ModelSpec
 
@@ -34,12 +35,6 @@ PROCESSING_KWARGS = ("fold_ln", "center_writing_weights", "center_unembed", "ref
 # Keyword arguments that say where or how to load, not what the model computes.
 _PLACEMENT_KWARGS = ("device", "n_devices", "dtype", "torch_dtype", "move_to_device", "first_n_layers")
 
-
-def import_transformer_lens():
-    """transformer_lens, imported without what a compute never uses (see `deferred_imports`)."""
-    from sae_atlas.backends.deferred_imports import import_transformer_lens as _import
-
-    return _import()
 
 
 def torch_dtype(name: str):

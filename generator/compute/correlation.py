@@ -28,6 +28,7 @@ import torch
 
 from sae_atlas.compute.options import chunk_elements
 from sae_atlas.compute.stats import LOW, SparseActs, bookkeeping_threads
+from sae_atlas.compute.weights import compiled, run_jobs
 
 EMPTY = torch.iinfo(torch.int64).min
 BLOCK_BUDGET = 1 << 30  # bytes of the co-occurrence accumulator of `correlated_features`
@@ -293,7 +294,7 @@ def _add_co_firing(acc: tuple[torch.Tensor, torch.Tensor], acts: SparseActs, lo:
     int64 products. On a CPU a compiled sparse product (`_co_fire_blocks`: a few rows at a time, their
     sums in a buffer that stays in cache, added to acc once), on other devices one product per pair
     added in place (`_add_co_firing_pairs`). workers: the kernel's threads (torch's thread count when None)."""
-    kernel = _co_firing_kernel() if acts.value.device.type == "cpu" else None
+    kernel = compiled(_co_fire_blocks) if acts.value.device.type == "cpu" else None
     if kernel is None:
         _add_co_firing_pairs(acc, acts, lo, hi, upper)
         return
@@ -321,7 +322,7 @@ def _add_co_firing(acc: tuple[torch.Tensor, torch.Tensor], acts: SparseActs, lo:
     b_ptr = torch.zeros(n_blocks + 1, dtype=torch.int64)
     b_ptr[1:] = torch.cumsum(torch.bincount(block, minlength=n_blocks), 0)
     order = torch.empty_like(mine)
-    _bucket_kernel()(block.numpy(), b_ptr.numpy(), mine.numpy(), order.numpy())
+    compiled(_bucket)(block.numpy(), b_ptr.numpy(), mine.numpy(), order.numpy())
     # Blocks in parallel (disjoint rows of acc), split where the co-firing pairs are shared evenly.
     workers = max(1, min(torch.get_num_threads() if workers is None else workers, n_blocks))
     cuts = [0, n_blocks]
@@ -336,8 +337,6 @@ def _add_co_firing(acc: tuple[torch.Tensor, torch.Tensor], acts: SparseActs, lo:
     t_entries = t_entries.to(torch.int32) if narrow else t_entries
     args = [a.numpy() for a in (b_ptr, order, token, t_ptr, t_entries)]
     low, high = acc[0].numpy(), acc[1].numpy()
-    from sae_atlas.compute.weights import run_jobs
-
     run_jobs(kernel, [(low, high, b0, b1, rows, lo, hi, f, *args, split, upper) for b0, b1 in zip(cuts[:-1], cuts[1:]) if b1 > b0])
 
 
@@ -390,19 +389,6 @@ def _co_fire_blocks(low, high, b0, b1, rows, lo, hi, f, b_ptr, order, token, t_p
                 low[out + c] += buf[c] & 0xFFFFFFFF
                 high[out + c] += buf[c] >> 32
             buf[c] = 0
-
-
-def _co_firing_kernel():
-    """`_co_fire_blocks` compiled (`weights.compiled`), or None where numba is not installed."""
-    from sae_atlas.compute.weights import compiled
-
-    return compiled(_co_fire_blocks)
-
-
-def _bucket_kernel():
-    from sae_atlas.compute.weights import compiled
-
-    return compiled(_bucket)
 
 
 def _add_co_firing_pairs(acc: tuple[torch.Tensor, torch.Tensor], acts: SparseActs, lo: int, hi: int, upper: bool = False) -> None:

@@ -27,6 +27,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
+from sae_atlas.compute.weights import compiled
 from sae_atlas.manifest import ComputeSettings
 
 LOW = (1 << 32) - 1
@@ -97,10 +98,9 @@ class SparseActs:
         over a 4M-element chunk); the same entries."""
         n, f = flat.shape
         values = flat.reshape(-1)
-        kernels = _firing_kernels() if values.device.type == "cpu" and values.dtype == torch.float32 else None
-        if kernels is not None:
+        count, fill = (compiled(_count_firing), compiled(_fill_firing)) if values.device.type == "cpu" and values.dtype == torch.float32 else (None, None)
+        if count is not None and fill is not None:
             dense = values.detach().contiguous().numpy()
-            count, fill = kernels
             key = torch.empty(count(dense), dtype=torch.int64)
             value = torch.empty(key.shape[0], dtype=torch.float32)
             fill(dense, key.numpy(), value.numpy())
@@ -182,7 +182,7 @@ class SparseActs:
         argsort was the largest cost of pass 2 and competes with other threads on a busy machine),
         elsewhere a stable argsort (within a feature, tokens stay ascending)."""
         if self._by_feature is None:
-            kernel = _feature_sort_kernel() if self.key.device.type == "cpu" else None
+            kernel = compiled(_feature_sort) if self.key.device.type == "cpu" else None
             if kernel is not None and self.key.numel():
                 starts = torch.zeros(self.n_features + 1, dtype=torch.int64)
                 feature = self.feature
@@ -294,21 +294,6 @@ def _fill_firing(dense, out_key, out_value):  # pragma: no cover (compiled)
             out_key[at] = i
             out_value[at] = a
             at += 1
-
-
-def _firing_kernels():
-    """(`_count_firing`, `_fill_firing`) compiled (`weights.compiled`), or None without numba."""
-    from sae_atlas.compute.weights import compiled
-
-    count, fill = compiled(_count_firing), compiled(_fill_firing)
-    return None if count is None or fill is None else (count, fill)
-
-
-def _feature_sort_kernel():
-    """`_feature_sort` compiled (`weights.compiled`), or None where numba is not installed."""
-    from sae_atlas.compute.weights import compiled
-
-    return compiled(_feature_sort)
 
 
 def segmented_top(group: torch.Tensor, keys: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
