@@ -15,6 +15,11 @@ import time of the process and of its heavy packages.
 The floor is measured in this process: one forward of the model to blocks.1 (the deeper hook) over
 the tokens plus both encoders' bare matrix products, as `compute_vs_saedashboard.measure_floor`
 measures it. The script ends with `cold_compute_ratio=X` (wall / floor at the first shape).
+
+`--baseline DIR` also times another checkout of this project (DIR, with its virtual environment in
+DIR/.venv) on the same inputs, as a user runs it (`python -m sae_atlas compute`, no driver), each
+version alternately `--repeat` times after one warm-up each, and prints the wall times side by side
+and `cold_compute_vs_baseline=X` (our median / the baseline's median at the first shape).
 """
 
 from __future__ import annotations
@@ -113,6 +118,42 @@ def run_compute(root: Path, threads: int | None) -> dict:
     return result
 
 
+def run_plain(python: Path, cwd: Path, root: Path, threads: int | None) -> float:
+    """Wall seconds of one `python -m sae_atlas compute` (another checkout's) on a fresh cache."""
+    cache = root / "cache"
+    if cache.exists():
+        shutil.rmtree(cache)
+    cmd = [str(python), "-m", "sae_atlas", "compute", "--content", str(root / "content"), "--cache", str(cache),
+           "--device", "cpu", "--quiet"]
+    if threads:
+        cmd += ["--threads", str(threads)]
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    t0 = time.perf_counter()
+    done = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if done.returncode != 0:
+        sys.stderr.write(done.stderr[-4000:])
+        raise SystemExit(f"the baseline's sae-atlas compute failed ({done.returncode})")
+    return wall
+
+
+def compare(n_prompts: int, root: Path, baseline: Path, threads: int | None, repeat: int) -> float:
+    """Ours (with the driver) and the baseline's (plain), alternating; returns our median / theirs."""
+    python = baseline / ".venv" / "bin" / "python"
+    if not python.exists():
+        raise SystemExit(f"{python}: no virtual environment in the baseline checkout (run `make install` there)")
+    ours, theirs = [], []
+    run_plain(python, baseline, root, threads)  # its warm-up
+    for _ in range(repeat):
+        theirs.append(run_plain(python, baseline, root, threads))
+        ours.append(run_compute(root, threads)["wall"])
+    med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
+    ratio = med(ours) / med(theirs)
+    print(f"\n{n_prompts} prompts, whole process, wall: ours {' / '.join(f'{x:.2f}' for x in ours)} s, "
+          f"baseline ({baseline}) {' / '.join(f'{x:.2f}' for x in theirs)} s; medians {med(ours):.2f} / {med(theirs):.2f} s = {ratio:.2f}x")
+    return ratio
+
+
 def report(n_prompts: int, r: dict, floor: dict) -> float:
     stages = r["stages"]
     print(f"\n{n_prompts} prompts x 128 tokens ({n_prompts * 128:,} tokens), 2 SAEs x {D_SAE:,} features")
@@ -140,11 +181,13 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, action="append", default=None, help="shapes to run (default: 512 and 2048)")
     ap.add_argument("--threads", type=int, default=None, help="--threads of sae-atlas compute (default: torch's own)")
     ap.add_argument("--keep", type=Path, default=None, help="build the fixtures here and keep them")
+    ap.add_argument("--baseline", type=Path, default=None, help="another checkout of this project, with DIR/.venv, timed alternately")
+    ap.add_argument("--repeat", type=int, default=3, help="timed runs of each version with --baseline (default 3)")
     args = ap.parse_args()
     shapes = args.prompts or [512, 2048]
     print(f"load average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}, {os.cpu_count()} CPUs")
     base = args.keep or Path(tempfile.mkdtemp(prefix="sae-atlas-cold-"))
-    ratios = []
+    ratios, versus = [], []
     try:
         for n in shapes:
             root = base / f"p{n}"
@@ -157,11 +200,15 @@ def main() -> None:
             inputs = {"root": root / "inputs", "tokens": root / "inputs" / "tokens.npy", "hook": "blocks.1.hook_resid_pre", "context": 128}
             floor = measure_floor(inputs, D_SAE, n)
             ratios.append(report(n, r, floor))
+            if args.baseline is not None:
+                versus.append(compare(n, root, args.baseline.resolve(), args.threads, args.repeat))
     finally:
         if args.keep is None:
             shutil.rmtree(base, ignore_errors=True)
     print(f"\nload average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}")
     print(f"cold_compute_ratio={ratios[0]:.2f}")
+    if versus:
+        print(f"cold_compute_vs_baseline={versus[0]:.2f}")
 
 
 if __name__ == "__main__":

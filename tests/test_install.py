@@ -58,7 +58,9 @@ def installed(wheel, tmp_path_factory) -> dict:
     venv = home / "venv"
     _run([sys.executable, "-m", "venv", venv], cwd=home, env=dict(os.environ))
     env = _clean_env(venv)
-    pip = [venv / "bin" / "python", "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    # --no-compile: pip's byte-compilation of every installed module (most of the install's time); the
+    # modules the tool imports are compiled when first imported instead.
+    pip = [venv / "bin" / "python", "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-compile"]
     started = time.perf_counter()
     _run(pip + ["torch==2.13.0"], cwd=home, env=env)  # first, as the Makefile does (the CPU build)
     _run(pip + [f"{wheel}[compute]", "-c", LOCK], cwd=home, env=env)

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from sae_atlas.backends.saelens_files import native_module
+from sae_atlas.compute.weights import numba_cache_dir
 from tests.conftest import ROOT
 from tests.fixtures import build_fixture_content, make_sae_dir
 
@@ -132,7 +133,9 @@ def test_compute_of_local_files_imports_no_saelens_training_stack_or_plotting(tm
         f"heavy = sorted({{m.split('.')[0] for m in sys.modules}} & set({NOT_IMPORTED!r}))\n"
         "print('RC', rc, 'HEAVY', heavy, 'TORCH', 'torch' in sys.modules)\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600, env={"PYTHONPATH": str(ROOT), "PATH": "", "HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"})
+    # UMAP's compiled code from this machine's cache (a fresh HOME would compile all of it again).
+    env = {"PYTHONPATH": str(ROOT), "PATH": "", "HOME": str(tmp_path), "HF_HUB_OFFLINE": "1", "NUMBA_CACHE_DIR": str(numba_cache_dir())}
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     last = done.stdout.strip().splitlines()[-1]
     assert last == "RC 0 HEAVY [] TORCH True", last
