@@ -4,6 +4,9 @@ VENV ?= .venv
 # CPU torch by default; override for CUDA, e.g. make build TORCH=torch==2.13.0+cu126 TORCH_PIP_ARGS="--extra-index-url URL"
 TORCH ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
+# make test spreads the test modules over this many processes (pytest-xdist; a module's tests share one,
+# and so its fixtures): auto is one per CPU, at most 4; TEST_WORKERS=0 runs them in this process.
+TEST_WORKERS ?= auto
 ARGS ?=
 
 PY := $(VENV)/bin/python
@@ -18,7 +21,7 @@ build: $(STAMP)
 	$(VENV)/bin/sae-atlas build $(ARGS)
 
 test: $(STAMP) chromium slurm
-	$(PY) -m pytest $(ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --maxprocesses 4 --dist loadfile $(ARGS)
 
 install: $(STAMP)
 
