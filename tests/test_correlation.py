@@ -303,6 +303,26 @@ def test_logit_histogram_of_random_rows_matches_numpy(histogram_path, threads):
         np.testing.assert_array_equal(value_range[f].numpy(), [row.min(), row.max()])
 
 
+def test_logit_histogram_of_huge_constant_and_nan_rows(histogram_path):
+    """A constant row too large to widen by 0.5 (numpy divides by zero there) lands in the middle
+    bin, as any constant row does; NaN values are in no bin and the bins span the other values; an
+    all-NaN row has no counts. On both paths, without an error."""
+    rng = np.random.default_rng(4)
+    logits = rng.normal(0.0, 2.0, (5, 400)).astype(np.float32)
+    logits[0] = 2.0**53
+    logits[1] = -(2.0**60)
+    logits[2, ::7] = np.nan
+    logits[3, 0] = np.nan  # NaN first: the range still comes from the rest
+    logits[4] = np.nan
+    counts = weights.logit_histogram(torch.from_numpy(logits), 9)[0].numpy()
+    for f in (0, 1):
+        np.testing.assert_array_equal(counts[f], np.eye(9, dtype=np.int64)[4] * 400, err_msg=f"row {f}")
+    for f in (2, 3):
+        finite = logits[f][~np.isnan(logits[f])].astype(np.float64)
+        np.testing.assert_array_equal(counts[f], np.histogram(finite, bins=9)[0], err_msg=f"row {f}")
+    np.testing.assert_array_equal(counts[4], np.zeros(9))
+
+
 def test_logit_histogram_without_output_map_is_zero(logit_weights):
     w_dec, _, w_u = logit_weights
     *_, counts, value_range = logit_effects(torch.from_numpy(w_dec), None, torch.from_numpy(w_u), 10, histogram_bins=50)

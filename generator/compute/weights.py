@@ -89,8 +89,8 @@ def _logit_rows(values, n, bins, pos_t, pos_v, neg_t, neg_v, counts, value_range
     m = values.shape[1]
     for r in range(r0, r1):
         nan = False
-        first = np.float64(values[r, 0])
-        last = first
+        first = np.inf  # the range of the values other than NaN
+        last = -np.inf
         filled = 0
         for c in range(m):
             x = values[r, c]
@@ -121,7 +121,8 @@ def _logit_rows(values, n, bins, pos_t, pos_v, neg_t, neg_v, counts, value_range
                 ok = False
         if first == last:
             first, last = first - 0.5, last + 0.5
-        scale = bins / (last - first)
+        flat = first == last  # a constant row too large for +-0.5 (|v| >= 2^52): the middle bin too
+        scale = bins / (last - first) if not flat else 0.0
         width = (last - first) / max(bins, 1)
         pos_kth = pos_v[r, n - 1] if n > 0 else np.float32(0.0)
         neg_kth = neg_v[r, n - 1] if n > 0 else np.float32(0.0)
@@ -133,9 +134,14 @@ def _logit_rows(values, n, bins, pos_t, pos_v, neg_t, neg_v, counts, value_range
                 above += 1
             if x <= neg_kth:
                 below += 1
-            if bins > 0:
+            if bins > 0 and x == x:  # NaN is in no bin
                 x64 = np.float64(x)
+                if flat:
+                    counts[r, bins // 2] += 1
+                    continue
                 q = (x64 - first) * scale
+                if q != q:  # a row with an infinite value
+                    continue
                 index = np.floor(q)
                 near = abs(q - index - 0.5) > 0.5 - 1e-4
                 i = int(min(index, bins - 1))
@@ -144,7 +150,7 @@ def _logit_rows(values, n, bins, pos_t, pos_v, neg_t, neg_v, counts, value_range
                         i -= 1
                     if i != bins - 1 and x64 >= (last if i + 1 == bins else (i + 1) * width + first):
                         i += 1
-                if 0 <= i < bins:  # always, but for a NaN or infinite row
+                if 0 <= i < bins:  # always, but for a row with an infinite value
                     counts[r, i] += 1
         if n > 0 and (above != n or below != n):
             ok = False
@@ -155,7 +161,9 @@ def logit_histogram(logits: torch.Tensor, bins: int) -> tuple[torch.Tensor, torc
     """Each row's values in `bins` equal-width bins between its min and max, exactly as
     np.histogram(row.astype(np.float64), bins) counts them (edges i * (max - min) / bins + min in
     float64, bin i = [edge i, edge i+1), the last bin closed; a constant row lands in the middle
-    bin of [v - 0.5, v + 0.5]). Returns (counts i32 [R, bins], (min, max) f32 [R, 2]).
+    bin of [v - 0.5, v + 0.5], and so does one too large to widen, |v| >= 2^52, where numpy divides
+    by zero). NaN values are in no bin, and the bins span the other values. Returns (counts i32
+    [R, bins], (min, max) f32 [R, 2]).
 
     The bin is the floor of the scaled value; only values within 1e-4 of a bin of an edge (where
     the quotient's rounding could put them on the wrong side) are compared with the edges
@@ -209,10 +217,14 @@ def _logit_histogram_torch(logits: torch.Tensor, bins: int) -> tuple[torch.Tenso
     for lo in range(0, rows_total, step):
         raw = logits[lo : lo + step]
         v = raw.to(torch.float64, copy=True)  # a copy even of float64 rows: it becomes the scaled value
-        first, last = v.min(1, keepdim=True).values, v.max(1, keepdim=True).values
+        nan = v.isnan()
+        first = torch.where(nan, torch.inf, v).min(1, keepdim=True).values  # the range of the values but NaN
+        last = torch.where(nan, -torch.inf, v).max(1, keepdim=True).values
         flat = first == last
         first, last = torch.where(flat, first - 0.5, first), torch.where(flat, last + 0.5, last)
-        q = v.sub_(first).mul_(bins / (last - first))
+        too_flat = first == last  # a constant row too large for +-0.5 (|v| >= 2^52): the middle bin too
+        q = v.sub_(first).mul_(torch.where(too_flat, 0.0, bins / (last - first)))
+        q = torch.where(too_flat, bins // 2 + 0.5, q)
         index = q.floor()
         near = torch.sub(q, index).sub_(0.5).abs_() > 0.5 - 1e-4
         index.clamp_(max=bins - 1)
@@ -226,8 +238,11 @@ def _logit_histogram_torch(logits: torch.Tensor, bins: int) -> tuple[torch.Tenso
             i += ((value >= edges[r, i + 1]) & (i != bins - 1)).long()
             index[r, c] = i.double()
         n = raw.shape[0]
-        index.add_(torch.arange(n, dtype=torch.float64, device=v.device).mul_(bins).unsqueeze(1))
-        counts[lo * bins : (lo + n) * bins] += torch.bincount(index.view(-1).long(), minlength=n * bins)
+        # NaN, and the values of a row with an infinite one, go to a slot after each row's bins
+        index = torch.where(nan | index.isnan() | (index < 0) | (index >= bins), bins, index)
+        index.add_(torch.arange(n, dtype=torch.float64, device=v.device).mul_(bins + 1).unsqueeze(1))
+        slots = torch.bincount(index.view(-1).long(), minlength=n * (bins + 1)).view(n, bins + 1)
+        counts.view(rows_total, bins)[lo : lo + n] += slots[:, :bins]
     return counts.view(rows_total, bins).int(), torch.stack([logits.min(1).values, logits.max(1).values], 1).float()
 
 
