@@ -33,21 +33,24 @@ def main() -> int:
     started, started_pc = time.time(), time.perf_counter()
     out = Path(sys.argv[1])
     times: dict[str, float] = {}
-    stack: list[float] = []
+    cpu: dict[str, float] = {}  # the process's CPU seconds (every thread) in each stage, exclusive too
+    stack: list[list[float]] = []
 
     def wrap(label, fn):
         def timed(*a, **kw):
             name = label or f"pass {a[0]}"
-            stack.append(0.0)
-            t0 = time.perf_counter()
+            stack.append([0.0, 0.0])
+            t0, c0 = time.perf_counter(), time.process_time()
             try:
                 return fn(*a, **kw)
             finally:
-                total = time.perf_counter() - t0
-                inner = stack.pop()
+                total, total_cpu = time.perf_counter() - t0, time.process_time() - c0
+                inner, inner_cpu = stack.pop()
                 times[name] = times.get(name, 0.0) + total - inner
+                cpu[name] = cpu.get(name, 0.0) + total_cpu - inner_cpu
                 if stack:
-                    stack[-1] += total
+                    stack[-1][0] += total
+                    stack[-1][1] += total_cpu
 
         return timed
 
@@ -68,7 +71,7 @@ def main() -> int:
     cli_seconds = time.perf_counter() - t0
     out.write_text(json.dumps({
         "cli_start": started - float(os.environ["SAE_ATLAS_BENCH_LAUNCHED"]), "patching": t0 - started_pc,
-        "cli_seconds": cli_seconds, "stages": times,
+        "cli_seconds": cli_seconds, "stages": times, "stage_cpu": cpu,
     }))
     return rc or 0
 

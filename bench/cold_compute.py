@@ -9,7 +9,8 @@ of tokens) and random prompts of 128 tokens, built with `compute_vs_saedashboard
 Each shape runs `python -X importtime -m sae_atlas compute` as a subprocess on a fresh cache, once to
 warm the machine's caches (numba's on-disk JIT cache, the page cache) and once timed: the wall time
 of the whole process is the headline. A driver (`_cold_driver.py`) inside the timed process records
-when the CLI starts and patches the engine's stages with exclusive timers; `-X importtime` gives the
+when the CLI starts and patches the engine's stages with exclusive timers (wall and the process's CPU
+time, so that a stage's cores in use show); `-X importtime` gives the
 import time of the process and of its heavy packages.
 
 The floor is measured in this process: one forward of the model to blocks.1 (the deeper hook) over
@@ -163,8 +164,9 @@ def report(n_prompts: int, r: dict, floor: dict) -> float:
     print(f"  driver's imports, patching     {r['patching']:7.2f} s")
     for name, s in r["imports"].items():
         print(f"  import {name + (' (every import)' if name == 'all' else ''):<23} {s:7.2f} s")
+    cpu = r.get("stage_cpu", {})
     for name, s in sorted(stages.items(), key=lambda kv: -kv[1]):
-        print(f"  {name:<30} {s:7.2f} s")
+        print(f"  {name:<30} {s:7.2f} s" + (f"   CPU {cpu[name]:6.2f} s ({cpu[name] / s:.1f} cores)" if name in cpu and s > 0.05 else ""))
     untimed = r["cli_seconds"] - sum(stages.values())
     exit_ = r["wall"] - r["cli_start"] - r["patching"] - r["cli_seconds"]
     print(f"  the rest of the CLI            {untimed:7.2f} s  (its imports included)")

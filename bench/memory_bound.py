@@ -8,9 +8,11 @@ about half the tokens) and a sparse one (1%), each at two corpus lengths, once w
 `--replay-memory` (the budget) and once with `--replay-memory 0` (the peer: the same work with
 nothing kept, whose peak is the process's base plus its working set). The fixture is
 `compute_vs_saedashboard.build_inputs`'s: a random 2-layer model (d_model 128, GPT-2 vocabulary
-size), one random StandardSAE on blocks.1.hook_resid_pre, random prompts of 128 tokens.
+size), one random StandardSAE on blocks.1.hook_resid_pre (`--sae-count 2`: and one on
+blocks.0.hook_resid_pre), random prompts of 128 tokens.
 
-Per run it prints the child's peak RSS (its rusage, as GNU `time -v` reports it) and the bound the
+Per run it prints the child's peak RSS (its own rusage, started from a small launcher: see
+tests/peak_rss.py for why a child of this process would report this process's RSS) and the bound the
 engine states at the start of the passes ("memory bound ...": the memory in use then + the replay
 budget + `replay.working_set`, an upper bound of the passes' working set for the batch size and
 the SAE's width), and two ratios: peak / stated bound, and peak / (peak without replay + budget),
@@ -25,6 +27,7 @@ import argparse
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -37,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(BENCH))
 
 from compute_vs_saedashboard import build_inputs  # noqa: E402
+from tests import peak_rss  # noqa: E402
 
 HOOK = "blocks.1.hook_resid_pre"
 BOUND_LINE = re.compile(r"memory bound ([\d,]+) MiB: (?:([\d,]+) MiB in use \+ )?replay budget ([\d,]+) MiB.*working set ([\d,]+) MiB")
@@ -54,9 +58,16 @@ def size(text: str) -> int | None:
     return int(float(m.group(1)) * units[m.group(2)])
 
 
-def build(root: Path, n_prompts: int, d_sae: int, density: float) -> Path:
-    """A content dir under root: one SAE of d_sae features firing on about `density` of the tokens."""
+def build(root: Path, n_prompts: int, d_sae: int, density: float, count: int = 1) -> Path:
+    """A content dir under root: `count` SAEs (1 or 2: on blocks.1, then blocks.0) of d_sae features
+    firing on about `density` of the tokens."""
     build_inputs(root / "inputs", n_prompts, [d_sae], hook=HOOK, density=density)
+    layers = [1]
+    if count > 1:  # the same model (the same seed), a second SAE on blocks.0
+        other = build_inputs(root / "other", 16, [d_sae], hook="blocks.0.hook_resid_pre", density=density)
+        shutil.move(str(other["saes"][d_sae]), str(root / "inputs" / "saes" / "l0"))
+        shutil.rmtree(root / "other")
+        layers.append(0)
     releases = root / "content" / "releases"
     releases.mkdir(parents=True)
     (releases / "mem.yaml").write_text(
@@ -69,7 +80,7 @@ def build(root: Path, n_prompts: int, d_sae: int, density: float) -> Path:
         "    title: Residual stream\n"
         "    hook: blocks.{layer}.hook_resid_pre\n"
         "    saes:\n"
-        f"      - {{layer: 1, path: ../../inputs/saes/{d_sae}}}\n"
+        + "".join(f"      - {{layer: {layer}, path: ../../inputs/saes/{d_sae if layer == 1 else 'l0'}}}\n" for layer in layers)
     )
     return root / "content"
 
@@ -83,17 +94,13 @@ def run_compute(content: Path, cache: Path, replay_memory: int | None, threads: 
     if threads:
         argv += ["--threads", str(threads)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    with tempfile.TemporaryFile("w+") as err:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err)
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        wall = time.perf_counter() - t0
-        err.seek(0)
-        log = err.read()
-    if proc.returncode != 0:
-        raise SystemExit(f"sae-atlas compute failed ({proc.returncode}):\n{log[-4000:]}")
-    out = {"peak": usage.ru_maxrss * 1024, "wall": wall}  # ru_maxrss is in KiB on Linux
+    t0 = time.perf_counter()
+    done, peak = peak_rss.run(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wall = time.perf_counter() - t0
+    log = done.stderr
+    if done.returncode != 0:
+        raise SystemExit(f"sae-atlas compute failed ({done.returncode}):\n{log[-4000:]}")
+    out = {"peak": peak, "wall": wall}
     m = BOUND_LINE.search(log)  # None from a version of the engine that states no bound
     mib = lambda g: int(g.replace(",", "")) << 20 if g else 0  # noqa: E731
     out.update(bound=None, in_use=None, budget=replay_memory, working_set=None)
@@ -112,20 +119,22 @@ def main() -> int:
     ap.add_argument("--replay-memory", type=size, default=size("64M"), help='the budget of the runs with replay ("default": the engine\'s own)')
     ap.add_argument("--saes", choices=("dense", "sparse"), nargs="+", default=["dense", "sparse"], help="which SAEs (density 0.5 and 0.01)")
     ap.add_argument("--no-peer", action="store_true", help="skip the runs with --replay-memory 0")
+    ap.add_argument("--sae-count", type=int, choices=(1, 2), default=1, help="SAEs per run (2: a second one on blocks.0)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--workdir", type=Path, default=None)
     args = ap.parse_args()
 
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at the start")
     budget = "the default" if args.replay_memory is None else f"--replay-memory {args.replay_memory >> 20} MiB"
-    print(f"SAE: {args.d_sae} features on {HOOK}; prompts of 128 tokens; budget {budget}")
+    where = HOOK if args.sae_count == 1 else f"{HOOK} and blocks.0.hook_resid_pre"
+    print(f"{args.sae_count} SAE(s): {args.d_sae} features on {where}; prompts of 128 tokens; budget {budget}")
     rows = []
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         for name, density in (("dense", 0.5), ("sparse", 0.01)):
             if name not in args.saes:
                 continue
             for n_prompts in args.prompts:
-                content = build(Path(tmp) / f"{name}-{n_prompts}", n_prompts, args.d_sae, density)
+                content = build(Path(tmp) / f"{name}-{n_prompts}", n_prompts, args.d_sae, density, args.sae_count)
                 base = None if args.no_peer else run_compute(content, Path(tmp) / f"cache-{name}-{n_prompts}-0", 0, args.threads)
                 kept = run_compute(content, Path(tmp) / f"cache-{name}-{n_prompts}-b", args.replay_memory, args.threads)
                 rows.append((name, n_prompts, base, kept))

@@ -6,7 +6,6 @@ about half the tokens."""
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import torch
 from sae_atlas.compute import ComputeOptions, compute_releases
 from sae_atlas.compute.stats import SparseActs
 from sae_atlas.manifest import load_content
+from tests import peak_rss
 from tests.fixtures import build_fixture_content
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -150,16 +150,15 @@ CHILD = (
 
 def _peak_rss(content: Path, cache: Path, batch_size: int, replay_memory: int) -> tuple[int, int]:
     """(resident set when pass 1 starts, peak resident set) in bytes of a `compute` child process,
-    the peak from its rusage."""
+    the peak its own (`peak_rss.run`: not the test process's resident set, which a child of it
+    would otherwise report as its peak)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(content), str(cache), str(batch_size), str(replay_memory)],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    out, err = proc.stdout.read().decode(), proc.stderr.read().decode(errors="replace")
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    proc.stdout.close(), proc.stderr.close()
-    assert proc.returncode == 0, err[-3000:]
-    return int(out.split()[0]) * 1024, usage.ru_maxrss * 1024  # both in KiB on Linux
+    done, peak = peak_rss.run([sys.executable, "-c", CHILD, str(content), str(cache), str(batch_size), str(replay_memory)],
+                              cwd=ROOT, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    start = int(done.stdout.split()[0]) * 1024  # KiB on Linux
+    assert start < peak, "the peak is the child's own, at least its resident set when pass 1 starts"
+    return start, peak
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ru_maxrss in KiB and /proc are Linux's")
