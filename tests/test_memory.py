@@ -6,6 +6,7 @@ about half the tokens."""
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -199,3 +200,30 @@ def test_cuda_bound_reads_the_models_device(monkeypatch):
     assert replay.resident_bytes(device) == MiB
     assert asked == [("free", torch.device("cuda", 1)), ("used", torch.device("cuda", 1))]
     assert default_batch_size(device, 128) == default_batch_size("cuda", 128) == TOKENS_PER_BATCH["cuda"] // 128
+
+
+KERNELS_AT_THE_BOUND = (
+    "import sys\n"
+    "from sae_atlas import api\n"
+    "from sae_atlas.compute import correlation, engine, stats, weights\n"
+    "seen = []\n"
+    "real = engine.resident_bytes\n"
+    "def resident(device):\n"
+    "    kernels = [weights._COMPILED.get(f) for f in (stats._count_firing, stats._fill_firing, stats._feature_sort, correlation._co_fire_blocks)]\n"
+    "    seen.append(['numba' in sys.modules] + [k is not None and bool(k.signatures) for k in kernels])\n"
+    "    return real(device)\n"
+    "engine.resident_bytes = resident\n"
+    "api.compute(sys.argv[1], sys.argv[2], device='cpu', threads=1, pca_map=True, quiet=True)\n"
+    "print(seen)\n"
+)
+
+
+def test_the_memory_in_use_the_bound_states_includes_the_passes_compiled_kernels(tmp_path):
+    """On a CPU the passes' compiled kernels (numba and their code: about 130 MiB of resident set)
+    are loaded before the memory in use is read for the bound, not by pass 1's first batch after it."""
+    content = dense_content(tmp_path / "fixture", n_prompts=8, context=8, d_sae=64)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, "-c", KERNELS_AT_THE_BOUND, str(content), str(tmp_path / "cache")],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == str([[True] * 5])

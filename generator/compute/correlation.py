@@ -287,6 +287,19 @@ def _add_co_firing_dense(acc: tuple[torch.Tensor, torch.Tensor], acts: SparseAct
             acc[0][cells].add_(product & WORD)
 
 
+def load_kernels(device: str) -> None:
+    """On a CPU, load the corpus passes' compiled kernels now (numba, its compiler and their code
+    from numba's on-disk cache: about 130 MiB of resident set, which the passes' first batch would
+    otherwise add), so that the memory in use when the bound is stated includes them: the firing
+    scan and the feature sort (`SparseActs`) and the co-firing sums, run on a batch of two tokens."""
+    if str(device).split(":")[0] != "cpu" or compiled(_co_fire_blocks) is None:
+        return
+    acts = SparseActs.from_dense(torch.tensor([[1.0, 0.0], [0.5, 2.0]]), 0, 1)
+    acts._feature_major()
+    acc = torch.zeros(4, dtype=torch.int64)
+    _add_co_firing((acc, torch.zeros_like(acc)), acts, 0, 2, workers=1)
+
+
 def _add_co_firing(acc: tuple[torch.Tensor, torch.Tensor], acts: SparseActs, lo: int, hi: int, upper: bool = False, workers: int | None = None) -> None:
     """acc (two words, int64 [(hi - lo) * F] each) += a_ti * a_tj (quantized) for every token t
     and every pair of its firing features i in [lo, hi), j any (j >= i only when `upper`: the

@@ -38,6 +38,7 @@ from sae_atlas.cache import (
     write_entry,
 )
 from sae_atlas.compute import units
+from sae_atlas.compute.correlation import load_kernels
 from sae_atlas.compute.options import ComputeOptions, chunk_elements, default_batch_size, entry_budget
 from sae_atlas.compute.replay import Replay, release_free_memory, replay_budget, resident_bytes, working_set
 from sae_atlas.compute.stats import FeatureStats, SparseActs, bookkeeping_threads
@@ -265,7 +266,9 @@ def _compute_saes(model, running: list["_Running"], corpus: Corpus, store: Cache
 
 def _bounded_replay(model_id: str, model, saes: list, corpus: Corpus, options: ComputeOptions, batch_size: int, device: str) -> Replay:
     """The replay store of these SAEs' passes, its budget what is left once the working set they
-    need is set aside; the bound on the process's memory is stated unless quiet."""
+    need is set aside; the bound on the process's memory is stated unless quiet. The passes' compiled
+    kernels are loaded first, so that the memory in use includes them."""
+    load_kernels(device)
     in_use = resident_bytes(device)
     ws = working_set(batch_size * corpus.context, corpus.context, [(sae.d_sae, sae.d_out) for sae in saes], int(model.unembedding().shape[0]), device, options.correlation_memory)
     replay = Replay(replay_budget(device, options.replay_memory, ws))
