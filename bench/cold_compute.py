@@ -40,7 +40,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent))
 sys.path.insert(0, str(BENCH))
 
-from compute_vs_saedashboard import build_inputs, measure_floor  # noqa: E402
+from compute_vs_saedashboard import add_layer0_sae, build_inputs, measure_floor  # noqa: E402
 
 D_SAE = 2048
 DRIVER = BENCH / "_cold_driver.py"
@@ -50,11 +50,7 @@ PACKAGES = ("sae_lens", "transformer_lens", "transformers", "umap", "torch")
 
 def build(root: Path, n_prompts: int) -> Path:
     """The fixture under root: model, corpus, two SAEs (blocks.0 and blocks.1) and a content dir."""
-    a = build_inputs(root / "inputs", n_prompts, [D_SAE], hook="blocks.1.hook_resid_pre")
-    b = build_inputs(root / "other", 16, [D_SAE], hook="blocks.0.hook_resid_pre")  # the same model (same seed)
-    saes = root / "inputs" / "saes"
-    shutil.move(str(b["saes"][D_SAE]), str(saes / "l0"))
-    shutil.rmtree(root / "other")
+    add_layer0_sae(build_inputs(root / "inputs", n_prompts, [D_SAE], hook="blocks.1.hook_resid_pre"), D_SAE)
     releases = root / "content" / "releases"
     releases.mkdir(parents=True)
     (releases / "cold.yaml").write_text(

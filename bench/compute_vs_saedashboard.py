@@ -36,6 +36,7 @@ import io
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import shutil
@@ -190,6 +191,17 @@ def build_inputs(
         "root": root, "model": model_dir, "tokens": root / "tokens.npy", "saes": sae_dirs, "config": cfg,
         "hook": hook, "context": context,
     }
+
+
+def add_layer0_sae(inputs: dict, d_sae: int, density: float = 0.01) -> Path:
+    """A second random SAE of d_sae features on blocks.0.hook_resid_pre of `build_inputs`'s model
+    (built again from the same seed, with a few prompts, then dropped), as inputs' saes/l0."""
+    root = inputs["root"]
+    other = build_inputs(root.parent / f"{root.name}-l0", 16, [d_sae], hook="blocks.0.hook_resid_pre", density=density)
+    target = root / "saes" / "l0"
+    shutil.move(str(other["saes"][d_sae]), str(target))
+    shutil.rmtree(other["root"])
+    return target
 
 
 # ----------------------------------------------------------------------------- SAEDashboard

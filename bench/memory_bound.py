@@ -27,7 +27,6 @@ import argparse
 import os
 import platform
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -39,7 +38,7 @@ ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(BENCH))
 
-from compute_vs_saedashboard import build_inputs  # noqa: E402
+from compute_vs_saedashboard import add_layer0_sae, build_inputs  # noqa: E402
 from tests import peak_rss  # noqa: E402
 
 HOOK = "blocks.1.hook_resid_pre"
@@ -61,12 +60,10 @@ def size(text: str) -> int | None:
 def build(root: Path, n_prompts: int, d_sae: int, density: float, count: int = 1) -> Path:
     """A content dir under root: `count` SAEs (1 or 2: on blocks.1, then blocks.0) of d_sae features
     firing on about `density` of the tokens."""
-    build_inputs(root / "inputs", n_prompts, [d_sae], hook=HOOK, density=density)
+    inputs = build_inputs(root / "inputs", n_prompts, [d_sae], hook=HOOK, density=density)
     layers = [1]
-    if count > 1:  # the same model (the same seed), a second SAE on blocks.0
-        other = build_inputs(root / "other", 16, [d_sae], hook="blocks.0.hook_resid_pre", density=density)
-        shutil.move(str(other["saes"][d_sae]), str(root / "inputs" / "saes" / "l0"))
-        shutil.rmtree(root / "other")
+    if count > 1:
+        add_layer0_sae(inputs, d_sae, density)
         layers.append(0)
     releases = root / "content" / "releases"
     releases.mkdir(parents=True)

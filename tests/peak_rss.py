@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
 
 LAUNCHER = (
     "import os, sys\n"
@@ -32,5 +33,5 @@ def run(argv: list[str], **popen) -> tuple[subprocess.CompletedProcess, int]:
     with tempfile.TemporaryDirectory() as tmp:
         report = os.path.join(tmp, "maxrss")
         done = subprocess.run([sys.executable, "-S", "-c", LAUNCHER, report, *argv], **popen)
-        peak = int(open(report).read()) * 1024 if os.path.exists(report) else 0
+        peak = int(Path(report).read_text()) * 1024 if os.path.exists(report) else 0
     return subprocess.CompletedProcess(argv, done.returncode, done.stdout, done.stderr), peak

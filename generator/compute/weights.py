@@ -150,7 +150,7 @@ def _logit_rows(values, n, bins, pos_t, pos_v, neg_t, neg_v, counts, value_range
                         i -= 1
                     if i != bins - 1 and x64 >= (last if i + 1 == bins else (i + 1) * width + first):
                         i += 1
-                if 0 <= i < bins:  # always, but for a row with an infinite value
+                if 0 <= i < bins:  # always (numba does not check the index)
                     counts[r, i] += 1
         if n > 0 and (above != n or below != n):
             ok = False
@@ -223,8 +223,7 @@ def _logit_histogram_torch(logits: torch.Tensor, bins: int) -> tuple[torch.Tenso
         flat = first == last
         first, last = torch.where(flat, first - 0.5, first), torch.where(flat, last + 0.5, last)
         too_flat = first == last  # a constant row too large for +-0.5 (|v| >= 2^52): the middle bin too
-        q = v.sub_(first).mul_(torch.where(too_flat, 0.0, bins / (last - first)))
-        q = torch.where(too_flat, bins // 2 + 0.5, q)
+        q = torch.where(too_flat, bins // 2 + 0.5, v.sub_(first).mul_(bins / (last - first)))
         index = q.floor()
         near = torch.sub(q, index).sub_(0.5).abs_() > 0.5 - 1e-4
         index.clamp_(max=bins - 1)
@@ -238,8 +237,8 @@ def _logit_histogram_torch(logits: torch.Tensor, bins: int) -> tuple[torch.Tenso
             i += ((value >= edges[r, i + 1]) & (i != bins - 1)).long()
             index[r, c] = i.double()
         n = raw.shape[0]
-        # NaN, and the values of a row with an infinite one, go to a slot after each row's bins
-        index = torch.where(nan | index.isnan() | (index < 0) | (index >= bins), bins, index)
+        # NaN (a NaN value, or any value of a row with an infinite one) goes to a slot after each row's bins
+        index = torch.where(index.isnan(), bins, index)
         index.add_(torch.arange(n, dtype=torch.float64, device=v.device).mul_(bins + 1).unsqueeze(1))
         slots = torch.bincount(index.view(-1).long(), minlength=n * (bins + 1)).view(n, bins + 1)
         counts.view(rows_total, bins)[lo : lo + n] += slots[:, :bins]
