@@ -100,21 +100,39 @@ def compute(
         for release in mirrored:
             import_release(release, Path(cache), quiet=quiet)
         releases = [r for r in releases if r.neuronpedia_export is None]
-    from sae_atlas.compute import ComputeOptions, ComputeReport, compute_releases
-
     if not releases:
+        from sae_atlas.compute import ComputeReport
+
         return ComputeReport(cached=[s.id for r in mirrored for s in r.saes()])
+    worker = _map_worker(threads, pca_map)  # before torch's import, which its own import then runs beside
+    try:
+        from sae_atlas.compute import ComputeOptions, compute_releases
 
-    if threads:
-        import torch
+        if threads:
+            import torch
 
-        torch.set_num_threads(max(1, threads))
-    options = ComputeOptions(
-        device=device, dtype=dtype, batch_size=batch_size, shard=shard, unit_prompts=unit_prompts, replay_memory=replay_memory,
-        quiet=quiet, pca_map=pca_map,
-    )
-    with _compute_failures():
-        return compute_releases(releases, Path(cache), options)
+            torch.set_num_threads(max(1, threads))
+        options = ComputeOptions(
+            device=device, dtype=dtype, batch_size=batch_size, shard=shard, unit_prompts=unit_prompts, replay_memory=replay_memory,
+            quiet=quiet, pca_map=pca_map, map_worker=worker,
+        )
+        with _compute_failures():
+            return compute_releases(releases, Path(cache), options)
+    finally:
+        if worker is not None:
+            worker.close()
+
+
+def _map_worker(threads: int | None, pca_map: bool):
+    """The process that fits the UMAP maps beside the compute (`compute.maps.MapWorker`), with a
+    thread per core but one; None on one core, at --threads 1 (one core asked for) or with
+    --pca-map (no UMAP)."""
+    from sae_atlas.compute.maps import MapWorker, usable_cores
+
+    cores = usable_cores() if threads is None else min(threads, usable_cores())
+    if pca_map or cores < 2:
+        return None
+    return MapWorker(cores - 1)
 
 
 def render(

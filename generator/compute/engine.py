@@ -44,7 +44,7 @@ from sae_atlas.compute.replay import Replay, release_free_memory, replay_budget,
 from sae_atlas.compute.stats import FeatureStats, SparseActs, bookkeeping_threads
 from sae_atlas.backends import CeSae
 from sae_atlas.backends.transformer_lens import neuron_hook
-from sae_atlas.compute.weights import cosine_neighbours, logit_effects, umap_neighbour_count
+from sae_atlas.compute.weights import cosine_neighbours, logit_effects, map_method, umap_neighbour_count, umap_request
 from sae_atlas.errors import AtlasError, InputError, Problem
 from sae_atlas.locks import Locks
 from sae_atlas.manifest import Release, SaeSpec, SetSpec
@@ -204,6 +204,7 @@ class _Running:
     stats: FeatureStats
     sparse_decode: bool | None = None  # decode from the sparse batch? decided on the first batch
     extra: dict = field(default_factory=dict)  # arrays computed after the passes (correlated features)
+    memo: dict = field(default_factory=dict)  # its StatContext's memo, begun before the passes (`_start_maps`)
     first: int = 0  # the first prompt of its prompt range (a work unit's; 0: the whole corpus)
     partial: Path | None = None  # where its state is checkpointed (None: the SAE's checkpoint)
 
@@ -240,6 +241,7 @@ def _compute_saes(model, running: list["_Running"], corpus: Corpus, store: Cache
     model_id = running[0].job.release.model.id
     device = _memory_device(model)
     replay = _bounded_replay(model_id, model, [r.sae for r in running], corpus, options, batch_size, device)
+    _start_maps(running, options)
     started = time.perf_counter()
     done_tokens = _run_pass(1, model, running, corpus, store, options, batch_size, replay)
     release_free_memory()  # what a pass freed goes back to the system, not to the next stage's peak
@@ -582,7 +584,7 @@ class StatContext:
 
     @functools.cached_property
     def w_dec(self) -> torch.Tensor:
-        return self.sae.W_dec.detach().float()
+        return _decoder_w(self.sae)
 
     def neuron_weights(self) -> torch.Tensor | None:
         """For an entry whose neurons are an MLP's (`meta["neurons"]`, an MLP-out SAE): the MLP's
@@ -614,10 +616,43 @@ class StatContext:
         """Each feature's nearest other features by decoder cosine, as many as the neighbours shown
         and the map's neighbour graph need (one search serves both)."""
         if "knn" not in self.memo:
-            s = self.settings
-            k_map = umap_neighbour_count(self.w_dec.shape[0], s.umap_neighbours)
-            self.memo["knn"] = cosine_neighbours(self.w_dec, self.w_dec, max(s.neighbours, k_map - 1), exclude_self=True)
+            self.memo["knn"] = _decoder_knn(self.w_dec, self.settings)
         return self.memo["knn"]
+
+    def background_map(self) -> np.ndarray | None:
+        """The map the map worker fitted for this SAE since `_start_maps` (None when none did)."""
+        sent = self.memo.pop("map_worker", None)
+        return None if sent is None else sent[0].take(sent[1])
+
+
+def _decoder_w(sae) -> torch.Tensor:
+    return sae.W_dec.detach().float()
+
+
+def _decoder_knn(w_dec: torch.Tensor, settings) -> tuple[np.ndarray, np.ndarray]:
+    k_map = umap_neighbour_count(w_dec.shape[0], settings.umap_neighbours)
+    return cosine_neighbours(w_dec, w_dec, max(settings.neighbours, k_map - 1), exclude_self=True)
+
+
+def _start_maps(running: list[_Running], options: ComputeOptions) -> None:
+    """The UMAP maps of these SAEs sent to the map worker (`maps.MapWorker`, started by
+    `api.compute`) as soon as the SAEs are loaded, to be fitted there beside the corpus passes; each
+    SAE's StatContext takes its own (`FeatureMap.compute`). Without a worker each map is fitted in
+    turn when its SAE is finished."""
+    from sae_atlas.stats.feature_map import map_call
+
+    worker = options.map_worker
+    if worker is None:
+        return
+    for r in running:
+        s = r.job.release.compute
+        w_dec = _decoder_w(r.sae)
+        method = map_method(w_dec.shape[0], options.pca_map)
+        if method == "umap":
+            r.memo["knn"] = _decoder_knn(w_dec, s)
+            args, kwargs = map_call(w_dec, s, method, r.memo["knn"])
+            worker.start(r.job.id, umap_request(*args, **kwargs))
+            r.memo["map_worker"] = (worker, r.job.id)
 
 
 def _compute_later_stats(ctx: StatContext, todo: list[statistics.Statistic]) -> None:
@@ -671,7 +706,7 @@ def _finish(r: _Running, model, corpus: Corpus, store: CacheStore, ce: tuple[flo
     if _neurons(sae) is not None:  # only then: other entries' meta stays as it was
         meta["neurons"] = _neurons(sae)
     wanted = statistics.wanted(meta, s)
-    ctx = StatContext(sae, model, s, arrays, meta, corpus, options)
+    ctx = StatContext(sae, model, s, arrays, meta, corpus, options, r.memo)
     _compute_later_stats(ctx, [stat for stat in wanted if stat.stage not in statistics.CORPUS_STAGES])
     meta["statistics"] = statistics.signatures(wanted, s)
     write_entry(store.sae_dir(job.key), meta, arrays)
@@ -909,6 +944,7 @@ def _finish_units(job: SaeJob, sae, model, ranges: list[tuple[int, int]], corpus
         part.load_state(entry.arrays, int(entry.meta["pass"]), int(entry.meta["prompts_done"]))
         stats.merge(part)
     r = _Running(job, sae, stats)
+    _start_maps([r], options)
     _correlate_features(r, model, corpus, options, batch_size, replay, ranges)
     release_free_memory()
     ce_bar = None if options.quiet else f"{job.id} CE loss"

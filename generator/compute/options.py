@@ -30,6 +30,9 @@ class ComputeOptions:
     # tens of seconds per process, too slow for tests and quick previews.
     pca_map: bool = False
     on_batch: Callable[[int, int], None] | None = None  # called with (pass, first prompt) after each batch
+    # A `maps.MapWorker` that fits the UMAP maps beside the passes (`api.compute` starts one before
+    # torch's import); None: each map is fitted in this process when its SAE is finished.
+    map_worker: object | None = None
 
 
 # Elements of the dense intermediates (activations of an encoder call, logits of a chunk) the engine

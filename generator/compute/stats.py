@@ -27,6 +27,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
+from sae_atlas.compute.maps import usable_cores
 from sae_atlas.compute.weights import compiled
 from sae_atlas.manifest import ComputeSettings
 
@@ -236,10 +237,7 @@ def single_threaded() -> Iterator[int]:
 def machine_busy() -> bool:
     """Whether other work competes for this process's cores: the 1-minute load average at least
     one more than the cores it may run on (its own threads count in the load)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
+    cores = usable_cores()
     try:
         return os.getloadavg()[0] >= cores + 1
     except (AttributeError, OSError):

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import os
 import sys
-import warnings
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from sae_atlas.compute.maps import fit, numba_cache_dir  # noqa: F401 (numba_cache_dir: also imported from here)
 from sae_atlas.compute.options import chunk_elements
 
 CHUNK = 1024
@@ -279,35 +278,26 @@ def map_method(n_features: int, pca_map: bool = False) -> str:
     return "pca" if pca_map or n_features < UMAP_MIN_FEATURES else "umap"
 
 
-def numba_cache_dir() -> Path:
-    """Where numba keeps UMAP's compiled code between runs: NUMBA_CACHE_DIR when set, else
-    sae-atlas/numba under the user's cache directory (XDG_CACHE_HOME, default ~/.cache)."""
-    if os.environ.get("NUMBA_CACHE_DIR"):
-        return Path(os.environ["NUMBA_CACHE_DIR"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sae-atlas" / "numba"
-
-
-def _umap():
-    """umap-learn with numba's on-disk cache turned on for its compiled functions (umap-learn caches
-    almost none of them), so that only the first run on a machine pays their compilation (~10 s)."""
-    if "numba" not in sys.modules:
-        os.environ.setdefault("NUMBA_CACHE_DIR", str(numba_cache_dir()))
-    from sae_atlas.backends.deferred_imports import import_umap
-
-    umap = import_umap()  # without scipy.stats and pandas, which a fit on an array never uses
-    from numba.core.dispatcher import Dispatcher
-
-    for name, module in list(sys.modules.items()):
-        if name.split(".")[0] in ("umap", "pynndescent") and module is not None:
-            for value in list(vars(module).values()):
-                if isinstance(value, Dispatcher) and value._cache.__class__.__name__ == "NullCache":
-                    value.enable_caching()
-    return umap
-
-
 def umap_neighbour_count(n_features: int, n_neighbours: int) -> int:
     """UMAP's n_neighbors (the point itself included) for a map of n_features points."""
     return max(2, min(n_neighbours, n_features - 1))
+
+
+def umap_request(
+    w_dec: torch.Tensor, n_neighbours: int, seed: int, method: str = "umap", epochs: int = 200,
+    knn: tuple[np.ndarray, np.ndarray] | None = None,
+) -> dict:
+    """The arguments of `maps.fit` for the UMAP map `umap_coords` gives (the same arguments)."""
+    x = unit_rows(w_dec).cpu().numpy().astype(np.float32)
+    f = x.shape[0]
+    k = umap_neighbour_count(f, n_neighbours)
+    # Exact cosine neighbours by matrix product (umap-learn's own search is an O(F^2) loop below
+    # 4,096 points and approximate above), in umap-learn's layout: each point first, at distance 0.
+    index, cosine = knn if knn is not None else cosine_neighbours(torch.from_numpy(x), torch.from_numpy(x), k - 1, exclude_self=True)
+    index, cosine = index[:, : k - 1], cosine[:, : k - 1]
+    knn_index = np.concatenate([np.arange(f, dtype=np.int64)[:, None], index.astype(np.int64)], 1)
+    knn_dist = np.concatenate([np.zeros((f, 1), np.float32), np.clip(1.0 - cosine, 0.0, 2.0)], 1)
+    return {"x": x, "k": k, "seed": seed, "epochs": epochs, "knn_index": knn_index, "knn_dist": knn_dist}
 
 
 def umap_coords(
@@ -317,41 +307,16 @@ def umap_coords(
     """2-D map of the decoder directions: UMAP (cosine metric), or their first two principal
     components when method == "pca". `knn`: each row's nearest other rows by decoder cosine, as
     `cosine_neighbours(w_dec, w_dec, k - 1, exclude_self=True)` gives them (computed when None)."""
-    x = unit_rows(w_dec).cpu().numpy().astype(np.float32)
-    f = x.shape[0]
     if method == "pca":
-        return _pca2(x)
-    umap = _umap()
-    k = umap_neighbour_count(f, n_neighbours)
-    # Exact cosine neighbours by matrix product (umap-learn's own search is an O(F^2) loop below
-    # 4,096 points and approximate above), in umap-learn's layout: each point first, at distance 0.
-    index, cosine = knn if knn is not None else cosine_neighbours(torch.from_numpy(x), torch.from_numpy(x), k - 1, exclude_self=True)
-    index, cosine = index[:, : k - 1], cosine[:, : k - 1]
-    knn_index = np.concatenate([np.arange(f, dtype=np.int64)[:, None], index.astype(np.int64)], 1)
-    knn_dist = np.concatenate([np.zeros((f, 1), np.float32), np.clip(1.0 - cosine, 0.0, 2.0)], 1)
-    reducer = umap.UMAP(
-        n_components=2,
-        n_neighbors=k,
-        metric="cosine",
-        random_state=seed,
-        n_epochs=epochs,
-        n_jobs=1,
-        precomputed_knn=(knn_index, knn_dist, None),
-    )
+        return _pca2(unit_rows(w_dec).cpu().numpy().astype(np.float32))
+    request = umap_request(w_dec, n_neighbours, seed, method, epochs, knn)
     # umap-learn's parallel numba loops share OpenMP with torch, and numba's OpenMP layer sets
     # OpenMP's thread count to numba's own on each parallel call: run them in torch's count and
     # give torch its count back after (else --threads stops holding after the first map).
-    import numba
-
     threads = torch.get_num_threads()
-    numba_threads = numba.get_num_threads()
-    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return reducer.fit_transform(x).astype(np.float32)
+        return fit(**request, numba_threads=threads)
     finally:
-        numba.set_num_threads(numba_threads)
         torch.set_num_threads(threads)
 
 

@@ -8,6 +8,17 @@ import numpy as np
 from sae_atlas.stats import Array, Statistic
 
 
+def map_call(w_dec, settings, method: str, knn: tuple[np.ndarray, np.ndarray]) -> tuple[tuple, dict]:
+    """The arguments of `weights.umap_coords` for this SAE's map: its decoder, the map's settings
+    and its neighbour graph (the first neighbours of `knn`, the decoder-cosine search)."""
+    from sae_atlas.compute.weights import umap_neighbour_count
+
+    k_map = umap_neighbour_count(w_dec.shape[0], settings.umap_neighbours)
+    index, cosine = knn
+    knn = (index[:, : k_map - 1], cosine[:, : k_map - 1])
+    return (w_dec.cpu(), settings.umap_neighbours, settings.seed, method), {"epochs": settings.umap_epochs, "knn": knn}
+
+
 class FeatureMap(Statistic):
     name = "feature_map"
     stage = "weights"
@@ -15,14 +26,14 @@ class FeatureMap(Statistic):
     arrays = {"umap": Array("float32", ("F", 2)), "cluster": Array("int32", ("F",))}
 
     def compute(self, ctx):
-        from sae_atlas.compute.weights import cluster_ids, map_method, umap_coords, umap_neighbour_count
+        from sae_atlas.compute.weights import cluster_ids, map_method, umap_coords
 
         s, w_dec = ctx.settings, ctx.w_dec
-        k_map = umap_neighbour_count(w_dec.shape[0], s.umap_neighbours)
-        index, cosine = ctx.decoder_knn()
         method = map_method(w_dec.shape[0], ctx.pca_map)
-        knn = (index[:, : k_map - 1], cosine[:, : k_map - 1])
-        coords = umap_coords(w_dec.cpu(), s.umap_neighbours, s.seed, method, epochs=s.umap_epochs, knn=knn)
+        coords = ctx.background_map()  # begun in a thread before the corpus passes, if it was
+        if coords is None:
+            args, kwargs = map_call(w_dec, s, method, ctx.decoder_knn())
+            coords = umap_coords(*args, **kwargs)
         ctx.meta["map"] = method
         return {"umap": coords, "cluster": cluster_ids(coords, s.seed)}
 
