@@ -56,7 +56,14 @@ def main() -> int:
 
     import importlib
 
-    from sae_atlas import cli
+    from sae_atlas import api, cli
+
+    # `compute` starts its map worker before it imports torch (api.compute); the patching below
+    # imports torch first, so the worker is started here, as early as the CLI starts it.
+    argv = sys.argv[2:]
+    threads = int(argv[argv.index("--threads") + 1]) if "--threads" in argv else None
+    worker = api._map_worker(threads, "--pca-map" in argv)
+    api._map_worker = lambda threads, pca_map: worker
 
     # The engine's module is imported only when the command computes: patch it on first use.
     for module, attr, label in TARGETS:

@@ -18,8 +18,8 @@ the tokens plus both encoders' bare matrix products, as `compute_vs_saedashboard
 measures it. The script ends with `cold_compute_ratio=X` (wall / floor at the first shape).
 
 `--baseline DIR` also times another checkout of this project (DIR, with its virtual environment in
-DIR/.venv) on the same inputs, as a user runs it (`python -m sae_atlas compute`, no driver), each
-version alternately `--repeat` times after one warm-up each, and prints the wall times side by side
+DIR/.venv) on the same inputs and this one, each as a user runs it (`python -m sae_atlas compute`, no
+driver), alternately `--repeat` times after one warm-up each, and prints the wall times side by side
 and `cold_compute_vs_baseline=X` (our median / the baseline's median at the first shape).
 """
 
@@ -135,7 +135,8 @@ def run_plain(python: Path, cwd: Path, root: Path, threads: int | None) -> float
 
 
 def compare(n_prompts: int, root: Path, baseline: Path, threads: int | None, repeat: int) -> float:
-    """Ours (with the driver) and the baseline's (plain), alternating; returns our median / theirs."""
+    """Ours and the baseline's, each as a user runs it (`run_plain`), alternating; returns our
+    median / theirs."""
     python = baseline / ".venv" / "bin" / "python"
     if not python.exists():
         raise SystemExit(f"{python}: no virtual environment in the baseline checkout (run `make install` there)")
@@ -143,7 +144,7 @@ def compare(n_prompts: int, root: Path, baseline: Path, threads: int | None, rep
     run_plain(python, baseline, root, threads)  # its warm-up
     for _ in range(repeat):
         theirs.append(run_plain(python, baseline, root, threads))
-        ours.append(run_compute(root, threads)["wall"])
+        ours.append(run_plain(Path(sys.executable), BENCH.parent, root, threads))
     med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
     ratio = med(ours) / med(theirs)
     print(f"\n{n_prompts} prompts, whole process, wall: ours {' / '.join(f'{x:.2f}' for x in ours)} s, "

@@ -132,7 +132,10 @@ def _map_worker(threads: int | None, pca_map: bool):
     cores = usable_cores() if threads is None else min(threads, usable_cores())
     if pca_map or cores < 2:
         return None
-    return MapWorker(cores - 1)
+    try:
+        return MapWorker(cores - 1)
+    except OSError:  # no process to be had: the compute fits its maps itself
+        return None
 
 
 def render(
