@@ -240,8 +240,8 @@ def _compute_saes(model, running: list["_Running"], corpus: Corpus, store: Cache
     """Both corpus passes, the CE loss and the weights-only parts for SAEs sharing one model."""
     model_id = running[0].job.release.model.id
     device = _memory_device(model)
+    _start_maps(running, options)  # first: the free memory the replay budget is taken from is then without the maps' inputs
     replay = _bounded_replay(model_id, model, [r.sae for r in running], corpus, options, batch_size, device)
-    _start_maps(running, options)
     started = time.perf_counter()
     done_tokens = _run_pass(1, model, running, corpus, store, options, batch_size, replay)
     release_free_memory()  # what a pass freed goes back to the system, not to the next stage's peak
