@@ -30,7 +30,7 @@ class FeatureMap(Statistic):
 
         s, w_dec = ctx.settings, ctx.w_dec
         method = map_method(w_dec.shape[0], ctx.pca_map)
-        coords = ctx.background_map()  # begun in a thread before the corpus passes, if it was
+        coords = ctx.background_map()  # fitted by the map worker beside the corpus passes, if it was sent there
         if coords is None:
             args, kwargs = map_call(w_dec, s, method, ctx.decoder_knn())
             coords = umap_coords(*args, **kwargs)
