@@ -526,7 +526,7 @@ def _correlate_features(r: _Running, model, corpus: Corpus, options: ComputeOpti
     units; None: the corpus as one)."""
     from sae_atlas.compute.correlation import correlated_features, feature_blocks
 
-    n_prompts, context = corpus.n_prompts, corpus.context
+    n_prompts = corpus.n_prompts
     starts = _batches(ranges or [(0, n_prompts)], batch_size)
     kept = sum(replay.peek(r.job.id, p0, nb) is not None for p0, nb in starts)
     n_blocks = len(feature_blocks(r.sae.d_sae, options.correlation_memory))
