@@ -4,6 +4,10 @@ epoch; a failed or vanished worker leaves each map to the compute, which fits it
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numba
 import numpy as np
 import pytest
@@ -14,6 +18,7 @@ from sae_atlas.compute import ComputeOptions, compute_releases, maps, weights
 from sae_atlas.compute.maps import NOGIL_EPOCH, MapWorker, load_umap
 from sae_atlas.compute.weights import umap_coords, umap_request
 from sae_atlas.manifest import load_content
+from tests.conftest import ROOT
 from tests.fixtures import build_fixture_content
 
 
@@ -74,7 +79,7 @@ def two_saes(tmp_path_factory):
     releases = load_content(content)
     alone = root / "alone"
     compute_releases(releases, alone, ComputeOptions(device="cpu", quiet=True))
-    return root, releases, alone
+    return root, content, releases, alone
 
 
 def _umaps(cache, releases) -> dict:
@@ -89,7 +94,7 @@ def _umaps(cache, releases) -> dict:
 
 
 def test_compute_with_the_worker_writes_the_entries_it_writes_alone(two_saes, monkeypatch):
-    root, releases, alone = two_saes
+    root, _, releases, alone = two_saes
 
     def not_here(*args, **kwargs):
         raise AssertionError("a map was fitted in the compute's own process")
@@ -109,7 +114,7 @@ def test_compute_with_the_worker_writes_the_entries_it_writes_alone(two_saes, mo
 
 
 def test_compute_with_a_dead_worker_fits_the_maps_itself(two_saes):
-    root, releases, alone = two_saes
+    root, _, releases, alone = two_saes
     worker = MapWorker(1)
     worker._proc.kill()
     worker._proc.wait()
@@ -118,5 +123,34 @@ def test_compute_with_a_dead_worker_fits_the_maps_itself(two_saes):
     finally:
         worker.close()
     want, got = _umaps(alone, releases), _umaps(root / "dead", releases)
+    for sae_id in want:
+        np.testing.assert_array_equal(got[sae_id][1]["umap"], want[sae_id][1]["umap"], err_msg=sae_id)
+
+
+SPY = """
+import sys
+from sae_atlas import api
+
+started = api._map_worker
+
+def spy(threads, pca_map):
+    worker = started(threads, pca_map)
+    print("worker", worker is not None, "torch imported", "torch" in sys.modules, flush=True)
+    return worker
+
+api._map_worker = spy
+api.compute(sys.argv[1], sys.argv[2], device="cpu", quiet=True)
+print("umap in the compute's process", "umap" in sys.modules)
+"""
+
+
+def test_api_compute_starts_the_worker_before_torch_and_writes_the_same_entries(two_saes):
+    root, content, releases, alone = two_saes
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "NUMBA_CACHE_DIR": str(maps.numba_cache_dir())}
+    done = subprocess.run([sys.executable, "-c", SPY, str(content), str(root / "api")], cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "worker True torch imported False" in done.stdout, done.stdout
+    assert "umap in the compute's process False" in done.stdout, done.stdout  # every map came from the worker
+    want, got = _umaps(alone, releases), _umaps(root / "api", releases)
     for sae_id in want:
         np.testing.assert_array_equal(got[sae_id][1]["umap"], want[sae_id][1]["umap"], err_msg=sae_id)
