@@ -125,15 +125,15 @@ def compute(
 
 def _map_worker(threads: int | None, pca_map: bool):
     """The process that fits the UMAP maps beside the compute (`compute.maps.MapWorker`), with a
-    thread per core but one; None on one core, at --threads 1 (one core asked for) or with
-    --pca-map (no UMAP)."""
+    thread per core but one, or one thread at --threads N (so that a run asked for N cores stays
+    near them); None on one core, at --threads 1 or with --pca-map (no UMAP)."""
     from sae_atlas.compute.maps import MapWorker, usable_cores
 
     cores = usable_cores() if threads is None else min(threads, usable_cores())
     if pca_map or cores < 2:
         return None
     try:
-        return MapWorker(cores - 1)
+        return MapWorker(cores - 1 if threads is None else 1)
     except OSError:  # no process to be had: the compute fits its maps itself
         return None
 
