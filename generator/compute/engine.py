@@ -220,6 +220,9 @@ def _compute_group(jobs: list[SaeJob], corpus: Corpus, store: CacheStore, option
         with torch.inference_mode():
             running = [_start(job, corpus, store, device) for job in jobs]
             _check_prepend_bos(release, running)
+            # The maps are fitted from here on, beside the model's load and the passes; the replay
+            # budget is taken from the free memory after their requests are out.
+            _start_maps(running, options)
             groups: dict[str, list[_Running]] = {}
             for r in running:
                 groups.setdefault(orjson.dumps(r.sae.model_kwargs, option=orjson.OPT_SORT_KEYS).decode(), []).append(r)
@@ -240,7 +243,6 @@ def _compute_saes(model, running: list["_Running"], corpus: Corpus, store: Cache
     """Both corpus passes, the CE loss and the weights-only parts for SAEs sharing one model."""
     model_id = running[0].job.release.model.id
     device = _memory_device(model)
-    _start_maps(running, options)  # first: the free memory the replay budget is taken from is then without the maps' inputs
     replay = _bounded_replay(model_id, model, [r.sae for r in running], corpus, options, batch_size, device)
     started = time.perf_counter()
     done_tokens = _run_pass(1, model, running, corpus, store, options, batch_size, replay)
