@@ -71,6 +71,29 @@ def test_failed_or_vanished_worker_leaves_the_map_to_the_caller():
         worker.close()
 
 
+def test_the_worker_holds_one_request_per_thread_and_one_more():
+    built: list[int] = []
+
+    def request(i: int):
+        def build():
+            built.append(i)
+            return umap_request(_decoder(i, f=120), 8, seed=i, epochs=10)
+
+        return build
+
+    worker = MapWorker(1)  # a window of two requests
+    try:
+        for i in range(5):
+            worker.start(f"map {i}", request(i))
+        assert built == [0, 1]  # the rest wait here, unbuilt, until a map comes back
+        got = [worker.take(f"map {i}") for i in range(5)]
+    finally:
+        worker.close()
+    assert built == [0, 1, 2, 3, 4]
+    for i, g in enumerate(got):
+        np.testing.assert_array_equal(g, umap_coords(_decoder(i, f=120), 8, seed=i, epochs=10), err_msg=f"map {i}")
+
+
 @pytest.fixture(scope="module")
 def two_saes(tmp_path_factory):
     root = tmp_path_factory.mktemp("map-worker")

@@ -653,7 +653,7 @@ def _start_maps(running: list[_Running], options: ComputeOptions) -> None:
         if method == "umap":
             r.memo["knn"] = _decoder_knn(w_dec, s)
             args, kwargs = map_call(w_dec, s, method, r.memo["knn"])
-            worker.start(r.job.id, umap_request(*args, **kwargs))
+            worker.start(r.job.id, functools.partial(umap_request, *args, **kwargs))  # built when sent
             r.memo["map_worker"] = (worker, r.job.id)
 
 

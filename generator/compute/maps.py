@@ -16,6 +16,7 @@ caller's own `fit` gives, byte for byte; should the worker fail, the caller fits
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import pickle
@@ -27,6 +28,7 @@ import types
 import warnings
 from concurrent.futures import Future
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -113,15 +115,22 @@ def fit(x: np.ndarray, k: int, seed: int, epochs: int, knn_index: np.ndarray, kn
 
 
 class MapWorker:
-    """A child process fitting maps (`fit`) while the caller goes on: `start` sends one request,
+    """A child process fitting maps (`fit`) while the caller goes on: `start` queues one request,
     `take` waits for its map. `take` gives None when the worker could not fit it (it failed, or
     died): the caller then fits the map itself, so an error is raised where it would have been
-    without the worker. The worker ends when `close` closes its input, or when this process ends."""
+    without the worker. At most one request per thread and one more are with the worker at once,
+    the rest wait here, unbuilt when given as a callable: a group of many wide SAEs does not pile
+    their decoders up in the worker. The worker ends when `close` closes its input, or when this
+    process ends."""
 
     def __init__(self, threads: int):
         env = dict(os.environ)
         env.setdefault("NUMBA_CACHE_DIR", str(numba_cache_dir()))
         self._futures: dict[str, Future] = {}
+        self._pending: collections.deque = collections.deque()
+        self._window = max(1, threads) + 1
+        self._in_flight = 0
+        self._sending = threading.Lock()
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "sae_atlas.compute.maps", str(max(1, threads))],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
@@ -129,18 +138,15 @@ class MapWorker:
         self._reader = threading.Thread(target=self._read, name="sae-atlas map worker", daemon=True)
         self._reader.start()
 
-    def start(self, key: str, request: dict) -> None:
-        """Send `fit(**request)` under key."""
-        future: Future = Future()
-        self._futures[key] = future
-        try:
-            pickle.dump(("fit", key, request), self._proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
-            self._proc.stdin.flush()
-        except (OSError, ValueError):  # the worker is gone: the caller fits it
-            _settle(future, None)
+    def start(self, key: str, request: dict | Callable[[], dict]) -> None:
+        """Queue `fit(**request)` under key (`request()` when it is a callable, called when the
+        request is sent, in this thread or the one reading the worker's results)."""
+        self._futures[key] = Future()
+        self._pending.append((key, request))
+        self._send()
 
     def take(self, key: str) -> np.ndarray | None:
-        """The map sent under key, or None when none was or the worker did not fit it."""
+        """The map queued under key, or None when none was or the worker did not fit it."""
         future = self._futures.get(key)  # left for the reader to settle until it is
         if future is None:
             return None
@@ -152,12 +158,29 @@ class MapWorker:
     def close(self) -> None:
         """End the worker: it exits as its input closes, a fit under way or not; maps not taken
         are dropped. Waited for (a moment), so that its resource use counts in this process's."""
-        with contextlib.suppress(OSError, ValueError):
-            self._proc.stdin.close()
+        with self._sending:
+            self._pending.clear()
+            with contextlib.suppress(OSError, ValueError):
+                self._proc.stdin.close()
         for future in list(self._futures.values()):
             _settle(future, None)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self._proc.wait(timeout=5)
+
+    def _send(self) -> None:
+        """Send queued requests while fewer than the window are with the worker."""
+        with self._sending:
+            while self._pending and self._in_flight < self._window:
+                key, request = self._pending.popleft()
+                future = self._futures.get(key)
+                try:
+                    built = request() if callable(request) else request
+                    pickle.dump(("fit", key, built), self._proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+                    self._proc.stdin.flush()
+                    self._in_flight += 1
+                except Exception:  # the worker is gone, or the request cannot be built: the caller fits it
+                    if future is not None:
+                        _settle(future, None)
 
     def _read(self) -> None:
         try:
@@ -166,9 +189,14 @@ class MapWorker:
                 future = self._futures.get(key)
                 if future is not None:
                     _settle(future, value if status == "ok" else None)
+                with self._sending:
+                    self._in_flight -= 1
+                self._send()
         except Exception:  # EOF, a broken pipe, a torn message: the worker is gone
             pass
         finally:
+            with self._sending:
+                self._pending.clear()
             for future in list(self._futures.values()):
                 _settle(future, None)
             self._proc.wait()

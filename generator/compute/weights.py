@@ -288,7 +288,7 @@ def umap_request(
     knn: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict:
     """The arguments of `maps.fit` for the UMAP map `umap_coords` gives (the same arguments)."""
-    x = unit_rows(w_dec).cpu().numpy().astype(np.float32)
+    x = unit_rows(w_dec.cpu()).numpy().astype(np.float32)
     f = x.shape[0]
     k = umap_neighbour_count(f, n_neighbours)
     # Exact cosine neighbours by matrix product (umap-learn's own search is an O(F^2) loop below
@@ -304,11 +304,11 @@ def umap_coords(
     w_dec: torch.Tensor, n_neighbours: int, seed: int, method: str = "umap", epochs: int = 200,
     knn: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
-    """2-D map of the decoder directions: UMAP (cosine metric), or their first two principal
-    components when method == "pca". `knn`: each row's nearest other rows by decoder cosine, as
+    """2-D map of the decoder directions (on any device; the map is computed on the CPU): UMAP
+    (cosine metric), or their first two principal components when method == "pca". `knn`: each row's nearest other rows by decoder cosine, as
     `cosine_neighbours(w_dec, w_dec, k - 1, exclude_self=True)` gives them (computed when None)."""
     if method == "pca":
-        return _pca2(unit_rows(w_dec).cpu().numpy().astype(np.float32))
+        return _pca2(unit_rows(w_dec.cpu()).numpy().astype(np.float32))
     request = umap_request(w_dec, n_neighbours, seed, method, epochs, knn)
     # umap-learn's parallel numba loops share OpenMP with torch, and numba's OpenMP layer sets
     # OpenMP's thread count to numba's own on each parallel call: run them in torch's count and

@@ -16,7 +16,7 @@ def map_call(w_dec, settings, method: str, knn: tuple[np.ndarray, np.ndarray]) -
     k_map = umap_neighbour_count(w_dec.shape[0], settings.umap_neighbours)
     index, cosine = knn
     knn = (index[:, : k_map - 1], cosine[:, : k_map - 1])
-    return (w_dec.cpu(), settings.umap_neighbours, settings.seed, method), {"epochs": settings.umap_epochs, "knn": knn}
+    return (w_dec, settings.umap_neighbours, settings.seed, method), {"epochs": settings.umap_epochs, "knn": knn}
 
 
 class FeatureMap(Statistic):
