@@ -95,9 +95,11 @@ def test_the_worker_holds_one_request_per_thread_and_one_more():
 
 
 @pytest.fixture(scope="module")
-def two_saes(tmp_path_factory):
+def three_saes(tmp_path_factory):
     root = tmp_path_factory.mktemp("map-worker")
-    sets = (("res-st", "blocks.{layer}.hook_resid_post", "standard", (0, 1)),)
+    # three SAEs: with a one-thread worker (a window of two) the third request is built and sent
+    # from the thread that reads the worker's maps, outside the compute's inference mode
+    sets = (("res-st", "blocks.{layer}.hook_resid_post", "standard", (0, 1)), ("res-tk", "blocks.{layer}.hook_resid_post", "topk", (1,)))
     content = build_fixture_content(root, n_prompts=8, context=8, d_sae=48, corpus="tokens", sets=sets, explanations=False)
     releases = load_content(content)
     alone = root / "alone"
@@ -116,28 +118,28 @@ def _umaps(cache, releases) -> dict:
     return out
 
 
-def test_compute_with_the_worker_writes_the_entries_it_writes_alone(two_saes, monkeypatch):
-    root, _, releases, alone = two_saes
+def test_compute_with_the_worker_writes_the_entries_it_writes_alone(three_saes, monkeypatch):
+    root, _, releases, alone = three_saes
 
     def not_here(*args, **kwargs):
         raise AssertionError("a map was fitted in the compute's own process")
 
     monkeypatch.setattr(weights, "umap_coords", not_here)
-    worker = MapWorker(2)
+    worker = MapWorker(1)
     try:
         compute_releases(releases, root / "worker", ComputeOptions(device="cpu", quiet=True, map_worker=worker))
     finally:
         worker.close()
     want, got = _umaps(alone, releases), _umaps(root / "worker", releases)
-    assert got.keys() == want.keys() and len(got) == 2
+    assert got.keys() == want.keys() and len(got) == 3
     for sae_id in want:
         assert got[sae_id][0] == want[sae_id][0], sae_id
         for name, array in want[sae_id][1].items():
             np.testing.assert_array_equal(got[sae_id][1][name], array, err_msg=f"{sae_id} {name}")
 
 
-def test_compute_with_a_dead_worker_fits_the_maps_itself(two_saes):
-    root, _, releases, alone = two_saes
+def test_compute_with_a_dead_worker_fits_the_maps_itself(three_saes):
+    root, _, releases, alone = three_saes
     worker = MapWorker(1)
     worker._proc.kill()
     worker._proc.wait()
@@ -167,8 +169,8 @@ print("umap in the compute's process", "umap" in sys.modules)
 """
 
 
-def test_api_compute_starts_the_worker_before_torch_and_writes_the_same_entries(two_saes):
-    root, content, releases, alone = two_saes
+def test_api_compute_starts_the_worker_before_torch_and_writes_the_same_entries(three_saes):
+    root, content, releases, alone = three_saes
     env = {**os.environ, "PYTHONPATH": str(ROOT), "NUMBA_CACHE_DIR": str(maps.numba_cache_dir())}
     done = subprocess.run([sys.executable, "-c", SPY, str(content), str(root / "api")], cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
