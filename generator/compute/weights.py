@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-from sae_atlas.compute.maps import fit, numba_cache_dir  # noqa: F401 (numba_cache_dir: also imported from here)
+from sae_atlas.compute.maps import fit, numba_cache_dir
 from sae_atlas.compute.options import chunk_elements
 
 CHUNK = 1024
