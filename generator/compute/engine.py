@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
+import io
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import orjson
@@ -40,7 +42,7 @@ from sae_atlas.cache import (
 from sae_atlas.compute import units
 from sae_atlas.compute.correlation import load_kernels
 from sae_atlas.compute.options import ComputeOptions, chunk_elements, default_batch_size, entry_budget
-from sae_atlas.compute.replay import Replay, release_free_memory, replay_budget, resident_bytes, working_set
+from sae_atlas.compute.replay import Replay, release_free_memory, replay_budget, resident_bytes, retained_heap, working_set
 from sae_atlas.compute.stats import FeatureStats, SparseActs, bookkeeping_threads
 from sae_atlas.backends import CeSae
 from sae_atlas.backends.transformer_lens import neuron_hook
@@ -112,16 +114,20 @@ def compute_releases(releases: list[Release], cache_root: Path, options: Compute
         groups.setdefault((model_identity(job.release), corpus_key(job.release)), []).append(job)
 
     device: str | None = None
-    with Locks(store.root, quiet=options.quiet) as locks:
+    with retained_heap(), Locks(store.root, quiet=options.quiet) as locks:
         for group in groups.values():
             release = group[0].release
-            corpus = _locked_corpus(release, store, locks)
-            ranges = units.clip(units.planned_units(release, options.unit_prompts), corpus.n_prompts)
+            # Tokenized (or read from the cache) when first needed: after the SAEs are loaded and
+            # their maps sent to the map worker, which fits them while the corpus loads; not at all
+            # when every SAE is cached.
+            corpus = functools.cache(functools.partial(_locked_corpus, release, store, locks))
+            planned = units.planned_units(release, options.unit_prompts)
+            ranges = units.clip(planned, corpus().n_prompts) if len(planned) > 1 else planned
             if len(ranges) > 1:
                 fresh = [job for job in group if store.sae_entry(job.key) is None]
                 if fresh:
                     device = device or resolve_device(options.device)
-                    _compute_units(fresh, ranges, mine, corpus, store, options, device, locks, report)
+                    _compute_units(fresh, ranges, mine, corpus(), store, options, device, locks, report)
                 group = [job for job in group if job not in fresh]  # cached, or to top up
             device = _compute_whole(group, corpus, store, options, device, locks, report)
 
@@ -134,9 +140,10 @@ def compute_releases(releases: list[Release], cache_root: Path, options: Compute
     return report
 
 
-def _compute_whole(group: list[SaeJob], corpus: Corpus, store: CacheStore, options: ComputeOptions, device: str | None, locks: Locks, report: ComputeReport) -> str | None:
-    """The SAEs of one model and corpus, each whole under its lock: those whose locks are free
-    first, then, when every SAE left is held elsewhere, waiting for one. Returns the device used."""
+def _compute_whole(group: list[SaeJob], corpus: Callable[[], Corpus], store: CacheStore, options: ComputeOptions, device: str | None, locks: Locks, report: ComputeReport) -> str | None:
+    """The SAEs of one model and corpus (`corpus()` loads it), each whole under its lock: those
+    whose locks are free first, then, when every SAE left is held elsewhere, waiting for one.
+    Returns the device used."""
     todo = group
     while todo:
         held = [job for job in todo if _needs_work(job, store) and locks.try_acquire(f"sae-{job.key}")]
@@ -147,7 +154,7 @@ def _compute_whole(group: list[SaeJob], corpus: Corpus, store: CacheStore, optio
             if pending:
                 _compute_group(pending, corpus, store, options, device, report)
             if top_up:
-                _top_up(top_up, corpus, store, options, device, report)
+                _top_up(top_up, corpus(), store, options, device, report)
         finally:
             for job in held:
                 locks.release(f"sae-{job.key}")
@@ -201,7 +208,7 @@ def _classify(jobs: list[SaeJob], store: CacheStore, report: ComputeReport) -> t
 class _Running:
     job: SaeJob
     sae: object  # sae_atlas.backends.SaeModule
-    stats: FeatureStats
+    stats: FeatureStats  # None until the corpus is loaded (`_compute_group`)
     sparse_decode: bool | None = None  # decode from the sparse batch? decided on the first batch
     extra: dict = field(default_factory=dict)  # arrays computed after the passes (correlated features)
     memo: dict = field(default_factory=dict)  # its StatContext's memo, begun before the passes (`_start_maps`)
@@ -209,20 +216,23 @@ class _Running:
     partial: Path | None = None  # where its state is checkpointed (None: the SAE's checkpoint)
 
 
-def _compute_group(jobs: list[SaeJob], corpus: Corpus, store: CacheStore, options: ComputeOptions, device: str, report: ComputeReport) -> None:
-    """The SAEs of one model and corpus. SAEs whose model must be loaded with different
+def _compute_group(jobs: list[SaeJob], corpus_of: Callable[[], Corpus], store: CacheStore, options: ComputeOptions, device: str, report: ComputeReport) -> None:
+    """The SAEs of one model and corpus (`corpus_of()` loads it). SAEs whose model must be loaded with different
     from-pretrained keyword arguments (SAELens's `model_from_pretrained_kwargs`) form one group each,
     with its own model load and corpus passes."""
     release = jobs[0].release
-    batch_size = options.batch_size or default_batch_size(device, corpus.context)
+    batch_size = options.batch_size or default_batch_size(device, release.corpus.context)  # the corpus's prompts are that long
     oom = getattr(torch, "OutOfMemoryError", getattr(torch.cuda, "OutOfMemoryError", MemoryError))
     try:
         with torch.inference_mode():
-            running = [_start(job, corpus, store, device) for job in jobs]
+            running = [_Running(job, load_sae(job.spec, device, "float32"), None) for job in jobs]
             _check_prepend_bos(release, running)
-            # The maps are fitted from here on, beside the model's load and the passes; the replay
-            # budget is taken from the free memory after their requests are out.
+            # The maps are fitted from here on, beside the corpus's and the model's loads and the
+            # passes; the replay budget is taken from the free memory after their requests are out.
             _start_maps(running, options)
+            corpus = corpus_of()
+            for r in running:
+                r.stats = _resumed_stats(r.job, r.sae, corpus, device, store.partial_dir(r.job.key), 0, "checkpoint")
             groups: dict[str, list[_Running]] = {}
             for r in running:
                 groups.setdefault(orjson.dumps(r.sae.model_kwargs, option=orjson.OPT_SORT_KEYS).decode(), []).append(r)
@@ -348,11 +358,6 @@ def _neuron_width(job: SaeJob, hook: str) -> int:
     if not width:
         raise AtlasError(f"{job.id}: the width of {hook} (the MLP neurons of its hook) is not in the config of model {job.release.model.id!r}")
     return int(width)
-
-
-def _start(job: SaeJob, corpus: Corpus, store: CacheStore, device: str) -> _Running:
-    sae = load_sae(job.spec, device, "float32")
-    return _Running(job, sae, _resumed_stats(job, sae, corpus, device, store.partial_dir(job.key), 0, "checkpoint"))
 
 
 def _resumed_stats(job: SaeJob, sae, corpus: Corpus, device: str, path: Path, first: int, what: str) -> FeatureStats:
@@ -808,17 +813,18 @@ def _unit_pass(store: CacheStore, job: SaeJob, unit: tuple[int, int]) -> int:
 
 def _unit_array(store: CacheStore, job: SaeJob, unit: tuple[int, int], name: str) -> np.ndarray:
     """One array of a unit's state, checked against its digest (the rest is not read). A state
-    being replaced by its holder's checkpoint is missing for a moment: looked for again."""
-    from sae_atlas.cache import file_digest
-
+    being replaced by its holder's checkpoint is missing for a moment, or its meta.json read
+    before the replacement and its array after: looked for again. The array's bytes are read once,
+    so that the bytes checked are the bytes loaded."""
     path = store.unit_dir(job.key, *unit)
     for attempt in range(100):
         try:
             meta = orjson.loads((path / "meta.json").read_bytes())
-            if file_digest(path / f"{name}.npy") != meta["files"][f"{name}.npy"]:
+            data = (path / f"{name}.npy").read_bytes()
+            if hashlib.sha256(data).hexdigest() != meta["files"][f"{name}.npy"]:
                 raise CorruptEntry(f"{path / name}.npy: checksum mismatch")
-            return np.load(path / f"{name}.npy", allow_pickle=False)
-        except (FileNotFoundError, orjson.JSONDecodeError):
+            return np.load(io.BytesIO(data), allow_pickle=False)
+        except (FileNotFoundError, orjson.JSONDecodeError, CorruptEntry):
             if attempt == 99:
                 raise
             time.sleep(0.05)

@@ -228,7 +228,17 @@ def _serve(threads: int) -> None:
     # slow its passes (a parallel op waits for its slowest thread; cold benchmark on 2 cores:
     # 7.1-7.6 s at nice 10, 8.0-8.4 s at the compute's own priority).
     with contextlib.suppress(AttributeError, OSError):
-        os.nice(10)
+        os.nice(10)  # before any thread starts: Linux sets a thread's own, and new threads inherit it
+    jobs: queue.SimpleQueue = queue.SimpleQueue()
+
+    def receive() -> None:
+        with contextlib.suppress(EOFError, OSError, pickle.UnpicklingError):
+            while True:
+                jobs.put(pickle.load(source))
+
+    # Requests are read from the start, so that the caller's writes never wait on umap-learn's import.
+    receiving = threading.Thread(target=receive, name="requests", daemon=True)
+    receiving.start()
     load_umap()
     import numba
 
@@ -236,7 +246,6 @@ def _serve(threads: int) -> None:
     # numba's `workqueue` layer (where neither TBB nor OpenMP is installed) cannot take parallel
     # calls from several threads at once: fits then run one at a time.
     one_at_a_time = threading.Lock() if numba.threading_layer() not in ("tbb", "omp") else contextlib.nullcontext()
-    jobs: queue.SimpleQueue = queue.SimpleQueue()
     writing = threading.Lock()
 
     def work() -> None:
@@ -253,9 +262,7 @@ def _serve(threads: int) -> None:
 
     for i in range(max(1, threads)):
         threading.Thread(target=work, name=f"map {i}", daemon=True).start()
-    with contextlib.suppress(EOFError, OSError, pickle.UnpicklingError):
-        while True:
-            jobs.put(pickle.load(source))
+    receiving.join()
     os._exit(0)  # the caller closed its end: nothing it waits for is left
 
 

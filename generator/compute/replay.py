@@ -16,9 +16,12 @@ how densely the features fire. On CUDA the same holds for the device's memory.""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import os
+import platform
+from typing import Iterator
 
 import torch
 
@@ -161,23 +164,60 @@ def release_free_memory() -> None:
     threshold in its heaps (`malloc_trim`), torch's CUDA allocator keeps freed blocks cached."""
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         torch.cuda.empty_cache()
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
 
 
-_TRIM: list = []
+# mallopt's parameters (glibc's malloc.h).
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
+# glibc's largest mmap threshold on 64-bit systems (HEAP_MAX_SIZE / 2): blocks below it come from a heap.
+MMAP_THRESHOLD = 32 << 20
+# Free memory at the top of a heap beyond which glibc gives it back, within `retained_heap`.
+TRIM_THRESHOLD = 1 << 30
 
 
-def _malloc_trim():
-    if not _TRIM:
-        fn = None
-        try:
-            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-            fn = getattr(libc, "malloc_trim", None)
-            if fn is not None:
-                fn.argtypes, fn.restype = [ctypes.c_size_t], ctypes.c_int
-        except OSError:
-            pass
-        _TRIM.append(fn)
-    return _TRIM[0]
+@contextlib.contextmanager
+def retained_heap() -> Iterator[None]:
+    """Within: a freed block below 32 MiB stays in glibc's heap, for the next batch to reuse.
+
+    torch allocates a CPU tensor with malloc and keeps no cache of its own. glibc gives a freed block
+    back to the kernel when it was mapped on its own (at or above its mmap threshold, which it raises
+    as such blocks are freed, to 32 MiB at most) or when the free memory at the top of its heap
+    exceeds its trim threshold (twice that). The passes' temporaries are of that size (an encoder
+    call's activations, a chunk of logits, a batch's statistics: a few to 32 MiB) and each batch
+    asks for the same sizes again, which the kernel then maps, faults in and zeroes anew, page by
+    page. Here both thresholds are fixed for the compute, the mmap one at its largest and the trim
+    one high; `release_free_memory` still gives the free memory back between stages, so the bound
+    on the process's memory is unchanged. After: glibc's thresholds are those it comes to itself
+    once it has freed a 32 MiB block (it cannot be told to adjust them again), and the free memory
+    is given back. Elsewhere than glibc this changes nothing."""
+    libc = _libc()
+    if libc is not None:
+        libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+        libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+    try:
+        yield
+    finally:
+        if libc is not None:
+            libc.mallopt(M_TRIM_THRESHOLD, 2 * MMAP_THRESHOLD)
+        release_free_memory()
+
+
+_LIBC: list = []
+
+
+def _libc():
+    """glibc, with its malloc_trim and mallopt; None elsewhere (musl, macOS, Windows)."""
+    if not _LIBC:
+        libc = None
+        if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+            try:
+                libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+                libc.malloc_trim.argtypes, libc.malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
+                libc.mallopt.argtypes, libc.mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+            except (OSError, AttributeError):
+                libc = None
+        _LIBC.append(libc)
+    return _LIBC[0]
