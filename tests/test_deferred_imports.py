@@ -163,3 +163,40 @@ for t in threads: t.join()
 print(json.dumps({"got": got, "loaded": [m for m in ("scipy.stats", "pandas") if m in sys.modules]}))
 """
     assert _python(code) == {"got": [True] * 4, "loaded": []}
+
+
+STRUCTURE = """
+import json, os, sys
+%s
+import transformers
+from transformers.utils import import_utils
+models = os.path.join(os.path.dirname(transformers.__file__), "models")
+scanned = import_utils.create_import_structure_from_path.cache_info().misses  # files transformers read
+structure = import_utils.define_import_structure(models, prefix="models")
+flat = sorted((sorted(backends), module, sorted(names)) for backends, modules in structure.items() for module, names in modules.items())
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+print(json.dumps({"scanned": scanned, "structure": flat, "tokenizer": issubclass(AutoTokenizer, object) and PreTrainedTokenizerBase.__name__}))
+"""
+
+
+def test_transformers_import_structure_is_read_from_the_cache_while_its_sources_are_unchanged(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    ordinary = _python(STRUCTURE % "")
+    cached = "from sae_atlas.backends.deferred_imports import import_transformers\nimport_transformers()"
+    first = _python(STRUCTURE % cached)  # reads the sources and keeps what it found
+    kept = sorted((tmp_path / "sae-atlas" / "transformers").glob("import-structure-*.pickle"))
+    second = _python(STRUCTURE % cached)
+    assert ordinary["scanned"] > 500 and first["scanned"] > 500  # a module per model, and more
+    assert len(kept) == 2  # `transformers` and `transformers.models` each ask for the models' structure
+    assert second["scanned"] == 0
+    assert ordinary["structure"] == first["structure"] == second["structure"]
+    assert second["tokenizer"] == "PreTrainedTokenizerBase"
+    # A structure kept under another fingerprint (sources changed, another version) is read again.
+    import pickle
+
+    for path in kept:
+        fingerprint, _ = pickle.loads(path.read_bytes())
+        path.write_bytes(pickle.dumps(("stale" + fingerprint, {frozenset(): {}})))
+    stale = _python(STRUCTURE % cached)
+    assert stale["scanned"] > 500 and stale["structure"] == ordinary["structure"]
+    assert all(not pickle.loads(path.read_bytes())[0].startswith("stale") for path in kept)  # and kept anew

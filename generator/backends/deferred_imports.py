@@ -191,6 +191,7 @@ def _requested_by(deferral: _Deferral) -> bool:
 def import_transformer_lens() -> types.ModuleType:
     """transformer_lens, imported with its deferred modules deferred (once; later calls return it)."""
     if "transformer_lens" not in sys.modules:
+        import_transformers()
         with _deferring(TRANSFORMER_LENS):
             import transformer_lens  # a statement, not import_module: `-X importtime` reports it
     import transformer_lens  # once another thread's import of it is complete
@@ -243,3 +244,154 @@ def _withdraw(names: list[str], deferral: _Deferral) -> None:
             namespace = getattr(module, "__dict__", None) or {}
             for key in [k for k, v in namespace.items() if isinstance(v, (Deferred, _StandIn))]:
                 del namespace[key]
+
+
+# -- transformers' import structure ---------------------------------------------------------------
+#
+# transformers (5.x) builds, on every import, the map of what each of its modules exports (its lazy
+# module's "import structure") by reading the source of every module of every model it has: about
+# 3,400 files, read twice (by `transformers` itself and by `transformers.models`), 0.4-0.6 s of one
+# core before the first tokenizer or model loads. `import_transformers` keeps that map in a file of
+# the user's cache, under a fingerprint of the files it was read from (transformers' version, and
+# every source file's path, size and modification time), and reads it back while they are unchanged.
+
+IMPORT_UTILS = "transformers.utils.import_utils"
+
+
+def import_transformers() -> types.ModuleType:
+    """transformers, its models' import structure read from the cache when the sources are unchanged
+    (once; later calls return it). Whoever imports transformers another way gets the ordinary import."""
+    if "transformers" not in sys.modules:
+        finder = _ImportUtilsFinder()
+        sys.meta_path.insert(0, finder)
+        try:
+            import transformers  # a statement: `-X importtime` reports it
+        finally:
+            with contextlib.suppress(ValueError):
+                sys.meta_path.remove(finder)
+    import transformers
+
+    return transformers
+
+
+class _ImportUtilsFinder(importlib.abc.MetaPathFinder):
+    """Finds transformers.utils.import_utils as the path finder does, with a loader that wraps its
+    `define_import_structure` once the module has run (and before transformers imports it)."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != IMPORT_UTILS:
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, path, target)
+        if spec is not None and spec.loader is not None and hasattr(spec.loader, "exec_module"):
+            spec.loader = _WrappingLoader(spec.loader)
+        return spec
+
+
+class _WrappingLoader(importlib.abc.Loader):
+    def __init__(self, loader):
+        self.loader = loader
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module):
+        self.loader.exec_module(module)
+        define = getattr(module, "define_import_structure", None)
+        if callable(define):
+            module.define_import_structure = _cached_import_structure(define)
+
+    def __getattr__(self, name):  # get_code, get_source, is_package...: the wrapped loader's
+        return getattr(self.loader, name)
+
+
+def _cached_import_structure(define):
+    """`define` (transformers' define_import_structure), its result for transformers' models
+    directory (given as the directory or a file in it) kept on disk under the fingerprint of its
+    sources; other directories as before."""
+    import functools
+
+    @functools.wraps(define)
+    def cached(module_path, prefix=None):
+        try:
+            directory = _models_directory(module_path)
+            if directory is None:
+                return define(module_path, prefix)
+            store = _import_structure_file(directory, prefix)
+            fingerprint = _sources_fingerprint(directory)
+        except (OSError, ImportError, AttributeError):
+            return define(module_path, prefix)
+        kept = _read_pickle(store)
+        if isinstance(kept, tuple) and len(kept) == 2 and kept[0] == fingerprint:
+            return kept[1]
+        structure = define(module_path, prefix)
+        _write_pickle(store, (fingerprint, structure))
+        return structure
+
+    return cached
+
+
+def _models_directory(module_path):
+    """transformers' models directory when module_path is it or a file directly in it, else None."""
+    import os
+
+    path = os.path.abspath(str(module_path))
+    if os.path.isfile(path):
+        path = os.path.dirname(path)
+    spec = sys.modules.get("transformers")
+    root = os.path.dirname(os.path.abspath(spec.__file__)) if spec is not None and getattr(spec, "__file__", None) else None
+    return path if root is not None and path == os.path.join(root, "models") else None
+
+
+def _import_structure_file(directory: str, prefix) -> "Path":
+    import hashlib
+
+    from sae_atlas.compute.maps import user_cache_dir
+
+    key = hashlib.sha256(f"{directory}\0{prefix}".encode()).hexdigest()[:16]
+    return user_cache_dir() / "transformers" / f"import-structure-{key}.pickle"
+
+
+_FINGERPRINTS: dict[str, str] = {}
+
+
+def _sources_fingerprint(directory: str) -> str:
+    """transformers' version, and the relative path, size and modification time of every .py file
+    under directory, hashed (once per process: both scans are of one directory)."""
+    if directory not in _FINGERPRINTS:
+        _FINGERPRINTS[directory] = _fingerprint(directory)
+    return _FINGERPRINTS[directory]
+
+
+def _fingerprint(directory: str) -> str:
+    import hashlib
+    import os
+
+    h = hashlib.sha256(str(getattr(sys.modules.get("transformers"), "__version__", "")).encode())
+    for top, dirs, files in os.walk(directory):
+        dirs.sort()
+        for name in sorted(files):
+            if name.endswith(".py"):
+                path = os.path.join(top, name)
+                st = os.stat(path)
+                h.update(f"{os.path.relpath(path, directory)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def _read_pickle(path):
+    import pickle
+
+    try:
+        return pickle.loads(path.read_bytes())
+    except Exception:  # missing, torn or from another Python: computed again
+        return None
+
+
+def _write_pickle(path, value) -> None:
+    import os
+    import pickle
+
+    with contextlib.suppress(OSError, pickle.PicklingError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
+        os.replace(tmp, path)

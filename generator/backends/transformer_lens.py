@@ -23,7 +23,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from sae_atlas.backends.deferred_imports import import_transformer_lens
+from sae_atlas.backends.deferred_imports import import_transformer_lens, import_transformers
 from sae_atlas.errors import AtlasError, InputError, problem_at
 from sae_atlas.manifest import ModelSpec
 
@@ -107,6 +107,7 @@ def _fire_mlp_input_hook(mlp, args):
 def load_tokenizer(spec: ModelSpec):
     """The model's Hugging Face tokenizer: a local model's own, or for a TransformerLens name the one
     TransformerLens loads (its config's `tokenizer_name`, not the architecture)."""
+    import_transformers()
     from transformers import AutoTokenizer
 
     if spec.path is not None:

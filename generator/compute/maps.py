@@ -43,12 +43,18 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+def user_cache_dir() -> Path:
+    """sae-atlas under the user's cache directory (XDG_CACHE_HOME, default ~/.cache): what a run
+    keeps for the next on this machine (numba's compiled code, transformers' import structure)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sae-atlas"
+
+
 def numba_cache_dir() -> Path:
     """Where numba keeps UMAP's compiled code between runs: NUMBA_CACHE_DIR when set, else
-    sae-atlas/numba under the user's cache directory (XDG_CACHE_HOME, default ~/.cache)."""
+    numba under `user_cache_dir()`."""
     if os.environ.get("NUMBA_CACHE_DIR"):
         return Path(os.environ["NUMBA_CACHE_DIR"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sae-atlas" / "numba"
+    return user_cache_dir() / "numba"
 
 
 def load_umap():
