@@ -41,6 +41,9 @@ import threading
 import types
 import typing
 
+if typing.TYPE_CHECKING:
+    from pathlib import Path
+
 
 class _Deferral(typing.NamedTuple):
     """What one deferred import defers: `deferred` (matched against module names) and `missing`,
@@ -342,7 +345,7 @@ def _models_directory(module_path):
     return path if root is not None and path == os.path.join(root, "models") else None
 
 
-def _import_structure_file(directory: str, prefix) -> "Path":
+def _import_structure_file(directory: str, prefix) -> Path:
     import hashlib
 
     from sae_atlas.compute.maps import user_cache_dir
