@@ -74,11 +74,22 @@ def _compiled_rows(kernel, logits: torch.Tensor, n: int, bins: int) -> tuple[np.
            np.zeros((rows_total, max(bins, 1)), np.int64), np.empty((rows_total, 2), np.float32), np.zeros(rows_total, np.bool_))
     workers = max(1, min(torch.get_num_threads(), rows_total))
     cuts = [rows_total * w // workers for w in range(workers + 1)]
-    run_jobs(kernel, [(values, n, bins, *out, r0, r1) for r0, r1 in zip(cuts[:-1], cuts[1:]) if r1 > r0])
+    # The values' bits as integers of their width (`_logit_rows`'s ordered keys), and per job a
+    # two-slot scratch of that width seen both ways, to turn keys back into values.
+    kind = np.int64 if values.dtype.itemsize == 8 else np.int32
+    keys, low = values.view(kind), kind(np.iinfo(kind).max)
+    shift, inf_key = kind(8 * values.dtype.itemsize - 1), np.array([np.inf], values.dtype).view(kind)[0]
+
+    def job(r0: int, r1: int) -> tuple:
+        scratch = np.zeros(2, kind)
+        return (values, keys, low, shift, inf_key, scratch, scratch.view(values.dtype), n, bins, *out, r0, r1)
+
+    run_jobs(kernel, [job(r0, r1) for r0, r1 in zip(cuts[:-1], cuts[1:]) if r1 > r0])
     return out
 
 
-def _logit_rows(values, n, bins, pos_t, pos_v, neg_t, neg_v, counts, value_range, exact, r0, r1):  # pragma: no cover (compiled)
+def _logit_rows(values, keys, low, shift, inf_key, scratch, scratch_value, n, bins,
+                pos_t, pos_v, neg_t, neg_v, counts, value_range, exact, r0, r1):  # pragma: no cover (compiled)
     """Rows r0..r1 of a chunk of logits: the n largest values in descending order and the n smallest
     in ascending order with their columns, the (min, max), the counts of `logit_histogram` when
     bins > 0 (float64, no fused multiply-adds: the same bins as its elementwise version), and
@@ -86,33 +97,68 @@ def _logit_rows(values, n, bins, pos_t, pos_v, neg_t, neg_v, counts, value_range
     other value equal to the n-th (so that its top n are what torch.topk gives and its range what
     torch's min and max give)."""
     m = values.shape[1]
+    # keys: each value's bits as an integer of its width, mapped (`k ^ ((k >> shift) & low)`, its
+    # own inverse) to integers in the values' order: -0.0 just below 0.0, a NaN past either end
+    # (inf_key: +inf's). scratch_value is scratch seen as values, to turn keys back into values.
+    sub = np.zeros((4, max(bins, 1)), np.int64)  # the histogram's four partial counts
+    bin_of = np.zeros(LOGIT_BLOCK, np.int32)
+    slow = np.zeros(LOGIT_BLOCK, np.bool_)
     for r in range(r0, r1):
         nan = False
         first = np.inf  # the range of the values other than NaN
         last = -np.inf
         filled = 0
-        for c in range(m):
-            x = values[r, c]
-            if x != x:
-                nan = True
-            x64 = np.float64(x)
-            if x64 < first:
-                first = x64
-            if x64 > last:
-                last = x64
-            if n > 0 and (filled < n or x > pos_v[r, n - 1]):  # into the sorted heads
-                j = min(filled, n - 1)
-                while j > 0 and pos_v[r, j - 1] < x:
-                    pos_v[r, j], pos_t[r, j] = pos_v[r, j - 1], pos_t[r, j - 1]
-                    j -= 1
-                pos_v[r, j], pos_t[r, j] = x, c
-            if n > 0 and (filled < n or x < neg_v[r, n - 1]):
-                j = min(filled, n - 1)
-                while j > 0 and neg_v[r, j - 1] > x:
-                    neg_v[r, j], neg_t[r, j] = neg_v[r, j - 1], neg_t[r, j - 1]
-                    j -= 1
-                neg_v[r, j], neg_t[r, j] = x, c
-            filled = min(filled + 1, n)
+        # Blocks of values are first reduced to their (min, max) as ordered integers, which compile
+        # to vector instructions; only a block with a value that may enter the top n (or a NaN, whose
+        # bits map past both ends) is then taken value by value, as before. Once the heads are full,
+        # nearly every block is passed over.
+        for b0 in range(0, m, LOGIT_BLOCK):
+            b1 = min(b0 + LOGIT_BLOCK, m)
+            block = keys[r, b0:b1]  # a loop over a slice of its own compiles to vector instructions
+            kmin = low
+            kmax = ~low
+            for c in range(block.shape[0]):
+                k = block[c]
+                k = k ^ ((k >> shift) & low)
+                kmin = min(kmin, k)
+                kmax = max(kmax, k)
+            if kmin >= ~inf_key and kmax <= inf_key:  # no NaN: the block's range, from its keys
+                scratch[0] = kmin ^ ((kmin >> shift) & low)
+                scratch[1] = kmax ^ ((kmax >> shift) & low)
+                lo = np.float64(scratch_value[0])
+                hi = np.float64(scratch_value[1])
+                if lo < first:
+                    first = lo
+                if hi > last:
+                    last = hi
+                if n == 0 or (filled >= n and hi <= pos_v[r, n - 1] and lo >= neg_v[r, n - 1]):
+                    continue  # no value of the block enters either head
+                clean = True
+            else:
+                clean = False
+            for c in range(b0, b1):
+                x = values[r, c]
+                if x != x:
+                    nan = True
+                if not clean:
+                    x64 = np.float64(x)
+                    if x64 < first:
+                        first = x64
+                    if x64 > last:
+                        last = x64
+                if n > 0 and (filled < n or x > pos_v[r, n - 1]):  # into the sorted heads
+                    j = min(filled, n - 1)
+                    while j > 0 and pos_v[r, j - 1] < x:
+                        pos_v[r, j], pos_t[r, j] = pos_v[r, j - 1], pos_t[r, j - 1]
+                        j -= 1
+                    pos_v[r, j], pos_t[r, j] = x, c
+                if n > 0 and (filled < n or x < neg_v[r, n - 1]):
+                    j = min(filled, n - 1)
+                    while j > 0 and neg_v[r, j - 1] > x:
+                        neg_v[r, j], neg_t[r, j] = neg_v[r, j - 1], neg_t[r, j - 1]
+                        j -= 1
+                    neg_v[r, j], neg_t[r, j] = x, c
+                filled = min(filled + 1, n)
         value_range[r, 0], value_range[r, 1] = first, last
         ok = not nan and first != 0.0 and last != 0.0
         for j in range(1, n):
@@ -125,35 +171,58 @@ def _logit_rows(values, n, bins, pos_t, pos_v, neg_t, neg_v, counts, value_range
         width = (last - first) / max(bins, 1)
         pos_kth = pos_v[r, n - 1] if n > 0 else np.float32(0.0)
         neg_kth = neg_v[r, n - 1] if n > 0 else np.float32(0.0)
+        row = values[r]
         above = 0
         below = 0
-        for c in range(m):
-            x = values[r, c]
-            if x >= pos_kth:
-                above += 1
-            if x <= neg_kth:
-                below += 1
-            if bins > 0 and x == x:  # NaN is in no bin
-                x64 = np.float64(x)
-                if flat:
-                    counts[r, bins // 2] += 1
-                    continue
-                q = (x64 - first) * scale
-                if q != q:  # a row with an infinite value
-                    continue
-                index = np.floor(q)
-                near = abs(q - index - 0.5) > 0.5 - 1e-4
-                i = int(min(index, bins - 1))
-                if near:
+        for c in range(m):  # vector instructions
+            above += row[c] >= pos_kth
+            below += row[c] <= neg_kth
+        if bins > 0 and flat:
+            for c in range(m):
+                counts[r, bins // 2] += row[c] == row[c]  # NaN is in no bin
+        elif bins > 0:
+            # A block's bins are computed in vector instructions, then counted one by one into four
+            # sub-histograms (consecutive values often share a bin: one count would wait on the
+            # last). The few values near an edge of their bin, a NaN and a row with an infinite
+            # value (whose quotient is NaN) are binned value by value, as np.histogram does.
+            sub.fill(0)
+            for b0 in range(0, m, LOGIT_BLOCK):
+                block = row[b0 : b0 + LOGIT_BLOCK]
+                nb = block.shape[0]
+                for c in range(nb):
+                    x64 = np.float64(block[c])
+                    q = (x64 - first) * scale
+                    index = np.floor(q)
+                    slow[c] = not (abs(q - index - 0.5) <= 0.5 - 1e-4)  # near an edge, or NaN
+                    bin_of[c] = np.int32(min(index, bins - 1)) if q == q else np.int32(0)
+                for c in range(nb):
+                    if not slow[c]:
+                        sub[c & 3, bin_of[c]] += 1
+                        continue
+                    x = block[c]
+                    if x != x:  # NaN is in no bin
+                        continue
+                    x64 = np.float64(x)
+                    q = (x64 - first) * scale
+                    if q != q:  # a row with an infinite value
+                        continue
+                    index = np.floor(q)
+                    i = int(min(index, bins - 1))
                     if x64 < (last if i == bins else i * width + first):
                         i -= 1
                     if i != bins - 1 and x64 >= (last if i + 1 == bins else (i + 1) * width + first):
                         i += 1
-                if 0 <= i < bins:  # always (numba does not check the index)
-                    counts[r, i] += 1
+                    if 0 <= i < bins:  # always (numba does not check the index)
+                        counts[r, i] += 1
+            for i in range(bins):
+                counts[r, i] += sub[0, i] + sub[1, i] + sub[2, i] + sub[3, i]
         if n > 0 and (above != n or below != n):
             ok = False
         exact[r] = ok
+
+
+# Values of a row of logits reduced together in `_logit_rows`'s first pass.
+LOGIT_BLOCK = 64
 
 
 def logit_histogram(logits: torch.Tensor, bins: int) -> tuple[torch.Tensor, torch.Tensor]:
