@@ -574,6 +574,30 @@ def test_exact_ties_prefer_the_earlier_prompt(tmp_path):
             assert (entry["top_position"][f, :6] == best).all() and (top[:6] == top[0]).all()
 
 
+def test_the_saes_load_before_the_corpus_which_a_cached_group_reads_only_when_the_cache_lacks_it(tmp_path, monkeypatch):
+    from sae_atlas.compute import engine
+
+    content = build_fixture_content(tmp_path, n_prompts=6, context=8, d_sae=16, corpus="tokens", sets=SETS[:1], explanations=False)
+    releases = load_content(content)
+    calls: list[str] = []
+    load_sae, load_corpus = engine.load_sae, engine.load_corpus
+    monkeypatch.setattr(engine, "load_sae", lambda *a, **k: calls.append("sae") or load_sae(*a, **k))
+    monkeypatch.setattr(engine, "load_corpus", lambda *a, **k: calls.append("corpus") or load_corpus(*a, **k))
+    cache = tmp_path / "cache"
+    report = compute_releases(releases, cache, _options())
+    n = len(releases[0].saes())
+    # The maps go out before the corpus loads (the Set's cross-layer neighbours load the SAEs again).
+    assert len(report.computed) == n and calls[: n + 1] == ["sae"] * n + ["corpus"] and calls.count("corpus") == 1
+    calls.clear()
+    assert compute_releases(releases, cache, _options()).cached and calls == []  # every SAE cached: nothing read
+    corpus_dir = CacheStore(cache).corpus_dir(corpus_key(releases[0]))
+    tokens = np.load(corpus_dir / "tokens.npy")
+    shutil.rmtree(corpus_dir)
+    compute_releases(releases, cache, _options())
+    assert calls == ["corpus"]  # the site reads the corpus too: made again, the SAEs left alone
+    np.testing.assert_array_equal(np.load(corpus_dir / "tokens.npy"), tokens)
+
+
 class _Interrupt(Exception):
     pass
 

@@ -118,8 +118,8 @@ def compute_releases(releases: list[Release], cache_root: Path, options: Compute
         for group in groups.values():
             release = group[0].release
             # Tokenized (or read from the cache) when first needed: after the SAEs are loaded and
-            # their maps sent to the map worker, which fits them while the corpus loads; not at all
-            # when every SAE is cached.
+            # their maps sent to the map worker, which fits them while the corpus loads; when
+            # every SAE is cached, only if the cache lacks it.
             corpus = functools.cache(functools.partial(_locked_corpus, release, store, locks))
             planned = units.planned_units(release, options.unit_prompts)
             ranges = units.clip(planned, corpus().n_prompts) if len(planned) > 1 else planned
@@ -130,6 +130,8 @@ def compute_releases(releases: list[Release], cache_root: Path, options: Compute
                     _compute_units(fresh, ranges, mine, corpus(), store, options, device, locks, report)
                 group = [job for job in group if job not in fresh]  # cached, or to top up
             device = _compute_whole(group, corpus, store, options, device, locks, report)
+            if not (store.corpus_dir(corpus_key(release)) / "meta.json").exists():
+                corpus()  # every SAE was cached, but the site reads the corpus's tokens too
 
         owned = {job.id for job in jobs}
         for release in releases:

