@@ -81,7 +81,9 @@ def load_umap():
 def _cached_jit():
     """Within: numba's jit decorators keep what they compile in numba's on-disk cache unless told
     otherwise. umap-learn and pynndescent compile a few functions with explicit signatures at
-    import, without the cache: 0.3-0.4 s of every import, which the cache makes a load."""
+    import, without the cache, anew in every process; from the cache the worker's start took
+    1.12-1.23 s of CPU rather than 1.17-1.28 s (the first load from numba's cache pays for its
+    code generator's start, which the compile paid before)."""
     import numba
     from numba.core import decorators
 
