@@ -731,3 +731,24 @@ def test_out_of_memory_names_the_batch_size_option(built, monkeypatch, tmp_path)
     monkeypatch.setattr(stats.FeatureStats, "update_pass1", oom)
     with pytest.raises(AtlasError, match="--batch-size"):
         compute_releases(releases, tmp_path, _options(batch_size=4))
+
+
+def test_a_local_model_holds_the_files_weights_and_one_missing_is_an_error(tmp_path):
+    """The model is built without drawing its weights (every one comes from the file): each
+    parameter is the file's, and a file that lacks one is refused, not filled with whatever memory held."""
+    from safetensors.torch import load_file, save_file
+
+    from sae_atlas.backends.transformer_lens import TransformerLensBackend
+    from sae_atlas.errors import InputError
+    from sae_atlas.manifest import ModelSpec
+    from tests.fixtures import make_model_dir
+
+    make_model_dir(tmp_path / "model")
+    state = load_file(str(tmp_path / "model" / "model.safetensors"))
+    model = TransformerLensBackend.load(ModelSpec(id="m", path=tmp_path / "model"), "cpu", "float32", quiet=True).model
+    for name, p in model.named_parameters():
+        assert torch.equal(p.detach(), state[name]), name
+    del state["blocks.1.mlp.W_in"]
+    save_file(state, str(tmp_path / "model" / "model.safetensors"))
+    with pytest.raises(InputError, match="missing"):
+        TransformerLensBackend.load(ModelSpec(id="m", path=tmp_path / "model"), "cpu", "float32", quiet=True)
