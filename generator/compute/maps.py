@@ -64,6 +64,9 @@ def load_umap():
         os.environ.setdefault("NUMBA_CACHE_DIR", str(numba_cache_dir()))
     from sae_atlas.backends.deferred_imports import import_umap
 
+    import numba  # noqa: F401  (after NUMBA_CACHE_DIR)
+
+    cache_loads_without_refresh()
     with _cached_jit():
         umap = import_umap()  # without scipy.stats and pandas, which a fit on an array never uses
     from numba.core.dispatcher import Dispatcher
@@ -75,6 +78,36 @@ def load_umap():
                 if isinstance(value, Dispatcher) and value._cache.__class__.__name__ == "NullCache":
                     value.enable_caching()
     return umap
+
+
+def cache_loads_without_refresh() -> None:
+    """From now on in this process, numba loads code from its on-disk cache without first loading
+    every implementation it has for its CPU target. numba refreshes its target before each load
+    from the cache, which imports and registers all of them (numpy's array functions, its random
+    generators, typed containers...): 0.3-0.5 s of a process's first load, and only its compiler
+    reads them. Code from the cache is machine code already: what it links to is numba's runtime
+    (initialized here), its C helpers (installed with the target itself), the hash secret's symbols
+    (which `numba.cpython.hashing` installs at its import) and, for parallel code, the threading
+    layer (which the cached code's own start-up launches). Where the cache misses, numba compiles as
+    ever, refreshing its target first. A numba without these internals keeps its own load."""
+    from numba.core import caching
+
+    load = getattr(caching.Cache, "load_overload", None)
+    if load is None or getattr(load, "without_refresh", False):
+        return
+    if not all(hasattr(caching.Cache, name) for name in ("_load_overload", "_guard_against_spurious_io_errors")):
+        return
+
+    def load_overload(self, sig, target_context):
+        import numba.cpython.hashing  # noqa: F401  (the hash secret's symbols)
+        from numba.core.runtime import rtsys
+
+        rtsys.initialize(target_context)
+        with self._guard_against_spurious_io_errors():
+            return self._load_overload(sig, target_context)
+
+    load_overload.without_refresh = True
+    caching.Cache.load_overload = load_overload
 
 
 @contextlib.contextmanager

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-from sae_atlas.compute.maps import fit, numba_cache_dir
+from sae_atlas.compute.maps import cache_loads_without_refresh, fit, numba_cache_dir
 from sae_atlas.compute.options import chunk_elements
 
 CHUNK = 1024
@@ -265,6 +265,7 @@ def compiled(fn):
         except ImportError:
             _COMPILED[fn] = None
         else:
+            cache_loads_without_refresh()
             _COMPILED[fn] = numba.njit(cache=True, nogil=True)(fn)
     return _COMPILED[fn]
 
