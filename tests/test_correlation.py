@@ -3,6 +3,8 @@ in dense float64 numpy, across batch sizes, feature blocks and a checkpoint."""
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 import torch
@@ -368,3 +370,29 @@ def test_bookkeeping_runs_in_one_thread_only_on_a_busy_machine(monkeypatch, load
         assert torch.get_num_threads() == 3
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("budget", [1 << 20, correlation.BYTES_PER_CELL * F * 3])  # the whole S (upper half, mirrored), or blocks
+@pytest.mark.parametrize("threads", [1, 3])
+def test_the_compiled_ranking_is_the_torch_ranking_with_ties(data, budget, threads, monkeypatch):
+    """The compiled ranking of S's rows (`_rank_rows`, which reads the lower half from the upper
+    rather than mirroring it) gives the torch ranking's indices and values to the bit, ties (equal
+    and proportional features) to the lower column."""
+    acts, _ = data
+    acts = acts.copy()
+    acts[:, 3] = acts[:, 30]
+    acts[:, 31] = acts[:, 30]
+    acts[:, 12] = 2.0 * acts[:, 30]
+    @contextlib.contextmanager
+    def bookkeeping():
+        yield threads
+
+    monkeypatch.setattr(correlation, "bookkeeping_threads", bookkeeping)
+    monkeypatch.setattr(correlation, "RANK_ROWS_PER_THREAD", 1)
+    index, value = feature_result(acts, [7, 7, 7, 9], budget)
+    plain = correlation.compiled
+    monkeypatch.setattr(correlation, "compiled", lambda fn: None if fn is correlation._rank_rows else plain(fn))
+    want_index, want_value = feature_result(acts, [7, 7, 7, 9], budget)
+    np.testing.assert_array_equal(index, want_index)
+    assert value.tobytes() == want_value.tobytes()
+    assert list(index[30, :3]) == [3, 12, 31] and (value[30, :3] == 1.0).all()

@@ -46,6 +46,7 @@ DENSE_PAIR_COST = 64
 # temporaries an entry: within the scan's share of `replay.working_set`, 40 * chunk_elements).
 SCAN_ENTRIES = 1 << 20
 CO_FIRE_CACHE = 1 << 19  # bytes of `_co_fire_blocks`' buffer: half a core's L2 cache
+RANK_ROWS_PER_THREAD = 64  # the compiled ranking's rows a thread at least (`_rank_block_compiled`)
 RANK_SHARE = 16  # the ranking's cells at once: chunk_elements / this (about 50 bytes of temporaries each)
 
 
@@ -501,11 +502,74 @@ def correlated_features(
             return index, value
         if scan_tokens != n_tokens:
             raise ValueError(f"batches() gave {scan_tokens} tokens on a later scan, {n_tokens} on the first")
-        with bookkeeping_threads():
+        with bookkeeping_threads() as threads:
+            kernel = compiled(_rank_rows) if acc[0].device.type == "cpu" else None
+            if kernel is not None:
+                _rank_block_compiled(kernel, acc, lo, hi, n_features, upper, sums, n_tokens, k, index, value, threads)
+                continue
             if upper:
                 _mirror(acc, n_features)
             index[lo:hi], value[lo:hi] = _rank_block((acc[0].view(hi - lo, n_features), acc[1].view(hi - lo, n_features)), lo, sums, n_tokens, k)
     return index, value
+
+
+def _rank_block_compiled(kernel, acc, lo: int, hi: int, f: int, upper: bool, sums: tuple, n_tokens: int, k: int, index: np.ndarray, value: np.ndarray, threads: int) -> None:
+    """`_rank_block` (after `_mirror` when `upper`) as one compiled pass over the block's rows of S,
+    each row's cells j < i read from row j when `upper` (nothing is mirrored): the same r, in the
+    same float64 operations, and the same top k (ties to the lower column), into index[lo:hi] and
+    value[lo:hi]; its rows shared among `threads` threads in runs of consecutive rows (whose mirrored
+    reads share cache lines)."""
+    n = max(n_tokens, 1)
+    mean, std = _moments(sums[0], sums[1:], n)
+    rows = hi - lo
+    kk = min(k, f)
+    out_index = np.full((rows, k), -1, np.int32)
+    out_value = np.zeros((rows, k), np.float32)
+    low, high = acc[0].numpy(), acc[1].numpy()
+    m, sd = mean.numpy(), std.numpy()
+    parts = max(1, min(threads, rows // RANK_ROWS_PER_THREAD))
+    bounds = [rows * p // parts for p in range(parts + 1)]
+    run_jobs(kernel, [(low, high, f, lo, bounds[p], bounds[p + 1], upper, m, sd, n, kk, out_index, out_value) for p in range(parts)])
+    index[lo:hi], value[lo:hi] = out_index, out_value
+
+
+def _rank_rows(low, high, f, lo, r0, r1, upper, mean, std, n, k, out_index, out_value):  # pragma: no cover (compiled)
+    """Rows r0..r1 of `_rank_block_compiled`: per row (feature lo + r), r against every feature j
+    as `_rank_block` computes it, and the k highest valid in descending order of r, then column."""
+    best_r = np.zeros(k, np.float32)
+    best_j = np.zeros(k, np.int64)
+    for r in range(r0, r1):
+        i = lo + r
+        found = 0
+        for j in range(f):
+            if j == i:
+                continue
+            scale = std[i] * std[j]
+            if not scale > 0:
+                continue
+            cell = j * f + i if upper and j < i else r * f + j
+            cov = (float(high[cell]) * 4294967296.0 + float(low[cell])) / 68719476736.0 / n - mean[i] * mean[j]
+            q = cov / scale
+            if q > 1.0:
+                q = 1.0
+            v = np.float32(q)
+            if not v > 0:
+                continue
+            if found == k and not v > best_r[k - 1]:
+                continue
+            # v enters the top k: after every kept value >= v (an equal one has the lower column)
+            at = found if found < k else k - 1
+            while at > 0 and best_r[at - 1] < v:
+                best_r[at] = best_r[at - 1]
+                best_j[at] = best_j[at - 1]
+                at -= 1
+            best_r[at] = v
+            best_j[at] = j
+            if found < k:
+                found += 1
+        for t in range(found):
+            out_index[r, t] = best_j[t]
+            out_value[r, t] = best_r[t]
 
 
 def _mirror(acc: tuple[torch.Tensor, torch.Tensor], f: int) -> None:
